@@ -1,0 +1,50 @@
+use deltalake::DeltaTableError;
+use tributary_core::{Classify, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaSinkError {
+    #[error("invalid table URI {uri}: {message}")]
+    Uri { uri: String, message: String },
+    #[error("Delta table {uri}: {source}")]
+    Delta {
+        uri: String,
+        source: DeltaTableError,
+    },
+    #[error("table {uri} does not fit the records: {message}")]
+    SchemaMismatch { uri: String, message: String },
+    #[error(
+        "another writer committed batch {batch} of {app_id} to {uri} at the same time; \
+         this instance stops writing and re-syncs from the table"
+    )]
+    ConcurrentWriter {
+        uri: String,
+        app_id: String,
+        batch: u64,
+    },
+    #[error("table {uri}: {message}")]
+    Corrupt { uri: String, message: String },
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+}
+
+impl Classify for DeltaSinkError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            DeltaSinkError::Uri { .. } | DeltaSinkError::SchemaMismatch { .. } => ErrorKind::User,
+            DeltaSinkError::Delta { source, .. } => match source {
+                DeltaTableError::ObjectStore { .. }
+                | DeltaTableError::Io { .. }
+                | DeltaTableError::Transaction { .. }
+                | DeltaTableError::VersionAlreadyExists(_) => ErrorKind::External,
+                DeltaTableError::Arrow { .. } | DeltaTableError::Parquet { .. } => {
+                    ErrorKind::Internal
+                }
+                _ => ErrorKind::External,
+            },
+            DeltaSinkError::ConcurrentWriter { .. } => ErrorKind::External,
+            DeltaSinkError::Corrupt { .. } | DeltaSinkError::Arrow(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = DeltaSinkError> = std::result::Result<T, E>;

@@ -1,0 +1,17 @@
+//! Delta sink: creates the table from the first batch's schema, writes
+//! Parquet with column statistics, and commits each micro-batch as one
+//! transaction carrying `txn {appId, version: batch id}` so a batch that
+//! already landed is never written again.
+
+mod dead_letters;
+mod error;
+mod partitioning;
+mod table;
+
+pub use dead_letters::dead_letter_batch;
+pub use error::{DeltaSinkError, Result};
+pub use partitioning::add_partition_columns;
+pub use table::{BatchCommit, CommitMarker, CommitOutcome, DeltaTableSink, TableOptions};
+
+/// Key under which Tributary's batch description is stored in `commitInfo`.
+pub const COMMIT_INFO_KEY: &str = "tributary";

@@ -1,0 +1,33 @@
+use tributary_core::{Classify, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("invalid Kafka configuration: {0}")]
+    Config(String),
+    #[error("Kafka {operation} failed: {source}")]
+    Client {
+        operation: &'static str,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic {topic} does not exist or has no partitions")]
+    NoSuchTopic { topic: String },
+    #[error(
+        "records of topic {topic} were lost before they were ingested: {detail}. \
+         The offsets this pipeline resumes from no longer exist (retention deleted them). \
+         Tributary refuses to skip data silently; to accept the loss, reset the checkpoint"
+    )]
+    DataLoss { topic: String, detail: String },
+}
+
+impl Classify for KafkaSourceError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            KafkaSourceError::Config(_) | KafkaSourceError::DataLoss { .. } => ErrorKind::User,
+            KafkaSourceError::NoSuchTopic { .. } | KafkaSourceError::Client { .. } => {
+                ErrorKind::External
+            }
+        }
+    }
+}
+
+pub type Result<T, E = KafkaSourceError> = std::result::Result<T, E>;

@@ -1,0 +1,9 @@
+//! Kafka source: a blocking reader over librdkafka's `BaseConsumer`, which
+//! polls without an async hop per message (the hot loop runs on its own
+//! thread), and commits offsets to the consumer group after each Delta commit.
+
+mod error;
+mod reader;
+
+pub use error::{KafkaSourceError, Result};
+pub use reader::{KafkaReader, Polled, ReaderConfig, StartAt, raw_record};

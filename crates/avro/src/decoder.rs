@@ -1,0 +1,361 @@
+//! Decodes Confluent-framed Avro records straight into Arrow batches.
+//!
+//! arrow-avro's streaming decoder assumes a well-formed stream: a truncated
+//! body makes it wait for the next message's bytes, and a malformed one can
+//! leave its column builders unequal. Kafka messages are independent, so each
+//! one is checked as it is fed (all bytes consumed, exactly one row added), and
+//! every message since the last flush is kept as raw bytes. When a message
+//! fails, the decoder for its schema is rebuilt and the good messages are fed
+//! again: a bad record becomes a dead letter and costs no other record.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_avro::reader::{Decoder, ReaderBuilder};
+use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::SchemaRef;
+use tributary_core::{DeadLetter, RawRecord};
+
+use crate::error::{AvroError, Result};
+use crate::registry::RegistryClient;
+use crate::split_frame;
+
+/// Rows per Arrow batch produced by the decoder.
+const DEFAULT_BATCH_ROWS: usize = 8192;
+
+/// What the decoder produced for a range of input: Arrow batches (one schema
+/// per writer schema id) and dead letters.
+#[derive(Debug, Default)]
+pub struct DecodedChunk {
+    pub batches: Vec<RecordBatch>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// The raw messages fed to one decoder since its last flush.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    records: Vec<PendingRecord>,
+}
+
+struct PendingRecord {
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Range<usize>>,
+    value: Range<usize>,
+}
+
+impl Pending {
+    fn push(&mut self, r: &RawRecord<'_>, value: &[u8]) {
+        let key = r.key.map(|k| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(k);
+            start..self.bytes.len()
+        });
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.records.push(PendingRecord {
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key,
+            value: start..self.bytes.len(),
+        });
+    }
+
+    fn raw(&self, i: usize) -> RawRecord<'_> {
+        let p = &self.records[i];
+        RawRecord {
+            partition: p.partition,
+            offset: p.offset,
+            timestamp_ms: p.timestamp_ms,
+            key: p.key.clone().map(|k| &self.bytes[k]),
+            value: Some(&self.bytes[p.value.clone()]),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+}
+
+/// The decoder of one writer schema.
+struct SchemaDecoder {
+    schema_json: String,
+    id: u32,
+    batch_rows: usize,
+    decoder: Decoder,
+    pending: Pending,
+}
+
+impl SchemaDecoder {
+    fn new(
+        id: u32,
+        schema_json: String,
+        batch_rows: usize,
+    ) -> std::result::Result<SchemaDecoder, String> {
+        let decoder = build_decoder(id, &schema_json, batch_rows)?;
+        Ok(SchemaDecoder {
+            schema_json,
+            id,
+            batch_rows,
+            decoder,
+            pending: Pending::default(),
+        })
+    }
+
+    fn rebuild(&mut self) -> Result<()> {
+        self.decoder =
+            build_decoder(self.id, &self.schema_json, self.batch_rows).map_err(|message| {
+                AvroError::UnsupportedSchema {
+                    id: self.id,
+                    message,
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Feeds one framed message; `Err(reason)` when it is not one valid record.
+    /// After an `Err` the decoder must be rebuilt.
+    fn feed(&mut self, message: &[u8]) -> std::result::Result<(), String> {
+        let before = self.decoder.capacity();
+        let consumed = self
+            .decoder
+            .decode(message)
+            .map_err(|e| format!("invalid Avro body: {e}"))?;
+        let rows = before - self.decoder.capacity();
+        match (consumed == message.len(), rows) {
+            (true, 1) => Ok(()),
+            (true, 0) => Err("truncated Avro body: the record ends before its schema does".into()),
+            _ => Err(format!(
+                "invalid Avro body: {} trailing byte(s) after the record",
+                message.len().saturating_sub(consumed)
+            )),
+        }
+    }
+
+    /// Feeds a record, turning a bad one into a dead letter without losing the others.
+    fn push(&mut self, record: &RawRecord<'_>, value: &[u8], out: &mut DecodedChunk) -> Result<()> {
+        match self.feed(value) {
+            Ok(()) => {
+                self.pending.push(record, value);
+                if self.decoder.batch_is_full() {
+                    self.flush(out)?;
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                out.dead_letters.push(DeadLetter::new(record, reason));
+                self.refeed()
+            }
+        }
+    }
+
+    /// Rebuilds the decoder and feeds it the pending records again; they were
+    /// all accepted before, so they are accepted again.
+    fn refeed(&mut self) -> Result<()> {
+        self.rebuild()?;
+        for i in 0..self.pending.records.len() {
+            let r = self.pending.records[i].value.clone();
+            let bytes = &self.pending.bytes[r];
+            let consumed =
+                self.decoder
+                    .decode(bytes)
+                    .map_err(|e| AvroError::UnsupportedSchema {
+                        id: self.id,
+                        message: format!("record accepted once was refused on replay: {e}"),
+                    })?;
+            if consumed != bytes.len() {
+                return Err(AvroError::UnsupportedSchema {
+                    id: self.id,
+                    message: "record accepted once was not consumed on replay".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut DecodedChunk) -> Result<()> {
+        match self.decoder.flush() {
+            Ok(Some(batch)) => out.batches.push(batch),
+            Ok(None) => {}
+            // A value the decoder accepted but Arrow refuses at flush (for
+            // example invalid UTF-8): find the culprits one record at a time.
+            Err(_) => self.isolate(out)?,
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn isolate(&mut self, out: &mut DecodedChunk) -> Result<()> {
+        let mut good = Vec::new();
+        for i in 0..self.pending.records.len() {
+            self.rebuild()?;
+            let value = self.pending.bytes[self.pending.records[i].value.clone()].to_vec();
+            let result = self.feed(&value).and_then(|()| {
+                self.decoder
+                    .flush()
+                    .map_err(|e| format!("invalid Avro value: {e}"))
+            });
+            match result {
+                Ok(Some(batch)) => good.push(batch),
+                Ok(None) => {}
+                Err(reason) => out
+                    .dead_letters
+                    .push(DeadLetter::new(&self.pending.raw(i), reason)),
+            }
+        }
+        self.rebuild()?;
+        if let Some(first) = good.first() {
+            out.batches.push(deltalake::arrow::compute::concat_batches(
+                &first.schema(),
+                &good,
+            )?);
+        }
+        Ok(())
+    }
+}
+
+fn build_decoder(
+    id: u32,
+    schema_json: &str,
+    batch_rows: usize,
+) -> std::result::Result<Decoder, String> {
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    store
+        .set(
+            Fingerprint::Id(id),
+            AvroSchema::new(schema_json.to_string()),
+        )
+        .map_err(|e| e.to_string())?;
+    let decoder = ReaderBuilder::new()
+        .with_batch_size(batch_rows)
+        .with_writer_schema_store(store)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    if decoder.schema().fields().is_empty() {
+        return Err("a record schema without fields cannot be stored".into());
+    }
+    Ok(decoder)
+}
+
+/// Decodes the records of a micro-batch. Not thread-safe; one per reader.
+pub struct RecordDecoder {
+    registry: Arc<RegistryClient>,
+    runtime: tokio::runtime::Handle,
+    batch_rows: usize,
+    decoders: HashMap<u32, SchemaDecoder>,
+    /// Schema ids that cannot be decoded, with the reason their records get.
+    unusable: HashMap<u32, String>,
+    out: DecodedChunk,
+}
+
+impl RecordDecoder {
+    /// `runtime` is used to reach the registry from the (blocking) reader thread.
+    pub fn new(registry: Arc<RegistryClient>, runtime: tokio::runtime::Handle) -> RecordDecoder {
+        RecordDecoder {
+            registry,
+            runtime,
+            batch_rows: DEFAULT_BATCH_ROWS,
+            decoders: HashMap::new(),
+            unusable: HashMap::new(),
+            out: DecodedChunk::default(),
+        }
+    }
+
+    pub fn with_batch_rows(mut self, rows: usize) -> Self {
+        self.batch_rows = rows.max(1);
+        self
+    }
+
+    /// Decodes one record. Records that cannot be decoded become dead letters;
+    /// an `Err` means the registry could not be reached, and the caller must
+    /// discard this decoder and read the batch again.
+    pub fn push(&mut self, record: &RawRecord<'_>) -> Result<()> {
+        let Some(value) = record.value else {
+            self.out.dead_letters.push(DeadLetter::new(
+                record,
+                "tombstone: the record has no value",
+            ));
+            return Ok(());
+        };
+        let id = match split_frame(value) {
+            Ok((id, _)) => id,
+            Err(reason) => {
+                self.out.dead_letters.push(DeadLetter::new(record, reason));
+                return Ok(());
+            }
+        };
+        if !self.decoders.contains_key(&id) {
+            if let Some(reason) = self.unusable.get(&id) {
+                self.out
+                    .dead_letters
+                    .push(DeadLetter::new(record, reason.clone()));
+                return Ok(());
+            }
+            if let Err(reason) = self.load(id)? {
+                self.out
+                    .dead_letters
+                    .push(DeadLetter::new(record, reason.clone()));
+                self.unusable.insert(id, reason);
+                return Ok(());
+            }
+        }
+        let decoder = self
+            .decoders
+            .get_mut(&id)
+            .ok_or_else(|| AvroError::UnsupportedSchema {
+                id,
+                message: "decoder vanished".into(),
+            })?;
+        decoder.push(record, value, &mut self.out)
+    }
+
+    /// Fetches and compiles the schema of `id`. Outer `Err`: registry
+    /// unreachable. Inner `Err`: the id's records cannot be decoded.
+    fn load(&mut self, id: u32) -> Result<std::result::Result<(), String>> {
+        let fetched = self.runtime.block_on(self.registry.schema_by_id(id))?;
+        let Some(schema) = fetched else {
+            return Ok(Err(format!(
+                "unknown schema id {id}: the schema registry has no schema with this id"
+            )));
+        };
+        if schema.schema_type != "AVRO" {
+            return Ok(Err(format!(
+                "schema id {id} is a {} schema; only Avro is supported",
+                schema.schema_type
+            )));
+        }
+        match SchemaDecoder::new(id, schema.schema.clone(), self.batch_rows) {
+            Ok(d) => {
+                self.decoders.insert(id, d);
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(format!("schema id {id} cannot be decoded: {e}"))),
+        }
+    }
+
+    /// Everything decoded since the last call: flushes every decoder.
+    pub fn finish(&mut self) -> Result<DecodedChunk> {
+        for decoder in self.decoders.values_mut() {
+            decoder.flush(&mut self.out)?;
+        }
+        Ok(std::mem::take(&mut self.out))
+    }
+
+    /// Rows decoded and not yet returned by `finish`, for sizing batches.
+    pub fn buffered_batches(&self) -> usize {
+        self.out.batches.len()
+    }
+}
+
+/// Arrow schema of an Avro schema, as the decoder produces it.
+pub fn arrow_schema_of(schema_json: &str) -> Result<SchemaRef> {
+    build_decoder(0, schema_json, 1)
+        .map(|d| d.schema())
+        .map_err(|message| AvroError::UnsupportedSchema { id: 0, message })
+}

@@ -1,0 +1,96 @@
+//! Identifiers and types shared by every pipeline stage: batch ids, offset
+//! ranges, error classification. No I/O lives here.
+
+mod offsets;
+
+pub use offsets::{OffsetRanges, PartitionRange};
+
+use serde::{Deserialize, Serialize};
+
+/// The id of one micro-batch within a state group. Ids start at 0 and grow by
+/// one per committed batch; the Delta `txn` version of a group equals the id of
+/// its last committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BatchId(pub u64);
+
+impl BatchId {
+    pub fn next(self) -> BatchId {
+        BatchId(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The state group every batch belongs to when the whole topic is one group
+/// (`state_scope: topic`, Spark's semantics).
+pub const TOPIC_GROUP: &str = "topic";
+
+/// The Delta `txn.appId` under which a group's batches are committed.
+pub fn app_id(pipeline: &str, group: &str) -> String {
+    format!("{pipeline}/{group}")
+}
+
+/// Who has to act for an error to go away; decides between halting, retrying
+/// and dead-lettering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The spec or the input data is wrong: retrying cannot help.
+    User,
+    /// A peer (broker, registry, object store) failed: a retry may help.
+    External,
+    /// A bug or broken invariant in Tributary itself.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::External)
+    }
+}
+
+/// Implemented by every crate's error enum so the engine can decide what to do
+/// with an error without knowing where it came from.
+pub trait Classify {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// A Kafka record as the source hands it to the decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    /// Kafka timestamp in milliseconds since the epoch, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// A record that could not be decoded, kept whole with the reason, so nothing
+/// is ever dropped silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub reason: String,
+}
+
+impl DeadLetter {
+    pub fn new(record: &RawRecord<'_>, reason: impl Into<String>) -> DeadLetter {
+        DeadLetter {
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+use tributary_core::{Classify, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Avro(#[from] tributary_avro::AvroError),
+    #[error(transparent)]
+    Kafka(#[from] tributary_kafka::KafkaSourceError),
+    #[error(transparent)]
+    Delta(#[from] tributary_delta::DeltaSinkError),
+    #[error("offsets log at {path}: {message}")]
+    OffsetLog { path: String, message: String },
+    #[error("spec problem: {0}")]
+    Spec(String),
+    #[error("records do not fit the table: {0}")]
+    Schema(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Classify for EngineError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Avro(e) => e.kind(),
+            EngineError::Kafka(e) => e.kind(),
+            EngineError::Delta(e) => e.kind(),
+            EngineError::OffsetLog { .. } => ErrorKind::External,
+            EngineError::Spec(_) | EngineError::Schema(_) => ErrorKind::User,
+            EngineError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,13 @@
+//! The micro-batch loop: plan -> read -> decode -> commit -> checkpoint, with
+//! recovery. See docs/architecture.md for the protocol and its guarantees.
+
+mod error;
+mod offset_log;
+mod pipeline;
+mod progress;
+mod read;
+
+pub use error::{EngineError, Result};
+pub use offset_log::{BatchPlan, OffsetLog};
+pub use pipeline::{PipelineOptions, RunSummary, run_pipeline};
+pub use progress::BatchProgress;

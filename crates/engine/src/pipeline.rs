@@ -1,0 +1,514 @@
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::{DataType, Schema};
+use serde_json::json;
+use tributary_avro::{
+    RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig, delta_schema, to_delta_batch,
+};
+use tributary_core::{Classify, TOPIC_GROUP, app_id};
+use tributary_delta::{
+    BatchCommit, DeltaTableSink, TableOptions, add_partition_columns, dead_letter_batch,
+};
+use tributary_kafka::{KafkaReader, ReaderConfig, StartAt};
+use tributary_spec::{PartitionColumn, StartingOffsets, TableSpec};
+
+use crate::error::{EngineError, Result};
+use crate::offset_log::{BatchPlan, OffsetLog};
+use crate::progress::{BatchProgress, SinkProgress, SourceProgress};
+use crate::read::{PlanLimits, ReadBatch, read_new_batch, replay_batch};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Called with each batch's progress (the demo prints them).
+pub type ProgressCallback = Arc<dyn Fn(&BatchProgress) + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct PipelineOptions {
+    /// Set to stop after the batch in flight commits.
+    pub stop: Arc<AtomicBool>,
+    /// Appends each progress event as a JSON line.
+    pub progress_json: Option<PathBuf>,
+    pub on_progress: Option<ProgressCallback>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub batches: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub table_version: Option<u64>,
+}
+
+/// Runs a pipeline until it is stopped, or, with `available_now`, until the
+/// topic is drained. Errors a retry can cure (broker, registry, storage) are
+/// retried with backoff from the last committed batch; nothing is lost and
+/// nothing is written twice. Other errors end the run.
+pub async fn run_pipeline(spec: TableSpec, options: PipelineOptions) -> Result<RunSummary> {
+    let registry_spec = &spec.source.schema_registry;
+    let auth = RegistryAuth::from_env(
+        registry_spec.basic_auth_env.as_deref(),
+        registry_spec.bearer_token_env.as_deref(),
+    )?;
+    let registry = Arc::new(RegistryClient::new(RegistryConfig {
+        url: registry_spec.url.clone(),
+        auth,
+        timeout: registry_spec.timeout.0,
+        max_retries: registry_spec.max_retries,
+    })?);
+    let mut run = Run {
+        spec: &spec,
+        options: &options,
+        registry,
+        summary: RunSummary::default(),
+    };
+    let mut failures = 0u32;
+    loop {
+        match run.once().await {
+            Ok(()) => return Ok(run.summary),
+            Err(e) if e.kind().is_retryable() && !options.stop.load(Ordering::Relaxed) => {
+                failures += 1;
+                let backoff =
+                    Duration::from_millis(500 << failures.min(6)).min(Duration::from_secs(30));
+                tracing::warn!(pipeline = %spec.pipeline, error = %e, attempt = failures,
+                    "batch failed; nothing of it is committed; retrying from the last commit in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Run<'a> {
+    spec: &'a TableSpec,
+    options: &'a PipelineOptions,
+    registry: Arc<RegistryClient>,
+    summary: RunSummary,
+}
+
+/// Sinks and identity of one group.
+struct Group {
+    app_id: String,
+    data: DeltaTableSink,
+    dead: DeltaTableSink,
+    log: OffsetLog,
+    partitions: Vec<PartitionColumn>,
+    checked_schemas: HashSet<Arc<Schema>>,
+}
+
+impl Run<'_> {
+    async fn once(&mut self) -> Result<()> {
+        let spec = self.spec;
+        let stop = self.options.stop.clone();
+        let partitions = spec.partition_columns();
+        let mut group = Group {
+            app_id: app_id(&spec.pipeline, TOPIC_GROUP),
+            data: DeltaTableSink::open(TableOptions {
+                uri: spec.table.uri.clone(),
+                partition_columns: partitions.iter().map(|p| p.name().to_string()).collect(),
+                target_file_size: spec.table.target_file_size.0,
+            })
+            .await?,
+            dead: DeltaTableSink::open(TableOptions {
+                uri: spec.dead_letter_uri(),
+                partition_columns: vec![],
+                target_file_size: spec.table.target_file_size.0,
+            })
+            .await?,
+            log: OffsetLog::open(&spec.checkpoint.location, TOPIC_GROUP)?,
+            partitions,
+            checked_schemas: HashSet::new(),
+        };
+        let kafka = &spec.source.kafka;
+        let reader = Arc::new(KafkaReader::connect(&ReaderConfig {
+            bootstrap_servers: kafka.bootstrap_servers.clone(),
+            topic: kafka.topic.clone(),
+            group_id: kafka.group_id(&spec.pipeline),
+            properties: kafka.properties.clone(),
+        })?);
+        let topic_partitions = blocking(|| reader.partitions(KAFKA_TIMEOUT))?;
+
+        // Recovery: the newest recorded plan is re-run with exactly its
+        // ranges unless every table it touches already has it.
+        let last_plan = group.log.latest()?;
+        let (mut positions, mut next_id, resumed) = match &last_plan {
+            Some(plan) => {
+                let data_done = group
+                    .data
+                    .committed_batch(&group.app_id)
+                    .await?
+                    .is_some_and(|v| v >= plan.batch_id);
+                let dead_done = plan.dead_letters == 0
+                    || group
+                        .dead
+                        .committed_batch(&group.app_id)
+                        .await?
+                        .is_some_and(|v| v >= plan.batch_id);
+                if !(data_done && dead_done) {
+                    tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id, "re-running the last planned batch with its recorded offsets");
+                    let starts: Vec<(i32, StartAt)> = plan
+                        .ranges
+                        .ranges
+                        .iter()
+                        .map(|r| (r.partition, StartAt::Offset(r.start)))
+                        .collect();
+                    blocking(|| reader.assign(&starts))?;
+                    let mut decoder = RecordDecoder::new(
+                        self.registry.clone(),
+                        tokio::runtime::Handle::current(),
+                    );
+                    let stopped = || stop.load(Ordering::Relaxed);
+                    let replayed =
+                        blocking(|| replay_batch(&reader, &mut decoder, &plan.ranges, &stopped))?;
+                    let Some(batch) = replayed else { return Ok(()) };
+                    self.write(&mut group, &reader, plan, batch, true).await?;
+                }
+                (plan.end_offsets.clone(), plan.batch_id + 1, true)
+            }
+            None => match group.data.last_marker(&group.app_id).await? {
+                Some(marker) => {
+                    tracing::warn!(pipeline = %spec.pipeline, "the offsets log is empty; resuming after the table's last commit by this pipeline");
+                    let ends: BTreeMap<i32, i64> =
+                        serde_json::from_value(marker.info["endOffsets"].clone()).map_err(|e| {
+                            EngineError::Internal(format!(
+                                "unreadable endOffsets in table version {}: {e}",
+                                marker.version
+                            ))
+                        })?;
+                    let id = marker.info["batchId"].as_u64().unwrap_or(0);
+                    (ends, id + 1, true)
+                }
+                None => (BTreeMap::new(), 0, false),
+            },
+        };
+        // Partitions without a position: new partitions of a running pipeline
+        // start at the beginning (as in Spark); a new pipeline obeys starting_offsets.
+        for p in &topic_partitions {
+            if !positions.contains_key(p) {
+                let (low, high) = blocking(|| reader.watermarks(*p, KAFKA_TIMEOUT))?;
+                let start = if resumed || kafka.starting_offsets == StartingOffsets::Earliest {
+                    low
+                } else {
+                    high
+                };
+                positions.insert(*p, start);
+            }
+        }
+        let starts: Vec<(i32, StartAt)> = positions
+            .iter()
+            .map(|(p, o)| (*p, StartAt::Offset(*o)))
+            .collect();
+        blocking(|| reader.assign(&starts))?;
+
+        let drain_targets = if spec.trigger.available_now {
+            let mut targets = BTreeMap::new();
+            for p in &topic_partitions {
+                targets.insert(*p, blocking(|| reader.watermarks(*p, KAFKA_TIMEOUT))?.1);
+            }
+            Some(targets)
+        } else {
+            None
+        };
+        let limits = PlanLimits {
+            max_offsets: spec.trigger.max_offsets_per_trigger.unwrap_or(u64::MAX),
+            max_bytes: spec.table.target_file_size.0,
+            interval: spec.trigger.interval.0,
+            drain_targets,
+        };
+
+        // The reader thread fetches and decodes batch N+1 while batch N is
+        // written and committed here.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ReadBatch>>(1);
+        let thread_reader = reader.clone();
+        let registry = self.registry.clone();
+        let handle = tokio::runtime::Handle::current();
+        // The reader stops when the user stops the pipeline or this run fails.
+        let abort = Arc::new(AtomicBool::new(false));
+        let (thread_stop, thread_abort) = (stop.clone(), abort.clone());
+        let reader_thread = std::thread::Builder::new()
+            .name(format!("read-{}", spec.pipeline))
+            .spawn(move || {
+                let mut decoder = RecordDecoder::new(registry, handle);
+                let mut eof_seen = HashSet::new();
+                let stopped =
+                    || thread_stop.load(Ordering::Relaxed) || thread_abort.load(Ordering::Relaxed);
+                loop {
+                    let result = read_new_batch(
+                        &thread_reader,
+                        &mut decoder,
+                        &mut positions,
+                        &limits,
+                        &mut eof_seen,
+                        &stopped,
+                    );
+                    let last = match &result {
+                        Ok(b) => b.drained || stopped(),
+                        Err(_) => true,
+                    };
+                    let empty = result.as_ref().is_ok_and(|b| b.records == 0);
+                    if !empty && tx.blocking_send(result).is_err() {
+                        break;
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Internal(format!("cannot start reader thread: {e}")))?;
+
+        let mut outcome = Ok(());
+        while let Some(read) = rx.recv().await {
+            let batch = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            let plan = BatchPlan {
+                batch_id: next_id,
+                group: TOPIC_GROUP.to_string(),
+                ranges: batch.ranges.clone(),
+                end_offsets: batch.end_offsets.clone(),
+                dead_letters: batch.decoded.dead_letters.len() as u64,
+            };
+            let t = Instant::now();
+            if let Err(e) = group.log.record(&plan) {
+                outcome = Err(e);
+                break;
+            }
+            let plan_ms = t.elapsed().as_millis() as u64;
+            if let Err(e) = self
+                .write_timed(&mut group, &reader, &plan, batch, plan_ms)
+                .await
+            {
+                outcome = Err(e);
+                break;
+            }
+            next_id += 1;
+        }
+        // The reader must not outlive its run: it would keep reading for nobody.
+        abort.store(true, Ordering::Relaxed);
+        drop(rx);
+        let _ = tokio::task::spawn_blocking(move || reader_thread.join()).await;
+        outcome
+    }
+
+    async fn write_timed(
+        &mut self,
+        g: &mut Group,
+        reader: &KafkaReader,
+        plan: &BatchPlan,
+        batch: ReadBatch,
+        plan_ms: u64,
+    ) -> Result<()> {
+        self.write_inner(g, reader, plan, batch, false, plan_ms)
+            .await
+    }
+
+    async fn write(
+        &mut self,
+        g: &mut Group,
+        reader: &KafkaReader,
+        plan: &BatchPlan,
+        batch: ReadBatch,
+        replayed: bool,
+    ) -> Result<()> {
+        self.write_inner(g, reader, plan, batch, replayed, 0).await
+    }
+
+    /// Writes one batch: dead letters, then data, each one Delta transaction
+    /// tagged with the batch id; then offsets to the consumer group.
+    async fn write_inner(
+        &mut self,
+        g: &mut Group,
+        reader: &KafkaReader,
+        plan: &BatchPlan,
+        batch: ReadBatch,
+        replayed: bool,
+        plan_ms: u64,
+    ) -> Result<()> {
+        let spec = self.spec;
+        let started = Instant::now();
+        let rows_in = batch.records;
+        let mut rows: Vec<RecordBatch> = Vec::with_capacity(batch.decoded.batches.len());
+        for decoded in &batch.decoded.batches {
+            let target = delta_schema(&decoded.schema())?;
+            if g.checked_schemas.insert(target.clone()) {
+                check_columns(spec, &target)?;
+            }
+            rows.push(add_partition_columns(
+                &to_delta_batch(decoded, &target)?,
+                &g.partitions,
+            )?);
+        }
+        let info = json!({
+            "appId": g.app_id,
+            "pipeline": spec.pipeline,
+            "group": plan.group,
+            "batchId": plan.batch_id,
+            "topic": plan.ranges.topic,
+            "ranges": plan.ranges.ranges,
+            "endOffsets": plan.end_offsets,
+            "deadLetters": plan.dead_letters,
+        });
+        let mut dead_version = None;
+        let dead_letters = batch.decoded.dead_letters.len() as u64;
+        if dead_letters > 0 {
+            let letters = dead_letter_batch(
+                &plan.ranges.topic,
+                plan.batch_id,
+                &batch.decoded.dead_letters,
+            )?;
+            let out = g
+                .dead
+                .commit(BatchCommit {
+                    app_id: g.app_id.clone(),
+                    batch_id: plan.batch_id,
+                    batches: vec![letters],
+                    info: info.clone(),
+                })
+                .await?;
+            dead_version = out.version;
+            tracing::warn!(pipeline = %spec.pipeline, batch = plan.batch_id, dead_letters, table = %g.dead.uri(), "records could not be decoded; kept in the dead-letter table");
+        }
+        let output_rows: u64 = rows.iter().map(|b| b.num_rows() as u64).sum();
+        let outcome = g
+            .data
+            .commit(BatchCommit {
+                app_id: g.app_id.clone(),
+                batch_id: plan.batch_id,
+                batches: rows,
+                info,
+            })
+            .await?;
+        let write_ms = started.elapsed().as_millis() as u64;
+
+        let t = Instant::now();
+        let next: Vec<(i32, i64)> = plan.end_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        if let Err(e) = blocking(|| reader.commit(&next)) {
+            tracing::warn!(pipeline = %spec.pipeline, error = %e, "could not commit offsets to the consumer group (lag tools will lag; the table is correct)");
+        }
+        let offset_commit_ms = t.elapsed().as_millis() as u64;
+
+        let s = &mut self.summary;
+        s.batches += 1;
+        s.rows += output_rows;
+        s.dead_letters += dead_letters;
+        s.files += outcome.files as u64;
+        s.bytes += outcome.bytes;
+        s.table_version = g.data.version();
+
+        let read_ms = batch.read_time.as_millis() as u64;
+        let total_ms = read_ms + plan_ms + write_ms + offset_commit_ms;
+        let per_sec = |ms: u64| {
+            if ms == 0 {
+                rows_in as f64 * 1000.0
+            } else {
+                rows_in as f64 * 1000.0 / ms as f64
+            }
+        };
+        let offsets = |pick: &dyn Fn(&tributary_core::PartitionRange) -> i64| {
+            BTreeMap::from([(
+                plan.ranges.topic.clone(),
+                plan.ranges
+                    .ranges
+                    .iter()
+                    .map(|r| (r.partition.to_string(), pick(r)))
+                    .collect::<BTreeMap<_, _>>(),
+            )])
+        };
+        let progress = BatchProgress {
+            name: spec.pipeline.clone(),
+            batch_id: plan.batch_id,
+            group: plan.group.clone(),
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            replayed,
+            num_input_rows: rows_in,
+            num_output_rows: output_rows,
+            num_dead_letters: dead_letters,
+            input_bytes: batch.bytes,
+            input_rows_per_second: per_sec(read_ms),
+            processed_rows_per_second: per_sec(total_ms.max(write_ms)),
+            duration_ms: BTreeMap::from([
+                ("read".to_string(), read_ms),
+                ("plan".to_string(), plan_ms),
+                ("write".to_string(), write_ms),
+                ("offsetCommit".to_string(), offset_commit_ms),
+                (
+                    "triggerExecution".to_string(),
+                    plan_ms + write_ms + offset_commit_ms,
+                ),
+            ]),
+            sources: vec![SourceProgress {
+                description: format!("kafka[{}]", plan.ranges.topic),
+                start_offset: offsets(&|r| r.start),
+                end_offset: offsets(&|r| r.end),
+            }],
+            sink: SinkProgress {
+                description: format!("delta[{}]", g.data.uri()),
+                table_version: outcome.version,
+                num_files: outcome.files,
+                num_bytes: outcome.bytes,
+                dead_letter_table_version: dead_version,
+            },
+        };
+        tracing::info!(
+            pipeline = %spec.pipeline, batch = plan.batch_id, rows = output_rows, dead_letters,
+            files = outcome.files, version = ?outcome.version, replayed, ms = total_ms, "batch committed"
+        );
+        if let Some(path) = &self.options.progress_json {
+            let line = serde_json::to_string(&progress)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{line}"));
+            if let Err(e) = written {
+                tracing::warn!(path = %path.display(), error = %e, "cannot append the progress event");
+            }
+        }
+        if let Some(cb) = &self.options.on_progress {
+            cb(&progress);
+        }
+        Ok(())
+    }
+}
+
+/// Column references of the spec against the decoded schema.
+fn check_columns(spec: &TableSpec, schema: &Schema) -> Result<()> {
+    let columns: Vec<(String, bool)> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            (
+                f.name().clone(),
+                matches!(f.data_type(), DataType::Timestamp(..)),
+            )
+        })
+        .collect();
+    let problems = spec.check_columns(&columns);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Spec(
+        problems
+            .into_iter()
+            .map(|(p, m)| format!("{p}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    ))
+}
+
+/// Runs a short blocking client call without stalling the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}

@@ -1,0 +1,166 @@
+//! Reading one batch from Kafka and decoding it on the reader thread: either a
+//! new batch within the trigger's limits, or the exact replay of a recorded plan.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tributary_avro::{DecodedChunk, RecordDecoder};
+use tributary_core::OffsetRanges;
+use tributary_kafka::{KafkaReader, Polled, raw_record};
+
+use crate::error::Result;
+
+/// When a new batch ends.
+pub(crate) struct PlanLimits {
+    pub max_offsets: u64,
+    pub max_bytes: u64,
+    pub interval: Duration,
+    /// `available_now`: the high watermark of each partition at start.
+    pub drain_targets: Option<BTreeMap<i32, i64>>,
+}
+
+pub(crate) struct ReadBatch {
+    pub ranges: OffsetRanges,
+    /// Where every partition stands after this batch.
+    pub end_offsets: BTreeMap<i32, i64>,
+    pub decoded: DecodedChunk,
+    pub records: u64,
+    pub bytes: u64,
+    pub read_time: Duration,
+    /// `available_now` and every partition reached its target.
+    pub drained: bool,
+}
+
+const POLL: Duration = Duration::from_millis(100);
+
+/// Reads a new batch starting at `positions` (updated in place). Returns a
+/// batch with no records only when draining is complete or a stop was requested.
+pub(crate) fn read_new_batch(
+    reader: &KafkaReader,
+    decoder: &mut RecordDecoder,
+    positions: &mut BTreeMap<i32, i64>,
+    limits: &PlanLimits,
+    eof_seen: &mut HashSet<i32>,
+    stop: &dyn Fn() -> bool,
+) -> Result<ReadBatch> {
+    let started = Instant::now();
+    let mut deadline = started + limits.interval;
+    let mut ranges = OffsetRanges::new(reader.topic());
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let drained = |positions: &BTreeMap<i32, i64>, eof: &HashSet<i32>| {
+        limits.drain_targets.as_ref().is_some_and(|targets| {
+            targets
+                .iter()
+                .all(|(p, t)| eof.contains(p) || positions.get(p).is_some_and(|pos| pos >= t))
+        })
+    };
+    loop {
+        if drained(positions, eof_seen) || stop() {
+            break;
+        }
+        if records >= limits.max_offsets || bytes >= limits.max_bytes {
+            break;
+        }
+        let now = Instant::now();
+        if limits.drain_targets.is_none() && now >= deadline {
+            if records > 0 {
+                break;
+            }
+            deadline = now + limits.interval;
+        }
+        match reader.poll(
+            POLL.min(deadline.saturating_duration_since(now))
+                .max(Duration::from_millis(1)),
+        )? {
+            Polled::Record(m) => {
+                let raw = raw_record(&m);
+                ranges.record(raw.partition, raw.offset);
+                positions.insert(raw.partition, raw.offset + 1);
+                eof_seen.remove(&raw.partition);
+                records += 1;
+                bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+                decoder.push(&raw)?;
+            }
+            Polled::EndOfPartition(p) => {
+                // The consumer may have skipped transaction markers: move on to its position.
+                if let Some(pos) = reader.position(p) {
+                    let e = positions.entry(p).or_insert(pos);
+                    *e = (*e).max(pos);
+                }
+                eof_seen.insert(p);
+            }
+            Polled::Idle => {}
+        }
+    }
+    let decoded = decoder.finish()?;
+    Ok(ReadBatch {
+        ranges,
+        end_offsets: positions.clone(),
+        decoded,
+        records,
+        bytes,
+        read_time: started.elapsed(),
+        drained: drained(positions, eof_seen),
+    })
+}
+
+/// Re-reads exactly the records of a recorded plan: `[start, end)` of each
+/// partition, nothing more, however the topic has grown since.
+pub(crate) fn replay_batch(
+    reader: &KafkaReader,
+    decoder: &mut RecordDecoder,
+    ranges: &OffsetRanges,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<ReadBatch>> {
+    let started = Instant::now();
+    let mut pending: BTreeMap<i32, (i64, i64)> = ranges
+        .ranges
+        .iter()
+        .map(|r| (r.partition, (r.start, r.end)))
+        .collect();
+    let mut replayed = OffsetRanges::new(reader.topic());
+    let (mut records, mut bytes) = (0u64, 0u64);
+    pending.retain(|_, (start, end)| start < end);
+    while !pending.is_empty() {
+        if stop() {
+            return Ok(None);
+        }
+        match reader.poll(POLL)? {
+            Polled::Record(m) => {
+                let raw = raw_record(&m);
+                let Some((_, end)) = pending.get(&raw.partition).copied() else {
+                    continue;
+                };
+                if raw.offset >= end {
+                    pending.remove(&raw.partition);
+                    continue;
+                }
+                replayed.record(raw.partition, raw.offset);
+                records += 1;
+                bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+                decoder.push(&raw)?;
+                if raw.offset + 1 >= end {
+                    pending.remove(&raw.partition);
+                }
+            }
+            Polled::EndOfPartition(p) => {
+                if let (Some((_, end)), Some(pos)) = (pending.get(&p).copied(), reader.position(p))
+                    && pos >= end
+                {
+                    pending.remove(&p);
+                }
+            }
+            Polled::Idle => {}
+        }
+    }
+    let decoded = decoder.finish()?;
+    Ok(Some(ReadBatch {
+        ranges: ranges.clone(),
+        end_offsets: BTreeMap::new(),
+        decoded,
+        records,
+        bytes,
+        read_time: started.elapsed(),
+        drained: false,
+    }))
+}

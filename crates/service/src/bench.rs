@@ -1,0 +1,216 @@
+//! `tributary bench`: throughput measurements reported in docs/benchmarks.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use deltalake::parquet::arrow::ArrowWriter;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tributary_core::RawRecord;
+use tributary_engine::{PipelineOptions, run_pipeline};
+
+use crate::dev;
+use crate::dev::generator::{BENCH_SCHEMA, Rng, bench_event, frame};
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Decode Confluent-framed 10-field Avro records into Arrow on one thread,
+    /// then convert to Delta types and encode Parquet, timing each.
+    Decode {
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+    },
+    /// Drain a backlog from the in-process Kafka into a Delta table with
+    /// `available_now`, end to end, and check that no record is lost.
+    Ingest {
+        #[arg(long, default_value_t = 5_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+}
+
+pub async fn run(which: Bench) -> anyhow::Result<()> {
+    match which {
+        Bench::Decode { rows } => decode(rows).await,
+        Bench::Ingest { rows, partitions } => ingest(rows, partitions).await,
+    }
+}
+
+async fn registry_with_schema(
+    subject: &str,
+) -> anyhow::Result<(
+    dev::registry::DevRegistry,
+    Arc<tributary_avro::RegistryClient>,
+    u32,
+)> {
+    let registry = dev::registry::start(([127, 0, 0, 1], 0).into()).await?;
+    let client = Arc::new(tributary_avro::RegistryClient::new(
+        tributary_avro::RegistryConfig {
+            url: registry.url.clone(),
+            auth: tributary_avro::RegistryAuth::None,
+            timeout: Duration::from_secs(5),
+            max_retries: 3,
+        },
+    )?);
+    let id = client.register(subject, BENCH_SCHEMA).await?;
+    Ok((registry, client, id))
+}
+
+async fn decode(rows: u64) -> anyhow::Result<()> {
+    let (_registry, client, id) = registry_with_schema("bench-value").await?;
+    let mut rng = Rng::new(7);
+    let mut body = Vec::new();
+    let mut buffer = Vec::new();
+    let mut bounds = Vec::with_capacity(rows as usize);
+    for seq in 0..rows {
+        bench_event(&mut rng, seq, &mut body);
+        let start = buffer.len();
+        buffer.extend_from_slice(&frame(id, &body));
+        bounds.push((start, buffer.len()));
+    }
+    let bytes = buffer.len();
+    let handle = tokio::runtime::Handle::current();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let mut decoder = tributary_avro::RecordDecoder::new(client, handle);
+        // Warm the schema cache so the timing holds decoding only.
+        let first = bounds[0];
+        decoder.push(&record(&buffer[first.0..first.1], 0))?;
+        decoder.finish()?;
+        let started = Instant::now();
+        for (i, (s, e)) in bounds.iter().enumerate() {
+            decoder.push(&record(&buffer[*s..*e], i as i64))?;
+        }
+        let decoded = decoder.finish()?;
+        let decode_time = started.elapsed();
+        anyhow::ensure!(
+            decoded.dead_letters.is_empty(),
+            "unexpected dead letters: {:?}",
+            decoded.dead_letters.first()
+        );
+        let decoded_rows: usize = decoded.batches.iter().map(|b| b.num_rows()).sum();
+        anyhow::ensure!(
+            decoded_rows as u64 == rows,
+            "decoded {decoded_rows} of {rows} rows"
+        );
+
+        let started = Instant::now();
+        let target = tributary_avro::delta_schema(&decoded.batches[0].schema())?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), target.clone(), Some(props))?;
+        for b in &decoded.batches {
+            writer.write(&tributary_avro::to_delta_batch(b, &target)?)?;
+        }
+        let parquet = writer.into_inner()?;
+        let encode_time = started.elapsed();
+        let per_sec = |d: Duration| rows as f64 / d.as_secs_f64();
+        Ok(format!(
+            "bench decode: {rows} rows, {:.1} MB of Confluent-framed Avro (10 fields)\n  \
+             decode to Arrow:              {:>10.0} rows/s  {:>7.1} MB/s\n  \
+             Delta types + Parquet encode: {:>10.0} rows/s  ({:.1} MB of Parquet)\n  \
+             decode + encode on one core:  {:>10.0} rows/s\n  \
+             ratio decode : (decode+encode) = {:.2}",
+            bytes as f64 / 1e6,
+            per_sec(decode_time),
+            bytes as f64 / 1e6 / decode_time.as_secs_f64(),
+            per_sec(encode_time),
+            parquet.len() as f64 / 1e6,
+            per_sec(decode_time + encode_time),
+            per_sec(decode_time) / per_sec(decode_time + encode_time),
+        ))
+    })
+    .await??;
+    println!("{report}");
+    Ok(())
+}
+
+fn record(value: &[u8], offset: i64) -> RawRecord<'_> {
+    RawRecord {
+        partition: 0,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        value: Some(value),
+    }
+}
+
+async fn ingest(rows: u64, partitions: i32) -> anyhow::Result<()> {
+    let topic = "bench";
+    let kafka = dev::kafka::start(1, &[(topic, partitions)])?;
+    let bootstrap = kafka.bootstrap_servers();
+    let (registry, _client, id) = registry_with_schema(&format!("{topic}-value")).await?;
+    let produce_started = Instant::now();
+    let boot = bootstrap.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &boot)
+            .set("linger.ms", "50")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        let mut rng = Rng::new(11);
+        let mut body = Vec::new();
+        for seq in 0..rows {
+            bench_event(&mut rng, seq, &mut body);
+            let payload = frame(id, &body);
+            let mut record = BaseRecord::<(), _>::to(topic)
+                .payload(&payload)
+                .partition((seq % partitions as u64) as i32);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+        Ok(())
+    })
+    .await??;
+    let produce_time = produce_started.elapsed();
+
+    let dir = tempfile::tempdir()?;
+    let spec_text = format!(
+        "pipeline: bench
+source:
+  kafka: {{bootstrap_servers: '{bootstrap}', topic: {topic}}}
+  schema_registry: {{url: '{}'}}
+table: {{uri: 'file://{d}/lake/bench', target_file_size: 128MiB}}
+trigger: {{available_now: true}}
+checkpoint: {{location: 'file://{d}/checkpoint'}}
+",
+        registry.url,
+        d = dir.path().display()
+    );
+    let spec = tributary_spec::parse_spec("bench.yaml", &spec_text)
+        .map_err(|e| anyhow::anyhow!(e.report().join("\n")))?;
+    let started = Instant::now();
+    let summary = run_pipeline(spec, PipelineOptions::default())
+        .await
+        .context("ingest failed")?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        summary.rows == rows && summary.dead_letters == 0,
+        "lost records: {summary:?} for {rows} produced"
+    );
+    println!(
+        "bench ingest: {rows} rows over {partitions} partitions (produced in {:.1}s, not timed)\n  \
+         drained into Delta in {:.2}s: {:.0} rows/s end to end, {} batches, {} files, {:.1} MB of Parquet, zero loss",
+        produce_time.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        rows as f64 / elapsed.as_secs_f64(),
+        summary.batches,
+        summary.files,
+        summary.bytes as f64 / 1e6
+    );
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! A development schema registry speaking the subset of the Confluent REST
+//! API that producers and Tributary use: register a schema under a subject,
+//! get a schema by id, list subjects and versions, get a version or the latest.
+//! In memory; for the demo and tests, not for production.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Registry {
+    /// Schema text by id - 1.
+    schemas: Vec<String>,
+    /// Schema ids by subject, in version order.
+    subjects: BTreeMap<String, Vec<u32>>,
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn not_found(code: u32, message: &str) -> Response {
+    reply(
+        StatusCode::NOT_FOUND,
+        json!({"error_code": code, "message": message}),
+    )
+}
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Registry> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn register(
+    State(state): State<Shared>,
+    Path(subject): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let Some(schema) = body.get("schema").and_then(Value::as_str) else {
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error_code": 42201, "message": "missing schema"}),
+        );
+    };
+    if let Some(t) = body.get("schemaType").and_then(Value::as_str)
+        && t != "AVRO"
+    {
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error_code": 42201, "message": "only AVRO schemas"}),
+        );
+    }
+    let Ok(parsed) = serde_json::from_str::<Value>(schema) else {
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error_code": 42201, "message": "invalid Avro schema"}),
+        );
+    };
+    let mut reg = lock(&state);
+    // The same schema (compared as JSON) keeps its id, as in the Confluent registry.
+    let existing = reg
+        .schemas
+        .iter()
+        .position(|s| serde_json::from_str::<Value>(s).ok().as_ref() == Some(&parsed));
+    let id = match existing {
+        Some(i) => i as u32 + 1,
+        None => {
+            reg.schemas.push(schema.to_string());
+            reg.schemas.len() as u32
+        }
+    };
+    let versions = reg.subjects.entry(subject).or_default();
+    if !versions.contains(&id) {
+        versions.push(id);
+    }
+    reply(StatusCode::OK, json!({"id": id}))
+}
+
+async fn schema_by_id(State(state): State<Shared>, Path(id): Path<u32>) -> Response {
+    let reg = lock(&state);
+    match reg.schemas.get((id as usize).wrapping_sub(1)) {
+        Some(s) => reply(StatusCode::OK, json!({"schema": s})),
+        None => not_found(40403, "Schema not found"),
+    }
+}
+
+async fn subjects(State(state): State<Shared>) -> Response {
+    let reg = lock(&state);
+    reply(
+        StatusCode::OK,
+        json!(reg.subjects.keys().collect::<Vec<_>>()),
+    )
+}
+
+async fn versions(State(state): State<Shared>, Path(subject): Path<String>) -> Response {
+    let reg = lock(&state);
+    match reg.subjects.get(&subject) {
+        Some(v) => reply(StatusCode::OK, json!((1..=v.len()).collect::<Vec<_>>())),
+        None => not_found(40401, "Subject not found"),
+    }
+}
+
+async fn version(
+    State(state): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+) -> Response {
+    let reg = lock(&state);
+    let Some(ids) = reg.subjects.get(&subject) else {
+        return not_found(40401, "Subject not found");
+    };
+    let index = match version.as_str() {
+        "latest" | "-1" => ids.len().checked_sub(1),
+        v => v
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|i| *i < ids.len()),
+    };
+    let Some(i) = index else {
+        return not_found(40402, "Version not found");
+    };
+    let id = ids[i];
+    reply(
+        StatusCode::OK,
+        json!({"subject": subject, "version": i + 1, "id": id, "schema": reg.schemas[id as usize - 1]}),
+    )
+}
+
+/// A running registry; it stops when dropped.
+pub struct DevRegistry {
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DevRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the registry on `addr` (port 0 picks a free port).
+pub async fn start(addr: SocketAddr) -> std::io::Result<DevRegistry> {
+    let state: Shared = Arc::default();
+    let app = Router::new()
+        .route("/subjects", get(subjects))
+        .route("/subjects/{subject}/versions", get(versions).post(register))
+        .route("/subjects/{subject}/versions/{version}", get(version))
+        .route("/schemas/ids/{id}", get(schema_by_id))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "development schema registry stopped");
+        }
+    });
+    Ok(DevRegistry { url, task })
+}

@@ -1,0 +1,361 @@
+//! `tributary`: Kafka (Confluent Avro) to Delta Lake ingestion.
+
+mod bench;
+mod demo;
+mod dev;
+mod readback;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tributary_engine::{PipelineOptions, run_pipeline};
+use tributary_spec::{TableSpec, parse_spec_file};
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "Ingest Kafka topics of Confluent-framed Avro into Delta Lake tables, exactly once."
+)]
+struct Cli {
+    /// Log format on stderr. Levels come from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pipelines until stopped (SIGINT / SIGTERM: the batch in flight
+    /// commits, then the process exits 0), or until drained with
+    /// `trigger.available_now: true`.
+    Run {
+        /// Table spec files (YAML); each runs as its own pipeline.
+        #[arg(long = "spec", required = true, num_args = 1..)]
+        specs: Vec<PathBuf>,
+        /// Append one JSON line per committed batch to this file.
+        #[arg(long)]
+        progress_json: Option<PathBuf>,
+    },
+    /// Check table specs; print every problem as `file:line: field.path: message`
+    /// and exit 1 if there is any. Column references are checked against the
+    /// latest schema of `<topic>-value` when the registry answers.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Do not contact the schema registry.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Try Tributary with nothing installed: an in-process Kafka and schema
+    /// registry, a generated click stream, a Delta table under --dir.
+    Demo {
+        /// Where the demo's tables, checkpoints and spec go (recreated).
+        #[arg(long, default_value = "./tributary-demo")]
+        dir: PathBuf,
+        /// How long the generator produces.
+        #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Events per second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+    },
+    /// Start the development stack (mock Kafka cluster and schema registry) and
+    /// keep it up until interrupted; prints its addresses as one JSON line.
+    DevStack {
+        /// Topics to create, as NAME:PARTITIONS.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Port of the schema registry (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        registry_port: u16,
+        /// Number of mock brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
+    /// Measure throughput (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+    /// Print the spec reference (Markdown) generated from the spec structs.
+    SpecReference,
+    /// Print the JSON Schema of a table spec.
+    SpecSchema,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<tributary_spec::HumanDuration>().map(|d| d.0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            specs,
+            progress_json,
+        } => run(specs, progress_json).await,
+        Command::Validate { files, offline } => validate(files, offline).await,
+        Command::Demo {
+            dir,
+            duration,
+            rate,
+        } => demo::run(dir, duration, rate)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::DevStack {
+            topics,
+            registry_port,
+            brokers,
+        } => dev_stack(topics, registry_port, brokers)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Bench { which } => bench::run(which).await.map(|()| ExitCode::SUCCESS),
+        Command::SpecReference => {
+            print!("{}", tributary_spec::reference_markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SpecSchema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&tributary_spec::json_schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Parses every spec, printing all problems of all files.
+fn load_specs(files: &[PathBuf]) -> Option<Vec<TableSpec>> {
+    let mut specs = Vec::new();
+    let mut ok = true;
+    for f in files {
+        match parse_spec_file(f) {
+            Ok(s) => specs.push(s),
+            Err(e) => {
+                ok = false;
+                for line in e.report() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+    ok.then_some(specs)
+}
+
+async fn run(files: Vec<PathBuf>, progress_json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let Some(specs) = load_specs(&files) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_handler(stop.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for spec in specs {
+        let options = PipelineOptions {
+            stop: stop.clone(),
+            progress_json: progress_json.clone(),
+            on_progress: None,
+        };
+        let name = spec.pipeline.clone();
+        tasks.spawn(async move { (name, run_pipeline(spec, options).await) });
+    }
+    let mut failed = false;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined.context("pipeline task panicked")?;
+        match result {
+            Ok(summary) => tracing::info!(
+                pipeline = %name, batches = summary.batches, rows = summary.rows,
+                dead_letters = summary.dead_letters, version = ?summary.table_version, "pipeline finished"
+            ),
+            Err(e) => {
+                eprintln!("error: pipeline {name}: {e}");
+                failed = true;
+                // One failed pipeline stops the others cleanly.
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn spawn_signal_handler(stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested: finishing the batch in flight");
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+async fn validate(files: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for f in &files {
+        let spec = match parse_spec_file(f) {
+            Ok(s) => s,
+            Err(e) => {
+                failed = true;
+                for line in e.report() {
+                    println!("{line}");
+                }
+                continue;
+            }
+        };
+        if !offline {
+            match registry_columns(&spec).await {
+                Ok(Some(columns)) => {
+                    let problems = spec.check_columns(&columns);
+                    if !problems.is_empty() {
+                        failed = true;
+                        let source = std::fs::read_to_string(f).unwrap_or_default();
+                        for line in
+                            tributary_spec::problems_at(&f.display().to_string(), &source, problems)
+                                .report()
+                        {
+                            println!("{line}");
+                        }
+                        continue;
+                    }
+                }
+                Ok(None) => eprintln!(
+                    "{}: note: subject {}-value not in the registry; column references not checked",
+                    f.display(),
+                    spec.source.kafka.topic
+                ),
+                Err(e) => eprintln!(
+                    "{}: note: registry not reachable ({e}); column references not checked",
+                    f.display()
+                ),
+            }
+        }
+        println!("{}: ok", f.display());
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Top-level columns (name, is a timestamp) of the latest value schema.
+async fn registry_columns(spec: &TableSpec) -> anyhow::Result<Option<Vec<(String, bool)>>> {
+    let r = &spec.source.schema_registry;
+    let client = tributary_avro::RegistryClient::new(tributary_avro::RegistryConfig {
+        url: r.url.clone(),
+        auth: tributary_avro::RegistryAuth::from_env(
+            r.basic_auth_env.as_deref(),
+            r.bearer_token_env.as_deref(),
+        )?,
+        timeout: Duration::from_secs(3),
+        max_retries: 0,
+    })?;
+    let Some(latest) = client
+        .latest(&format!("{}-value", spec.source.kafka.topic))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let decoded = tributary_avro::arrow_schema_of(&latest.schema)?;
+    let schema = tributary_avro::delta_schema(&decoded)?;
+    Ok(Some(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                (
+                    f.name().clone(),
+                    matches!(
+                        f.data_type(),
+                        deltalake::arrow::datatypes::DataType::Timestamp(..)
+                    ),
+                )
+            })
+            .collect(),
+    ))
+}
+
+async fn dev_stack(topics: Vec<String>, registry_port: u16, brokers: i32) -> anyhow::Result<()> {
+    let mut parsed = Vec::new();
+    for t in &topics {
+        let (name, parts) = t.split_once(':').unwrap_or((t, "4"));
+        parsed.push((
+            name,
+            parts
+                .parse::<i32>()
+                .with_context(|| format!("bad partition count in {t:?}"))?,
+        ));
+    }
+    let kafka = dev::kafka::start(brokers, &parsed)?;
+    let registry = dev::registry::start(([127, 0, 0, 1], registry_port).into()).await?;
+    println!(
+        "{}",
+        serde_json::json!({"bootstrap_servers": kafka.bootstrap_servers(), "schema_registry": registry.url})
+    );
+    tracing::info!(bootstrap_servers = %kafka.bootstrap_servers(), schema_registry = %registry.url, "development stack up; Ctrl-C stops it");
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_handler(stop.clone());
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(registry);
+    drop(kafka);
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The table spec: one YAML document per pipeline. Parsing reports every
+//! problem it can find at once, each with the dotted path of the field and the
+//! line it sits on, so `tributary validate` can print `file:line: path: message`.
+
+mod error;
+mod lines;
+mod model;
+mod parse;
+mod reference;
+mod units;
+mod validate;
+
+pub use error::{Problem, Result, SpecError};
+pub use model::*;
+pub use parse::{parse_spec, parse_spec_file, problems_at};
+pub use reference::{json_schema, reference_markdown};
+pub use units::{ByteSize, HumanDuration};

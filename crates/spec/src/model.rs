@@ -1,0 +1,280 @@
+//! The spec structs. Their doc comments are the spec reference
+//! (`docs/spec-reference.md` is generated from them).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// One pipeline: a Kafka topic of Confluent-framed Avro records ingested into one Delta table.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Name of the pipeline: letters, digits, `-` and `_`. It names the Delta
+    /// transaction id (`<pipeline>/<group>`) that makes commits idempotent, so
+    /// never reuse one name for two pipelines writing the same table.
+    pub pipeline: String,
+    /// Where the records come from.
+    pub source: SourceSpec,
+    /// The Delta table the records land in.
+    pub table: TableTarget,
+    /// When a micro-batch ends.
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    /// Where the pipeline keeps its progress and state.
+    pub checkpoint: CheckpointSpec,
+    /// Where records that cannot be decoded go. Default: a sibling table
+    /// `<table.uri>_dead_letters`.
+    #[serde(default)]
+    pub dead_letters: Option<DeadLetterSpec>,
+}
+
+/// The source of a pipeline.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// The Kafka topic and how to reach it.
+    pub kafka: KafkaSpec,
+    /// The Confluent-compatible schema registry that holds the writer schemas.
+    pub schema_registry: RegistrySpec,
+}
+
+/// Kafka connection and topic.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// Comma-separated `host:port` list of brokers.
+    pub bootstrap_servers: String,
+    /// The topic to ingest.
+    pub topic: String,
+    /// Consumer group that receives the committed offsets (so standard lag
+    /// tools work). The Delta log stays the source of truth for progress.
+    /// Default: `tributary-<pipeline>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Where a pipeline with no committed batch starts reading.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// librdkafka properties passed through as they are (`security.protocol`,
+    /// `sasl.*`, `ssl.*`, `client.id`, ...). Tributary sets the properties its
+    /// guarantees rest on (`enable.auto.commit`, `group.id`, ...) itself and
+    /// rejects them here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaSpec {
+    pub fn group_id(&self, pipeline: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("tributary-{pipeline}"))
+    }
+}
+
+/// Where a pipeline with no committed batch starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StartingOffsets {
+    /// The oldest record still in the topic.
+    #[default]
+    Earliest,
+    /// Only records produced after the pipeline first starts.
+    Latest,
+}
+
+/// Schema registry connection.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// Base URL of the registry, e.g. `http://localhost:8081`.
+    pub url: String,
+    /// Name of an environment variable holding `user:password` for HTTP basic
+    /// auth. Secrets are never written in the spec itself.
+    #[serde(default)]
+    pub basic_auth_env: Option<String>,
+    /// Name of an environment variable holding a bearer token.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// Timeout of one registry request.
+    #[serde(default = "default_registry_timeout")]
+    #[schemars(default = "default_registry_timeout")]
+    pub timeout: HumanDuration,
+    /// How many times a failing registry request is retried (with exponential
+    /// backoff) before the batch fails; a failed batch commits nothing and is retried.
+    #[serde(default = "default_registry_retries")]
+    pub max_retries: u32,
+}
+
+fn default_registry_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_registry_retries() -> u32 {
+    5
+}
+
+/// The Delta table.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableTarget {
+    /// Table location as a URI: `file:///abs/path` (or a plain absolute path).
+    /// The table is created on the first batch if it does not exist.
+    pub uri: String,
+    /// Partition columns. Each entry is a source column name, or a column
+    /// derived from a timestamp column: `date(ts)` adds a `date` column
+    /// (`YYYY-MM-DD`, UTC) and `hour(ts)` an `hour` column (0-23, UTC).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Size at which a data file is closed and a new one started. A micro-batch
+    /// also ends once it has read this many bytes of record values, so a busy
+    /// topic writes files of about this size.
+    #[serde(default = "default_target_file_size")]
+    #[schemars(default = "default_target_file_size")]
+    pub target_file_size: ByteSize,
+}
+
+fn default_target_file_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+/// When a micro-batch ends: whichever limit is reached first.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Processing-time trigger: a batch ends this long after it started
+    /// reading, unless another limit ends it earlier.
+    #[serde(default = "default_interval")]
+    #[schemars(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Most Kafka offsets one batch reads, over all partitions (Spark's
+    /// `maxOffsetsPerTrigger`). Default: no limit besides size and time.
+    #[serde(default)]
+    pub max_offsets_per_trigger: Option<u64>,
+    /// `true`: read what the topic holds when the pipeline starts (up to the
+    /// high watermarks seen then), commit it, and exit 0 (Spark's
+    /// `Trigger.AvailableNow`), for backfills and scheduled runs.
+    #[serde(default)]
+    pub available_now: bool,
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+impl Default for TriggerSpec {
+    fn default() -> Self {
+        TriggerSpec {
+            interval: default_interval(),
+            max_offsets_per_trigger: None,
+            available_now: false,
+        }
+    }
+}
+
+/// Checkpoint location.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// URI of the checkpoint directory (`file://` or a plain absolute path).
+    pub location: String,
+}
+
+/// Dead-letter table.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSpec {
+    /// URI of the Delta table that receives undecodable records with their raw
+    /// key and value bytes, topic, partition, offset, timestamp and the reason.
+    pub table: String,
+}
+
+/// How a partition column is computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionColumn {
+    /// A column of the source record, used as it is.
+    Source(String),
+    /// `date(ts)`: the UTC date of a timestamp column, as a `date` column.
+    Date { from: String },
+    /// `hour(ts)`: the UTC hour (0-23) of a timestamp column, as an `hour` column.
+    Hour { from: String },
+}
+
+impl PartitionColumn {
+    /// Parses one `table.partition_by` entry.
+    pub fn parse(entry: &str) -> Result<PartitionColumn, String> {
+        let entry = entry.trim();
+        if let Some((func, rest)) = entry.split_once('(') {
+            let arg = rest
+                .strip_suffix(')')
+                .map(str::trim)
+                .filter(|a| is_identifier(a))
+                .ok_or_else(|| {
+                    format!(
+                        "invalid partition expression {entry:?}; write date(column) or hour(column)"
+                    )
+                })?;
+            return match func.trim() {
+                "date" => Ok(PartitionColumn::Date {
+                    from: arg.to_string(),
+                }),
+                "hour" => Ok(PartitionColumn::Hour {
+                    from: arg.to_string(),
+                }),
+                other => Err(format!(
+                    "unknown partition transform {other:?}; supported: date(column), hour(column)"
+                )),
+            };
+        }
+        if is_identifier(entry) {
+            Ok(PartitionColumn::Source(entry.to_string()))
+        } else {
+            Err(format!("invalid partition column {entry:?}"))
+        }
+    }
+
+    /// Name of the column in the table.
+    pub fn name(&self) -> &str {
+        match self {
+            PartitionColumn::Source(c) => c,
+            PartitionColumn::Date { .. } => "date",
+            PartitionColumn::Hour { .. } => "hour",
+        }
+    }
+
+    /// The source column it reads.
+    pub fn source_column(&self) -> &str {
+        match self {
+            PartitionColumn::Source(c)
+            | PartitionColumn::Date { from: c }
+            | PartitionColumn::Hour { from: c } => c,
+        }
+    }
+}
+
+pub(crate) fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl TableSpec {
+    /// The parsed partition columns. Valid after `validate()` succeeded.
+    pub fn partition_columns(&self) -> Vec<PartitionColumn> {
+        self.table
+            .partition_by
+            .iter()
+            .filter_map(|e| PartitionColumn::parse(e).ok())
+            .collect()
+    }
+
+    /// URI of the dead-letter table.
+    pub fn dead_letter_uri(&self) -> String {
+        match &self.dead_letters {
+            Some(d) => d.table.clone(),
+            None => format!("{}_dead_letters", self.table.uri.trim_end_matches('/')),
+        }
+    }
+}

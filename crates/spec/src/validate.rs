@@ -1,0 +1,288 @@
+//! Semantic checks that need no I/O. Column references against the source
+//! schema are checked when the schema is known (`TableSpec::check_columns`).
+
+use std::collections::HashSet;
+
+use crate::model::{PartitionColumn, TableSpec, is_identifier};
+
+/// librdkafka properties Tributary sets itself because its guarantees rest on them.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
+/// URI schemes a table or checkpoint may use.
+const SUPPORTED_SCHEMES: &[&str] = &["file"];
+
+impl TableSpec {
+    /// Every semantic problem as (path, message). Pure: no I/O.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut problem = |path: &str, msg: String| out.push((path.to_string(), msg));
+
+        if self.pipeline.is_empty()
+            || !self
+                .pipeline
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problem(
+                "pipeline",
+                format!(
+                    "invalid name {:?}: use letters, digits, '-' and '_'",
+                    self.pipeline
+                ),
+            );
+        }
+
+        let kafka = &self.source.kafka;
+        if kafka.bootstrap_servers.split(',').any(|s| {
+            s.trim()
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            problem(
+                "source.kafka.bootstrap_servers",
+                format!(
+                    "invalid broker list {:?}: write host:port[,host:port...]",
+                    kafka.bootstrap_servers
+                ),
+            );
+        }
+        if kafka.topic.is_empty()
+            || kafka.topic.len() > 249
+            || !kafka
+                .topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            problem(
+                "source.kafka.topic",
+                format!("invalid Kafka topic name {:?}", kafka.topic),
+            );
+        }
+        for key in kafka.properties.keys() {
+            if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+                problem(
+                    &format!("source.kafka.properties.{key}"),
+                    "set by Tributary itself; use the spec's own fields (bootstrap_servers, group_id, starting_offsets)".into(),
+                );
+            }
+        }
+
+        let registry = &self.source.schema_registry;
+        match url::Url::parse(&registry.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => problem(
+                "source.schema_registry.url",
+                format!(
+                    "invalid URL {:?}: write http(s)://host[:port]",
+                    registry.url
+                ),
+            ),
+        }
+        if registry.basic_auth_env.is_some() && registry.bearer_token_env.is_some() {
+            problem(
+                "source.schema_registry",
+                "set basic_auth_env or bearer_token_env, not both".into(),
+            );
+        }
+        for (path, var) in [
+            (
+                "source.schema_registry.basic_auth_env",
+                &registry.basic_auth_env,
+            ),
+            (
+                "source.schema_registry.bearer_token_env",
+                &registry.bearer_token_env,
+            ),
+        ] {
+            if let Some(v) = var
+                && !is_identifier(v)
+            {
+                problem(
+                    path,
+                    format!(
+                        "{v:?} is not an environment variable name (write the variable's name, not the secret)"
+                    ),
+                );
+            }
+        }
+
+        if let Err(m) = check_uri(&self.table.uri) {
+            problem("table.uri", m);
+        }
+        if let Err(m) = check_uri(&self.checkpoint.location) {
+            problem("checkpoint.location", m);
+        }
+        let dead_letters = self.dead_letter_uri();
+        if let Some(d) = &self.dead_letters {
+            if let Err(m) = check_uri(&d.table) {
+                problem("dead_letters.table", m);
+            }
+        }
+        if dead_letters.trim_end_matches('/') == self.table.uri.trim_end_matches('/') {
+            problem("dead_letters.table", "must differ from table.uri".into());
+        }
+
+        let mut names = HashSet::new();
+        for (i, entry) in self.table.partition_by.iter().enumerate() {
+            let path = format!("table.partition_by[{i}]");
+            match PartitionColumn::parse(entry) {
+                Ok(col) => {
+                    if !names.insert(col.name().to_string()) {
+                        problem(
+                            &path,
+                            format!("partition column {:?} appears twice", col.name()),
+                        );
+                    }
+                }
+                Err(m) => problem(&path, m),
+            }
+        }
+        if self.table.target_file_size.0 < 1 << 20 {
+            problem(
+                "table.target_file_size",
+                "must be at least 1MiB; small files slow every reader".into(),
+            );
+        }
+
+        if self.trigger.interval.0.is_zero() {
+            problem("trigger.interval", "must be greater than zero".into());
+        }
+        if self.trigger.max_offsets_per_trigger == Some(0) {
+            problem(
+                "trigger.max_offsets_per_trigger",
+                "must be greater than zero".into(),
+            );
+        }
+        out
+    }
+
+    /// Checks the spec's column references against the source record's
+    /// top-level fields (name, is it a timestamp). Returns (path, message) pairs.
+    pub fn check_columns(&self, columns: &[(String, bool)]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        for (i, entry) in self.table.partition_by.iter().enumerate() {
+            let Ok(col) = PartitionColumn::parse(entry) else {
+                continue;
+            };
+            let path = format!("table.partition_by[{i}]");
+            let source = col.source_column();
+            match columns.iter().find(|(n, _)| n == source) {
+                None => out.push((
+                    path,
+                    format!(
+                        "unknown partition column {source:?}; the record has: {}",
+                        names.join(", ")
+                    ),
+                )),
+                Some((_, is_timestamp)) => {
+                    if !matches!(col, PartitionColumn::Source(_)) && !is_timestamp {
+                        out.push((
+                            path,
+                            format!("{entry} needs a timestamp column, and {source:?} is not one"),
+                        ));
+                    } else if !matches!(col, PartitionColumn::Source(_))
+                        && names.contains(&col.name())
+                    {
+                        out.push((
+                            path,
+                            format!(
+                                "{entry} adds a column {:?}, which the record already has",
+                                col.name()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn check_uri(uri: &str) -> Result<(), String> {
+    if uri.starts_with('/') {
+        return Ok(());
+    }
+    match url::Url::parse(uri) {
+        Ok(u) if SUPPORTED_SCHEMES.contains(&u.scheme()) => {
+            if u.path().is_empty() || u.path() == "/" {
+                Err(format!("invalid URI {uri:?}: no path"))
+            } else {
+                Ok(())
+            }
+        }
+        Ok(u) => Err(format!(
+            "unsupported URI scheme {:?} in {uri:?}; supported: {} (or an absolute path)",
+            u.scheme(),
+            SUPPORTED_SCHEMES.join(", ")
+        )),
+        Err(e) => Err(format!("invalid URI {uri:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse_spec;
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let src = "pipeline: bad name
+source:
+  kafka:
+    bootstrap_servers: localhost
+    topic: clicks
+    properties:
+      enable.auto.commit: 'true'
+  schema_registry:
+    url: localhost:8081
+table:
+  uri: ftp://x/y
+  partition_by: [date(ts), week(ts)]
+checkpoint:
+  location: /tmp/c
+";
+        let report = parse_spec("s.yaml", src).unwrap_err().report();
+        assert_eq!(
+            report,
+            vec![
+                "s.yaml:1: pipeline: invalid name \"bad name\": use letters, digits, '-' and '_'",
+                "s.yaml:4: source.kafka.bootstrap_servers: invalid broker list \"localhost\": write host:port[,host:port...]",
+                "s.yaml:7: source.kafka.properties.enable.auto.commit: set by Tributary itself; use the spec's own fields (bootstrap_servers, group_id, starting_offsets)",
+                "s.yaml:9: source.schema_registry.url: invalid URL \"localhost:8081\": write http(s)://host[:port]",
+                "s.yaml:11: table.uri: unsupported URI scheme \"ftp\" in \"ftp://x/y\"; supported: file (or an absolute path)",
+                "s.yaml:12: table.partition_by[1]: unknown partition transform \"week\"; supported: date(column), hour(column)",
+            ]
+        );
+    }
+
+    #[test]
+    fn column_checks_name_the_unknown_column() {
+        let src = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table: {uri: /t, partition_by: [country, 'date(ts)', 'hour(url)']}
+checkpoint: {location: /c}
+";
+        let spec = parse_spec("s.yaml", src).unwrap();
+        let cols = vec![("ts".to_string(), true), ("url".to_string(), false)];
+        assert_eq!(
+            spec.check_columns(&cols),
+            vec![
+                (
+                    "table.partition_by[0]".to_string(),
+                    "unknown partition column \"country\"; the record has: ts, url".to_string()
+                ),
+                (
+                    "table.partition_by[2]".to_string(),
+                    "hour(url) needs a timestamp column, and \"url\" is not one".to_string()
+                ),
+            ]
+        );
+    }
+}

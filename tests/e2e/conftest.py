@@ -1,0 +1,145 @@
+"""Fixtures: the real `tributary` binary, its development stack (mock Kafka
+cluster + schema registry) as a separate process, an independent Avro encoder
+(fastavro) and Kafka producer (confluent-kafka), and independent Delta readers
+(DuckDB's delta extension, Python deltalake)."""
+
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import urllib.request
+
+import duckdb
+import fastavro
+import pytest
+from confluent_kafka import Producer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def binary():
+    path = os.environ.get("TRIBUTARY_BIN")
+    assert path and os.path.exists(path), "set TRIBUTARY_BIN to the built tributary binary (scripts/test does)"
+    return path
+
+
+class DevStack:
+    def __init__(self, binary, topics):
+        args = [binary, "dev-stack"] + [a for t in topics for a in ("--topic", t)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        assert line, "dev-stack printed no addresses"
+        info = json.loads(line)
+        self.bootstrap = info["bootstrap_servers"]
+        self.registry = info["schema_registry"]
+
+    def register(self, subject, schema):
+        body = json.dumps({"schema": json.dumps(schema)}).encode()
+        req = urllib.request.Request(
+            f"{self.registry}/subjects/{subject}/versions",
+            data=body,
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)["id"]
+
+    def producer(self):
+        return Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+
+    def produce(self, topic, messages):
+        """Produces (key, value, partition) tuples; returns their (partition, offset) in order."""
+        p = self.producer()
+        placed = [None] * len(messages)
+        errors = []
+
+        def report(i):
+            def cb(err, msg):
+                if err:
+                    errors.append(err)
+                else:
+                    placed[i] = (msg.partition(), msg.offset())
+            return cb
+
+        for i, (key, value, partition) in enumerate(messages):
+            kwargs = {"key": key, "value": value, "on_delivery": report(i)}
+            if partition is not None:
+                kwargs["partition"] = partition
+            p.produce(topic, **kwargs)
+            p.poll(0)
+        assert p.flush(30) == 0
+        assert not errors, errors
+        return placed
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def dev_stack(binary, request):
+    topics = getattr(request, "param", [])
+    stack = DevStack(binary, topics)
+    yield stack
+    stack.stop()
+
+
+def confluent(schema_id, schema, record):
+    """Confluent wire format, encoded by fastavro (independent of Tributary)."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return b"\x00" + schema_id.to_bytes(4, "big") + buf.getvalue()
+
+
+def duck():
+    """DuckDB with the delta extension from the duckdb-ext-delta wheel."""
+    import duckdb_ext
+
+    ext = pathlib.Path(duckdb_ext.__file__).parent / "extensions" / f"v{duckdb.__version__}" / "linux_amd64" / "delta.duckdb_extension"
+    if not ext.exists():
+        found = list(pathlib.Path(duckdb_ext.__file__).parent.rglob("delta.duckdb_extension"))
+        assert found, "delta.duckdb_extension not found in duckdb-ext-delta"
+        ext = found[0]
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    con.execute(f"LOAD '{ext}'")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def run_spec(binary, spec_path, env=None, timeout=180, extra=()):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [binary, "run", "--spec", str(spec_path), *extra],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_spec(path, *, pipeline, bootstrap, topic, registry, table, checkpoint, partition_by=(), extra=""):
+    parts = ", ".join(f"'{p}'" for p in partition_by)
+    path.write_text(
+        f"""pipeline: {pipeline}
+source:
+  kafka:
+    bootstrap_servers: '{bootstrap}'
+    topic: {topic}
+  schema_registry:
+    url: '{registry}'
+table:
+  uri: 'file://{table}'
+  partition_by: [{parts}]
+trigger:
+  available_now: true
+  interval: 500ms
+checkpoint:
+  location: 'file://{checkpoint}'
+{extra}"""
+    )
+    return path
