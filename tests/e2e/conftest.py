@@ -100,9 +100,10 @@ def duck():
     """DuckDB with the delta extension from the duckdb-ext-delta wheel."""
     import duckdb_ext
 
-    ext = pathlib.Path(duckdb_ext.__file__).parent / "extensions" / f"v{duckdb.__version__}" / "linux_amd64" / "delta.duckdb_extension"
+    package = pathlib.Path(list(duckdb_ext.__path__)[0])  # a namespace package: no __file__
+    ext = package / "extensions" / f"v{duckdb.__version__}" / "linux_amd64" / "delta.duckdb_extension"
     if not ext.exists():
-        found = list(pathlib.Path(duckdb_ext.__file__).parent.rglob("delta.duckdb_extension"))
+        found = list(package.rglob("delta.duckdb_extension"))
         assert found, "delta.duckdb_extension not found in duckdb-ext-delta"
         ext = found[0]
     con = duckdb.connect(config={"allow_unsigned_extensions": "true"})

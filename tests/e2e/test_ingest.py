@@ -85,7 +85,7 @@ def test_every_avro_type_lands_with_the_right_values_and_delta_types(binary, dev
         r = records[n]
         expected = (
             r["b"], r["i"], n, r["f"], r["d"], r["s"], r["by"], r["opt"], r["opt_long"], r["nested"]["x"], r["nested"]["y"],
-            r["arr"], list(r["m"].keys()), list(r["m"].values()), r["e"], r["fx"], str(r["dec"]), str(r["u"]),
+            r["arr"], list(r["m"].keys()), list(r["m"].values()), r["e"], r["fx"], f"{r['dec']:.2f}", str(r["u"]),
             r["dt"].isoformat(), time_micros(r["tms"]) // 1000, time_micros(r["tus"]), micros(r["tsm"]), micros(r["tsu"]),
             naive_micros(r["ltsm"]), naive_micros(r["ltsu"]), r["region"], r["tsm"].date().isoformat(),
         )

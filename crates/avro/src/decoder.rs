@@ -123,14 +123,19 @@ impl SchemaDecoder {
     /// After an `Err` the decoder must be rebuilt.
     fn feed(&mut self, message: &[u8]) -> std::result::Result<(), String> {
         let before = self.decoder.capacity();
-        let consumed = self
-            .decoder
-            .decode(message)
-            .map_err(|e| format!("invalid Avro body: {e}"))?;
+        let decoded = self.decoder.decode(message);
         let rows = before - self.decoder.capacity();
+        let consumed = match decoded {
+            Ok(n) => n,
+            // A whole record, then bytes that are no record: the decoder took them for the next frame.
+            Err(_) if rows >= 1 => {
+                return Err("invalid Avro body: trailing bytes after the record".into());
+            }
+            Err(e) => return Err(format!("invalid Avro body: {e}")),
+        };
         match (consumed == message.len(), rows) {
             (true, 1) => Ok(()),
-            (true, 0) => Err("truncated Avro body: the record ends before its schema does".into()),
+            (_, 0) => Err("truncated Avro body: the record ends before its schema does".into()),
             _ => Err(format!(
                 "invalid Avro body: {} trailing byte(s) after the record",
                 message.len().saturating_sub(consumed)

@@ -407,14 +407,8 @@ impl Run<'_> {
         s.table_version = g.data.version();
 
         let read_ms = batch.read_time.as_millis() as u64;
-        let total_ms = read_ms + plan_ms + write_ms + offset_commit_ms;
-        let per_sec = |ms: u64| {
-            if ms == 0 {
-                rows_in as f64 * 1000.0
-            } else {
-                rows_in as f64 * 1000.0 / ms as f64
-            }
-        };
+        let processing_ms = plan_ms + write_ms + offset_commit_ms;
+        let per_sec = |ms: u64| rows_in as f64 * 1000.0 / ms.max(1) as f64;
         let offsets = |pick: &dyn Fn(&tributary_core::PartitionRange) -> i64| {
             BTreeMap::from([(
                 plan.ranges.topic.clone(),
@@ -436,7 +430,7 @@ impl Run<'_> {
             num_dead_letters: dead_letters,
             input_bytes: batch.bytes,
             input_rows_per_second: per_sec(read_ms),
-            processed_rows_per_second: per_sec(total_ms.max(write_ms)),
+            processed_rows_per_second: per_sec(processing_ms),
             duration_ms: BTreeMap::from([
                 ("read".to_string(), read_ms),
                 ("plan".to_string(), plan_ms),
@@ -462,7 +456,7 @@ impl Run<'_> {
         };
         tracing::info!(
             pipeline = %spec.pipeline, batch = plan.batch_id, rows = output_rows, dead_letters,
-            files = outcome.files, version = ?outcome.version, replayed, ms = total_ms, "batch committed"
+            files = outcome.files, version = ?outcome.version, replayed, ms = processing_ms, "batch committed"
         );
         if let Some(path) = &self.options.progress_json {
             let line = serde_json::to_string(&progress)

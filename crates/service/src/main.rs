@@ -122,9 +122,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Tributary's own events at info; the libraries' (deltalake logs every
+/// snapshot at info) only from warn.
+const DEFAULT_LOG_FILTER: &str = "warn,tributary=info,tributary_engine=info,tributary_delta=info,tributary_kafka=info,tributary_avro=info";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

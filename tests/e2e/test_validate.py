@@ -1,0 +1,50 @@
+"""`tributary validate` on broken specs: every problem, as file:line: path: message."""
+
+import pathlib
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+FIXTURES = ROOT / "tests/fixtures/specs"
+
+
+def validate(binary, path, env=None, offline=True):
+    args = [binary, "validate", str(path)] + (["--offline"] if offline else [])
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    sorted(p.stem for p in FIXTURES.glob("*.yaml") if not p.stem.startswith("registry_")),
+)
+def test_broken_specs_print_their_expected_problems(binary, fixture):
+    spec = FIXTURES / f"{fixture}.yaml"
+    expected = (FIXTURES / f"{fixture}.expected").read_text().replace("{file}", str(spec)).splitlines()
+    result = validate(binary, spec)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == expected
+
+
+def test_example_specs_are_valid(binary):
+    for spec in sorted((ROOT / "table-specs").glob("*.yaml")):
+        result = validate(binary, spec)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == f"{spec}: ok"
+
+
+def test_unknown_partition_column_is_found_against_the_registry(binary, dev_stack, tmp_path):
+    import os
+
+    dev_stack.register("clicks-value", {"type": "record", "name": "Click", "fields": [
+        {"name": "url", "type": "string"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]})
+    spec = FIXTURES / "registry_unknown_partition.yaml"
+    env = dict(os.environ, SCHEMA_REGISTRY_URL=dev_stack.registry)
+    result = validate(binary, spec, env=env, offline=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f'{spec}:13: table.partition_by[1]: unknown partition column "country"; the record has: url, ts',
+        f'{spec}:14: table.partition_by[2]: hour(url) needs a timestamp column, and "url" is not one',
+    ]
