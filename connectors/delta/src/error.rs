@@ -8,7 +8,7 @@ pub enum DeltaSinkError {
     #[error("Delta table {uri}: {source}")]
     Delta {
         uri: String,
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error("table {uri} does not fit the records: {message}")]
     SchemaMismatch { uri: String, message: String },
@@ -31,7 +31,7 @@ impl Classify for DeltaSinkError {
     fn kind(&self) -> ErrorKind {
         match self {
             DeltaSinkError::Uri { .. } | DeltaSinkError::SchemaMismatch { .. } => ErrorKind::User,
-            DeltaSinkError::Delta { source, .. } => match source {
+            DeltaSinkError::Delta { source, .. } => match source.as_ref() {
                 DeltaTableError::ObjectStore { .. }
                 | DeltaTableError::Io { .. }
                 | DeltaTableError::Transaction { .. }
@@ -48,3 +48,12 @@ impl Classify for DeltaSinkError {
 }
 
 pub type Result<T, E = DeltaSinkError> = std::result::Result<T, E>;
+
+impl DeltaSinkError {
+    pub(crate) fn delta(uri: &str, source: DeltaTableError) -> DeltaSinkError {
+        DeltaSinkError::Delta {
+            uri: uri.to_string(),
+            source: Box::new(source),
+        }
+    }
+}

@@ -73,10 +73,7 @@ impl DeltaTableSink {
     }
 
     fn delta_err(&self) -> impl Fn(DeltaTableError) -> DeltaSinkError + '_ {
-        |source| DeltaSinkError::Delta {
-            uri: self.options.uri.clone(),
-            source,
-        }
+        |source| DeltaSinkError::delta(&self.options.uri, source)
     }
 
     /// Reloads the table state from the log.
@@ -85,10 +82,7 @@ impl DeltaTableSink {
             return table
                 .update_incremental(None)
                 .await
-                .map_err(|source| DeltaSinkError::Delta {
-                    uri: self.options.uri.clone(),
-                    source,
-                });
+                .map_err(|source| DeltaSinkError::delta(&self.options.uri, source));
         }
         let builder = DeltaTableBuilder::from_url(self.url.clone()).map_err(self.delta_err())?;
         match builder.load().await {
@@ -192,10 +186,7 @@ impl DeltaTableSink {
             uri: uri.clone(),
             message: "table vanished after creation".into(),
         })?;
-        let delta_err = |source| DeltaSinkError::Delta {
-            uri: uri.clone(),
-            source,
-        };
+        let delta_err = |source| DeltaSinkError::delta(&uri, source);
 
         let mut rows = 0u64;
         let mut actions: Vec<Action> = Vec::new();

@@ -168,7 +168,8 @@ impl Run<'_> {
                     let replayed =
                         blocking(|| replay_batch(&reader, &mut decoder, &plan.ranges, &stopped))?;
                     let Some(batch) = replayed else { return Ok(()) };
-                    self.write(&mut group, &reader, plan, batch, true).await?;
+                    self.write(&mut group, &reader, plan, batch, true, 0)
+                        .await?;
                 }
                 (plan.end_offsets.clone(), plan.batch_id + 1, true)
             }
@@ -301,32 +302,9 @@ impl Run<'_> {
         outcome
     }
 
-    async fn write_timed(
-        &mut self,
-        g: &mut Group,
-        reader: &KafkaReader,
-        plan: &BatchPlan,
-        batch: ReadBatch,
-        plan_ms: u64,
-    ) -> Result<()> {
-        self.write_inner(g, reader, plan, batch, false, plan_ms)
-            .await
-    }
-
-    async fn write(
-        &mut self,
-        g: &mut Group,
-        reader: &KafkaReader,
-        plan: &BatchPlan,
-        batch: ReadBatch,
-        replayed: bool,
-    ) -> Result<()> {
-        self.write_inner(g, reader, plan, batch, replayed, 0).await
-    }
-
     /// Writes one batch: dead letters, then data, each one Delta transaction
     /// tagged with the batch id; then offsets to the consumer group.
-    async fn write_inner(
+    async fn write(
         &mut self,
         g: &mut Group,
         reader: &KafkaReader,

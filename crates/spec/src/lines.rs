@@ -52,10 +52,7 @@ impl LineIndex {
                 }
             }
             let Some(key) = key_of(rest) else { continue };
-            while stack
-                .last()
-                .is_some_and(|o| o.indent >= indent && !(o.is_item && o.indent < indent))
-            {
+            while stack.last().is_some_and(|o| o.indent >= indent) {
                 stack.pop();
             }
             let path = match stack.last() {

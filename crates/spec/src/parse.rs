@@ -171,6 +171,71 @@ enum Segment {
     Index(usize),
 }
 
+/// A `SpecError` for problems found after parsing (for example column checks
+/// against the registry), each placed on its line of `source`.
+pub fn problems_at(file: &str, source: &str, problems: Vec<(String, String)>) -> SpecError {
+    let lines = LineIndex::new(source);
+    SpecError::Invalid {
+        file: file.to_string(),
+        problems: problems
+            .into_iter()
+            .map(|(path, message)| Problem {
+                line: lines.line_of(&path),
+                path,
+                message,
+            })
+            .collect(),
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` from the environment, so one spec
+/// serves every environment. A `$$` stands for `$`. An unset variable without
+/// default is an error naming it (and its line).
+pub(crate) fn expand_env(
+    source: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<String, (usize, String)> {
+    let mut out = String::with_capacity(source.len());
+    for (n, line) in source.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body
+                    .find('}')
+                    .ok_or((n + 1, "unclosed ${ in spec".to_string()))?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((name, d)) => (name, Some(d)),
+                    None => (expr, None),
+                };
+                match (lookup(name), default) {
+                    (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
+                    (_, Some(d)) => out.push_str(d),
+                    (_, None) => {
+                        return Err((
+                            n + 1,
+                            format!(
+                                "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                            ),
+                        ));
+                    }
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,69 +323,4 @@ checkpoint:
         assert_eq!(got.len(), 1);
         assert!(got[0].starts_with("s.yaml:2: not valid YAML"), "{got:?}");
     }
-}
-
-/// A `SpecError` for problems found after parsing (for example column checks
-/// against the registry), each placed on its line of `source`.
-pub fn problems_at(file: &str, source: &str, problems: Vec<(String, String)>) -> SpecError {
-    let lines = LineIndex::new(source);
-    SpecError::Invalid {
-        file: file.to_string(),
-        problems: problems
-            .into_iter()
-            .map(|(path, message)| Problem {
-                line: lines.line_of(&path),
-                path,
-                message,
-            })
-            .collect(),
-    }
-}
-
-/// Expands `${VAR}` and `${VAR:-default}` from the environment, so one spec
-/// serves every environment. A `$$` stands for `$`. An unset variable without
-/// default is an error naming it (and its line).
-pub(crate) fn expand_env(
-    source: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> std::result::Result<String, (usize, String)> {
-    let mut out = String::with_capacity(source.len());
-    for (n, line) in source.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            if let Some(tail) = after.strip_prefix('$') {
-                out.push('$');
-                rest = tail;
-            } else if let Some(body) = after.strip_prefix('{') {
-                let end = body
-                    .find('}')
-                    .ok_or((n + 1, "unclosed ${ in spec".to_string()))?;
-                let expr = &body[..end];
-                let (name, default) = match expr.split_once(":-") {
-                    Some((name, d)) => (name, Some(d)),
-                    None => (expr, None),
-                };
-                match (lookup(name), default) {
-                    (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
-                    (_, Some(d)) => out.push_str(d),
-                    (_, None) => {
-                        return Err((
-                            n + 1,
-                            format!(
-                                "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
-                            ),
-                        ));
-                    }
-                }
-                rest = &body[end + 1..];
-            } else {
-                out.push('$');
-                rest = after;
-            }
-        }
-        out.push_str(rest);
-    }
-    Ok(out)
 }

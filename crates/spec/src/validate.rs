@@ -120,10 +120,10 @@ impl TableSpec {
             problem("checkpoint.location", m);
         }
         let dead_letters = self.dead_letter_uri();
-        if let Some(d) = &self.dead_letters {
-            if let Err(m) = check_uri(&d.table) {
-                problem("dead_letters.table", m);
-            }
+        if let Some(d) = &self.dead_letters
+            && let Err(m) = check_uri(&d.table)
+        {
+            problem("dead_letters.table", m);
         }
         if dead_letters.trim_end_matches('/') == self.table.uri.trim_end_matches('/') {
             problem("dead_letters.table", "must differ from table.uri".into());
