@@ -287,7 +287,7 @@ impl Run<'_> {
             }
             let plan_ms = t.elapsed().as_millis() as u64;
             if let Err(e) = self
-                .write_timed(&mut group, &reader, &plan, batch, plan_ms)
+                .write(&mut group, &reader, &plan, batch, false, plan_ms)
                 .await
             {
                 outcome = Err(e);
