@@ -43,7 +43,7 @@ def record(n):
         "tsu": ts + dt.timedelta(microseconds=n),
         "ltsm": dt.datetime(2025, 12, 31, 23, 59, 59, 999000) + dt.timedelta(hours=n),
         "ltsu": dt.datetime(2025, 1, 1, 0, 0, 0, 1) + dt.timedelta(seconds=n),
-        "region": ["eu", "us", "apac"][n % 3],
+        "region": ["eu", "us/west", "apac"][n % 3],
     }
 
 

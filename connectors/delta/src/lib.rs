@@ -5,11 +5,13 @@
 
 mod dead_letters;
 mod error;
+mod files;
 mod partitioning;
 mod table;
 
 pub use dead_letters::dead_letter_batch;
 pub use error::{DeltaSinkError, Result};
+pub use files::FileIntent;
 pub use partitioning::add_partition_columns;
 pub use table::{BatchCommit, CommitMarker, CommitOutcome, DeltaTableSink, TableOptions};
 

@@ -6,13 +6,16 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, Transactio
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTableBuilder, DeltaTableError};
+use deltalake::{DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
+use object_store::ObjectStoreExt as _;
 use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
 use url::Url;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
+use crate::files::{FileIntent, write_data_files};
 
 #[derive(Debug, Clone)]
 pub struct TableOptions {
@@ -31,6 +34,10 @@ pub struct BatchCommit {
     pub batches: Vec<RecordBatch>,
     /// Stored in `commitInfo.tributary`: batch id, offset ranges, ...
     pub info: Value,
+    /// Data files are named `part-<file_name>-<attempt>-<n>`: the batch is
+    /// recognisable in the table's directory, and an attempt never
+    /// overwrites another's file.
+    pub file_name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -167,7 +174,11 @@ impl DeltaTableSink {
     /// Idempotent: a batch whose id the table's txn version already covers is
     /// skipped. A concurrent commit of the same app id (a zombie instance) is
     /// refused with `ConcurrentWriter`, never written twice.
-    pub async fn commit(&mut self, commit: BatchCommit) -> Result<CommitOutcome> {
+    pub async fn commit(
+        &mut self,
+        commit: BatchCommit,
+        intent: &dyn FileIntent,
+    ) -> Result<CommitOutcome> {
         self.refresh().await?;
         if let Some(done) = self.committed_batch(&commit.app_id).await?
             && done >= commit.batch_id
@@ -188,31 +199,28 @@ impl DeltaTableSink {
         })?;
         let delta_err = |source| DeltaSinkError::delta(&uri, source);
 
-        let mut rows = 0u64;
-        let mut actions: Vec<Action> = Vec::new();
-        if !commit.batches.is_empty() {
-            let mut writer = RecordBatchWriter::for_table(table)
-                .map_err(delta_err)?
-                .with_target_file_size(self.options.target_file_size);
-            for batch in commit.batches {
-                rows += batch.num_rows() as u64;
-                writer.write(batch).await.map_err(|e| match e {
-                    DeltaTableError::SchemaMismatch { msg } => DeltaSinkError::SchemaMismatch {
-                        uri: uri.clone(),
-                        message: msg,
-                    },
-                    other => delta_err(other),
-                })?;
-            }
-            actions.extend(
-                writer
-                    .flush()
-                    .await
-                    .map_err(delta_err)?
-                    .into_iter()
-                    .map(Action::Add),
-            );
+        let rows = commit.batches.iter().map(|b| b.num_rows() as u64).sum();
+        let table_schema = table
+            .snapshot()
+            .map_err(delta_err)?
+            .snapshot()
+            .arrow_schema();
+        for batch in &commit.batches {
+            check_schema(&uri, batch.schema().as_ref(), table_schema.as_ref())?;
         }
+        let attempt = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("{}-{}", commit.file_name, &attempt[..8]);
+        let adds = write_data_files(
+            table.object_store(),
+            &uri,
+            commit.batches,
+            &self.options.partition_columns,
+            &name,
+            self.options.target_file_size,
+            intent,
+        )
+        .await?;
+        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         let files = actions.len();
         let bytes = actions
             .iter()
@@ -260,6 +268,45 @@ impl DeltaTableSink {
         })
     }
 
+    /// Deletes those of `paths` (relative to the table root) that no table
+    /// version references: the data files of an attempt that never committed.
+    pub async fn remove_unreferenced(&mut self, paths: &[String]) -> Result<usize> {
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        self.refresh().await?;
+        let (store, referenced): (Arc<dyn ObjectStore>, HashSet<String>) = match &self.table {
+            Some(t) => (
+                t.object_store(),
+                t.snapshot()
+                    .map_err(self.delta_err())?
+                    .log_data()
+                    .into_iter()
+                    .map(|add| add.object_store_path().to_string())
+                    .collect(),
+            ),
+            None => {
+                let t = DeltaTableBuilder::from_url(self.url.clone())
+                    .and_then(|b| b.build())
+                    .map_err(self.delta_err())?;
+                (t.object_store(), HashSet::new())
+            }
+        };
+        let mut removed = 0;
+        for p in paths {
+            let path = Path::from(p.as_str());
+            if referenced.contains(path.as_ref()) {
+                continue;
+            }
+            match store.delete(&path).await {
+                Ok(()) => removed += 1,
+                Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
+                Err(e) => return Err(self.delta_err()(e.into())),
+            }
+        }
+        Ok(removed)
+    }
+
     async fn create(&mut self, schema: SchemaRef) -> Result<()> {
         let kernel: StructType =
             schema
@@ -289,6 +336,31 @@ impl DeltaTableSink {
     }
 }
 
+/// Rows must have exactly the table's columns (evolution is a separate step).
+fn check_schema(
+    uri: &str,
+    batch: &deltalake::arrow::datatypes::Schema,
+    table: &deltalake::arrow::datatypes::Schema,
+) -> Result<()> {
+    let names = |s: &deltalake::arrow::datatypes::Schema| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+    };
+    if names(batch) != names(table) {
+        return Err(DeltaSinkError::SchemaMismatch {
+            uri: uri.to_string(),
+            message: format!(
+                "the records have columns {:?}, the table {:?}",
+                names(batch),
+                names(table)
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Table URI to URL: `file://` URIs and absolute paths (created if missing).
 pub(crate) fn table_url(uri: &str) -> Result<Url> {
     let err = |message: String| DeltaSinkError::Uri {
@@ -314,9 +386,19 @@ pub(crate) fn table_url(uri: &str) -> Result<Url> {
 mod tests {
     use super::*;
     use deltalake::arrow::array::{Int64Array, StringArray};
-    use std::sync::Arc;
+    use std::sync::Mutex;
 
     use deltalake::arrow::datatypes::{DataType, Field, Schema};
+
+    #[derive(Default)]
+    struct Announced(Mutex<Vec<String>>);
+
+    impl FileIntent for Announced {
+        fn announce(&self, _table: &str, path: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(path.to_string());
+            Ok(())
+        }
+    }
 
     fn batch(ids: &[i64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -337,6 +419,16 @@ mod tests {
         .unwrap()
     }
 
+    fn commit_of(batch_id: u64, ids: &[i64]) -> BatchCommit {
+        BatchCommit {
+            app_id: "pipe/topic".into(),
+            batch_id,
+            batches: vec![batch(ids)],
+            info: serde_json::json!({"appId": "pipe/topic", "batchId": batch_id}),
+            file_name: format!("pipe-topic-{batch_id}"),
+        }
+    }
+
     #[tokio::test]
     async fn commits_are_idempotent_per_app_id_and_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -345,46 +437,87 @@ mod tests {
             partition_columns: vec!["p".into()],
             target_file_size: 1 << 20,
         };
+        let announced = Announced::default();
         let mut sink = DeltaTableSink::open(options.clone()).await.unwrap();
         assert!(!sink.exists());
-        let info = serde_json::json!({"appId": "pipe/topic", "batchId": 0});
         let first = sink
-            .commit(BatchCommit {
-                app_id: "pipe/topic".into(),
-                batch_id: 0,
-                batches: vec![batch(&[1, 2, 3])],
-                info: info.clone(),
-            })
+            .commit(commit_of(0, &[1, 2, 3]), &announced)
             .await
             .unwrap();
         assert_eq!(first.rows, 3);
         assert_eq!(first.files, 2, "one file per partition");
+        assert_eq!(
+            announced.0.lock().unwrap().len(),
+            2,
+            "every file announced before it was written"
+        );
         // The same batch again is skipped, from this handle or a fresh one.
         let again = sink
-            .commit(BatchCommit {
-                app_id: "pipe/topic".into(),
-                batch_id: 0,
-                batches: vec![batch(&[1, 2, 3])],
-                info: info.clone(),
-            })
+            .commit(commit_of(0, &[1, 2, 3]), &announced)
             .await
             .unwrap();
         assert_eq!(again.version, None);
         let mut other = DeltaTableSink::open(options).await.unwrap();
         assert_eq!(other.committed_batch("pipe/topic").await.unwrap(), Some(0));
         assert_eq!(other.committed_batch("other/topic").await.unwrap(), None);
-        let next = other
-            .commit(BatchCommit {
-                app_id: "pipe/topic".into(),
-                batch_id: 1,
-                batches: vec![batch(&[4])],
-                info: serde_json::json!({"appId": "pipe/topic", "batchId": 1}),
-            })
-            .await
-            .unwrap();
+        let next = other.commit(commit_of(1, &[4]), &announced).await.unwrap();
         assert_eq!(next.version, Some(first.version.unwrap() + 1));
         let marker = other.last_marker("pipe/topic").await.unwrap().unwrap();
         assert_eq!(marker.info["batchId"], 1);
         assert_eq!(marker.version, next.version.unwrap());
+    }
+
+    #[tokio::test]
+    async fn files_of_an_attempt_that_never_committed_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let table_dir = dir.path().join("t");
+        let options = TableOptions {
+            uri: table_dir.display().to_string(),
+            partition_columns: vec!["p".into()],
+            target_file_size: 1 << 20,
+        };
+        let mut sink = DeltaTableSink::open(options).await.unwrap();
+        let committed = Announced::default();
+        sink.commit(commit_of(0, &[1, 2]), &committed)
+            .await
+            .unwrap();
+        // An attempt at batch 1 that wrote its files and died before committing.
+        let failed = Announced::default();
+        let store = sink.table.as_ref().unwrap().object_store();
+        write_data_files(
+            store,
+            "t",
+            vec![batch(&[5, 6])],
+            &["p".to_string()],
+            "pipe-topic-1-dead",
+            1 << 20,
+            &failed,
+        )
+        .await
+        .unwrap();
+        let count = |d: &std::path::Path| {
+            walk(d)
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .count()
+        };
+        assert_eq!(count(&table_dir), 4);
+        let mut all: Vec<String> = committed.0.lock().unwrap().clone();
+        all.extend(failed.0.lock().unwrap().iter().cloned());
+        assert_eq!(sink.remove_unreferenced(&all).await.unwrap(), 2);
+        assert_eq!(count(&table_dir), 2, "committed files stay");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 }

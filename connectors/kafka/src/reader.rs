@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, Timestamp};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -36,8 +37,37 @@ pub enum Polled<'a> {
     Idle,
 }
 
+/// Routes librdkafka's log and error callbacks into `tracing`. The end of a
+/// partition arrives as an "error" event; it is routine here.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
+            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::trace!("librdkafka: {reason}");
+        } else {
+            tracing::warn!(error = %error, "librdkafka: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 pub struct KafkaReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     topic: String,
 }
 
@@ -67,8 +97,8 @@ impl KafkaReader {
             // Explicit start offsets are always given; a resume offset that no
             // longer exists must surface as an error, never as a silent skip.
             .set("auto.offset.reset", "error");
-        let consumer: BaseConsumer = cc
-            .create()
+        let consumer: BaseConsumer<ReaderContext> = cc
+            .create_with_context(ReaderContext)
             .map_err(|e| KafkaSourceError::Config(e.to_string()))?;
         Ok(KafkaReader {
             consumer,

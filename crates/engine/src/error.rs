@@ -14,6 +14,8 @@ pub enum EngineError {
     Spec(String),
     #[error("records do not fit the table: {0}")]
     Schema(String),
+    #[error("another instance is writing this group: {0}; re-syncing from the table")]
+    ConcurrentInstance(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -24,7 +26,9 @@ impl Classify for EngineError {
             EngineError::Avro(e) => e.kind(),
             EngineError::Kafka(e) => e.kind(),
             EngineError::Delta(e) => e.kind(),
-            EngineError::OffsetLog { .. } => ErrorKind::External,
+            EngineError::OffsetLog { .. } | EngineError::ConcurrentInstance(_) => {
+                ErrorKind::External
+            }
             EngineError::Spec(_) | EngineError::Schema(_) => ErrorKind::User,
             EngineError::Internal(_) => ErrorKind::Internal,
         }

@@ -8,6 +8,6 @@ mod progress;
 mod read;
 
 pub use error::{EngineError, Result};
-pub use offset_log::{BatchPlan, OffsetLog};
+pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
 pub use pipeline::{PipelineOptions, RunSummary, run_pipeline};
 pub use progress::BatchProgress;

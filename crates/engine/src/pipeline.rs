@@ -137,21 +137,13 @@ impl Run<'_> {
 
         // Recovery: the newest recorded plan is re-run with exactly its
         // ranges unless every table it touches already has it.
-        let last_plan = group.log.latest()?;
+        let last_plan = match group.log.latest()? {
+            Some(plan) => Some(self.reconcile(&mut group, plan).await?),
+            None => None,
+        };
         let (mut positions, mut next_id, resumed) = match &last_plan {
             Some(plan) => {
-                let data_done = group
-                    .data
-                    .committed_batch(&group.app_id)
-                    .await?
-                    .is_some_and(|v| v >= plan.batch_id);
-                let dead_done = plan.dead_letters == 0
-                    || group
-                        .dead
-                        .committed_batch(&group.app_id)
-                        .await?
-                        .is_some_and(|v| v >= plan.batch_id);
-                if !(data_done && dead_done) {
+                if !self.landed(&group, plan).await? {
                     tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id, "re-running the last planned batch with its recorded offsets");
                     let starts: Vec<(i32, StartAt)> = plan
                         .ranges
@@ -170,21 +162,16 @@ impl Run<'_> {
                     let Some(batch) = replayed else { return Ok(()) };
                     self.write(&mut group, &reader, plan, batch, true, 0)
                         .await?;
+                } else {
+                    remove_failed_attempts(&mut group, plan, 0).await?;
                 }
                 (plan.end_offsets.clone(), plan.batch_id + 1, true)
             }
             None => match group.data.last_marker(&group.app_id).await? {
                 Some(marker) => {
                     tracing::warn!(pipeline = %spec.pipeline, "the offsets log is empty; resuming after the table's last commit by this pipeline");
-                    let ends: BTreeMap<i32, i64> =
-                        serde_json::from_value(marker.info["endOffsets"].clone()).map_err(|e| {
-                            EngineError::Internal(format!(
-                                "unreadable endOffsets in table version {}: {e}",
-                                marker.version
-                            ))
-                        })?;
-                    let id = marker.info["batchId"].as_u64().unwrap_or(0);
-                    (ends, id + 1, true)
+                    let plan = plan_of_marker(&marker)?;
+                    (plan.end_offsets, plan.batch_id + 1, true)
                 }
                 None => (BTreeMap::new(), 0, false),
             },
@@ -281,9 +268,20 @@ impl Run<'_> {
                 dead_letters: batch.decoded.dead_letters.len() as u64,
             };
             let t = Instant::now();
-            if let Err(e) = group.log.record(&plan) {
-                outcome = Err(e);
-                break;
+            match group.log.record(&plan) {
+                Ok(None) => {}
+                Ok(Some(recorded)) if recorded.ranges == plan.ranges => {}
+                Ok(Some(_)) => {
+                    outcome = Err(EngineError::ConcurrentInstance(format!(
+                        "batch {} of group {} was planned by another instance sharing this checkpoint",
+                        plan.batch_id, plan.group
+                    )));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
             let plan_ms = t.elapsed().as_millis() as u64;
             if let Err(e) = self
@@ -302,6 +300,46 @@ impl Run<'_> {
         outcome
     }
 
+    /// The table is the arbiter of what a batch holds: when it has the newest
+    /// planned batch, or a later one, with other offsets than this
+    /// checkpoint recorded (another instance committed it), the table's
+    /// record is adopted.
+    async fn reconcile(&self, group: &mut Group, plan: BatchPlan) -> Result<BatchPlan> {
+        let landed = group.data.committed_batch(&group.app_id).await?;
+        if landed.is_none_or(|v| v < plan.batch_id) {
+            return Ok(plan);
+        }
+        let Some(marker) = group.data.last_marker(&group.app_id).await? else {
+            return Ok(plan);
+        };
+        let table_plan = plan_of_marker(&marker)?;
+        if table_plan.batch_id == plan.batch_id && table_plan.ranges == plan.ranges {
+            return Ok(plan);
+        }
+        tracing::warn!(
+            pipeline = %self.spec.pipeline, local = plan.batch_id, table = table_plan.batch_id,
+            "another instance committed batches this checkpoint did not plan; adopting the table's record"
+        );
+        group.log.adopt(&table_plan)?;
+        Ok(table_plan)
+    }
+
+    /// Whether every table the plan touches has committed it.
+    async fn landed(&self, group: &Group, plan: &BatchPlan) -> Result<bool> {
+        let data_done = group
+            .data
+            .committed_batch(&group.app_id)
+            .await?
+            .is_some_and(|v| v >= plan.batch_id);
+        let dead_done = plan.dead_letters == 0
+            || group
+                .dead
+                .committed_batch(&group.app_id)
+                .await?
+                .is_some_and(|v| v >= plan.batch_id);
+        Ok(data_done && dead_done)
+    }
+
     /// Writes one batch: dead letters, then data, each one Delta transaction
     /// tagged with the batch id; then offsets to the consumer group.
     async fn write(
@@ -316,17 +354,21 @@ impl Run<'_> {
         let spec = self.spec;
         let started = Instant::now();
         let rows_in = batch.records;
+        let table_schema = g.data.arrow_schema();
         let mut rows: Vec<RecordBatch> = Vec::with_capacity(batch.decoded.batches.len());
         for decoded in &batch.decoded.batches {
             let target = delta_schema(&decoded.schema())?;
             if g.checked_schemas.insert(target.clone()) {
                 check_columns(spec, &target)?;
             }
-            rows.push(add_partition_columns(
-                &to_delta_batch(decoded, &target)?,
-                &g.partitions,
-            )?);
+            let row = add_partition_columns(&to_delta_batch(decoded, &target)?, &g.partitions)?;
+            rows.push(match &table_schema {
+                Some(table) => conform(&row, table)?,
+                None => row,
+            });
         }
+        let file_name = format!("{}-{}-{:010}", spec.pipeline, plan.group, plan.batch_id);
+        let intent = g.log.intent(plan.batch_id);
         let info = json!({
             "appId": g.app_id,
             "pipeline": spec.pipeline,
@@ -347,12 +389,16 @@ impl Run<'_> {
             )?;
             let out = g
                 .dead
-                .commit(BatchCommit {
-                    app_id: g.app_id.clone(),
-                    batch_id: plan.batch_id,
-                    batches: vec![letters],
-                    info: info.clone(),
-                })
+                .commit(
+                    BatchCommit {
+                        app_id: g.app_id.clone(),
+                        batch_id: plan.batch_id,
+                        batches: vec![letters],
+                        info: info.clone(),
+                        file_name: file_name.clone(),
+                    },
+                    &intent,
+                )
                 .await?;
             dead_version = out.version;
             tracing::warn!(pipeline = %spec.pipeline, batch = plan.batch_id, dead_letters, table = %g.dead.uri(), "records could not be decoded; kept in the dead-letter table");
@@ -360,13 +406,21 @@ impl Run<'_> {
         let output_rows: u64 = rows.iter().map(|b| b.num_rows() as u64).sum();
         let outcome = g
             .data
-            .commit(BatchCommit {
-                app_id: g.app_id.clone(),
-                batch_id: plan.batch_id,
-                batches: rows,
-                info,
-            })
+            .commit(
+                BatchCommit {
+                    app_id: g.app_id.clone(),
+                    batch_id: plan.batch_id,
+                    batches: rows,
+                    info,
+                    file_name,
+                },
+                &intent,
+            )
             .await?;
+        if outcome.version.is_none() && !replayed {
+            verify_landed_plan(g, plan).await?;
+        }
+        remove_failed_attempts(g, plan, outcome.files).await?;
         let write_ms = started.elapsed().as_millis() as u64;
 
         let t = Instant::now();
@@ -453,6 +507,104 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// Reorders and converts a batch to the table's schema. A column the table
+/// lacks is an error (schema evolution is not applied here); a column the
+/// batch lacks reads as null.
+fn conform(batch: &RecordBatch, table: &Schema) -> Result<RecordBatch> {
+    let extra: Vec<&str> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| table.field_with_name(n).is_err())
+        .collect();
+    if !extra.is_empty() {
+        return Err(EngineError::Schema(format!(
+            "the records have fields the table lacks: {}; Tributary does not yet add columns to an existing table",
+            extra.join(", ")
+        )));
+    }
+    Ok(to_delta_batch(batch, &Arc::new(table.clone()))?)
+}
+
+/// A fresh plan found its batch id already in the table: another instance
+/// committed it. Harmless if that instance committed the same offsets; else
+/// this instance must stop writing and re-sync from the table.
+async fn verify_landed_plan(g: &Group, plan: &BatchPlan) -> Result<()> {
+    let marker = g.data.last_marker(&g.app_id).await?;
+    let same = match &marker {
+        Some(m) => {
+            let table_plan = plan_of_marker(m)?;
+            table_plan.batch_id == plan.batch_id && table_plan.ranges == plan.ranges
+        }
+        None => false,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(EngineError::ConcurrentInstance(format!(
+        "batch {} of {} is already in the table with other offsets",
+        plan.batch_id, g.app_id
+    )))
+}
+
+/// Deletes the data files of earlier attempts at a batch once it has landed
+/// (no attempt at it can commit any more). Needed only when more files were
+/// announced than `committed_now`.
+async fn remove_failed_attempts(
+    g: &mut Group,
+    plan: &BatchPlan,
+    committed_now: usize,
+) -> Result<()> {
+    let announced = g.log.announced(plan.batch_id)?;
+    let total: usize = announced.values().map(Vec::len).sum();
+    if total <= committed_now {
+        return Ok(());
+    }
+    for (table, paths) in announced {
+        let sink = if table == g.data.uri() {
+            &mut g.data
+        } else if table == g.dead.uri() {
+            &mut g.dead
+        } else {
+            continue;
+        };
+        if sink
+            .committed_batch(&g.app_id)
+            .await?
+            .is_some_and(|v| v >= plan.batch_id)
+        {
+            let removed = sink.remove_unreferenced(&paths).await?;
+            if removed > 0 {
+                tracing::info!(table = %table, batch = plan.batch_id, removed, "removed data files of a failed attempt");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The plan a committed batch recorded in `commitInfo.tributary`.
+fn plan_of_marker(marker: &tributary_delta::CommitMarker) -> Result<BatchPlan> {
+    let bad = |what: &str| {
+        EngineError::Internal(format!(
+            "table version {} has an unreadable {what}",
+            marker.version
+        ))
+    };
+    let info = &marker.info;
+    Ok(BatchPlan {
+        batch_id: info["batchId"].as_u64().ok_or_else(|| bad("batchId"))?,
+        group: info["group"].as_str().unwrap_or(TOPIC_GROUP).to_string(),
+        ranges: tributary_core::OffsetRanges {
+            topic: info["topic"].as_str().unwrap_or_default().to_string(),
+            ranges: serde_json::from_value(info["ranges"].clone()).map_err(|_| bad("ranges"))?,
+        },
+        end_offsets: serde_json::from_value(info["endOffsets"].clone())
+            .map_err(|_| bad("endOffsets"))?,
+        dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
+    })
 }
 
 /// Column references of the spec against the decoded schema.

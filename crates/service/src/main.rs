@@ -113,7 +113,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let outcome = runtime.block_on(dispatch(cli.command));
+    // Blocking work left behind (a reader thread waiting on the broker) must
+    // not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
 
 /// Tributary's own events at info; the libraries' (deltalake logs every
 /// snapshot at info) only from warn.
-const DEFAULT_LOG_FILTER: &str = "warn,tributary=info,tributary_engine=info,tributary_delta=info,tributary_kafka=info,tributary_avro=info";
+const DEFAULT_LOG_FILTER: &str = "warn,buoyant_kernel=off,tributary=info,tributary_engine=info,tributary_delta=info,tributary_kafka=info,tributary_avro=info";
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
