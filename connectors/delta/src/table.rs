@@ -221,6 +221,7 @@ impl DeltaTableSink {
         )
         .await?;
         let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        tributary_core::crash_point(tributary_core::CrashPoint::AfterFiles, commit.batch_id);
         let files = actions.len();
         let bytes = actions
             .iter()

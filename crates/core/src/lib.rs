@@ -1,8 +1,10 @@
 //! Identifiers and types shared by every pipeline stage: batch ids, offset
 //! ranges, error classification. No I/O lives here.
 
+mod crash;
 mod offsets;
 
+pub use crash::{CrashPoint, crash_point};
 pub use offsets::{OffsetRanges, PartitionRange};
 
 use serde::{Deserialize, Serialize};

@@ -11,7 +11,7 @@ use serde_json::json;
 use tributary_avro::{
     RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig, delta_schema, to_delta_batch,
 };
-use tributary_core::{Classify, TOPIC_GROUP, app_id};
+use tributary_core::{Classify, CrashPoint, TOPIC_GROUP, app_id, crash_point};
 use tributary_delta::{
     BatchCommit, DeltaTableSink, TableOptions, add_partition_columns, dead_letter_batch,
 };
@@ -260,6 +260,7 @@ impl Run<'_> {
                     break;
                 }
             };
+            crash_point(CrashPoint::AfterRead, next_id);
             let plan = BatchPlan {
                 batch_id: next_id,
                 group: TOPIC_GROUP.to_string(),
@@ -284,6 +285,7 @@ impl Run<'_> {
                 }
             }
             let plan_ms = t.elapsed().as_millis() as u64;
+            crash_point(CrashPoint::AfterPlan, plan.batch_id);
             if let Err(e) = self
                 .write(&mut group, &reader, &plan, batch, false, plan_ms)
                 .await
@@ -420,6 +422,7 @@ impl Run<'_> {
         if outcome.version.is_none() && !replayed {
             verify_landed_plan(g, plan).await?;
         }
+        crash_point(CrashPoint::AfterCommit, plan.batch_id);
         remove_failed_attempts(g, plan, outcome.files).await?;
         let write_ms = started.elapsed().as_millis() as u64;
 
@@ -429,6 +432,7 @@ impl Run<'_> {
             tracing::warn!(pipeline = %spec.pipeline, error = %e, "could not commit offsets to the consumer group (lag tools will lag; the table is correct)");
         }
         let offset_commit_ms = t.elapsed().as_millis() as u64;
+        crash_point(CrashPoint::AfterOffsets, plan.batch_id);
 
         let s = &mut self.summary;
         s.batches += 1;

@@ -48,7 +48,7 @@ async fn registry_with_schema(
     Arc<tributary_avro::RegistryClient>,
     u32,
 )> {
-    let registry = dev::registry::start(([127, 0, 0, 1], 0).into()).await?;
+    let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None).await?;
     let client = Arc::new(tributary_avro::RegistryClient::new(
         tributary_avro::RegistryConfig {
             url: registry.url.clone(),

@@ -24,7 +24,7 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
     let dir = dir.canonicalize()?;
 
     let kafka = dev::kafka::start(1, &[(TOPIC, 4)])?;
-    let registry = dev::registry::start(([127, 0, 0, 1], 0).into()).await?;
+    let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None).await?;
     let bootstrap = kafka.bootstrap_servers();
     println!("Kafka (in-process mock cluster)   {bootstrap}   topic {TOPIC}, 4 partitions");
     println!("Schema registry (development)     {}", registry.url);

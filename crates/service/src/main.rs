@@ -352,7 +352,9 @@ async fn dev_stack(topics: Vec<String>, registry_port: u16, brokers: i32) -> any
         ));
     }
     let kafka = dev::kafka::start(brokers, &parsed)?;
-    let registry = dev::registry::start(([127, 0, 0, 1], registry_port).into()).await?;
+    let (control, mut outages) = tokio::sync::mpsc::unbounded_channel();
+    let registry =
+        dev::registry::start(([127, 0, 0, 1], registry_port).into(), Some(control)).await?;
     println!(
         "{}",
         serde_json::json!({"bootstrap_servers": kafka.bootstrap_servers(), "schema_registry": registry.url})
@@ -360,8 +362,26 @@ async fn dev_stack(topics: Vec<String>, registry_port: u16, brokers: i32) -> any
     tracing::info!(bootstrap_servers = %kafka.bootstrap_servers(), schema_registry = %registry.url, "development stack up; Ctrl-C stops it");
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(stop.clone());
+    // The mock cluster is not Send: outages requested over HTTP are carried out here.
+    let mut brokers_back: Option<tokio::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            Some(outage) = outages.recv() => {
+                for b in 1..=brokers {
+                    kafka.broker_down(b)?;
+                }
+                tracing::warn!("Kafka brokers down for {outage:?}");
+                brokers_back = Some(tokio::time::Instant::now() + outage);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if brokers_back.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            for b in 1..=brokers {
+                kafka.broker_up(b)?;
+            }
+            tracing::warn!("Kafka brokers up again");
+            brokers_back = None;
+        }
     }
     drop(registry);
     drop(kafka);

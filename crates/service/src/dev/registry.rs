@@ -6,13 +6,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -21,6 +24,10 @@ struct Registry {
     schemas: Vec<String>,
     /// Schema ids by subject, in version order.
     subjects: BTreeMap<String, Vec<u32>>,
+    /// Until then, every API request answers 503 (fault injection for tests).
+    outage_until: Option<Instant>,
+    /// Where broker outages are requested (the process owning the mock cluster).
+    kafka_control: Option<UnboundedSender<Duration>>,
 }
 
 type Shared = Arc<Mutex<Registry>>;
@@ -47,11 +54,47 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Registry> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The 503 every API request gets during an injected outage.
+fn unavailable(state: &Shared) -> Option<Response> {
+    let until = lock(state).outage_until?;
+    (Instant::now() < until).then(|| {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error_code": 50301, "message": "injected outage"}),
+        )
+    })
+}
+
+/// `POST /_dev/registry/outage/{seconds}`: the registry answers 503 for that long.
+async fn registry_outage(State(state): State<Shared>, Path(seconds): Path<u64>) -> Response {
+    lock(&state).outage_until = Some(Instant::now() + Duration::from_secs(seconds));
+    reply(StatusCode::OK, json!({"outage_seconds": seconds}))
+}
+
+/// `POST /_dev/kafka/outage/{seconds}`: every mock broker goes down for that long.
+async fn kafka_outage(State(state): State<Shared>, Path(seconds): Path<u64>) -> Response {
+    let sent = lock(&state)
+        .kafka_control
+        .as_ref()
+        .is_some_and(|c| c.send(Duration::from_secs(seconds)).is_ok());
+    if sent {
+        reply(StatusCode::OK, json!({"outage_seconds": seconds}))
+    } else {
+        reply(
+            StatusCode::NOT_FOUND,
+            json!({"error_code": 40400, "message": "no Kafka in this stack"}),
+        )
+    }
+}
+
 async fn register(
     State(state): State<Shared>,
     Path(subject): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
+    if let Some(r) = unavailable(&state) {
+        return r;
+    }
     let Some(schema) = body.get("schema").and_then(Value::as_str) else {
         return reply(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -93,6 +136,9 @@ async fn register(
 }
 
 async fn schema_by_id(State(state): State<Shared>, Path(id): Path<u32>) -> Response {
+    if let Some(r) = unavailable(&state) {
+        return r;
+    }
     let reg = lock(&state);
     match reg.schemas.get((id as usize).wrapping_sub(1)) {
         Some(s) => reply(StatusCode::OK, json!({"schema": s})),
@@ -101,6 +147,9 @@ async fn schema_by_id(State(state): State<Shared>, Path(id): Path<u32>) -> Respo
 }
 
 async fn subjects(State(state): State<Shared>) -> Response {
+    if let Some(r) = unavailable(&state) {
+        return r;
+    }
     let reg = lock(&state);
     reply(
         StatusCode::OK,
@@ -109,6 +158,9 @@ async fn subjects(State(state): State<Shared>) -> Response {
 }
 
 async fn versions(State(state): State<Shared>, Path(subject): Path<String>) -> Response {
+    if let Some(r) = unavailable(&state) {
+        return r;
+    }
     let reg = lock(&state);
     match reg.subjects.get(&subject) {
         Some(v) => reply(StatusCode::OK, json!((1..=v.len()).collect::<Vec<_>>())),
@@ -120,6 +172,9 @@ async fn version(
     State(state): State<Shared>,
     Path((subject, version)): Path<(String, String)>,
 ) -> Response {
+    if let Some(r) = unavailable(&state) {
+        return r;
+    }
     let reg = lock(&state);
     let Some(ids) = reg.subjects.get(&subject) else {
         return not_found(40401, "Subject not found");
@@ -155,13 +210,22 @@ impl Drop for DevRegistry {
 }
 
 /// Starts the registry on `addr` (port 0 picks a free port).
-pub async fn start(addr: SocketAddr) -> std::io::Result<DevRegistry> {
-    let state: Shared = Arc::default();
+/// Broker outages requested over HTTP are sent to `kafka_control`.
+pub async fn start(
+    addr: SocketAddr,
+    kafka_control: Option<UnboundedSender<Duration>>,
+) -> std::io::Result<DevRegistry> {
+    let state: Shared = Arc::new(Mutex::new(Registry {
+        kafka_control,
+        ..Registry::default()
+    }));
     let app = Router::new()
         .route("/subjects", get(subjects))
         .route("/subjects/{subject}/versions", get(versions).post(register))
         .route("/subjects/{subject}/versions/{version}", get(version))
         .route("/schemas/ids/{id}", get(schema_by_id))
+        .route("/_dev/registry/outage/{seconds}", post(registry_outage))
+        .route("/_dev/kafka/outage/{seconds}", post(kafka_outage))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let url = format!("http://{}", listener.local_addr()?);
