@@ -132,6 +132,15 @@ impl DeltaTableSink {
 
     /// The newest commit by `app_id` still in the log, scanning back from the latest version.
     pub async fn last_marker(&self, app_id: &str) -> Result<Option<CommitMarker>> {
+        self.find_marker(app_id, None).await
+    }
+
+    /// The commit of batch `batch` by `app_id`, if still in the log.
+    pub async fn marker_of(&self, app_id: &str, batch: u64) -> Result<Option<CommitMarker>> {
+        self.find_marker(app_id, Some(batch)).await
+    }
+
+    async fn find_marker(&self, app_id: &str, batch: Option<u64>) -> Result<Option<CommitMarker>> {
         let Some(table) = &self.table else {
             return Ok(None);
         };
@@ -156,10 +165,17 @@ impl DeltaTableSink {
                     .and_then(|c| c.get(COMMIT_INFO_KEY))
                     && info.get("appId").and_then(Value::as_str) == Some(app_id)
                 {
-                    return Ok(Some(CommitMarker {
-                        version,
-                        info: info.clone(),
-                    }));
+                    let id = info.get("batchId").and_then(Value::as_u64);
+                    match batch {
+                        Some(wanted) if id.is_some_and(|id| id > wanted) => {}
+                        Some(wanted) if id != Some(wanted) => return Ok(None),
+                        _ => {
+                            return Ok(Some(CommitMarker {
+                                version,
+                                info: info.clone(),
+                            }));
+                        }
+                    }
                 }
             }
             if version == 0 {
@@ -260,7 +276,9 @@ impl DeltaTableSink {
                 other => delta_err(other),
             })?;
         let version = finalized.version();
+        tracing::debug!(table = %uri, version, "committed; refreshing the snapshot");
         table.update_incremental(None).await.map_err(delta_err)?;
+        tracing::debug!(table = %uri, version, "snapshot refreshed");
         Ok(CommitOutcome {
             version: Some(version),
             files,

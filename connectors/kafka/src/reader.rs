@@ -64,7 +64,17 @@ impl ClientContext for ReaderContext {
     }
 }
 
-impl ConsumerContext for ReaderContext {}
+impl ConsumerContext for ReaderContext {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not commit offsets to the consumer group (lag tools will lag; the table is correct)");
+        }
+    }
+}
 
 pub struct KafkaReader {
     consumer: BaseConsumer<ReaderContext>,
@@ -194,7 +204,7 @@ impl KafkaReader {
         }
     }
 
-    /// Commits `(partition, next offset)` pairs to the consumer group, so lag
+    /// Sends `(partition, next offset)` pairs to the consumer group, so lag
     /// tools see the pipeline's progress. The Delta log stays the source of truth.
     pub fn commit(&self, next_offsets: &[(i32, i64)]) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
@@ -205,8 +215,11 @@ impl KafkaReader {
                     source,
                 })?;
         }
+        // Asynchronous: these offsets only inform lag tools, and a coordinator
+        // that does not answer must never stall a batch. Failures are
+        // reported by `ReaderContext::commit_callback`.
         self.consumer
-            .commit(&tpl, CommitMode::Sync)
+            .commit(&tpl, CommitMode::Async)
             .map_err(|source| KafkaSourceError::Client {
                 operation: "offset commit",
                 source,

@@ -70,10 +70,16 @@ pub async fn run_pipeline(spec: TableSpec, options: PipelineOptions) -> Result<R
         summary: RunSummary::default(),
     };
     let mut failures = 0u32;
+    let mut batches_at_failure = 0;
     loop {
         match run.once().await {
             Ok(()) => return Ok(run.summary),
             Err(e) if e.kind().is_retryable() && !options.stop.load(Ordering::Relaxed) => {
+                // Backoff grows only while no batch gets through.
+                if run.summary.batches > batches_at_failure {
+                    failures = 0;
+                    batches_at_failure = run.summary.batches;
+                }
                 failures += 1;
                 let backoff =
                     Duration::from_millis(500 << failures.min(6)).min(Duration::from_secs(30));
@@ -423,7 +429,12 @@ impl Run<'_> {
             verify_landed_plan(g, plan).await?;
         }
         crash_point(CrashPoint::AfterCommit, plan.batch_id);
+        tracing::debug!(batch = plan.batch_id, "removing files of failed attempts");
         remove_failed_attempts(g, plan, outcome.files).await?;
+        tracing::debug!(
+            batch = plan.batch_id,
+            "committing offsets to the consumer group"
+        );
         let write_ms = started.elapsed().as_millis() as u64;
 
         let t = Instant::now();
@@ -537,7 +548,7 @@ fn conform(batch: &RecordBatch, table: &Schema) -> Result<RecordBatch> {
 /// committed it. Harmless if that instance committed the same offsets; else
 /// this instance must stop writing and re-sync from the table.
 async fn verify_landed_plan(g: &Group, plan: &BatchPlan) -> Result<()> {
-    let marker = g.data.last_marker(&g.app_id).await?;
+    let marker = g.data.marker_of(&g.app_id, plan.batch_id).await?;
     let same = match &marker {
         Some(m) => {
             let table_plan = plan_of_marker(m)?;
