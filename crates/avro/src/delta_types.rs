@@ -187,20 +187,25 @@ fn convert(array: &ArrayRef, from: &Field, to: &DataType) -> Result<ArrayRef> {
     })
 }
 
+/// Canonical `8-4-4-4-12` hex form, written straight into the string buffer.
 fn uuid_strings(a: &FixedSizeBinaryArray) -> ArrayRef {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = StringBuilder::with_capacity(a.len(), a.len() * 36);
+    let mut text = [0u8; 36];
     for v in a.iter() {
         match v {
             Some(bytes) => {
-                let h: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
-                b.append_value(format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[0..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..32]
-                ));
+                let mut o = 0;
+                for (i, byte) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        text[o] = b'-';
+                        o += 1;
+                    }
+                    text[o] = HEX[(byte >> 4) as usize];
+                    text[o + 1] = HEX[(byte & 0xf) as usize];
+                    o += 2;
+                }
+                b.append_value(std::str::from_utf8(&text).unwrap_or_default());
             }
             None => b.append_null(),
         }
@@ -242,6 +247,17 @@ mod tests {
         assert!(types[7].starts_with("Map("), "{}", types[7]);
         assert_eq!(types[8], "Decimal128(10, 2)");
         assert!(schema.fields().iter().all(|f| f.is_nullable()));
+    }
+
+    #[test]
+    fn uuids_print_in_canonical_form() {
+        let bytes: Vec<u8> = (0u8..16).collect();
+        let a = FixedSizeBinaryArray::try_from_iter([bytes].into_iter()).unwrap();
+        let s = uuid_strings(&a);
+        assert_eq!(
+            s.as_string::<i32>().value(0),
+            "00010203-0405-0607-0809-0a0b0c0d0e0f"
+        );
     }
 
     #[test]

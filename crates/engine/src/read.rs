@@ -93,6 +93,10 @@ pub(crate) fn read_new_batch(
         }
     }
     let decoded = decoder.finish()?;
+    tracing::debug!(
+        records, bytes, drained = drained(positions, eof_seen), stopped = stop(),
+        ranges = ?ranges.ranges, targets = ?limits.drain_targets, "batch read"
+    );
     Ok(ReadBatch {
         ranges,
         end_offsets: positions.clone(),

@@ -16,6 +16,9 @@ use tributary_engine::{PipelineOptions, run_pipeline};
 use crate::dev;
 use crate::dev::generator::{BENCH_SCHEMA, Rng, bench_event, frame};
 
+/// Upper bound of a framed benchmark record's size.
+const BENCH_RECORD_BYTES: u64 = 110;
+
 #[derive(Subcommand)]
 pub enum Bench {
     /// Decode Confluent-framed 10-field Avro records into Arrow on one thread,
@@ -29,15 +32,21 @@ pub enum Bench {
     Ingest {
         #[arg(long, default_value_t = 5_000_000)]
         rows: u64,
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
+        /// Default: enough partitions that none holds more than 4 MiB, since
+        /// the mock broker deletes a partition's oldest records beyond 5 MiB.
+        #[arg(long)]
+        partitions: Option<i32>,
     },
 }
 
 pub async fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Decode { rows } => decode(rows).await,
-        Bench::Ingest { rows, partitions } => ingest(rows, partitions).await,
+        Bench::Ingest { rows, partitions } => {
+            let partitions = partitions
+                .unwrap_or_else(|| (rows * BENCH_RECORD_BYTES).div_ceil(4 << 20).max(1) as i32);
+            ingest(rows, partitions).await
+        }
     }
 }
 
@@ -100,25 +109,34 @@ async fn decode(rows: u64) -> anyhow::Result<()> {
 
         let started = Instant::now();
         let target = tributary_avro::delta_schema(&decoded.batches[0].schema())?;
+        let converted = decoded
+            .batches
+            .iter()
+            .map(|b| tributary_avro::to_delta_batch(b, &target))
+            .collect::<Result<Vec<_>, _>>()?;
+        let convert_time = started.elapsed();
+        let started = Instant::now();
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
         let mut writer = ArrowWriter::try_new(Vec::new(), target.clone(), Some(props))?;
-        for b in &decoded.batches {
-            writer.write(&tributary_avro::to_delta_batch(b, &target)?)?;
+        for b in &converted {
+            writer.write(b)?;
         }
         let parquet = writer.into_inner()?;
-        let encode_time = started.elapsed();
+        let encode_time = started.elapsed() + convert_time;
         let per_sec = |d: Duration| rows as f64 / d.as_secs_f64();
         Ok(format!(
             "bench decode: {rows} rows, {:.1} MB of Confluent-framed Avro (10 fields)\n  \
              decode to Arrow:              {:>10.0} rows/s  {:>7.1} MB/s\n  \
+             Delta type conversion:        {:>10.0} rows/s\n  \
              Delta types + Parquet encode: {:>10.0} rows/s  ({:.1} MB of Parquet)\n  \
              decode + encode on one core:  {:>10.0} rows/s\n  \
              ratio decode : (decode+encode) = {:.2}",
             bytes as f64 / 1e6,
             per_sec(decode_time),
             bytes as f64 / 1e6 / decode_time.as_secs_f64(),
+            per_sec(convert_time),
             per_sec(encode_time),
             parquet.len() as f64 / 1e6,
             per_sec(decode_time + encode_time),
