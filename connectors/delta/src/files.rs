@@ -5,14 +5,14 @@
 //! written, so files of an attempt that never committed can be found and
 //! removed on recovery.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use deltalake::ObjectStore;
 use deltalake::Path;
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{cast, take_record_batch};
-use deltalake::arrow::datatypes::{DataType, Schema};
+use deltalake::arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::kernel::Add;
 use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::basic::Compression;
@@ -36,31 +36,123 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Rows of one partition.
-struct PartitionRows {
-    /// (column, value) pairs; `None` is a null partition value.
-    values: Vec<(String, Option<String>)>,
-    batches: Vec<RecordBatch>,
+/// Encodes the rows of one batch into Parquet files as they arrive: one open
+/// file per partition, closed and a new one started at the target size. Pure
+/// CPU work with no I/O, so it can run on its own thread beside the reader.
+pub struct BatchEncoder {
+    partition_columns: Vec<String>,
+    target_file_size: u64,
+    open: BTreeMap<Vec<Option<String>>, OpenFile>,
+    done: Vec<EncodedFile>,
+    schema: Option<SchemaRef>,
+    rows: u64,
 }
 
-/// Writes `batches` (which include the partition columns) as data files named
-/// `part-<name>-<n>.snappy.parquet` under Hive-style partition directories.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn write_data_files(
+struct OpenFile {
+    writer: ArrowWriter<Vec<u8>>,
+    stats: StatsBuilder,
+}
+
+/// One finished data file, not yet uploaded.
+pub struct EncodedFile {
+    /// (column, value) of its partition; `None` is a null value.
+    pub partition_values: Vec<(String, Option<String>)>,
+    pub bytes: Vec<u8>,
+    /// Delta statistics JSON.
+    pub stats: String,
+}
+
+/// The encoded rows of a batch.
+pub struct EncodedBatch {
+    pub files: Vec<EncodedFile>,
+    pub rows: u64,
+    /// Schema of the rows (partition columns included); `None` without rows.
+    pub schema: Option<SchemaRef>,
+}
+
+impl BatchEncoder {
+    pub fn new(partition_columns: Vec<String>, target_file_size: u64) -> BatchEncoder {
+        BatchEncoder {
+            partition_columns,
+            target_file_size,
+            open: BTreeMap::new(),
+            done: Vec::new(),
+            schema: None,
+            rows: 0,
+        }
+    }
+
+    /// Encodes rows (partition columns included, all batches of one schema).
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.schema.get_or_insert_with(|| batch.schema());
+        self.rows += batch.num_rows() as u64;
+        for (key, rows) in split_by_partition(batch, &self.partition_columns)? {
+            let file = match self.open.entry(key.clone()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let schema = rows.schema();
+                    e.insert(OpenFile {
+                        writer: ArrowWriter::try_new(
+                            Vec::new(),
+                            schema.clone(),
+                            Some(writer_properties()),
+                        )
+                        .map_err(parquet_err)?,
+                        stats: StatsBuilder::new(&schema),
+                    })
+                }
+            };
+            file.writer.write(&rows).map_err(parquet_err)?;
+            file.stats.add(&rows);
+            if (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
+                >= self.target_file_size
+                && let Some(full) = self.open.remove(&key)
+            {
+                self.close(key, full)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, key: Vec<Option<String>>, file: OpenFile) -> Result<()> {
+        self.done.push(EncodedFile {
+            partition_values: self.partition_columns.iter().cloned().zip(key).collect(),
+            stats: file.stats.finish(),
+            bytes: file.writer.into_inner().map_err(parquet_err)?,
+        });
+        Ok(())
+    }
+
+    /// Closes every open file.
+    pub fn finish(mut self) -> Result<EncodedBatch> {
+        for (key, file) in std::mem::take(&mut self.open) {
+            self.close(key, file)?;
+        }
+        Ok(EncodedBatch {
+            files: self.done,
+            rows: self.rows,
+            schema: self.schema,
+        })
+    }
+}
+
+/// Uploads encoded files as `part-<name>-<n>.snappy.parquet` under
+/// Hive-style partition directories, announcing each before it is written,
+/// and returns their `add` actions.
+pub(crate) async fn upload_files(
     store: Arc<dyn ObjectStore>,
     table_uri: &str,
-    batches: Vec<RecordBatch>,
-    partition_columns: &[String],
+    files: Vec<EncodedFile>,
     name: &str,
-    target_file_size: u64,
     intent: &dyn FileIntent,
 ) -> Result<Vec<Add>> {
-    let groups = split_by_partition(batches, partition_columns)?;
-    let mut adds = Vec::new();
-    let mut n = 0usize;
-    for group in groups {
-        let dir: String = group
-            .values
+    let mut adds = Vec::with_capacity(files.len());
+    for (n, file) in files.into_iter().enumerate() {
+        let dir: String = file
+            .partition_values
             .iter()
             .map(|(c, v)| {
                 format!(
@@ -71,85 +163,53 @@ pub(crate) async fn write_data_files(
                 )
             })
             .collect();
-        let partition_values: HashMap<String, Option<String>> =
-            group.values.iter().cloned().collect();
-        // Encoding is CPU work: off the async workers.
-        let encoded = tokio::task::spawn_blocking(move || encode(group.batches, target_file_size))
-            .await
+        let path = format!("{dir}part-{name}-{n:05}.snappy.parquet");
+        intent
+            .announce(table_uri, &path)
             .map_err(|e| DeltaSinkError::Corrupt {
-                uri: String::new(),
-                message: format!("encoder task failed: {e}"),
-            })??;
-        for file in encoded {
-            let path = format!("{dir}part-{name}-{n:05}.snappy.parquet");
-            n += 1;
-            intent
-                .announce(table_uri, &path)
-                .map_err(|e| DeltaSinkError::Corrupt {
-                    uri: table_uri.to_string(),
-                    message: format!("cannot record the data file about to be written: {e}"),
-                })?;
-            let size = file.bytes.len() as i64;
-            store
-                .put(&Path::from(path.as_str()), file.bytes.into())
-                .await
-                .map_err(|e| DeltaSinkError::delta(table_uri, e.into()))?;
-            adds.push(Add {
-                path: encode_log_path(&path),
-                partition_values: partition_values.clone(),
-                size,
-                modification_time: chrono::Utc::now().timestamp_millis(),
-                data_change: true,
-                stats: Some(file.stats),
-                tags: None,
-                deletion_vector: None,
-                base_row_id: None,
-                default_row_commit_version: None,
-                clustering_provider: None,
-            });
-        }
+                uri: table_uri.to_string(),
+                message: format!("cannot record the data file about to be written: {e}"),
+            })?;
+        let size = file.bytes.len() as i64;
+        store
+            .put(&Path::from(path.as_str()), file.bytes.into())
+            .await
+            .map_err(|e| DeltaSinkError::delta(table_uri, e.into()))?;
+        adds.push(Add {
+            path: encode_log_path(&path),
+            partition_values: file.partition_values.into_iter().collect(),
+            size,
+            modification_time: chrono::Utc::now().timestamp_millis(),
+            data_change: true,
+            stats: Some(file.stats),
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        });
     }
     Ok(adds)
 }
 
-struct EncodedFile {
-    bytes: Vec<u8>,
-    stats: String,
-}
-
-/// Encodes rows into files of about `target_file_size` bytes.
-fn encode(batches: Vec<RecordBatch>, target_file_size: u64) -> Result<Vec<EncodedFile>> {
-    let mut files = Vec::new();
-    let Some(first) = batches.first() else {
-        return Ok(files);
-    };
-    let schema = first.schema();
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()))
-        .map_err(parquet_err)?;
-    let mut stats = StatsBuilder::new(&schema);
-    for batch in &batches {
-        writer.write(batch).map_err(parquet_err)?;
-        stats.add(batch);
-        if (writer.bytes_written() + writer.in_progress_size()) as u64 >= target_file_size {
-            let done = std::mem::replace(
-                &mut writer,
-                ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()))
-                    .map_err(parquet_err)?,
-            );
-            files.push(EncodedFile {
-                bytes: done.into_inner().map_err(parquet_err)?,
-                stats: stats.finish(),
-            });
-            stats = StatsBuilder::new(&schema);
+/// Encodes rows on a blocking thread.
+pub(crate) async fn encode(
+    batches: Vec<RecordBatch>,
+    partition_columns: Vec<String>,
+    target_file_size: u64,
+) -> Result<EncodedBatch> {
+    tokio::task::spawn_blocking(move || {
+        let mut encoder = BatchEncoder::new(partition_columns, target_file_size);
+        for b in &batches {
+            encoder.push(b)?;
         }
-    }
-    if stats.rows > 0 {
-        files.push(EncodedFile {
-            bytes: writer.into_inner().map_err(parquet_err)?,
-            stats: stats.finish(),
-        });
-    }
-    Ok(files)
+        encoder.finish()
+    })
+    .await
+    .map_err(|e| DeltaSinkError::Corrupt {
+        uri: String::new(),
+        message: format!("encoder task failed: {e}"),
+    })?
 }
 
 fn parquet_err(e: deltalake::parquet::errors::ParquetError) -> DeltaSinkError {
@@ -159,70 +219,55 @@ fn parquet_err(e: deltalake::parquet::errors::ParquetError) -> DeltaSinkError {
     }
 }
 
-/// Splits rows by the values of the partition columns (removed from the
-/// rows), in a stable order of partition values.
+/// Splits a batch by the values of its partition columns (removed from the
+/// rows), in the order of partition values.
 fn split_by_partition(
-    batches: Vec<RecordBatch>,
+    batch: &RecordBatch,
     partition_columns: &[String],
-) -> Result<Vec<PartitionRows>> {
+) -> Result<Vec<(Vec<Option<String>>, RecordBatch)>> {
     if partition_columns.is_empty() {
-        return Ok(vec![PartitionRows {
-            values: vec![],
-            batches,
-        }]);
+        return Ok(vec![(vec![], batch.clone())]);
     }
-    let mut groups: BTreeMap<Vec<Option<String>>, Vec<RecordBatch>> = BTreeMap::new();
-    for batch in batches {
-        let keys: Vec<ArrayRef> = partition_columns
-            .iter()
-            .map(|c| {
-                let col = batch.column_by_name(c).ok_or_else(|| {
-                    deltalake::arrow::error::ArrowError::SchemaError(format!(
-                        "partition column {c} missing from batch"
-                    ))
-                })?;
-                Ok::<_, DeltaSinkError>(cast(col, &DataType::Utf8)?)
-            })
-            .collect::<Result<_>>()?;
-        let keys: Vec<_> = keys.iter().map(|k| k.as_string::<i32>()).collect();
-        let data_indices: Vec<usize> = (0..batch.num_columns())
-            .filter(|i| !partition_columns.contains(batch.schema().field(*i).name()))
-            .collect();
-        let data = batch.project(&data_indices)?;
-        // Most batches hold one partition (one day, one hour): no per-row work then.
-        let uniform =
-            (1..batch.num_rows()).all(|i| keys.iter().all(|k| value(k, i) == value(k, 0)));
-        if uniform {
-            if batch.num_rows() > 0 {
-                let key = keys
-                    .iter()
-                    .map(|k| value(k, 0).map(str::to_string))
-                    .collect();
-                groups.entry(key).or_default().push(data);
-            }
-            continue;
-        }
-        let mut rows: HashMap<Vec<Option<&str>>, Vec<u32>> = HashMap::new();
-        for i in 0..batch.num_rows() {
-            rows.entry(keys.iter().map(|k| value(k, i)).collect())
-                .or_default()
-                .push(i as u32);
-        }
-        for (key, indices) in rows {
-            let taken = take_record_batch(&data, &UInt32Array::from(indices))?;
-            groups
-                .entry(key.into_iter().map(|v| v.map(str::to_string)).collect())
-                .or_default()
-                .push(taken);
-        }
-    }
-    Ok(groups
-        .into_iter()
-        .map(|(key, batches)| PartitionRows {
-            values: partition_columns.iter().cloned().zip(key).collect(),
-            batches,
+    let keys: Vec<ArrayRef> = partition_columns
+        .iter()
+        .map(|c| {
+            let col = batch.column_by_name(c).ok_or_else(|| {
+                deltalake::arrow::error::ArrowError::SchemaError(format!(
+                    "partition column {c} missing from batch"
+                ))
+            })?;
+            Ok::<_, DeltaSinkError>(cast(col, &DataType::Utf8)?)
         })
-        .collect())
+        .collect::<Result<_>>()?;
+    let keys: Vec<_> = keys.iter().map(|k| k.as_string::<i32>()).collect();
+    let data_indices: Vec<usize> = (0..batch.num_columns())
+        .filter(|i| !partition_columns.contains(batch.schema().field(*i).name()))
+        .collect();
+    let data = batch.project(&data_indices)?;
+    let key_of = |i: usize| -> Vec<Option<String>> {
+        keys.iter()
+            .map(|k| value(k, i).map(str::to_string))
+            .collect()
+    };
+    // Most batches hold one partition (one day, one hour): no per-row work then.
+    if (1..batch.num_rows()).all(|i| keys.iter().all(|k| value(k, i) == value(k, 0))) {
+        return Ok(vec![(key_of(0), data)]);
+    }
+    let mut rows: BTreeMap<Vec<Option<&str>>, Vec<u32>> = BTreeMap::new();
+    for i in 0..batch.num_rows() {
+        rows.entry(keys.iter().map(|k| value(k, i)).collect())
+            .or_default()
+            .push(i as u32);
+    }
+    rows.into_iter()
+        .map(|(key, indices)| {
+            let taken = take_record_batch(&data, &UInt32Array::from(indices))?;
+            Ok((
+                key.into_iter().map(|v| v.map(str::to_string)).collect(),
+                taken,
+            ))
+        })
+        .collect()
 }
 
 /// The value of row `i`, `None` when null.
@@ -459,16 +504,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let groups = split_by_partition(vec![batch], &["region".to_string()]).unwrap();
+        let groups = split_by_partition(&batch, &["region".to_string()]).unwrap();
         let described: Vec<(Option<String>, usize, usize)> = groups
             .iter()
-            .map(|g| {
-                (
-                    g.values[0].1.clone(),
-                    g.batches.iter().map(|b| b.num_rows()).sum(),
-                    g.batches[0].num_columns(),
-                )
-            })
+            .map(|(k, b)| (k[0].clone(), b.num_rows(), b.num_columns()))
             .collect();
         assert_eq!(
             described,
@@ -482,6 +521,26 @@ mod tests {
         assert_eq!(
             encode_log_path("region=us%2Fwest/part-x.parquet"),
             "region=us%252Fwest/part-x.parquet"
+        );
+
+        // The encoder keeps one file per partition and closes them at the end.
+        let mut encoder = BatchEncoder::new(vec!["region".into()], 1 << 20);
+        encoder.push(&batch).unwrap();
+        encoder.push(&batch).unwrap();
+        let encoded = encoder.finish().unwrap();
+        assert_eq!(encoded.rows, 8);
+        assert_eq!(encoded.files.len(), 3);
+        let stats: Vec<Value> = encoded
+            .files
+            .iter()
+            .map(|f| serde_json::from_str(&f.stats).unwrap())
+            .collect();
+        assert_eq!(
+            stats
+                .iter()
+                .map(|s| s["numRecords"].as_u64().unwrap())
+                .sum::<u64>(),
+            8
         );
     }
 }

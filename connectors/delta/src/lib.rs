@@ -11,9 +11,11 @@ mod table;
 
 pub use dead_letters::dead_letter_batch;
 pub use error::{DeltaSinkError, Result};
-pub use files::FileIntent;
+pub use files::{BatchEncoder, EncodedBatch, FileIntent};
 pub use partitioning::add_partition_columns;
-pub use table::{BatchCommit, CommitMarker, CommitOutcome, DeltaTableSink, TableOptions};
+pub use table::{
+    BatchCommit, BatchRows, CommitMarker, CommitOutcome, DeltaTableSink, TableOptions,
+};
 
 /// Key under which Tributary's batch description is stored in `commitInfo`.
 pub const COMMIT_INFO_KEY: &str = "tributary";

@@ -15,7 +15,7 @@ use url::Url;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{FileIntent, write_data_files};
+use crate::files::{EncodedBatch, FileIntent, encode, upload_files};
 
 #[derive(Debug, Clone)]
 pub struct TableOptions {
@@ -30,14 +30,21 @@ pub struct BatchCommit {
     /// `<pipeline>/<group>`: the Delta `txn.appId`.
     pub app_id: String,
     pub batch_id: u64,
-    /// Rows in the table's Arrow schema (see `tributary_avro::to_delta_batch`).
-    pub batches: Vec<RecordBatch>,
+    /// The rows, in the table's schema (partition columns included).
+    pub rows: BatchRows,
     /// Stored in `commitInfo.tributary`: batch id, offset ranges, ...
     pub info: Value,
     /// Data files are named `part-<file_name>-<attempt>-<n>`: the batch is
     /// recognisable in the table's directory, and an attempt never
     /// overwrites another's file.
     pub file_name: String,
+}
+
+/// Rows to commit: Arrow batches to encode, or files encoded already (the
+/// pipeline encodes while it reads).
+pub enum BatchRows {
+    Arrow(Vec<RecordBatch>),
+    Encoded(EncodedBatch),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,12 +208,23 @@ impl DeltaTableSink {
         {
             return Ok(CommitOutcome::default());
         }
+        let encoded = match commit.rows {
+            BatchRows::Arrow(batches) => {
+                encode(
+                    batches,
+                    self.options.partition_columns.clone(),
+                    self.options.target_file_size,
+                )
+                .await?
+            }
+            BatchRows::Encoded(encoded) => encoded,
+        };
         if self.table.is_none() {
-            let Some(first) = commit.batches.first() else {
+            let Some(schema) = encoded.schema.clone() else {
                 // Nothing to write and no table yet: the batch leaves no trace here.
                 return Ok(CommitOutcome::default());
             };
-            self.create(first.schema()).await?;
+            self.create(schema).await?;
         }
         let uri = self.options.uri.clone();
         let table = self.table.as_mut().ok_or_else(|| DeltaSinkError::Corrupt {
@@ -214,28 +232,18 @@ impl DeltaTableSink {
             message: "table vanished after creation".into(),
         })?;
         let delta_err = |source| DeltaSinkError::delta(&uri, source);
-
-        let rows = commit.batches.iter().map(|b| b.num_rows() as u64).sum();
         let table_schema = table
             .snapshot()
             .map_err(delta_err)?
             .snapshot()
             .arrow_schema();
-        for batch in &commit.batches {
-            check_schema(&uri, batch.schema().as_ref(), table_schema.as_ref())?;
+        if let Some(schema) = &encoded.schema {
+            check_schema(&uri, schema, &table_schema)?;
         }
+        let rows = encoded.rows;
         let attempt = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("{}-{}", commit.file_name, &attempt[..8]);
-        let adds = write_data_files(
-            table.object_store(),
-            &uri,
-            commit.batches,
-            &self.options.partition_columns,
-            &name,
-            self.options.target_file_size,
-            intent,
-        )
-        .await?;
+        let adds = upload_files(table.object_store(), &uri, encoded.files, &name, intent).await?;
         let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         tributary_core::crash_point(tributary_core::CrashPoint::AfterFiles, commit.batch_id);
         let files = actions.len();
@@ -442,7 +450,7 @@ mod tests {
         BatchCommit {
             app_id: "pipe/topic".into(),
             batch_id,
-            batches: vec![batch(ids)],
+            rows: BatchRows::Arrow(vec![batch(ids)]),
             info: serde_json::json!({"appId": "pipe/topic", "batchId": batch_id}),
             file_name: format!("pipe-topic-{batch_id}"),
         }
@@ -503,17 +511,12 @@ mod tests {
         // An attempt at batch 1 that wrote its files and died before committing.
         let failed = Announced::default();
         let store = sink.table.as_ref().unwrap().object_store();
-        write_data_files(
-            store,
-            "t",
-            vec![batch(&[5, 6])],
-            &["p".to_string()],
-            "pipe-topic-1-dead",
-            1 << 20,
-            &failed,
-        )
-        .await
-        .unwrap();
+        let encoded = encode(vec![batch(&[5, 6])], vec!["p".to_string()], 1 << 20)
+            .await
+            .unwrap();
+        upload_files(store, "t", encoded.files, "pipe-topic-1-dead", &failed)
+            .await
+            .unwrap();
         let count = |d: &std::path::Path| {
             walk(d)
                 .into_iter()

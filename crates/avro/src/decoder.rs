@@ -352,9 +352,15 @@ impl RecordDecoder {
         Ok(std::mem::take(&mut self.out))
     }
 
-    /// Rows decoded and not yet returned by `finish`, for sizing batches.
-    pub fn buffered_batches(&self) -> usize {
-        self.out.batches.len()
+    /// Arrow batches completed so far (each decoder flushes when full);
+    /// dead letters stay until `finish`.
+    pub fn take_batches(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.out.batches)
+    }
+
+    /// Whether `take_batches` has anything.
+    pub fn has_batches(&self) -> bool {
+        !self.out.batches.is_empty()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The micro-batch loop: plan -> read -> decode -> commit -> checkpoint, with
 //! recovery. See docs/architecture.md for the protocol and its guarantees.
 
+mod encode;
 mod error;
 mod offset_log;
 mod pipeline;

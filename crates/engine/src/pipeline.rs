@@ -1,27 +1,22 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::datatypes::{DataType, Schema};
 use serde_json::json;
-use tributary_avro::{
-    RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig, delta_schema, to_delta_batch,
-};
+use tributary_avro::{RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig};
 use tributary_core::{Classify, CrashPoint, TOPIC_GROUP, app_id, crash_point};
-use tributary_delta::{
-    BatchCommit, DeltaTableSink, TableOptions, add_partition_columns, dead_letter_batch,
-};
+use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, TableOptions, dead_letter_batch};
 use tributary_kafka::{KafkaReader, ReaderConfig, StartAt};
-use tributary_spec::{PartitionColumn, StartingOffsets, TableSpec};
+use tributary_spec::{StartingOffsets, TableSpec};
 
+use crate::encode::{Chunk, Converter, ReadyBatch, run_encoder};
 use crate::error::{EngineError, Result};
 use crate::offset_log::{BatchPlan, OffsetLog};
 use crate::progress::{BatchProgress, SinkProgress, SourceProgress};
-use crate::read::{PlanLimits, ReadBatch, read_new_batch, replay_batch};
+use crate::read::{PlanLimits, read_new_batch, replay_batch};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -105,8 +100,6 @@ struct Group {
     data: DeltaTableSink,
     dead: DeltaTableSink,
     log: OffsetLog,
-    partitions: Vec<PartitionColumn>,
-    checked_schemas: HashSet<Arc<Schema>>,
 }
 
 impl Run<'_> {
@@ -129,8 +122,6 @@ impl Run<'_> {
             })
             .await?,
             log: OffsetLog::open(&spec.checkpoint.location, TOPIC_GROUP)?,
-            partitions,
-            checked_schemas: HashSet::new(),
         };
         let kafka = &spec.source.kafka;
         let reader = Arc::new(KafkaReader::connect(&ReaderConfig {
@@ -163,9 +154,24 @@ impl Run<'_> {
                         tokio::runtime::Handle::current(),
                     );
                     let stopped = || stop.load(Ordering::Relaxed);
-                    let replayed =
-                        blocking(|| replay_batch(&reader, &mut decoder, &plan.ranges, &stopped))?;
-                    let Some(batch) = replayed else { return Ok(()) };
+                    let mut rows = Vec::new();
+                    let mut collect = |b| {
+                        rows.push(b);
+                        Ok(())
+                    };
+                    let replayed = blocking(|| {
+                        replay_batch(&reader, &mut decoder, &plan.ranges, &stopped, &mut collect)
+                    })?;
+                    let Some(read) = replayed else { return Ok(()) };
+                    let started = Instant::now();
+                    let mut converter = Converter::new(spec, group.data.arrow_schema());
+                    let encoded =
+                        blocking(|| converter.encode_all(&rows, spec.table.target_file_size.0))?;
+                    let batch = ReadyBatch {
+                        read,
+                        encoded,
+                        encode_time: started.elapsed(),
+                    };
                     self.write(&mut group, &reader, plan, batch, true, 0)
                         .await?;
                 } else {
@@ -217,9 +223,17 @@ impl Run<'_> {
             drain_targets,
         };
 
-        // The reader thread fetches and decodes batch N+1 while batch N is
-        // written and committed here.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ReadBatch>>(1);
+        // Three stages overlap: the reader thread fetches and decodes, the
+        // encoder thread converts and encodes Parquet, and this task records
+        // plans, uploads and commits. Batch N commits while N+1 is encoded.
+        let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ReadyBatch>>(1);
+        let converter = Converter::new(spec, group.data.arrow_schema());
+        let target_file_size = spec.table.target_file_size.0;
+        let encoder_thread = std::thread::Builder::new()
+            .name(format!("encode-{}", spec.pipeline))
+            .spawn(move || run_encoder(chunk_rx, tx, converter, target_file_size))
+            .map_err(|e| EngineError::Internal(format!("cannot start encoder thread: {e}")))?;
         let thread_reader = reader.clone();
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
@@ -230,27 +244,45 @@ impl Run<'_> {
             .name(format!("read-{}", spec.pipeline))
             .spawn(move || {
                 let mut decoder = RecordDecoder::new(registry, handle);
-                let mut eof_seen = HashSet::new();
+                let mut undrained: BTreeSet<i32> = limits
+                    .drain_targets
+                    .iter()
+                    .flatten()
+                    .filter(|(p, target)| positions.get(p).is_none_or(|pos| pos < target))
+                    .map(|(p, _)| *p)
+                    .collect();
                 let stopped =
                     || thread_stop.load(Ordering::Relaxed) || thread_abort.load(Ordering::Relaxed);
+                let rows_tx = chunk_tx.clone();
+                let mut send_rows = |rows| {
+                    rows_tx
+                        .send(Chunk::Rows(rows))
+                        .map_err(|_| EngineError::Internal("the encoder thread stopped".into()))
+                };
                 loop {
                     let result = read_new_batch(
                         &thread_reader,
                         &mut decoder,
                         &mut positions,
                         &limits,
-                        &mut eof_seen,
+                        &mut undrained,
                         &stopped,
+                        &mut send_rows,
                     );
-                    let last = match &result {
-                        Ok(b) => b.drained || stopped(),
-                        Err(_) => true,
+                    let (chunk, last) = match result {
+                        Ok(b) => {
+                            let last = b.drained || stopped();
+                            if b.records == 0 {
+                                if last {
+                                    break;
+                                }
+                                continue;
+                            }
+                            (Chunk::End(b), last)
+                        }
+                        Err(e) => (Chunk::Failed(e), true),
                     };
-                    let empty = result.as_ref().is_ok_and(|b| b.records == 0);
-                    if !empty && tx.blocking_send(result).is_err() {
-                        break;
-                    }
-                    if last {
+                    if chunk_tx.send(chunk).is_err() || last {
                         break;
                     }
                 }
@@ -258,8 +290,8 @@ impl Run<'_> {
             .map_err(|e| EngineError::Internal(format!("cannot start reader thread: {e}")))?;
 
         let mut outcome = Ok(());
-        while let Some(read) = rx.recv().await {
-            let batch = match read {
+        while let Some(ready) = rx.recv().await {
+            let batch = match ready {
                 Ok(b) => b,
                 Err(e) => {
                     outcome = Err(e);
@@ -270,9 +302,9 @@ impl Run<'_> {
             let plan = BatchPlan {
                 batch_id: next_id,
                 group: TOPIC_GROUP.to_string(),
-                ranges: batch.ranges.clone(),
-                end_offsets: batch.end_offsets.clone(),
-                dead_letters: batch.decoded.dead_letters.len() as u64,
+                ranges: batch.read.ranges.clone(),
+                end_offsets: batch.read.end_offsets.clone(),
+                dead_letters: batch.read.dead_letters.len() as u64,
             };
             let t = Instant::now();
             match group.log.record(&plan) {
@@ -304,7 +336,11 @@ impl Run<'_> {
         // The reader must not outlive its run: it would keep reading for nobody.
         abort.store(true, Ordering::Relaxed);
         drop(rx);
-        let _ = tokio::task::spawn_blocking(move || reader_thread.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = reader_thread.join();
+            let _ = encoder_thread.join();
+        })
+        .await;
         outcome
     }
 
@@ -355,26 +391,18 @@ impl Run<'_> {
         g: &mut Group,
         reader: &KafkaReader,
         plan: &BatchPlan,
-        batch: ReadBatch,
+        batch: ReadyBatch,
         replayed: bool,
         plan_ms: u64,
     ) -> Result<()> {
         let spec = self.spec;
         let started = Instant::now();
+        let ReadyBatch {
+            read: batch,
+            encoded,
+            encode_time,
+        } = batch;
         let rows_in = batch.records;
-        let table_schema = g.data.arrow_schema();
-        let mut rows: Vec<RecordBatch> = Vec::with_capacity(batch.decoded.batches.len());
-        for decoded in &batch.decoded.batches {
-            let target = delta_schema(&decoded.schema())?;
-            if g.checked_schemas.insert(target.clone()) {
-                check_columns(spec, &target)?;
-            }
-            let row = add_partition_columns(&to_delta_batch(decoded, &target)?, &g.partitions)?;
-            rows.push(match &table_schema {
-                Some(table) => conform(&row, table)?,
-                None => row,
-            });
-        }
         let file_name = format!("{}-{}-{:010}", spec.pipeline, plan.group, plan.batch_id);
         let intent = g.log.intent(plan.batch_id);
         let info = json!({
@@ -388,20 +416,17 @@ impl Run<'_> {
             "deadLetters": plan.dead_letters,
         });
         let mut dead_version = None;
-        let dead_letters = batch.decoded.dead_letters.len() as u64;
+        let dead_letters = batch.dead_letters.len() as u64;
         if dead_letters > 0 {
-            let letters = dead_letter_batch(
-                &plan.ranges.topic,
-                plan.batch_id,
-                &batch.decoded.dead_letters,
-            )?;
+            let letters =
+                dead_letter_batch(&plan.ranges.topic, plan.batch_id, &batch.dead_letters)?;
             let out = g
                 .dead
                 .commit(
                     BatchCommit {
                         app_id: g.app_id.clone(),
                         batch_id: plan.batch_id,
-                        batches: vec![letters],
+                        rows: BatchRows::Arrow(vec![letters]),
                         info: info.clone(),
                         file_name: file_name.clone(),
                     },
@@ -411,14 +436,14 @@ impl Run<'_> {
             dead_version = out.version;
             tracing::warn!(pipeline = %spec.pipeline, batch = plan.batch_id, dead_letters, table = %g.dead.uri(), "records could not be decoded; kept in the dead-letter table");
         }
-        let output_rows: u64 = rows.iter().map(|b| b.num_rows() as u64).sum();
+        let output_rows = encoded.rows;
         let outcome = g
             .data
             .commit(
                 BatchCommit {
                     app_id: g.app_id.clone(),
                     batch_id: plan.batch_id,
-                    batches: rows,
+                    rows: BatchRows::Encoded(encoded),
                     info,
                     file_name,
                 },
@@ -480,6 +505,7 @@ impl Run<'_> {
             processed_rows_per_second: per_sec(processing_ms),
             duration_ms: BTreeMap::from([
                 ("read".to_string(), read_ms),
+                ("encode".to_string(), encode_time.as_millis() as u64),
                 ("plan".to_string(), plan_ms),
                 ("write".to_string(), write_ms),
                 ("offsetCommit".to_string(), offset_commit_ms),
@@ -522,26 +548,6 @@ impl Run<'_> {
         }
         Ok(())
     }
-}
-
-/// Reorders and converts a batch to the table's schema. A column the table
-/// lacks is an error (schema evolution is not applied here); a column the
-/// batch lacks reads as null.
-fn conform(batch: &RecordBatch, table: &Schema) -> Result<RecordBatch> {
-    let extra: Vec<&str> = batch
-        .schema_ref()
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .filter(|n| table.field_with_name(n).is_err())
-        .collect();
-    if !extra.is_empty() {
-        return Err(EngineError::Schema(format!(
-            "the records have fields the table lacks: {}; Tributary does not yet add columns to an existing table",
-            extra.join(", ")
-        )));
-    }
-    Ok(to_delta_batch(batch, &Arc::new(table.clone()))?)
 }
 
 /// A fresh plan found its batch id already in the table: another instance
@@ -620,31 +626,6 @@ fn plan_of_marker(marker: &tributary_delta::CommitMarker) -> Result<BatchPlan> {
             .map_err(|_| bad("endOffsets"))?,
         dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
     })
-}
-
-/// Column references of the spec against the decoded schema.
-fn check_columns(spec: &TableSpec, schema: &Schema) -> Result<()> {
-    let columns: Vec<(String, bool)> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            (
-                f.name().clone(),
-                matches!(f.data_type(), DataType::Timestamp(..)),
-            )
-        })
-        .collect();
-    let problems = spec.check_columns(&columns);
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(EngineError::Spec(
-        problems
-            .into_iter()
-            .map(|(p, m)| format!("{p}: {m}"))
-            .collect::<Vec<_>>()
-            .join("; "),
-    ))
 }
 
 /// Runs a short blocking client call without stalling the async workers.

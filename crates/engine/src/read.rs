@@ -1,10 +1,12 @@
 //! Reading one batch from Kafka and decoding it on the reader thread: either a
 //! new batch within the trigger's limits, or the exact replay of a recorded plan.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use tributary_avro::{DecodedChunk, RecordDecoder};
+use deltalake::arrow::array::RecordBatch;
+use tributary_avro::RecordDecoder;
+use tributary_core::DeadLetter;
 use tributary_core::OffsetRanges;
 use tributary_kafka::{KafkaReader, Polled, raw_record};
 
@@ -23,7 +25,7 @@ pub(crate) struct ReadBatch {
     pub ranges: OffsetRanges,
     /// Where every partition stands after this batch.
     pub end_offsets: BTreeMap<i32, i64>,
-    pub decoded: DecodedChunk,
+    pub dead_letters: Vec<DeadLetter>,
     pub records: u64,
     pub bytes: u64,
     pub read_time: Duration,
@@ -40,22 +42,19 @@ pub(crate) fn read_new_batch(
     decoder: &mut RecordDecoder,
     positions: &mut BTreeMap<i32, i64>,
     limits: &PlanLimits,
-    eof_seen: &mut HashSet<i32>,
+    undrained: &mut BTreeSet<i32>,
     stop: &dyn Fn() -> bool,
+    rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<ReadBatch> {
     let started = Instant::now();
     let mut deadline = started + limits.interval;
     let mut ranges = OffsetRanges::new(reader.topic());
     let (mut records, mut bytes) = (0u64, 0u64);
-    let drained = |positions: &BTreeMap<i32, i64>, eof: &HashSet<i32>| {
-        limits.drain_targets.as_ref().is_some_and(|targets| {
-            targets
-                .iter()
-                .all(|(p, t)| eof.contains(p) || positions.get(p).is_some_and(|pos| pos >= t))
-        })
-    };
+    // With `available_now`, the partitions still short of their target.
+    let drained =
+        |undrained: &BTreeSet<i32>| limits.drain_targets.is_some() && undrained.is_empty();
     loop {
-        if drained(positions, eof_seen) || stop() {
+        if drained(undrained) || stop() {
             break;
         }
         if records >= limits.max_offsets || bytes >= limits.max_bytes {
@@ -75,36 +74,55 @@ pub(crate) fn read_new_batch(
             Polled::Record(m) => {
                 let raw = raw_record(&m);
                 ranges.record(raw.partition, raw.offset);
-                positions.insert(raw.partition, raw.offset + 1);
-                eof_seen.remove(&raw.partition);
+                if !undrained.is_empty()
+                    && limits
+                        .drain_targets
+                        .as_ref()
+                        .and_then(|t| t.get(&raw.partition))
+                        .is_some_and(|t| raw.offset + 1 >= *t)
+                {
+                    undrained.remove(&raw.partition);
+                }
                 records += 1;
                 bytes += raw.value.map_or(0, <[u8]>::len) as u64;
                 decoder.push(&raw)?;
+                if decoder.has_batches() {
+                    decoder
+                        .take_batches()
+                        .into_iter()
+                        .try_for_each(&mut *rows)?;
+                }
             }
             Polled::EndOfPartition(p) => {
-                // The consumer may have skipped transaction markers: move on to its position.
+                // Caught up with the partition (past any transaction markers):
+                // it is drained, and its position is where the consumer stands.
                 if let Some(pos) = reader.position(p) {
                     let e = positions.entry(p).or_insert(pos);
                     *e = (*e).max(pos);
                 }
-                eof_seen.insert(p);
+                undrained.remove(&p);
             }
             Polled::Idle => {}
         }
     }
     let decoded = decoder.finish()?;
+    decoded.batches.into_iter().try_for_each(&mut *rows)?;
+    for r in &ranges.ranges {
+        let e = positions.entry(r.partition).or_insert(r.end);
+        *e = (*e).max(r.end);
+    }
     tracing::debug!(
-        records, bytes, drained = drained(positions, eof_seen), stopped = stop(),
+        records, bytes, drained = drained(undrained), stopped = stop(),
         ranges = ?ranges.ranges, targets = ?limits.drain_targets, "batch read"
     );
     Ok(ReadBatch {
         ranges,
         end_offsets: positions.clone(),
-        decoded,
+        dead_letters: decoded.dead_letters,
         records,
         bytes,
         read_time: started.elapsed(),
-        drained: drained(positions, eof_seen),
+        drained: drained(undrained),
     })
 }
 
@@ -115,6 +133,7 @@ pub(crate) fn replay_batch(
     decoder: &mut RecordDecoder,
     ranges: &OffsetRanges,
     stop: &dyn Fn() -> bool,
+    rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<Option<ReadBatch>> {
     let started = Instant::now();
     let mut pending: BTreeMap<i32, (i64, i64)> = ranges
@@ -143,6 +162,12 @@ pub(crate) fn replay_batch(
                 records += 1;
                 bytes += raw.value.map_or(0, <[u8]>::len) as u64;
                 decoder.push(&raw)?;
+                if decoder.has_batches() {
+                    decoder
+                        .take_batches()
+                        .into_iter()
+                        .try_for_each(&mut *rows)?;
+                }
                 if raw.offset + 1 >= end {
                     pending.remove(&raw.partition);
                 }
@@ -158,10 +183,11 @@ pub(crate) fn replay_batch(
         }
     }
     let decoded = decoder.finish()?;
+    decoded.batches.into_iter().try_for_each(&mut *rows)?;
     Ok(Some(ReadBatch {
         ranges: ranges.clone(),
         end_offsets: BTreeMap::new(),
-        decoded,
+        dead_letters: decoded.dead_letters,
         records,
         bytes,
         read_time: started.elapsed(),

@@ -212,23 +212,42 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
     let spec = tributary_spec::parse_spec("bench.yaml", &spec_text)
         .map_err(|e| anyhow::anyhow!(e.report().join("\n")))?;
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let summary = run_pipeline(spec, PipelineOptions::default())
         .await
         .context("ingest failed")?;
     let elapsed = started.elapsed();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     anyhow::ensure!(
         summary.rows == rows && summary.dead_letters == 0,
         "lost records: {summary:?} for {rows} produced"
     );
     println!(
         "bench ingest: {rows} rows over {partitions} partitions (produced in {:.1}s, not timed)\n  \
-         drained into Delta in {:.2}s: {:.0} rows/s end to end, {} batches, {} files, {:.1} MB of Parquet, zero loss",
+         drained into Delta in {:.2}s: {:.0} rows/s end to end, {} batches, {} files, {:.1} MB of Parquet, zero loss\n  \
+         CPU during the drain: {} (the in-process mock broker included)",
         produce_time.as_secs_f64(),
         elapsed.as_secs_f64(),
         rows as f64 / elapsed.as_secs_f64(),
         summary.batches,
         summary.files,
-        summary.bytes as f64 / 1e6
+        summary.bytes as f64 / 1e6,
+        cpu.map_or("unknown".to_string(), |c| format!(
+            "{c:.2} core-seconds, {:.0} % of one core",
+            100.0 * c / elapsed.as_secs_f64()
+        )),
     );
     Ok(())
+}
+
+/// User + system CPU time of this process, from /proc (Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is parenthesised and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
 }

@@ -1,0 +1,174 @@
+//! The encoder stage: converts decoded rows to the table's types and encodes
+//! them into Parquet as they arrive, on its own thread, so decoding (reader
+//! thread), encoding (this thread) and committing (async writer) overlap.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::{DataType, Schema, SchemaRef};
+use tributary_avro::{delta_schema, to_delta_batch};
+use tributary_delta::{BatchEncoder, EncodedBatch, add_partition_columns};
+use tributary_spec::{PartitionColumn, TableSpec};
+
+use crate::error::{EngineError, Result};
+use crate::read::ReadBatch;
+
+/// What the reader hands to the encoder.
+pub(crate) enum Chunk {
+    /// Decoded rows of the batch being read.
+    Rows(RecordBatch),
+    /// The batch is complete.
+    End(ReadBatch),
+    /// Reading failed; the rows sent for this batch are void.
+    Failed(EngineError),
+}
+
+/// A batch read, decoded and encoded, ready to be committed.
+pub(crate) struct ReadyBatch {
+    pub read: ReadBatch,
+    pub encoded: EncodedBatch,
+    pub encode_time: Duration,
+}
+
+/// Decoded rows to the table's columns and types.
+pub(crate) struct Converter {
+    spec: TableSpec,
+    partitions: Vec<PartitionColumn>,
+    /// The table's schema when it exists: rows are reordered and cast to it.
+    table_schema: Option<SchemaRef>,
+    checked: HashSet<SchemaRef>,
+}
+
+impl Converter {
+    pub(crate) fn new(spec: &TableSpec, table_schema: Option<SchemaRef>) -> Converter {
+        Converter {
+            spec: spec.clone(),
+            partitions: spec.partition_columns(),
+            table_schema,
+            checked: HashSet::new(),
+        }
+    }
+
+    pub(crate) fn partition_names(&self) -> Vec<String> {
+        self.partitions
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
+    }
+
+    pub(crate) fn convert(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
+        let target = delta_schema(&decoded.schema())?;
+        if self.checked.insert(target.clone()) {
+            check_columns(&self.spec, &target)?;
+        }
+        let row = add_partition_columns(&to_delta_batch(decoded, &target)?, &self.partitions)?;
+        match &self.table_schema {
+            Some(table) => conform(&row, table),
+            None => Ok(row),
+        }
+    }
+
+    /// Converts and encodes a whole batch's rows at once (replays).
+    pub(crate) fn encode_all(
+        &mut self,
+        rows: &[RecordBatch],
+        target_file_size: u64,
+    ) -> Result<EncodedBatch> {
+        let mut encoder = BatchEncoder::new(self.partition_names(), target_file_size);
+        for r in rows {
+            encoder.push(&self.convert(r)?)?;
+        }
+        Ok(encoder.finish()?)
+    }
+}
+
+/// The encoder thread: turns the reader's chunks into ready batches until
+/// the reader stops or the writer goes away.
+pub(crate) fn run_encoder(
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    ready: tokio::sync::mpsc::Sender<Result<ReadyBatch>>,
+    mut converter: Converter,
+    target_file_size: u64,
+) {
+    let new_encoder = |c: &Converter| BatchEncoder::new(c.partition_names(), target_file_size);
+    let mut encoder = new_encoder(&converter);
+    let mut busy = Duration::ZERO;
+    for chunk in chunks {
+        let result = match chunk {
+            Chunk::Rows(rows) => {
+                let started = Instant::now();
+                let pushed = converter.convert(&rows).and_then(|r| Ok(encoder.push(&r)?));
+                busy += started.elapsed();
+                match pushed {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                }
+            }
+            Chunk::End(read) => {
+                let started = Instant::now();
+                let finished = std::mem::replace(&mut encoder, new_encoder(&converter)).finish();
+                let encode_time = busy + started.elapsed();
+                busy = Duration::ZERO;
+                finished
+                    .map(|encoded| ReadyBatch {
+                        read,
+                        encoded,
+                        encode_time,
+                    })
+                    .map_err(EngineError::from)
+            }
+            Chunk::Failed(e) => Err(e),
+        };
+        let failed = result.is_err();
+        if ready.blocking_send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Reorders and converts a batch to the table's schema. A column the table
+/// lacks is an error (schema evolution is not applied here); a column the
+/// batch lacks reads as null.
+fn conform(batch: &RecordBatch, table: &Schema) -> Result<RecordBatch> {
+    let extra: Vec<&str> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| table.field_with_name(n).is_err())
+        .collect();
+    if !extra.is_empty() {
+        return Err(EngineError::Schema(format!(
+            "the records have fields the table lacks: {}; Tributary does not yet add columns to an existing table",
+            extra.join(", ")
+        )));
+    }
+    Ok(to_delta_batch(batch, &Arc::new(table.clone()))?)
+}
+
+/// Column references of the spec against the decoded schema.
+fn check_columns(spec: &TableSpec, schema: &Schema) -> Result<()> {
+    let columns: Vec<(String, bool)> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            (
+                f.name().clone(),
+                matches!(f.data_type(), DataType::Timestamp(..)),
+            )
+        })
+        .collect();
+    let problems = spec.check_columns(&columns);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Spec(
+        problems
+            .into_iter()
+            .map(|(p, m)| format!("{p}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    ))
+}
