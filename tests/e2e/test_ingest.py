@@ -157,6 +157,10 @@ def test_example_spec_runs_and_commits_carry_the_batch_txn(binary, dev_stack, tm
     assert [e["batchId"] for e in events] == [0, 1, 2, 3, 4]
     assert sum(e["numInputRows"] for e in events) == 3000
     assert all(e["numInputRows"] <= 700 for e in events)
+    # Lag counts down to nothing as the backlog drains.
+    lags = [e["lag"] for e in events]
+    assert lags == sorted(lags, reverse=True) and lags[-1] == 0, lags
+    assert lags[0] == 3000 - events[0]["numInputRows"], lags
     log = sorted((table / "_delta_log").glob("*.json"))
     txns, infos = [], []
     for f in log:

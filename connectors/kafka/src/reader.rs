@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -6,6 +7,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, Timestamp};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tributary_core::RawRecord;
 
@@ -37,11 +39,32 @@ pub enum Polled<'a> {
     Idle,
 }
 
-/// Routes librdkafka's log and error callbacks into `tracing`. The end of a
-/// partition arrives as an "error" event; it is routine here.
-pub struct ReaderContext;
+/// Routes librdkafka's log and error callbacks into `tracing` (the end of a
+/// partition arrives as an "error" event; it is routine here), and keeps the
+/// newest offset of each partition from librdkafka's statistics, for lag.
+#[derive(Default)]
+pub struct ReaderContext {
+    latest: Mutex<BTreeMap<i32, i64>>,
+}
 
 impl ClientContext for ReaderContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        for topic in statistics.topics.values() {
+            for (id, p) in &topic.partitions {
+                // The last stable offset is where a read_committed consumer can read to.
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if *id >= 0 && end >= 0 {
+                    latest.insert(*id, end);
+                }
+            }
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -93,6 +116,8 @@ impl KafkaReader {
             ("queued.min.messages", "1000000"),
             ("fetch.wait.max.ms", "100"),
             ("isolation.level", "read_committed"),
+            // Feeds `latest_offsets` (lag) without extra broker requests.
+            ("statistics.interval.ms", "1000"),
         ] {
             cc.set(k, v);
         }
@@ -108,7 +133,7 @@ impl KafkaReader {
             // longer exists must surface as an error, never as a silent skip.
             .set("auto.offset.reset", "error");
         let consumer: BaseConsumer<ReaderContext> = cc
-            .create_with_context(ReaderContext)
+            .create_with_context(ReaderContext::default())
             .map_err(|e| KafkaSourceError::Config(e.to_string()))?;
         Ok(KafkaReader {
             consumer,
@@ -193,6 +218,17 @@ impl KafkaReader {
                 Ok(Polled::Idle)
             }
         }
+    }
+
+    /// The newest offset of each partition the consumer may read to (last
+    /// stable offset), as of librdkafka's last statistics (every second).
+    pub fn latest_offsets(&self) -> BTreeMap<i32, i64> {
+        self.consumer
+            .context()
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The next offset the consumer will fetch from `partition`, once known.

@@ -10,5 +10,5 @@ mod read;
 
 pub use error::{EngineError, Result};
 pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
-pub use pipeline::{PipelineOptions, RunSummary, run_pipeline};
+pub use pipeline::{PipelineOptions, ProgressCallback, RunSummary, run_pipeline};
 pub use progress::BatchProgress;

@@ -100,6 +100,8 @@ struct Group {
     data: DeltaTableSink,
     dead: DeltaTableSink,
     log: OffsetLog,
+    /// Offsets known to exist (with `available_now`, the high watermarks at start).
+    known_latest: BTreeMap<i32, i64>,
 }
 
 impl Run<'_> {
@@ -122,6 +124,7 @@ impl Run<'_> {
             })
             .await?,
             log: OffsetLog::open(&spec.checkpoint.location, TOPIC_GROUP)?,
+            known_latest: BTreeMap::new(),
         };
         let kafka = &spec.source.kafka;
         let reader = Arc::new(KafkaReader::connect(&ReaderConfig {
@@ -212,6 +215,7 @@ impl Run<'_> {
             for p in &topic_partitions {
                 targets.insert(*p, blocking(|| reader.watermarks(*p, KAFKA_TIMEOUT))?.1);
             }
+            group.known_latest = targets.clone();
             Some(targets)
         } else {
             None
@@ -491,6 +495,17 @@ impl Run<'_> {
                     .collect::<BTreeMap<_, _>>(),
             )])
         };
+        let mut latest = reader.latest_offsets();
+        for (p, o) in &g.known_latest {
+            let e = latest.entry(*p).or_insert(*o);
+            *e = (*e).max(*o);
+        }
+        let lag = (!latest.is_empty()).then(|| {
+            plan.end_offsets
+                .iter()
+                .map(|(p, end)| latest.get(p).map_or(0, |l| (l - end).max(0)))
+                .sum::<i64>()
+        });
         let progress = BatchProgress {
             name: spec.pipeline.clone(),
             batch_id: plan.batch_id,
@@ -498,6 +513,7 @@ impl Run<'_> {
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             replayed,
             num_input_rows: rows_in,
+            lag,
             num_output_rows: output_rows,
             num_dead_letters: dead_letters,
             input_bytes: batch.bytes,
@@ -518,6 +534,10 @@ impl Run<'_> {
                 description: format!("kafka[{}]", plan.ranges.topic),
                 start_offset: offsets(&|r| r.start),
                 end_offset: offsets(&|r| r.end),
+                latest_offset: BTreeMap::from([(
+                    plan.ranges.topic.clone(),
+                    latest.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
+                )]),
             }],
             sink: SinkProgress {
                 description: format!("delta[{}]", g.data.uri()),

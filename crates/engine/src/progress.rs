@@ -17,6 +17,9 @@ pub struct BatchProgress {
     /// Whether this batch was a replay of a recorded plan after a restart.
     pub replayed: bool,
     pub num_input_rows: u64,
+    /// Offsets not yet read, over all partitions, after this batch (from
+    /// librdkafka's statistics, up to a second old); absent until known.
+    pub lag: Option<i64>,
     pub num_output_rows: u64,
     pub num_dead_letters: u64,
     pub input_bytes: u64,
@@ -37,6 +40,8 @@ pub struct SourceProgress {
     /// `{topic: {partition: offset}}`, as Spark prints Kafka offsets.
     pub start_offset: BTreeMap<String, BTreeMap<String, i64>>,
     pub end_offset: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Newest offset of each partition the consumer may read to.
+    pub latest_offset: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -5,6 +5,7 @@ mod demo;
 mod dev;
 mod readback;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -204,10 +205,13 @@ async fn run(files: Vec<PathBuf>, progress_json: Option<PathBuf>) -> anyhow::Res
     spawn_signal_handler(stop.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for spec in specs {
+        // A backfill on a terminal shows how far it has come.
+        let on_progress = (spec.trigger.available_now && std::io::stderr().is_terminal())
+            .then(|| progress_bar(spec.pipeline.clone()));
         let options = PipelineOptions {
             stop: stop.clone(),
             progress_json: progress_json.clone(),
-            on_progress: None,
+            on_progress,
         };
         let name = spec.pipeline.clone();
         tasks.spawn(async move { (name, run_pipeline(spec, options).await) });
@@ -232,6 +236,29 @@ async fn run(files: Vec<PathBuf>, progress_json: Option<PathBuf>) -> anyhow::Res
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// One line per pipeline, redrawn after each batch: rows read and how many
+/// offsets remain (from the lag in the progress event).
+fn progress_bar(name: String) -> tributary_engine::ProgressCallback {
+    let done = std::sync::atomic::AtomicU64::new(0);
+    Arc::new(move |p: &tributary_engine::BatchProgress| {
+        let total_done = done.fetch_add(p.num_input_rows, Ordering::Relaxed) + p.num_input_rows;
+        let line = match p.lag {
+            Some(lag) => {
+                let fraction = total_done as f64 / (total_done + lag.max(0) as u64).max(1) as f64;
+                let filled = (fraction * 30.0).round() as usize;
+                format!(
+                    "{name} [{}{}] {:>3.0}%  {total_done} records read, about {lag} to go",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled.min(30)),
+                    fraction * 100.0
+                )
+            }
+            None => format!("{name}  {total_done} records read"),
+        };
+        eprintln!("{line}");
     })
 }
 
