@@ -178,3 +178,19 @@ def test_two_instances_on_one_group(binary, dev_stack, tmp_path):
     # They really ran on the group at once: the contention was seen and resolved.
     assert "another instance" in logs or "another writer" in logs, logs[-3000:]
     assert_exactly_once(tmp_path, range(60000))
+
+
+@pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
+def test_lost_checkpoint_resumes_from_the_delta_log(binary, dev_stack, tmp_path):
+    """A replacement node with an empty disk: no offsets log, only the table."""
+    import shutil
+
+    produce_ids(dev_stack, "eo", 0, 6000)
+    spec = spec_for(dev_stack, tmp_path, max_offsets=1000)
+    crashed = run_spec(binary, spec, env={"TRIBUTARY_CRASH_AT": "after_commit@3"})
+    assert crashed.returncode != 0 and "aborting at after_commit of batch 3" in crashed.stderr
+    shutil.rmtree(tmp_path / "ckpt")
+    done = run_spec(binary, spec)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming after the table's last commit" in done.stderr
+    assert_exactly_once(tmp_path, range(6000))
