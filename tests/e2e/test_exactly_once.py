@@ -56,7 +56,7 @@ def log_of(proc):
     return proc.log.read_text()
 
 
-def assert_exactly_once(tmp_path, expected_ids):
+def assert_exactly_once(tmp_path, expected_ids, app_ids=(APP_ID,)):
     table = tmp_path / "lake" / "eo"
     con = duck()
     dups = con.execute(f"select id, count(*) from delta_scan('{table}') group by id having count(*) > 1").fetchall()
@@ -66,14 +66,16 @@ def assert_exactly_once(tmp_path, expected_ids):
     assert not missing, f"{len(missing)} ids missing, e.g. {missing[:10]}"
     assert ids == sorted(expected_ids)
 
-    # Exactly one data commit per batch id, ids without gaps.
-    versions = []
+    # Exactly one data commit per (group, batch id), batch ids without gaps.
+    versions = {}
     for f in sorted((table / "_delta_log").glob("*.json")):
         actions = [json.loads(line) for line in f.read_text().splitlines()]
         for a in actions:
-            if "txn" in a and a["txn"]["appId"] == APP_ID:
-                versions.append(a["txn"]["version"])
-    assert versions == list(range(len(versions))), f"txn versions {versions}"
+            if "txn" in a:
+                versions.setdefault(a["txn"]["appId"], []).append(a["txn"]["version"])
+    assert set(versions) == set(app_ids), f"groups {sorted(versions)}"
+    for app_id, vs in versions.items():
+        assert vs == list(range(len(vs))), f"txn versions of {app_id}: {vs}"
 
     # No data file of a failed attempt is left behind.
     live = {os.path.normpath(u.replace("file://", "")) for u in DeltaTable(str(table)).file_uris()}
@@ -194,3 +196,48 @@ def test_lost_checkpoint_resumes_from_the_delta_log(binary, dev_stack, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming after the table's last commit" in done.stderr
     assert_exactly_once(tmp_path, range(6000))
+
+
+def lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def row_count(table):
+    try:
+        return duck().execute(f"select count(*) from delta_scan('{table}')").fetchone()[0]
+    except Exception:
+        return 0
+
+
+@pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
+def test_partition_scope_two_instances_then_one_is_killed(binary, dev_stack, tmp_path):
+    """state_scope: partition: two instances split the partitions through the
+    consumer group; killing one moves its partitions, and their groups, to the other."""
+    schema_id = produce_ids(dev_stack, "eo", 0, 40000)
+    spec = spec_for(dev_stack, tmp_path, max_offsets=500, available_now=False, interval="200ms")
+    spec.write_text(
+        spec.read_text()
+        .replace("checkpoint:", "state_scope: partition\ncheckpoint:")
+        .replace("    topic: eo\n", "    topic: eo\n    properties: {session.timeout.ms: '6000', heartbeat.interval.ms: '500'}\n")
+    )
+    a_events, b_events = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a = start(binary, spec, extra=("--progress-json", str(a_events)))
+    b = start(binary, spec, extra=("--progress-json", str(b_events)))
+    deadline = time.time() + 90
+    while not (lines(a_events) and lines(b_events)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert lines(a_events) and lines(b_events), "both instances should own partitions: " + log_of(a)[-2000:] + log_of(b)[-2000:]
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    groups_of_a = {json.loads(line)["group"] for line in lines(a_events)}
+    produce_ids(dev_stack, "eo", 40000, 20000, schema_id)
+    table = tmp_path / "lake" / "eo"
+    deadline = time.time() + 120
+    while row_count(table) < 60000 and time.time() < deadline:
+        time.sleep(0.5)
+    b.send_signal(signal.SIGTERM)
+    assert b.wait(60) == 0, log_of(b)[-3000:]
+    groups_of_b = {json.loads(line)["group"] for line in lines(b_events)}
+    assert groups_of_a & groups_of_b, f"b never took over a's groups {groups_of_a}: {groups_of_b}"
+    assert groups_of_a | groups_of_b == {"p0", "p1", "p2", "p3"}
+    assert_exactly_once(tmp_path, range(60000), app_ids=[f"eo/p{p}" for p in range(4)])

@@ -3,7 +3,9 @@
 //! thread), and commits offsets to the consumer group after each Delta commit.
 
 mod error;
+mod member;
 mod reader;
 
 pub use error::{KafkaSourceError, Result};
+pub use member::{GroupMember, Membership};
 pub use reader::{KafkaReader, Polled, ReaderConfig, StartAt, raw_record};

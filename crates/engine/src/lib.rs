@@ -4,6 +4,7 @@
 mod encode;
 mod error;
 mod offset_log;
+mod partitioned;
 mod pipeline;
 mod progress;
 mod read;

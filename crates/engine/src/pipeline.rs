@@ -9,8 +9,8 @@ use serde_json::json;
 use tributary_avro::{RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig};
 use tributary_core::{Classify, CrashPoint, TOPIC_GROUP, app_id, crash_point};
 use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, TableOptions, dead_letter_batch};
-use tributary_kafka::{KafkaReader, ReaderConfig, StartAt};
-use tributary_spec::{StartingOffsets, TableSpec};
+use tributary_kafka::{GroupMember, KafkaReader, ReaderConfig, StartAt};
+use tributary_spec::{StartingOffsets, StateScope, TableSpec};
 
 use crate::encode::{Chunk, Converter, ReadyBatch, run_encoder};
 use crate::error::{EngineError, Result};
@@ -58,10 +58,50 @@ pub async fn run_pipeline(spec: TableSpec, options: PipelineOptions) -> Result<R
         timeout: registry_spec.timeout.0,
         max_retries: registry_spec.max_retries,
     })?);
+    match spec.state_scope {
+        StateScope::Topic => run_group(&spec, &options, registry, GroupScope::topic(), None).await,
+        StateScope::Partition => crate::partitioned::run_partitioned(spec, options, registry).await,
+    }
+}
+
+/// Which records a group owns.
+pub(crate) struct GroupScope {
+    /// `topic`, or `p<partition>`: part of the Delta app id and checkpoint paths.
+    pub name: String,
+    /// The group's partitions; `None`: every partition of the topic.
+    pub partitions: Option<Vec<i32>>,
+}
+
+impl GroupScope {
+    fn topic() -> GroupScope {
+        GroupScope {
+            name: TOPIC_GROUP.to_string(),
+            partitions: None,
+        }
+    }
+
+    pub(crate) fn partition(p: i32) -> GroupScope {
+        GroupScope {
+            name: format!("p{p}"),
+            partitions: Some(vec![p]),
+        }
+    }
+}
+
+/// Runs one group until stopped or drained, retrying what a retry can cure.
+pub(crate) async fn run_group(
+    spec: &TableSpec,
+    options: &PipelineOptions,
+    registry: Arc<RegistryClient>,
+    scope: GroupScope,
+    member: Option<Arc<GroupMember>>,
+) -> Result<RunSummary> {
     let mut run = Run {
-        spec: &spec,
-        options: &options,
+        spec,
+        options,
         registry,
+        scope,
+        member,
         summary: RunSummary::default(),
     };
     let mut failures = 0u32;
@@ -78,7 +118,7 @@ pub async fn run_pipeline(spec: TableSpec, options: PipelineOptions) -> Result<R
                 failures += 1;
                 let backoff =
                     Duration::from_millis(500 << failures.min(6)).min(Duration::from_secs(30));
-                tracing::warn!(pipeline = %spec.pipeline, error = %e, attempt = failures,
+                tracing::warn!(pipeline = %spec.pipeline, group = %run.scope.name, error = %e, attempt = failures,
                     "batch failed; nothing of it is committed; retrying from the last commit in {backoff:?}");
                 tokio::time::sleep(backoff).await;
             }
@@ -91,6 +131,9 @@ struct Run<'a> {
     spec: &'a TableSpec,
     options: &'a PipelineOptions,
     registry: Arc<RegistryClient>,
+    scope: GroupScope,
+    /// With `state_scope: partition`, the group member that commits offsets.
+    member: Option<Arc<GroupMember>>,
     summary: RunSummary,
 }
 
@@ -110,7 +153,7 @@ impl Run<'_> {
         let stop = self.options.stop.clone();
         let partitions = spec.partition_columns();
         let mut group = Group {
-            app_id: app_id(&spec.pipeline, TOPIC_GROUP),
+            app_id: app_id(&spec.pipeline, &self.scope.name),
             data: DeltaTableSink::open(TableOptions {
                 uri: spec.table.uri.clone(),
                 partition_columns: partitions.iter().map(|p| p.name().to_string()).collect(),
@@ -123,7 +166,7 @@ impl Run<'_> {
                 target_file_size: spec.table.target_file_size.0,
             })
             .await?,
-            log: OffsetLog::open(&spec.checkpoint.location, TOPIC_GROUP)?,
+            log: OffsetLog::open(&spec.checkpoint.location, &self.scope.name)?,
             known_latest: BTreeMap::new(),
         };
         let kafka = &spec.source.kafka;
@@ -133,7 +176,10 @@ impl Run<'_> {
             group_id: kafka.group_id(&spec.pipeline),
             properties: kafka.properties.clone(),
         })?);
-        let topic_partitions = blocking(|| reader.partitions(KAFKA_TIMEOUT))?;
+        let topic_partitions = match &self.scope.partitions {
+            Some(own) => own.clone(),
+            None => blocking(|| reader.partitions(KAFKA_TIMEOUT))?,
+        };
 
         // Recovery: the newest recorded plan is re-run with exactly its
         // ranges unless every table it touches already has it.
@@ -305,7 +351,7 @@ impl Run<'_> {
             crash_point(CrashPoint::AfterRead, next_id);
             let plan = BatchPlan {
                 batch_id: next_id,
-                group: TOPIC_GROUP.to_string(),
+                group: self.scope.name.clone(),
                 ranges: batch.read.ranges.clone(),
                 end_offsets: batch.read.end_offsets.clone(),
                 dead_letters: batch.read.dead_letters.len() as u64,
@@ -468,7 +514,11 @@ impl Run<'_> {
 
         let t = Instant::now();
         let next: Vec<(i32, i64)> = plan.end_offsets.iter().map(|(p, o)| (*p, *o)).collect();
-        if let Err(e) = blocking(|| reader.commit(&next)) {
+        let committed = match &self.member {
+            Some(member) => member.commit(&next),
+            None => reader.commit(&next),
+        };
+        if let Err(e) = committed {
             tracing::warn!(pipeline = %spec.pipeline, error = %e, "could not commit offsets to the consumer group (lag tools will lag; the table is correct)");
         }
         let offset_commit_ms = t.elapsed().as_millis() as u64;

@@ -24,6 +24,13 @@ pub struct TableSpec {
     /// When a micro-batch ends.
     #[serde(default)]
     pub trigger: TriggerSpec,
+    /// The unit of ordering, progress and (later) state. `topic`: the whole
+    /// topic is one group, owned by one instance at a time (Spark's
+    /// semantics). `partition`: every Kafka partition is its own group, so
+    /// instances of the pipeline share the partitions through the consumer
+    /// group (`source.kafka.group_id`) and a partition's group moves with it.
+    #[serde(default)]
+    pub state_scope: StateScope,
     /// Where the pipeline keeps its progress and state.
     pub checkpoint: CheckpointSpec,
     /// Where records that cannot be decoded go. Default: a sibling table
@@ -72,6 +79,17 @@ impl KafkaSpec {
             .clone()
             .unwrap_or_else(|| format!("tributary-{pipeline}"))
     }
+}
+
+/// How the topic is divided into state groups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateScope {
+    /// One group for the whole topic.
+    #[default]
+    Topic,
+    /// One group per Kafka partition, spread over instances by the consumer group.
+    Partition,
 }
 
 /// Where a pipeline with no committed batch starts.

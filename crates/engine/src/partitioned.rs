@@ -1,0 +1,169 @@
+//! `state_scope: partition`: each Kafka partition is its own group, and the
+//! consumer group decides which instance runs which. Assigned partitions get
+//! a group each; a revoked partition's group finishes its batch in flight
+//! before the partition is given up, so the next owner starts after it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tributary_avro::RegistryClient;
+use tributary_kafka::{GroupMember, Membership, ReaderConfig};
+use tributary_spec::TableSpec;
+
+use crate::error::{EngineError, Result};
+use crate::pipeline::{GroupScope, PipelineOptions, RunSummary, run_group};
+
+struct RunningGroup {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Result<RunSummary>>,
+}
+
+pub(crate) async fn run_partitioned(
+    spec: TableSpec,
+    options: PipelineOptions,
+    registry: Arc<RegistryClient>,
+) -> Result<RunSummary> {
+    let kafka = &spec.source.kafka;
+    let config = ReaderConfig {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        topic: kafka.topic.clone(),
+        group_id: kafka.group_id(&spec.pipeline),
+        properties: kafka.properties.clone(),
+    };
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let member = Arc::new(GroupMember::join(&config, events_tx)?);
+    // The member's own thread serves the group protocol (heartbeats, rebalances).
+    let member_stop = Arc::new(AtomicBool::new(false));
+    let member_thread = {
+        let (member, stop) = (member.clone(), member_stop.clone());
+        std::thread::Builder::new()
+            .name(format!("group-{}", spec.pipeline))
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    member.poll(Duration::from_millis(100));
+                }
+                member.leave();
+                // Serve the revocation that leaving causes.
+                for _ in 0..20 {
+                    member.poll(Duration::from_millis(50));
+                }
+            })
+            .map_err(|e| {
+                EngineError::Internal(format!("cannot start the group member thread: {e}"))
+            })?
+    };
+
+    let spec = Arc::new(spec);
+    let mut groups: HashMap<i32, RunningGroup> = HashMap::new();
+    let mut total = RunSummary::default();
+    let mut assigned_once = false;
+    let mut outcome: Result<()> = Ok(());
+    'supervise: loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Membership::Assigned(parts)) => {
+                    assigned_once = true;
+                    tracing::info!(pipeline = %spec.pipeline, partitions = ?parts, "partitions assigned");
+                    for p in parts {
+                        groups.entry(p).or_insert_with(|| start(&spec, &options, &registry, &member, p));
+                    }
+                }
+                Some(Membership::Revoked(parts, ack)) => {
+                    tracing::info!(pipeline = %spec.pipeline, partitions = ?parts, "partitions revoked; finishing their batches in flight");
+                    for p in parts {
+                        if let Some(g) = groups.remove(&p) {
+                            g.stop.store(true, Ordering::Relaxed);
+                            if let Err(e) = finish(g, &mut total).await {
+                                outcome = Err(e);
+                            }
+                        }
+                    }
+                    let _ = ack.send(());
+                    if outcome.is_err() {
+                        break 'supervise;
+                    }
+                }
+                None => break 'supervise,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        if options.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let done: Vec<i32> = groups
+            .iter()
+            .filter(|(_, g)| g.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            if let Some(g) = groups.remove(&p)
+                && let Err(e) = finish(g, &mut total).await
+            {
+                outcome = Err(e);
+                break 'supervise;
+            }
+        }
+        if spec.trigger.available_now && assigned_once && groups.is_empty() {
+            break;
+        }
+    }
+    for g in groups.values() {
+        g.stop.store(true, Ordering::Relaxed);
+    }
+    for (_, g) in groups.drain() {
+        if let Err(e) = finish(g, &mut total).await
+            && outcome.is_ok()
+        {
+            outcome = Err(e);
+        }
+    }
+    // Nobody waits for revocations any more: leaving must not block on them.
+    drop(events);
+    member_stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || member_thread.join()).await;
+    outcome.map(|()| total)
+}
+
+fn start(
+    spec: &Arc<TableSpec>,
+    options: &PipelineOptions,
+    registry: &Arc<RegistryClient>,
+    member: &Arc<GroupMember>,
+    partition: i32,
+) -> RunningGroup {
+    let stop = Arc::new(AtomicBool::new(false));
+    let group_options = PipelineOptions {
+        stop: stop.clone(),
+        progress_json: options.progress_json.clone(),
+        on_progress: options.on_progress.clone(),
+    };
+    let (spec, registry, member) = (spec.clone(), registry.clone(), member.clone());
+    let task = tokio::spawn(async move {
+        run_group(
+            &spec,
+            &group_options,
+            registry,
+            GroupScope::partition(partition),
+            Some(member),
+        )
+        .await
+    });
+    RunningGroup { stop, task }
+}
+
+async fn finish(group: RunningGroup, total: &mut RunSummary) -> Result<()> {
+    let summary = group
+        .task
+        .await
+        .map_err(|e| EngineError::Internal(format!("a group's task failed: {e}")))??;
+    total.batches += summary.batches;
+    total.rows += summary.rows;
+    total.dead_letters += summary.dead_letters;
+    total.files += summary.files;
+    total.bytes += summary.bytes;
+    total.table_version = total.table_version.max(summary.table_version);
+    Ok(())
+}
