@@ -54,6 +54,10 @@ pub struct CommitOutcome {
     pub files: usize,
     pub bytes: u64,
     pub rows: u64,
+    /// Time spent uploading data files.
+    pub upload: std::time::Duration,
+    /// Time spent committing to the Delta log.
+    pub commit: std::time::Duration,
 }
 
 /// What a committed batch recorded in `commitInfo.tributary`.
@@ -243,7 +247,9 @@ impl DeltaTableSink {
         let rows = encoded.rows;
         let attempt = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("{}-{}", commit.file_name, &attempt[..8]);
+        let upload_started = std::time::Instant::now();
         let adds = upload_files(table.object_store(), &uri, encoded.files, &name, intent).await?;
+        let upload = upload_started.elapsed();
         let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         tributary_core::crash_point(tributary_core::CrashPoint::AfterFiles, commit.batch_id);
         let files = actions.len();
@@ -269,6 +275,7 @@ impl DeltaTableSink {
             predicate: None,
         };
         let snapshot = table.snapshot().map_err(delta_err)?;
+        let commit_started = std::time::Instant::now();
         let finalized = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
@@ -292,6 +299,8 @@ impl DeltaTableSink {
             files,
             bytes,
             rows,
+            upload,
+            commit: commit_started.elapsed(),
         })
     }
 
