@@ -2,6 +2,7 @@
 //! polls without an async hop per message (the hot loop runs on its own
 //! thread), and commits offsets to the consumer group after each Delta commit.
 
+mod callbacks;
 mod error;
 mod member;
 mod reader;

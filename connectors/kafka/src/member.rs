@@ -11,8 +11,9 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 
+use crate::callbacks;
 use crate::error::{KafkaSourceError, Result};
 use crate::reader::ReaderConfig;
 
@@ -47,22 +48,11 @@ impl MemberContext {
 
 impl ClientContext for MemberContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(facility = fac, "librdkafka: {log_message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
-            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
-        }
+        callbacks::log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::warn!(error = %error, "librdkafka: {reason}");
-        }
+        callbacks::error(error, reason);
     }
 }
 
@@ -99,9 +89,7 @@ impl ConsumerContext for MemberContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not commit offsets to the consumer group (lag tools will lag; the table is correct)");
-        }
+        callbacks::commit_result(result);
     }
 }
 
@@ -156,14 +144,7 @@ impl GroupMember {
 
     /// Commits `(partition, next offset)` pairs for the group, asynchronously.
     pub fn commit(&self, next_offsets: &[(i32, i64)]) -> Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in next_offsets {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))
-                .map_err(|source| KafkaSourceError::Client {
-                    operation: "offset commit",
-                    source,
-                })?;
-        }
+        let tpl = callbacks::offset_list(&self.topic, next_offsets)?;
         self.consumer
             .commit(&tpl, CommitMode::Async)
             .map_err(|source| KafkaSourceError::Client {

@@ -5,12 +5,13 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, Timestamp};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tributary_core::RawRecord;
 
+use crate::callbacks;
 use crate::error::{KafkaSourceError, Result};
 
 #[derive(Debug, Clone)]
@@ -66,36 +67,17 @@ impl ClientContext for ReaderContext {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(facility = fac, "librdkafka: {log_message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
-            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
-        }
+        callbacks::log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::trace!("librdkafka: {reason}");
-        } else {
-            tracing::warn!(error = %error, "librdkafka: {reason}");
-        }
+        callbacks::error(error, reason);
     }
 }
 
 impl ConsumerContext for ReaderContext {
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        _offsets: &TopicPartitionList,
-    ) {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not commit offsets to the consumer group (lag tools will lag; the table is correct)");
-        }
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        callbacks::commit_result(result);
     }
 }
 
@@ -243,14 +225,7 @@ impl KafkaReader {
     /// Sends `(partition, next offset)` pairs to the consumer group, so lag
     /// tools see the pipeline's progress. The Delta log stays the source of truth.
     pub fn commit(&self, next_offsets: &[(i32, i64)]) -> Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in next_offsets {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))
-                .map_err(|source| KafkaSourceError::Client {
-                    operation: "offset commit",
-                    source,
-                })?;
-        }
+        let tpl = callbacks::offset_list(&self.topic, next_offsets)?;
         // Asynchronous: these offsets only inform lag tools, and a coordinator
         // that does not answer must never stall a batch. Failures are
         // reported by `ReaderContext::commit_callback`.

@@ -35,6 +35,23 @@ pub(crate) struct ReadBatch {
 
 const POLL: Duration = Duration::from_millis(100);
 
+/// Decodes one record, counts it, and hands on the rows the decoder completed.
+fn decode(
+    decoder: &mut RecordDecoder,
+    raw: &tributary_core::RawRecord<'_>,
+    rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
+    records: &mut u64,
+    bytes: &mut u64,
+) -> Result<()> {
+    *records += 1;
+    *bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+    decoder.push(raw)?;
+    if decoder.has_batches() {
+        decoder.take_batches().into_iter().try_for_each(rows)?;
+    }
+    Ok(())
+}
+
 /// Reads a new batch starting at `positions` (updated in place). Returns a
 /// batch with no records only when draining is complete or a stop was requested.
 pub(crate) fn read_new_batch(
@@ -83,15 +100,7 @@ pub(crate) fn read_new_batch(
                 {
                     undrained.remove(&raw.partition);
                 }
-                records += 1;
-                bytes += raw.value.map_or(0, <[u8]>::len) as u64;
-                decoder.push(&raw)?;
-                if decoder.has_batches() {
-                    decoder
-                        .take_batches()
-                        .into_iter()
-                        .try_for_each(&mut *rows)?;
-                }
+                decode(decoder, &raw, rows, &mut records, &mut bytes)?;
             }
             Polled::EndOfPartition(p) => {
                 // Caught up with the partition (past any transaction markers):
@@ -159,15 +168,7 @@ pub(crate) fn replay_batch(
                     continue;
                 }
                 replayed.record(raw.partition, raw.offset);
-                records += 1;
-                bytes += raw.value.map_or(0, <[u8]>::len) as u64;
-                decoder.push(&raw)?;
-                if decoder.has_batches() {
-                    decoder
-                        .take_batches()
-                        .into_iter()
-                        .try_for_each(&mut *rows)?;
-                }
+                decode(decoder, &raw, rows, &mut records, &mut bytes)?;
                 if raw.offset + 1 >= end {
                     pending.remove(&raw.partition);
                 }
