@@ -115,7 +115,7 @@ def duck():
 def run_spec(binary, spec_path, env=None, timeout=180, extra=()):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(
-        [binary, "run", "--spec", str(spec_path), *extra],
+        [binary, "run", "--spec", str(spec_path), "--admin-addr", "127.0.0.1:0", *extra],
         env=full_env,
         capture_output=True,
         text=True,

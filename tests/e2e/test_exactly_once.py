@@ -46,7 +46,8 @@ def start(binary, spec, env=None, extra=()):
     """Starts `tributary run`; its stderr goes to a file, since an unread pipe
     fills up and blocks the process at its next log line."""
     log = spec.parent / f"run-{time.monotonic_ns()}.log"
-    proc = subprocess.Popen([binary, "run", "--spec", str(spec), *extra], env=dict(os.environ, **(env or {})),
+    proc = subprocess.Popen([binary, "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0", *extra],
+                            env=dict(os.environ, **(env or {})),
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"), text=True)
     proc.log = log
     return proc

@@ -128,6 +128,21 @@ impl DeltaTableSink {
         self.table.as_ref().and_then(|t| t.version())
     }
 
+    /// Rows in the table, from the files' statistics; `None` without a table.
+    pub fn row_count(&self) -> Result<Option<u64>> {
+        let Some(table) = &self.table else {
+            return Ok(None);
+        };
+        let snapshot = table.snapshot().map_err(self.delta_err())?;
+        Ok(Some(
+            snapshot
+                .log_data()
+                .into_iter()
+                .map(|f| f.num_records().unwrap_or(0) as u64)
+                .sum(),
+        ))
+    }
+
     /// The last batch id `app_id` committed (its `txn` version).
     pub async fn committed_batch(&self, app_id: &str) -> Result<Option<u64>> {
         let Some(table) = &self.table else {

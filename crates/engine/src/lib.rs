@@ -12,4 +12,4 @@ mod read;
 pub use error::{EngineError, Result};
 pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
 pub use pipeline::{PipelineOptions, ProgressCallback, RunSummary, run_pipeline};
-pub use progress::BatchProgress;
+pub use progress::{BatchProgress, progress_schema};

@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+/// One committed batch of one group (`tributary run --progress-json`, the
+/// admin server's `/progress`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchProgress {
     /// The pipeline name.
@@ -33,7 +36,7 @@ pub struct BatchProgress {
     pub sink: SinkProgress,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceProgress {
     pub description: String,
@@ -44,7 +47,7 @@ pub struct SourceProgress {
     pub latest_offset: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SinkProgress {
     pub description: String,
@@ -53,4 +56,29 @@ pub struct SinkProgress {
     pub num_files: usize,
     pub num_bytes: u64,
     pub dead_letter_table_version: Option<u64>,
+}
+
+/// JSON Schema of a progress event (docs/progress-schema.json is generated from it).
+pub fn progress_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(BatchProgress)).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed schema must match the structs. Regenerate with
+    /// `cargo run -p tributary -- progress-schema > docs/progress-schema.json`.
+    #[test]
+    fn committed_progress_schema_is_current() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/progress-schema.json"
+        );
+        let committed: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default())
+                .unwrap_or_default();
+        assert!(
+            committed == super::progress_schema(),
+            "docs/progress-schema.json is stale: run `cargo run -p tributary -- progress-schema > docs/progress-schema.json`"
+        );
+    }
 }

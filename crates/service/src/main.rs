@@ -1,9 +1,11 @@
 //! `tributary`: Kafka (Confluent Avro) to Delta Lake ingestion.
 
+mod admin;
 mod bench;
 mod demo;
 mod dev;
 mod readback;
+mod status;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -49,6 +51,22 @@ enum Command {
         /// Append one JSON line per committed batch to this file.
         #[arg(long)]
         progress_json: Option<PathBuf>,
+        /// Address of the admin HTTP server (/healthz, /readyz, /metrics,
+        /// /progress). Port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin_addr: std::net::SocketAddr,
+        /// Allow a non-loopback admin address (the endpoints have no authentication).
+        #[arg(long)]
+        admin_allow_remote: bool,
+    },
+    /// Where a pipeline stands: the last committed batch of each group, its
+    /// offsets, the lag to the broker's high watermarks, dead letters.
+    Status {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Check table specs; print every problem as `file:line: field.path: message`
     /// and exit 1 if there is any. Column references are checked against the
@@ -95,6 +113,8 @@ enum Command {
     SpecReference,
     /// Print the JSON Schema of a table spec.
     SpecSchema,
+    /// Print the JSON Schema of a progress event (`/progress`, `--progress-json`).
+    ProgressSchema,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -148,7 +168,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             specs,
             progress_json,
-        } => run(specs, progress_json).await,
+            admin_addr,
+            admin_allow_remote,
+        } => run(specs, progress_json, admin_addr, admin_allow_remote).await,
+        Command::Status { spec, json } => status::run(&spec, json).await,
+        Command::ProgressSchema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&tributary_engine::progress_schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { files, offline } => validate(files, offline).await,
         Command::Demo {
             dir,
@@ -197,17 +227,41 @@ fn load_specs(files: &[PathBuf]) -> Option<Vec<TableSpec>> {
     ok.then_some(specs)
 }
 
-async fn run(files: Vec<PathBuf>, progress_json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn run(
+    files: Vec<PathBuf>,
+    progress_json: Option<PathBuf>,
+    admin_addr: std::net::SocketAddr,
+    admin_allow_remote: bool,
+) -> anyhow::Result<ExitCode> {
     let Some(specs) = load_specs(&files) else {
         return Ok(ExitCode::FAILURE);
     };
+    // A group with records waiting and no batch for ten trigger intervals (at
+    // least a minute) makes the instance unready.
+    let stuck_after = specs
+        .iter()
+        .map(|s| s.trigger.interval.0 * 10)
+        .max()
+        .unwrap_or_default()
+        .max(Duration::from_secs(60));
+    let admin = Arc::new(admin::AdminState::new(stuck_after));
+    let (bound, _server) = admin::serve(admin_addr, admin_allow_remote, admin.clone()).await?;
+    tracing::info!(addr = %bound, "admin server listening on http://{bound}");
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(stop.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for spec in specs {
         // A backfill on a terminal shows how far it has come.
-        let on_progress = (spec.trigger.available_now && std::io::stderr().is_terminal())
+        let bar = (spec.trigger.available_now && std::io::stderr().is_terminal())
             .then(|| progress_bar(spec.pipeline.clone()));
+        let to_admin = admin.clone();
+        let on_progress: Option<tributary_engine::ProgressCallback> =
+            Some(Arc::new(move |p: &tributary_engine::BatchProgress| {
+                to_admin.record(p);
+                if let Some(bar) = &bar {
+                    bar(p);
+                }
+            }));
         let options = PipelineOptions {
             stop: stop.clone(),
             progress_json: progress_json.clone(),
@@ -216,6 +270,7 @@ async fn run(files: Vec<PathBuf>, progress_json: Option<PathBuf>) -> anyhow::Res
         let name = spec.pipeline.clone();
         tasks.spawn(async move { (name, run_pipeline(spec, options).await) });
     }
+    admin.mark_started();
     let mut failed = false;
     while let Some(joined) = tasks.join_next().await {
         let (name, result) = joined.context("pipeline task panicked")?;

@@ -1,0 +1,320 @@
+//! The admin HTTP server inside `tributary run`: `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus text format) and `/progress`. Every figure comes
+//! from the per-batch progress events, so the endpoints and the
+//! `--progress-json` file always agree. Labels are pipeline, group, step and
+//! partition: never a record's value.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tributary_engine::BatchProgress;
+
+/// Progress events kept for `/progress`.
+const RECENT: usize = 100;
+/// Upper bounds (seconds) of the duration histograms' buckets.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+#[derive(Default)]
+struct GroupStats {
+    batches: u64,
+    rows_in: u64,
+    rows_written: u64,
+    dead_letters: u64,
+    input_bytes: u64,
+    files: u64,
+    table_version: Option<u64>,
+    lag_by_partition: BTreeMap<String, i64>,
+    steps: BTreeMap<String, Histogram>,
+    last_batch: Option<Instant>,
+    last_batch_unix: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    recent: VecDeque<BatchProgress>,
+    groups: BTreeMap<(String, String), GroupStats>,
+}
+
+pub struct AdminState {
+    inner: Mutex<Inner>,
+    started: AtomicBool,
+    /// A group with unread records and no batch for this long is stuck.
+    stuck_after: Duration,
+}
+
+impl AdminState {
+    pub fn new(stuck_after: Duration) -> AdminState {
+        AdminState {
+            inner: Mutex::default(),
+            started: AtomicBool::new(false),
+            stuck_after,
+        }
+    }
+
+    /// Pipelines have been started.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes in one batch's progress event.
+    pub fn record(&self, p: &BatchProgress) {
+        let mut inner = self.lock();
+        if inner.recent.len() == RECENT {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(p.clone());
+        let g = inner
+            .groups
+            .entry((p.name.clone(), p.group.clone()))
+            .or_default();
+        g.batches += 1;
+        g.rows_in += p.num_input_rows;
+        g.rows_written += p.num_output_rows;
+        g.dead_letters += p.num_dead_letters;
+        g.input_bytes += p.input_bytes;
+        g.files += p.sink.num_files as u64;
+        g.table_version = p.sink.table_version.or(g.table_version);
+        for (step, ms) in &p.duration_ms {
+            g.steps
+                .entry(step.clone())
+                .or_default()
+                .observe(*ms as f64 / 1000.0);
+        }
+        if let Some(source) = p.sources.first() {
+            for (topic, latest) in &source.latest_offset {
+                let ends = source.end_offset.get(topic);
+                for (partition, latest) in latest {
+                    // Partitions this batch did not read keep their last known lag.
+                    if let Some(end) = ends.and_then(|e| e.get(partition)) {
+                        g.lag_by_partition
+                            .insert(partition.clone(), (latest - end).max(0));
+                    }
+                }
+            }
+        }
+        g.last_batch = Some(Instant::now());
+        g.last_batch_unix = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    }
+
+    /// Ready: pipelines started and no group stuck (unread records, no batch
+    /// for `stuck_after`).
+    fn readiness(&self) -> Result<(), String> {
+        if !self.started.load(Ordering::Relaxed) {
+            return Err("pipelines not started".into());
+        }
+        let inner = self.lock();
+        for ((pipeline, group), g) in &inner.groups {
+            let lagging = g.lag_by_partition.values().any(|l| *l > 0);
+            if lagging && g.last_batch.is_some_and(|t| t.elapsed() > self.stuck_after) {
+                return Err(format!(
+                    "{pipeline}/{group}: records waiting, no batch for {:?}",
+                    self.stuck_after
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        let inner = self.lock();
+        let mut out = String::new();
+        let labels = |(pipeline, group): &(String, String)| {
+            format!("pipeline=\"{pipeline}\",group=\"{group}\"")
+        };
+        let mut family =
+            |name: &str, kind: &str, help: &str, value: &dyn Fn(&GroupStats) -> Option<f64>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (key, g) in &inner.groups {
+                    if let Some(v) = value(g) {
+                        let _ = writeln!(out, "{name}{{{}}} {v}", labels(key));
+                    }
+                }
+            };
+        family(
+            "tributary_batches_total",
+            "counter",
+            "Batches committed.",
+            &|g| Some(g.batches as f64),
+        );
+        family(
+            "tributary_rows_in_total",
+            "counter",
+            "Records read from Kafka.",
+            &|g| Some(g.rows_in as f64),
+        );
+        family(
+            "tributary_rows_written_total",
+            "counter",
+            "Rows committed to the Delta table.",
+            &|g| Some(g.rows_written as f64),
+        );
+        family(
+            "tributary_dead_letters_total",
+            "counter",
+            "Records sent to the dead-letter table.",
+            &|g| Some(g.dead_letters as f64),
+        );
+        family(
+            "tributary_input_bytes_total",
+            "counter",
+            "Bytes of record values read.",
+            &|g| Some(g.input_bytes as f64),
+        );
+        family(
+            "tributary_files_written_total",
+            "counter",
+            "Data files committed.",
+            &|g| Some(g.files as f64),
+        );
+        family(
+            "tributary_table_version",
+            "gauge",
+            "Delta table version of the last commit.",
+            &|g| g.table_version.map(|v| v as f64),
+        );
+        family(
+            "tributary_consumer_lag",
+            "gauge",
+            "Offsets not yet read, all partitions of the group.",
+            &|g| {
+                (!g.lag_by_partition.is_empty())
+                    .then(|| g.lag_by_partition.values().sum::<i64>() as f64)
+            },
+        );
+        family(
+            "tributary_last_batch_timestamp_seconds",
+            "gauge",
+            "When the last batch committed (Unix time).",
+            &|g| Some(g.last_batch_unix),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tributary_partition_lag Offsets not yet read, per partition.\n# TYPE tributary_partition_lag gauge"
+        );
+        for (key, g) in &inner.groups {
+            for (partition, lag) in &g.lag_by_partition {
+                let _ = writeln!(
+                    out,
+                    "tributary_partition_lag{{{},partition=\"{partition}\"}} {lag}",
+                    labels(key)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tributary_batch_step_seconds Time per batch step.\n# TYPE tributary_batch_step_seconds histogram"
+        );
+        for (key, g) in &inner.groups {
+            for (step, h) in &g.steps {
+                let l = format!("{},step=\"{step}\"", labels(key));
+                for (bound, count) in BUCKETS.iter().zip(h.counts) {
+                    let _ = writeln!(
+                        out,
+                        "tributary_batch_step_seconds_bucket{{{l},le=\"{bound}\"}} {count}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "tributary_batch_step_seconds_bucket{{{l},le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(out, "tributary_batch_step_seconds_sum{{{l}}} {}", h.sum);
+                let _ = writeln!(out, "tributary_batch_step_seconds_count{{{l}}} {}", h.count);
+            }
+        }
+        out
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    match state.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics(),
+    )
+        .into_response()
+}
+
+async fn progress(State(state): State<Arc<AdminState>>) -> Response {
+    let recent: Vec<BatchProgress> = state.lock().recent.iter().cloned().collect();
+    axum::Json(recent).into_response()
+}
+
+/// Binds the admin server. Only loopback addresses unless `allow_remote`:
+/// the endpoints carry no authentication.
+pub async fn serve(
+    addr: SocketAddr,
+    allow_remote: bool,
+    state: Arc<AdminState>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    if !addr.ip().is_loopback() && !allow_remote {
+        anyhow::bail!(
+            "refusing to serve the admin endpoints on {addr}: they have no authentication; \
+             bind a loopback address, or pass --admin-allow-remote behind a network policy"
+        );
+    }
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/progress", get(progress))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the admin server to {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+    Ok((bound, task))
+}
