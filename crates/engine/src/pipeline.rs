@@ -571,6 +571,7 @@ impl Run<'_> {
             processed_rows_per_second: per_sec(processing_ms),
             duration_ms: BTreeMap::from([
                 ("read".to_string(), read_ms),
+                ("decode".to_string(), batch.decode_time.as_millis() as u64),
                 ("upload".to_string(), outcome.upload.as_millis() as u64),
                 ("commit".to_string(), outcome.commit.as_millis() as u64),
                 ("encode".to_string(), encode_time.as_millis() as u64),

@@ -28,6 +28,8 @@ pub(crate) struct ReadBatch {
     pub dead_letters: Vec<DeadLetter>,
     pub records: u64,
     pub bytes: u64,
+    /// Of `read_time`, decoding (estimated by sampling).
+    pub decode_time: Duration,
     pub read_time: Duration,
     /// `available_now` and every partition reached its target.
     pub drained: bool,
@@ -38,17 +40,33 @@ const POLL: Duration = Duration::from_millis(100);
 /// Records read between two looks at the clock.
 const CLOCK_EVERY: u32 = 256;
 
+/// What a batch read so far.
+#[derive(Default)]
+struct Counts {
+    records: u64,
+    bytes: u64,
+    /// Estimated from every `DECODE_SAMPLE`th record: the clock costs too much to read per record.
+    decode_time: Duration,
+}
+
+const DECODE_SAMPLE: u64 = 64;
+
 /// Decodes one record, counts it, and hands on the rows the decoder completed.
 fn decode(
     decoder: &mut RecordDecoder,
     raw: &tributary_core::RawRecord<'_>,
     rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
-    records: &mut u64,
-    bytes: &mut u64,
+    counts: &mut Counts,
 ) -> Result<()> {
-    *records += 1;
-    *bytes += raw.value.map_or(0, <[u8]>::len) as u64;
-    decoder.push(raw)?;
+    counts.records += 1;
+    counts.bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+    if counts.records % DECODE_SAMPLE == 0 {
+        let started = Instant::now();
+        decoder.push(raw)?;
+        counts.decode_time += started.elapsed() * DECODE_SAMPLE as u32;
+    } else {
+        decoder.push(raw)?;
+    }
     if decoder.has_batches() {
         decoder.take_batches().into_iter().try_for_each(rows)?;
     }
@@ -71,7 +89,7 @@ pub(crate) fn read_new_batch(
     let mut now = started;
     let mut since_clock = 0;
     let mut ranges = OffsetRanges::new(reader.topic());
-    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut counts = Counts::default();
     // With `available_now`, the partitions still short of their target.
     let drained =
         |undrained: &BTreeSet<i32>| limits.drain_targets.is_some() && undrained.is_empty();
@@ -79,7 +97,7 @@ pub(crate) fn read_new_batch(
         if drained(undrained) || stop() {
             break;
         }
-        if records >= limits.max_offsets || bytes >= limits.max_bytes {
+        if counts.records >= limits.max_offsets || counts.bytes >= limits.max_bytes {
             break;
         }
         // Reading the clock per record costs more than decoding a field: while
@@ -90,7 +108,7 @@ pub(crate) fn read_new_batch(
             since_clock = 0;
         }
         if limits.drain_targets.is_none() && now >= deadline {
-            if records > 0 {
+            if counts.records > 0 {
                 break;
             }
             deadline = now + limits.interval;
@@ -115,7 +133,7 @@ pub(crate) fn read_new_batch(
                 {
                     undrained.remove(&raw.partition);
                 }
-                decode(decoder, &raw, rows, &mut records, &mut bytes)?;
+                decode(decoder, &raw, rows, &mut counts)?;
             }
             Polled::EndOfPartition(p) => {
                 // Caught up with the partition (past any transaction markers):
@@ -136,15 +154,16 @@ pub(crate) fn read_new_batch(
         *e = (*e).max(r.end);
     }
     tracing::debug!(
-        records, bytes, drained = drained(undrained), stopped = stop(),
+        records = counts.records, bytes = counts.bytes, drained = drained(undrained), stopped = stop(),
         ranges = ?ranges.ranges, targets = ?limits.drain_targets, "batch read"
     );
     Ok(ReadBatch {
         ranges,
         end_offsets: positions.clone(),
         dead_letters: decoded.dead_letters,
-        records,
-        bytes,
+        records: counts.records,
+        bytes: counts.bytes,
+        decode_time: counts.decode_time,
         read_time: started.elapsed(),
         drained: drained(undrained),
     })
@@ -166,7 +185,7 @@ pub(crate) fn replay_batch(
         .map(|r| (r.partition, (r.start, r.end)))
         .collect();
     let mut replayed = OffsetRanges::new(reader.topic());
-    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut counts = Counts::default();
     pending.retain(|_, (start, end)| start < end);
     while !pending.is_empty() {
         if stop() {
@@ -183,7 +202,7 @@ pub(crate) fn replay_batch(
                     continue;
                 }
                 replayed.record(raw.partition, raw.offset);
-                decode(decoder, &raw, rows, &mut records, &mut bytes)?;
+                decode(decoder, &raw, rows, &mut counts)?;
                 if raw.offset + 1 >= end {
                     pending.remove(&raw.partition);
                 }
@@ -204,8 +223,9 @@ pub(crate) fn replay_batch(
         ranges: ranges.clone(),
         end_offsets: BTreeMap::new(),
         dead_letters: decoded.dead_letters,
-        records,
-        bytes,
+        records: counts.records,
+        bytes: counts.bytes,
+        decode_time: counts.decode_time,
         read_time: started.elapsed(),
         drained: false,
     }))
