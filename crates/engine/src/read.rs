@@ -60,7 +60,7 @@ fn decode(
 ) -> Result<()> {
     counts.records += 1;
     counts.bytes += raw.value.map_or(0, <[u8]>::len) as u64;
-    if counts.records % DECODE_SAMPLE == 0 {
+    if counts.records.is_multiple_of(DECODE_SAMPLE) {
         let started = Instant::now();
         decoder.push(raw)?;
         counts.decode_time += started.elapsed() * DECODE_SAMPLE as u32;
