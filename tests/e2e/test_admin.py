@@ -135,6 +135,19 @@ def test_metrics_progress_status_and_dashboards(binary, dev_stack, tmp_path):
     assert f"last committed batch {max(infos)}" in text.stdout and "dead letters 10" in text.stdout
 
 
+def test_status_of_a_pipeline_that_never_ran_creates_nothing(binary, tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", pipeline="s", bootstrap="127.0.0.1:1", topic="t",
+                      registry="http://127.0.0.1:1", table=tmp_path / "lake" / "t", checkpoint=tmp_path / "c")
+    spec.write_text(spec.read_text().replace(
+        "    topic: t\n", "    topic: t\n    properties: {socket.connection.setup.timeout.ms: '2000'}\n"))
+    result = subprocess.run([str(binary), "status", "--spec", str(spec), "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["table"]["version"] is None and report["groups"][0]["committedBatch"] is None
+    assert report["brokerError"], "nothing answers at 127.0.0.1:1"
+    assert not (tmp_path / "lake").exists() and not (tmp_path / "c").exists()
+
+
 def test_admin_server_refuses_non_loopback_addresses(binary, tmp_path):
     spec = write_spec(tmp_path / "s.yaml", pipeline="s", bootstrap="127.0.0.1:1", topic="t",
                       registry="http://127.0.0.1:1", table=tmp_path / "t", checkpoint=tmp_path / "c")

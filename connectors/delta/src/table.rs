@@ -76,7 +76,17 @@ pub struct DeltaTableSink {
 impl DeltaTableSink {
     /// Opens the table if it exists; it is created on the first commit otherwise.
     pub async fn open(options: TableOptions) -> Result<DeltaTableSink> {
-        let url = table_url(&options.uri)?;
+        Self::open_with(options, true).await
+    }
+
+    /// Opens the table for reading only: nothing is created, and a missing
+    /// table is no table (`tributary status`).
+    pub async fn open_existing(options: TableOptions) -> Result<DeltaTableSink> {
+        Self::open_with(options, false).await
+    }
+
+    async fn open_with(options: TableOptions, create: bool) -> Result<DeltaTableSink> {
+        let url = table_url(&options.uri, create)?;
         let mut sink = DeltaTableSink {
             options,
             url,
@@ -101,6 +111,9 @@ impl DeltaTableSink {
                 .update_incremental(None)
                 .await
                 .map_err(|source| DeltaSinkError::delta(&self.options.uri, source));
+        }
+        if self.url.scheme() == "file" && self.url.to_file_path().is_ok_and(|p| !p.exists()) {
+            return Ok(());
         }
         let builder = DeltaTableBuilder::from_url(self.url.clone()).map_err(self.delta_err())?;
         match builder.load().await {
@@ -412,8 +425,9 @@ fn check_schema(
     Ok(())
 }
 
-/// Table URI to URL: `file://` URIs and absolute paths (created if missing).
-pub(crate) fn table_url(uri: &str) -> Result<Url> {
+/// Table URI to URL: `file://` URIs and absolute paths (the directory is
+/// created if missing and `create`).
+pub(crate) fn table_url(uri: &str, create: bool) -> Result<Url> {
     let err = |message: String| DeltaSinkError::Uri {
         uri: uri.to_string(),
         message,
@@ -427,7 +441,10 @@ pub(crate) fn table_url(uri: &str) -> Result<Url> {
         let path = url
             .to_file_path()
             .map_err(|_| err("not a local path".into()))?;
-        std::fs::create_dir_all(&path).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        if create {
+            std::fs::create_dir_all(&path)
+                .map_err(|e| err(format!("cannot create directory: {e}")))?;
+        }
         return Url::from_directory_path(&path).map_err(|_| err("not a directory path".into()));
     }
     Ok(url)

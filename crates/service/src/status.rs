@@ -36,7 +36,7 @@ pub async fn run(spec_path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
 
 async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
     let open = |uri: String, partitions: Vec<String>| {
-        DeltaTableSink::open(TableOptions {
+        DeltaTableSink::open_existing(TableOptions {
             uri,
             partition_columns: partitions,
             target_file_size: 1 << 20,
@@ -89,9 +89,19 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
         let app = app_id(&spec.pipeline, &group);
         let marker = data.last_marker(&app).await?;
         let committed = data.committed_batch(&app).await?;
-        let planned = OffsetLog::open(&spec.checkpoint.location, &group)
-            .ok()
-            .and_then(|l| l.latest().ok().flatten());
+        // Read only: a checkpoint that does not exist is not created.
+        let checkpoint = spec
+            .checkpoint
+            .location
+            .strip_prefix("file://")
+            .unwrap_or(&spec.checkpoint.location);
+        let planned = if Path::new(checkpoint).join("offsets").join(&group).is_dir() {
+            OffsetLog::open(&spec.checkpoint.location, &group)
+                .ok()
+                .and_then(|l| l.latest().ok().flatten())
+        } else {
+            None
+        };
         let end_offsets: BTreeMap<i32, i64> = marker
             .as_ref()
             .and_then(|m| serde_json::from_value(m.info["endOffsets"].clone()).ok())
