@@ -125,10 +125,6 @@ impl DeltaTableSink {
         Ok(())
     }
 
-    pub fn exists(&self) -> bool {
-        self.table.is_some()
-    }
-
     /// The table's Arrow schema, once it exists.
     pub fn arrow_schema(&self) -> Option<SchemaRef> {
         self.table
@@ -507,7 +503,7 @@ mod tests {
         };
         let announced = Announced::default();
         let mut sink = DeltaTableSink::open(options.clone()).await.unwrap();
-        assert!(!sink.exists());
+        assert_eq!(sink.version(), None, "no table before the first commit");
         let first = sink
             .commit(commit_of(0, &[1, 2, 3]), &announced)
             .await

@@ -272,11 +272,6 @@ impl RecordDecoder {
         }
     }
 
-    pub fn with_batch_rows(mut self, rows: usize) -> Self {
-        self.batch_rows = rows.max(1);
-        self
-    }
-
     /// Decodes one record. Records that cannot be decoded become dead letters;
     /// an `Err` means the registry could not be reached, and the caller must
     /// discard this decoder and read the batch again.

@@ -127,10 +127,6 @@ impl RegistryClient {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.config.url
-    }
-
     /// The schema registered under `id`; `None` when the registry does not know it.
     pub async fn schema_by_id(&self, id: u32) -> Result<Option<Arc<RegistrySchema>>> {
         if let Some(s) = self.cached(id) {

@@ -7,25 +7,7 @@ mod offsets;
 pub use crash::{CrashPoint, crash_point};
 pub use offsets::{OffsetRanges, PartitionRange};
 
-use serde::{Deserialize, Serialize};
-
-/// The id of one micro-batch within a state group. Ids start at 0 and grow by
-/// one per committed batch; the Delta `txn` version of a group equals the id of
-/// its last committed batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct BatchId(pub u64);
-
-impl BatchId {
-    pub fn next(self) -> BatchId {
-        BatchId(self.0 + 1)
-    }
-}
-
-impl std::fmt::Display for BatchId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+use serde::Serialize;
 
 /// The state group every batch belongs to when the whole topic is one group
 /// (`state_scope: topic`, Spark's semantics).

@@ -48,21 +48,6 @@ impl OffsetRanges {
             ),
         }
     }
-
-    /// Number of offsets covered (an upper bound on records: compacted topics
-    /// and transaction markers leave gaps).
-    pub fn offset_count(&self) -> i64 {
-        self.ranges.iter().map(|r| r.end - r.start).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
-    /// The offset each partition resumes from after this batch.
-    pub fn next_offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.ranges.iter().map(|r| (r.partition, r.end))
-    }
 }
 
 #[cfg(test)]
@@ -94,11 +79,6 @@ mod tests {
                     end: 12
                 },
             ]
-        );
-        assert_eq!(o.offset_count(), 5);
-        assert_eq!(
-            o.next_offsets().collect::<Vec<_>>(),
-            vec![(0, 6), (1, 1), (2, 12)]
         );
     }
 }

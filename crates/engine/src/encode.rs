@@ -3,7 +3,6 @@
 //! thread), encoding (this thread) and committing (async writer) overlap.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
@@ -131,7 +130,7 @@ pub(crate) fn run_encoder(
 /// Reorders and converts a batch to the table's schema. A column the table
 /// lacks is an error (schema evolution is not applied here); a column the
 /// batch lacks reads as null.
-fn conform(batch: &RecordBatch, table: &Schema) -> Result<RecordBatch> {
+fn conform(batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch> {
     let extra: Vec<&str> = batch
         .schema_ref()
         .fields()
@@ -145,7 +144,7 @@ fn conform(batch: &RecordBatch, table: &Schema) -> Result<RecordBatch> {
             extra.join(", ")
         )));
     }
-    Ok(to_delta_batch(batch, &Arc::new(table.clone()))?)
+    Ok(to_delta_batch(batch, table)?)
 }
 
 /// Column references of the spec against the decoded schema.

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tributary_avro::RegistryClient;
-use tributary_kafka::{GroupMember, Membership, ReaderConfig};
+use tributary_kafka::{GroupMember, Membership};
 use tributary_spec::TableSpec;
 
 use crate::error::{EngineError, Result};
-use crate::pipeline::{GroupScope, PipelineOptions, RunSummary, run_group};
+use crate::pipeline::{GroupScope, PipelineOptions, RunSummary, reader_config, run_group};
 
 struct RunningGroup {
     stop: Arc<AtomicBool>,
@@ -26,13 +26,7 @@ pub(crate) async fn run_partitioned(
     options: PipelineOptions,
     registry: Arc<RegistryClient>,
 ) -> Result<RunSummary> {
-    let kafka = &spec.source.kafka;
-    let config = ReaderConfig {
-        bootstrap_servers: kafka.bootstrap_servers.clone(),
-        topic: kafka.topic.clone(),
-        group_id: kafka.group_id(&spec.pipeline),
-        properties: kafka.properties.clone(),
-    };
+    let config = reader_config(&spec);
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let member = Arc::new(GroupMember::join(&config, events_tx)?);
     // The member's own thread serves the group protocol (heartbeats, rebalances).

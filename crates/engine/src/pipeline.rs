@@ -64,6 +64,17 @@ pub async fn run_pipeline(spec: TableSpec, options: PipelineOptions) -> Result<R
     }
 }
 
+/// The Kafka connection a spec describes.
+pub fn reader_config(spec: &TableSpec) -> ReaderConfig {
+    let kafka = &spec.source.kafka;
+    ReaderConfig {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        topic: kafka.topic.clone(),
+        group_id: kafka.group_id(&spec.pipeline),
+        properties: kafka.properties.clone(),
+    }
+}
+
 /// Which records a group owns.
 pub(crate) struct GroupScope {
     /// `topic`, or `p<partition>`: part of the Delta app id and checkpoint paths.
@@ -170,12 +181,7 @@ impl Run<'_> {
             known_latest: BTreeMap::new(),
         };
         let kafka = &spec.source.kafka;
-        let reader = Arc::new(KafkaReader::connect(&ReaderConfig {
-            bootstrap_servers: kafka.bootstrap_servers.clone(),
-            topic: kafka.topic.clone(),
-            group_id: kafka.group_id(&spec.pipeline),
-            properties: kafka.properties.clone(),
-        })?);
+        let reader = Arc::new(KafkaReader::connect(&reader_config(spec))?);
         let topic_partitions = match &self.scope.partitions {
             Some(own) => own.clone(),
             None => blocking(|| reader.partitions(KAFKA_TIMEOUT))?,

@@ -157,7 +157,7 @@ impl AdminState {
         };
         let mut family =
             |name: &str, kind: &str, help: &str, value: &dyn Fn(&GroupStats) -> Option<f64>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                header(&mut out, name, kind, help);
                 for (key, g) in &inner.groups {
                     if let Some(v) = value(g) {
                         let _ = writeln!(out, "{name}{{{}}} {v}", labels(key));
@@ -221,9 +221,11 @@ impl AdminState {
             "When the last batch committed (Unix time).",
             &|g| Some(g.last_batch_unix),
         );
-        let _ = writeln!(
-            out,
-            "# HELP tributary_partition_lag Offsets not yet read, per partition.\n# TYPE tributary_partition_lag gauge"
+        header(
+            &mut out,
+            "tributary_partition_lag",
+            "gauge",
+            "Offsets not yet read, per partition.",
         );
         for (key, g) in &inner.groups {
             for (partition, lag) in &g.lag_by_partition {
@@ -234,9 +236,11 @@ impl AdminState {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP tributary_batch_step_seconds Time per batch step.\n# TYPE tributary_batch_step_seconds histogram"
+        header(
+            &mut out,
+            "tributary_batch_step_seconds",
+            "histogram",
+            "Time per batch step.",
         );
         for (key, g) in &inner.groups {
             for (step, h) in &g.steps {
@@ -258,6 +262,11 @@ impl AdminState {
         }
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 async fn healthz() -> &'static str {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tributary_core::app_id;
 use tributary_delta::{DeltaTableSink, TableOptions};
-use tributary_engine::OffsetLog;
-use tributary_kafka::{KafkaReader, ReaderConfig};
+use tributary_engine::{OffsetLog, reader_config};
+use tributary_kafka::KafkaReader;
 use tributary_spec::{StateScope, TableSpec, parse_spec_file};
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,12 +52,7 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
 
     // The broker's view; the status is still useful without it.
     let kafka = &spec.source.kafka;
-    let config = ReaderConfig {
-        bootstrap_servers: kafka.bootstrap_servers.clone(),
-        topic: kafka.topic.clone(),
-        group_id: kafka.group_id(&spec.pipeline),
-        properties: kafka.properties.clone(),
-    };
+    let config = reader_config(spec);
     let broker =
         tokio::task::spawn_blocking(move || -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
             let reader = KafkaReader::connect(&config)?;
