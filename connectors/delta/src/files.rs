@@ -88,31 +88,41 @@ impl BatchEncoder {
             return Ok(());
         }
         self.schema.get_or_insert_with(|| batch.schema());
-        self.rows += batch.num_rows() as u64;
         for (key, rows) in split_by_partition(batch, &self.partition_columns)? {
-            let file = match self.open.entry(key.clone()) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let schema = rows.schema();
-                    e.insert(OpenFile {
-                        writer: ArrowWriter::try_new(
-                            Vec::new(),
-                            schema.clone(),
-                            Some(writer_properties()),
-                        )
-                        .map_err(parquet_err)?,
-                        stats: StatsBuilder::new(&schema),
-                    })
-                }
-            };
-            file.writer.write(&rows).map_err(parquet_err)?;
-            file.stats.add(&rows);
-            if (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
-                >= self.target_file_size
-                && let Some(full) = self.open.remove(&key)
-            {
-                self.close(key, full)?;
+            self.push_partition(key, &rows)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes rows of one partition (`key`: its values, in the order of the
+    /// partition columns); `rows` hold no partition columns.
+    pub fn push_partition(&mut self, key: Vec<Option<String>>, rows: &RecordBatch) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += rows.num_rows() as u64;
+        let file = match self.open.entry(key.clone()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let schema = rows.schema();
+                e.insert(OpenFile {
+                    writer: ArrowWriter::try_new(
+                        Vec::new(),
+                        schema.clone(),
+                        Some(writer_properties()),
+                    )
+                    .map_err(parquet_err)?,
+                    stats: StatsBuilder::new(&schema),
+                })
             }
+        };
+        file.writer.write(rows).map_err(parquet_err)?;
+        file.stats.add(rows);
+        if (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
+            >= self.target_file_size
+            && let Some(full) = self.open.remove(&key)
+        {
+            self.close(key, full)?;
         }
         Ok(())
     }
@@ -148,6 +158,7 @@ pub(crate) async fn upload_files(
     files: Vec<EncodedFile>,
     name: &str,
     intent: &dyn FileIntent,
+    data_change: bool,
 ) -> Result<Vec<Add>> {
     let mut adds = Vec::with_capacity(files.len());
     for (n, file) in files.into_iter().enumerate() {
@@ -180,7 +191,7 @@ pub(crate) async fn upload_files(
             partition_values: file.partition_values.into_iter().collect(),
             size,
             modification_time: chrono::Utc::now().timestamp_millis(),
-            data_change: true,
+            data_change,
             stats: Some(file.stats),
             tags: None,
             deletion_vector: None,
@@ -212,7 +223,7 @@ pub(crate) async fn encode(
     })?
 }
 
-fn parquet_err(e: deltalake::parquet::errors::ParquetError) -> DeltaSinkError {
+pub(crate) fn parquet_err(e: deltalake::parquet::errors::ParquetError) -> DeltaSinkError {
     DeltaSinkError::Corrupt {
         uri: String::new(),
         message: format!("Parquet encoding failed: {e}"),
@@ -290,8 +301,13 @@ fn escape_partition_value(v: &str) -> String {
 
 /// Paths in the Delta log are URIs: the escapes of the directory names are
 /// themselves escaped.
-fn encode_log_path(path: &str) -> String {
+pub(crate) fn encode_log_path(path: &str) -> String {
     path.replace('%', "%25").replace(' ', "%20")
+}
+
+/// The inverse of `encode_log_path`.
+pub(crate) fn decode_log_path(path: &str) -> String {
+    path.replace("%20", " ").replace("%25", "%")
 }
 
 /// Delta file statistics (`numRecords`, `minValues`, `maxValues`,

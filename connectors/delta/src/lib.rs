@@ -6,12 +6,14 @@
 mod dead_letters;
 mod error;
 mod files;
+mod maintenance;
 mod partitioning;
 mod table;
 
 pub use dead_letters::dead_letter_batch;
 pub use error::{DeltaSinkError, Result};
-pub use files::{BatchEncoder, EncodedBatch, FileIntent};
+pub use files::{BatchEncoder, EncodedBatch, EncodedFile, FileIntent};
+pub use maintenance::{DataFile, REWRITE_INFO_KEY, Rewrite, RewriteOutcome};
 pub use partitioning::add_partition_columns;
 pub use table::{
     BatchCommit, BatchRows, CommitMarker, CommitOutcome, DeltaTableSink, TableOptions,

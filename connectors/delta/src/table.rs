@@ -6,11 +6,10 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, Transactio
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
+use deltalake::{DeltaTableBuilder, DeltaTableError, Path};
 use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 use std::collections::HashSet;
-use std::sync::Arc;
 use url::Url;
 
 use crate::COMMIT_INFO_KEY;
@@ -70,7 +69,7 @@ pub struct CommitMarker {
 pub struct DeltaTableSink {
     options: TableOptions,
     url: Url,
-    table: Option<DeltaTable>,
+    pub(crate) table: Option<DeltaTable>,
 }
 
 impl DeltaTableSink {
@@ -100,7 +99,7 @@ impl DeltaTableSink {
         &self.options.uri
     }
 
-    fn delta_err(&self) -> impl Fn(DeltaTableError) -> DeltaSinkError + '_ {
+    pub(crate) fn delta_err(&self) -> impl Fn(DeltaTableError) -> DeltaSinkError + '_ {
         |source| DeltaSinkError::delta(&self.options.uri, source)
     }
 
@@ -272,7 +271,15 @@ impl DeltaTableSink {
         let attempt = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("{}-{}", commit.file_name, &attempt[..8]);
         let upload_started = std::time::Instant::now();
-        let adds = upload_files(table.object_store(), &uri, encoded.files, &name, intent).await?;
+        let adds = upload_files(
+            table.object_store(),
+            &uri,
+            encoded.files,
+            &name,
+            intent,
+            true,
+        )
+        .await?;
         let upload = upload_started.elapsed();
         let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         tributary_core::crash_point(tributary_core::CrashPoint::AfterFiles, commit.batch_id);
@@ -328,43 +335,67 @@ impl DeltaTableSink {
         })
     }
 
-    /// Deletes those of `paths` (relative to the table root) that no table
-    /// version references: the data files of an attempt that never committed.
-    pub async fn remove_unreferenced(&mut self, paths: &[String]) -> Result<usize> {
+    /// Deletes those of `paths` (relative to the table root, announced for
+    /// batch `batch` of `app_id`) that the batch's commit did not add: the
+    /// data files of attempts that never committed. Files the commit added
+    /// stay even when compaction has replaced them since (readers of older
+    /// versions need them until vacuum). Without the commit in the log
+    /// nothing is deleted.
+    pub async fn remove_uncommitted(
+        &mut self,
+        app_id: &str,
+        batch: u64,
+        paths: &[String],
+    ) -> Result<usize> {
         if paths.is_empty() {
             return Ok(0);
         }
         self.refresh().await?;
-        let (store, referenced): (Arc<dyn ObjectStore>, HashSet<String>) = match &self.table {
-            Some(t) => (
-                t.object_store(),
-                t.snapshot()
-                    .map_err(self.delta_err())?
-                    .log_data()
-                    .into_iter()
-                    .map(|add| add.object_store_path().to_string())
-                    .collect(),
-            ),
-            None => {
-                let t = DeltaTableBuilder::from_url(self.url.clone())
-                    .and_then(|b| b.build())
-                    .map_err(self.delta_err())?;
-                (t.object_store(), HashSet::new())
-            }
+        let Some(table) = &self.table else {
+            return Ok(0);
         };
+        let Some(marker) = self.marker_of(app_id, batch).await? else {
+            tracing::warn!(table = %self.options.uri, app_id, batch, "the batch's commit is no longer in the log; its failed attempts' files are left to vacuum");
+            return Ok(0);
+        };
+        let committed = self.added_paths(marker.version).await?;
+        let store = table.object_store();
         let mut removed = 0;
         for p in paths {
-            let path = Path::from(p.as_str());
-            if referenced.contains(path.as_ref()) {
+            if committed.contains(p) {
                 continue;
             }
-            match store.delete(&path).await {
+            match store.delete(&Path::from(p.as_str())).await {
                 Ok(()) => removed += 1,
                 Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
                 Err(e) => return Err(self.delta_err()(e.into())),
             }
         }
         Ok(removed)
+    }
+
+    /// The data file paths (decoded) that the commit of `version` added.
+    async fn added_paths(&self, version: u64) -> Result<HashSet<String>> {
+        let Some(table) = &self.table else {
+            return Ok(HashSet::new());
+        };
+        let bytes = table
+            .log_store()
+            .read_commit_entry(version)
+            .await
+            .map_err(self.delta_err())?
+            .unwrap_or_default();
+        Ok(bytes
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+            .filter_map(|action| {
+                action
+                    .get("add")
+                    .and_then(|a| a.get("path"))
+                    .and_then(Value::as_str)
+                    .map(crate::files::decode_log_path)
+            })
+            .collect())
     }
 
     async fn create(&mut self, schema: SchemaRef) -> Result<()> {
@@ -450,7 +481,7 @@ pub(crate) fn table_url(uri: &str, create: bool) -> Result<Url> {
 mod tests {
     use super::*;
     use deltalake::arrow::array::{Int64Array, StringArray};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use deltalake::arrow::datatypes::{DataType, Field, Schema};
 
@@ -551,9 +582,16 @@ mod tests {
         let encoded = encode(vec![batch(&[5, 6])], vec!["p".to_string()], 1 << 20)
             .await
             .unwrap();
-        upload_files(store, "t", encoded.files, "pipe-topic-1-dead", &failed)
-            .await
-            .unwrap();
+        upload_files(
+            store,
+            "t",
+            encoded.files,
+            "pipe-topic-1-dead",
+            &failed,
+            true,
+        )
+        .await
+        .unwrap();
         let count = |d: &std::path::Path| {
             walk(d)
                 .into_iter()
@@ -563,7 +601,12 @@ mod tests {
         assert_eq!(count(&table_dir), 4);
         let mut all: Vec<String> = committed.0.lock().unwrap().clone();
         all.extend(failed.0.lock().unwrap().iter().cloned());
-        assert_eq!(sink.remove_unreferenced(&all).await.unwrap(), 2);
+        assert_eq!(
+            sink.remove_uncommitted("pipe/topic", 0, &all)
+                .await
+                .unwrap(),
+            2
+        );
         assert_eq!(count(&table_dir), 2, "committed files stay");
     }
 

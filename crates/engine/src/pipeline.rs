@@ -676,7 +676,9 @@ async fn remove_failed_attempts(
             .await?
             .is_some_and(|v| v >= plan.batch_id)
         {
-            let removed = sink.remove_unreferenced(&paths).await?;
+            let removed = sink
+                .remove_uncommitted(&g.app_id, plan.batch_id, &paths)
+                .await?;
             if removed > 0 {
                 tracing::info!(table = %table, batch = plan.batch_id, removed, "removed data files of a failed attempt");
             }

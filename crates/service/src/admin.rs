@@ -59,10 +59,33 @@ struct GroupStats {
     last_batch_unix: f64,
 }
 
+/// A compaction metric: name, type, help and its value.
+type CompactionFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CompactionStats) -> Option<f64>,
+);
+
+/// Totals of a pipeline's compaction passes.
+#[derive(Default)]
+struct CompactionStats {
+    passes: u64,
+    failures: u64,
+    files_removed: u64,
+    files_added: u64,
+    bytes_rewritten: u64,
+    conflicts: u64,
+    files_vacuumed: u64,
+    table_files: Option<u64>,
+    last_duration_seconds: f64,
+}
+
 #[derive(Default)]
 struct Inner {
     recent: VecDeque<BatchProgress>,
     groups: BTreeMap<(String, String), GroupStats>,
+    compaction: BTreeMap<String, CompactionStats>,
 }
 
 pub struct AdminState {
@@ -128,6 +151,24 @@ impl AdminState {
         }
         g.last_batch = Some(Instant::now());
         g.last_batch_unix = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    }
+
+    /// Takes in one compaction pass's report.
+    pub fn record_compaction(&self, r: &tributary_compaction::PassReport) {
+        let mut inner = self.lock();
+        let c = inner.compaction.entry(r.pipeline.clone()).or_default();
+        if r.error.is_some() {
+            c.failures += 1;
+            return;
+        }
+        c.passes += 1;
+        c.files_removed += r.files_removed as u64;
+        c.files_added += r.files_added as u64;
+        c.bytes_rewritten += r.bytes_rewritten;
+        c.conflicts += r.conflicts as u64;
+        c.files_vacuumed += r.files_vacuumed.unwrap_or(0) as u64;
+        c.table_files = Some(r.files_after as u64);
+        c.last_duration_seconds = r.duration_ms as f64 / 1000.0;
     }
 
     /// Ready: pipelines started and no group stuck (unread records, no batch
@@ -258,6 +299,70 @@ impl AdminState {
                 );
                 let _ = writeln!(out, "tributary_batch_step_seconds_sum{{{l}}} {}", h.sum);
                 let _ = writeln!(out, "tributary_batch_step_seconds_count{{{l}}} {}", h.count);
+            }
+        }
+        let compaction: [CompactionFamily; 9] = [
+            (
+                "tributary_compaction_passes_total",
+                "counter",
+                "Compaction passes completed.",
+                |c| Some(c.passes as f64),
+            ),
+            (
+                "tributary_compaction_failures_total",
+                "counter",
+                "Compaction passes that failed (retried at the next interval).",
+                |c| Some(c.failures as f64),
+            ),
+            (
+                "tributary_compaction_files_removed_total",
+                "counter",
+                "Small files replaced by compaction.",
+                |c| Some(c.files_removed as f64),
+            ),
+            (
+                "tributary_compaction_files_added_total",
+                "counter",
+                "Files written by compaction.",
+                |c| Some(c.files_added as f64),
+            ),
+            (
+                "tributary_compaction_bytes_rewritten_total",
+                "counter",
+                "Bytes of the files compaction replaced.",
+                |c| Some(c.bytes_rewritten as f64),
+            ),
+            (
+                "tributary_compaction_conflicts_total",
+                "counter",
+                "Rewrites dropped because a concurrent commit removed their files.",
+                |c| Some(c.conflicts as f64),
+            ),
+            (
+                "tributary_vacuum_files_deleted_total",
+                "counter",
+                "Unreferenced data files deleted by vacuum.",
+                |c| Some(c.files_vacuumed as f64),
+            ),
+            (
+                "tributary_table_files",
+                "gauge",
+                "Live data files in the table after the last compaction pass.",
+                |c| c.table_files.map(|f| f as f64),
+            ),
+            (
+                "tributary_compaction_last_duration_seconds",
+                "gauge",
+                "Duration of the last compaction pass.",
+                |c| (c.passes > 0).then_some(c.last_duration_seconds),
+            ),
+        ];
+        for (name, kind, help, value) in compaction {
+            header(&mut out, name, kind, help);
+            for (pipeline, c) in &inner.compaction {
+                if let Some(v) = value(c) {
+                    let _ = writeln!(out, "{name}{{pipeline=\"{pipeline}\"}} {v}");
+                }
             }
         }
         out

@@ -59,6 +59,17 @@ enum Command {
         #[arg(long)]
         admin_allow_remote: bool,
     },
+    /// One compaction pass over each spec's table: bin-pack small files
+    /// (`dataChange=false`), write a log checkpoint if due, delete expired
+    /// log files and vacuum. Safe while `tributary run` ingests. Prints one
+    /// JSON report per table.
+    Compact {
+        #[arg(long = "spec", required = true, num_args = 1..)]
+        specs: Vec<PathBuf>,
+        /// Skip vacuum.
+        #[arg(long)]
+        no_vacuum: bool,
+    },
     /// Where a pipeline stands: the last committed batch of each group, its
     /// offsets, the lag to the broker's high watermarks, dead letters.
     Status {
@@ -172,6 +183,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             admin_allow_remote,
         } => run(specs, progress_json, admin_addr, admin_allow_remote).await,
         Command::Status { spec, json } => status::run(&spec, json).await,
+        Command::Compact { specs, no_vacuum } => compact(specs, !no_vacuum).await,
         Command::ProgressSchema => {
             println!(
                 "{}",
@@ -268,6 +280,14 @@ async fn run(
             on_progress,
         };
         let name = spec.pipeline.clone();
+        if spec.compaction.enabled && !spec.trigger.available_now {
+            let to_admin = admin.clone();
+            tokio::spawn(tributary_compaction::run_worker(
+                spec.clone(),
+                stop.clone(),
+                Arc::new(move |r: &tributary_compaction::PassReport| to_admin.record_compaction(r)),
+            ));
+        }
         tasks.spawn(async move { (name, run_pipeline(spec, options).await) });
     }
     admin.mark_started();
@@ -292,6 +312,20 @@ async fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn compact(files: Vec<PathBuf>, vacuum: bool) -> anyhow::Result<ExitCode> {
+    let Some(specs) = load_specs(&files) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    for spec in specs {
+        let report =
+            tributary_compaction::compact_once(&spec, tributary_compaction::PassOptions { vacuum })
+                .await
+                .with_context(|| format!("compacting {}", spec.table.uri))?;
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One line per pipeline, redrawn after each batch: rows read and how many

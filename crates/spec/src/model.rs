@@ -37,6 +37,9 @@ pub struct TableSpec {
     /// `<table.uri>_dead_letters`.
     #[serde(default)]
     pub dead_letters: Option<DeadLetterSpec>,
+    /// Merging of small files, Delta log checkpoints and vacuum.
+    #[serde(default)]
+    pub compaction: CompactionSpec,
 }
 
 /// The source of a pipeline.
@@ -207,6 +210,145 @@ pub struct DeadLetterSpec {
     /// URI of the Delta table that receives undecodable records with their raw
     /// key and value bytes, topic, partition, offset, timestamp and the reason.
     pub table: String,
+}
+
+/// Compaction: bin-packs each partition's small files into files of about
+/// `target_file_size`, as commits with `dataChange=false` (streaming readers
+/// see no new data), never touching the transaction ids that make ingest
+/// exactly-once. Also writes Delta log checkpoints, deletes expired log
+/// files and vacuums files the table no longer references.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionSpec {
+    /// Run the compaction worker inside `tributary run`, one pass every
+    /// `interval`. `tributary compact` runs one pass whatever this says.
+    #[serde(default = "default_true")]
+    #[schemars(default = "default_true")]
+    pub enabled: bool,
+    /// Time between two passes of the worker; the first pass comes one
+    /// interval after start.
+    #[serde(default = "default_compaction_interval")]
+    #[schemars(default = "default_compaction_interval")]
+    pub interval: HumanDuration,
+    /// Size of the files compaction writes. Files smaller than this are
+    /// candidates; they are packed, in the order they were written, into bins
+    /// of at most this many bytes, and each bin of two or more files becomes
+    /// one file.
+    #[serde(default = "default_compacted_file_size")]
+    #[schemars(default = "default_compacted_file_size")]
+    pub target_file_size: ByteSize,
+    /// A partition is rewritten only when it has at least this many files
+    /// smaller than `target_file_size`.
+    #[serde(default = "default_min_files")]
+    #[schemars(default = "default_min_files")]
+    pub min_files: u32,
+    /// A partition qualifies only when its newest file is at least this old:
+    /// with `date(ts)` partitions, `2h` compacts only days that stopped
+    /// receiving rows. `0s`: every partition qualifies.
+    #[serde(default = "default_quiet_for")]
+    #[schemars(default = "default_quiet_for")]
+    pub quiet_for: HumanDuration,
+    /// Columns whose values cluster together in the rewritten files (the rows
+    /// of each bin are sorted along a Z-order curve of these columns), so
+    /// readers skip more files by their statistics. Empty: rows keep their order.
+    #[serde(default)]
+    pub z_order_by: Vec<String>,
+    /// Write a Delta log checkpoint once this many commits were made since
+    /// the last one, so readers replay few JSON commits.
+    #[serde(default = "default_checkpoint_interval")]
+    #[schemars(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// Delta log files older than this (and covered by a checkpoint) are
+    /// deleted; time travel reaches back this far at most.
+    #[serde(default = "default_log_retention")]
+    #[schemars(default = "default_log_retention")]
+    pub log_retention: HumanDuration,
+    /// Deleting data files the table no longer references.
+    #[serde(default)]
+    pub vacuum: VacuumSpec,
+}
+
+/// Vacuum: deletes data files that no table version within the retention
+/// period references (files replaced by compaction, files of attempts that
+/// never committed).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VacuumSpec {
+    /// Delete data files unreferenced for at least this long. Readers at an
+    /// older version, and streaming readers that far behind, lose their files.
+    #[serde(default = "default_vacuum_retention")]
+    #[schemars(default = "default_vacuum_retention")]
+    pub retention: HumanDuration,
+    /// Time between two vacuums of the worker in `tributary run`.
+    #[serde(default = "default_vacuum_interval")]
+    #[schemars(default = "default_vacuum_interval")]
+    pub interval: HumanDuration,
+    /// A retention under one hour is refused unless this is `true`: it can
+    /// delete files that a running query or a commit in flight still needs.
+    #[serde(default)]
+    pub allow_short_retention: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_compaction_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+fn default_compacted_file_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+fn default_min_files() -> u32 {
+    8
+}
+
+fn default_quiet_for() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+
+fn default_checkpoint_interval() -> u64 {
+    10
+}
+
+fn default_log_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 24 * 3600))
+}
+
+fn default_vacuum_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 24 * 3600))
+}
+
+fn default_vacuum_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+
+impl Default for CompactionSpec {
+    fn default() -> Self {
+        CompactionSpec {
+            enabled: default_true(),
+            interval: default_compaction_interval(),
+            target_file_size: default_compacted_file_size(),
+            min_files: default_min_files(),
+            quiet_for: default_quiet_for(),
+            z_order_by: Vec::new(),
+            checkpoint_interval: default_checkpoint_interval(),
+            log_retention: default_log_retention(),
+            vacuum: VacuumSpec::default(),
+        }
+    }
+}
+
+impl Default for VacuumSpec {
+    fn default() -> Self {
+        VacuumSpec {
+            retention: default_vacuum_retention(),
+            interval: default_vacuum_interval(),
+            allow_short_retention: false,
+        }
+    }
 }
 
 /// How a partition column is computed.

@@ -15,6 +15,9 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "enable.partition.eof",
 ];
 
+/// Shortest vacuum retention accepted without `allow_short_retention`.
+const MIN_VACUUM_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// URI schemes a table or checkpoint may use.
 const SUPPORTED_SCHEMES: &[&str] = &["file"];
 
@@ -160,7 +163,71 @@ impl TableSpec {
                 "must be greater than zero".into(),
             );
         }
+        self.validate_compaction(&mut problem);
         out
+    }
+
+    fn validate_compaction(&self, problem: &mut impl FnMut(&str, String)) {
+        let c = &self.compaction;
+        if c.interval.0.is_zero() {
+            problem("compaction.interval", "must be greater than zero".into());
+        }
+        if c.target_file_size.0 == 0 {
+            problem(
+                "compaction.target_file_size",
+                "must be greater than zero".into(),
+            );
+        }
+        if c.min_files < 2 {
+            problem(
+                "compaction.min_files",
+                format!("{} would rewrite single files; use 2 or more", c.min_files),
+            );
+        }
+        if c.checkpoint_interval == 0 {
+            problem(
+                "compaction.checkpoint_interval",
+                "must be at least 1".into(),
+            );
+        }
+        if c.vacuum.interval.0.is_zero() {
+            problem(
+                "compaction.vacuum.interval",
+                "must be greater than zero".into(),
+            );
+        }
+        if c.vacuum.retention.0 < MIN_VACUUM_RETENTION && !c.vacuum.allow_short_retention {
+            problem(
+                "compaction.vacuum.retention",
+                format!(
+                    "{} is under one hour and can delete files that running queries or \
+                     commits in flight still need; set compaction.vacuum.allow_short_retention: \
+                     true to force it",
+                    humantime::format_duration(c.vacuum.retention.0)
+                ),
+            );
+        }
+        let partition_names: Vec<String> = self
+            .table
+            .partition_by
+            .iter()
+            .filter_map(|e| PartitionColumn::parse(e).ok())
+            .map(|p| p.name().to_string())
+            .collect();
+        let mut seen = HashSet::new();
+        for (i, column) in c.z_order_by.iter().enumerate() {
+            let path = format!("compaction.z_order_by[{i}]");
+            if partition_names.contains(column) {
+                problem(
+                    &path,
+                    format!(
+                        "{column:?} is a partition column: every file holds one value of it already"
+                    ),
+                );
+            } else if !seen.insert(column) {
+                problem(&path, format!("{column:?} is listed twice"));
+            }
+        }
     }
 
     /// Checks the spec's column references against the source record's
@@ -200,6 +267,17 @@ impl TableSpec {
                         ));
                     }
                 }
+            }
+        }
+        for (i, column) in self.compaction.z_order_by.iter().enumerate() {
+            if !names.contains(&column.as_str()) {
+                out.push((
+                    format!("compaction.z_order_by[{i}]"),
+                    format!(
+                        "unknown column {column:?}; the record has: {}",
+                        names.join(", ")
+                    ),
+                ));
             }
         }
         out
@@ -260,6 +338,36 @@ checkpoint:
                 "s.yaml:12: table.partition_by[1]: unknown partition transform \"week\"; supported: date(column), hour(column)",
             ]
         );
+    }
+
+    #[test]
+    fn compaction_nonsense_is_refused() {
+        let src = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table: {uri: /t, partition_by: [country]}
+checkpoint: {location: /c}
+compaction:
+  min_files: 1
+  z_order_by: [country, user_id, user_id]
+  vacuum:
+    retention: 10m
+";
+        let report = parse_spec("s.yaml", src).unwrap_err().report();
+        assert_eq!(
+            report,
+            vec![
+                "s.yaml:6: compaction.min_files: 1 would rewrite single files; use 2 or more",
+                "s.yaml:9: compaction.vacuum.retention: 10m is under one hour and can delete files that running queries or commits in flight still need; set compaction.vacuum.allow_short_retention: true to force it",
+                "s.yaml:7: compaction.z_order_by[0]: \"country\" is a partition column: every file holds one value of it already",
+                "s.yaml:7: compaction.z_order_by[2]: \"user_id\" is listed twice",
+            ]
+        );
+        let forced = src.replace(
+            "retention: 10m",
+            "retention: 10m\n    allow_short_retention: true",
+        );
+        let report = parse_spec("s.yaml", &forced).unwrap_err().report();
+        assert_eq!(report.len(), 3, "{report:?}");
     }
 
     #[test]
