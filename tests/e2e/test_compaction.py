@@ -13,10 +13,12 @@ import urllib.request
 
 import pyarrow
 import pytest
+import yaml
 from deltalake import DeltaTable
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import confluent, duck, run_spec, write_spec
+from conftest import ROOT, confluent, duck, run_spec, write_spec
+from test_admin import COMPACTION_METRICS
 from test_exactly_once import assert_exactly_once, log_of, produce_ids, spec_for, start
 
 SCHEMA = {"type": "record", "name": "Reading", "fields": [
@@ -158,6 +160,12 @@ def test_ingest_beside_a_compaction_loop_for_a_minute(binary, dev_stack, tmp_pat
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
         samples = {s.name: s.value for fam in text_string_to_metric_families(resp.read().decode())
                    for s in fam.samples if s.labels.get("pipeline") == "eo"}
+    # Every compaction metric the dashboard and the alerts name is exported.
+    dashboard = json.loads((ROOT / "docs/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for g in yaml.safe_load((ROOT / "docs/alerts.yaml").read_text())["groups"] for r in g["rules"]]
+    named = {m for e in exprs for m in re.findall(r"tributary_[a-z_]+", e) if m.startswith(COMPACTION_METRICS)}
+    assert len(named) >= 3 and named <= set(samples), f"not exported: {sorted(named - set(samples))}"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log_of(proc)[-3000:]
 
