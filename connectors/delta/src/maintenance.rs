@@ -349,6 +349,7 @@ mod tests {
             uri: dir.join("t").display().to_string(),
             partition_columns: vec!["p".into()],
             target_file_size: 1 << 20,
+            ..TableOptions::default()
         }
     }
 

@@ -9,16 +9,19 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError, Path};
 use object_store::ObjectStoreExt as _;
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use url::Url;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
 use crate::files::{EncodedBatch, FileIntent, encode, upload_files};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TableOptions {
     pub uri: String,
+    /// Object store options (credentials, endpoint, commit mode) for
+    /// `s3://` tables; unset ones come from the environment.
+    pub storage_options: HashMap<String, String>,
     /// Partition column names (present in every batch written).
     pub partition_columns: Vec<String>,
     pub target_file_size: u64,
@@ -85,6 +88,8 @@ impl DeltaTableSink {
     }
 
     async fn open_with(options: TableOptions, create: bool) -> Result<DeltaTableSink> {
+        static S3_HANDLERS: std::sync::Once = std::sync::Once::new();
+        S3_HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
         let url = table_url(&options.uri, create)?;
         let mut sink = DeltaTableSink {
             options,
@@ -114,7 +119,9 @@ impl DeltaTableSink {
         if self.url.scheme() == "file" && self.url.to_file_path().is_ok_and(|p| !p.exists()) {
             return Ok(());
         }
-        let builder = DeltaTableBuilder::from_url(self.url.clone()).map_err(self.delta_err())?;
+        let builder = DeltaTableBuilder::from_url(self.url.clone())
+            .map_err(self.delta_err())?
+            .with_storage_options(self.options.storage_options.clone());
         match builder.load().await {
             Ok(table) => self.table = Some(table),
             Err(DeltaTableError::NotATable(_)) => self.table = None,
@@ -409,6 +416,7 @@ impl DeltaTableSink {
                 })?;
         let created = CreateBuilder::new()
             .with_location(self.url.to_string())
+            .with_storage_options(self.options.storage_options.clone())
             .with_columns(kernel.fields().cloned())
             .with_partition_columns(self.options.partition_columns.clone())
             .with_save_mode(SaveMode::Ignore)
@@ -531,6 +539,7 @@ mod tests {
             uri: dir.path().join("t").display().to_string(),
             partition_columns: vec!["p".into()],
             target_file_size: 1 << 20,
+            ..TableOptions::default()
         };
         let announced = Announced::default();
         let mut sink = DeltaTableSink::open(options.clone()).await.unwrap();
@@ -570,6 +579,7 @@ mod tests {
             uri: table_dir.display().to_string(),
             partition_columns: vec!["p".into()],
             target_file_size: 1 << 20,
+            ..TableOptions::default()
         };
         let mut sink = DeltaTableSink::open(options).await.unwrap();
         let committed = Announced::default();

@@ -64,6 +64,7 @@ pub async fn compact_once(spec: &TableSpec, options: PassOptions) -> Result<Pass
         ..PassReport::default()
     };
     let mut sink = DeltaTableSink::open_existing(TableOptions {
+        storage_options: spec.table.storage_options.clone().into_iter().collect(),
         uri: spec.table.uri.clone(),
         partition_columns: Vec::new(),
         target_file_size: policy.target_file_size.0,

@@ -141,9 +141,22 @@ fn default_registry_retries() -> u32 {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableTarget {
-    /// Table location as a URI: `file:///abs/path` (or a plain absolute path).
-    /// The table is created on the first batch if it does not exist.
+    /// Table location as a URI: `file:///abs/path` (or a plain absolute
+    /// path), or `s3://bucket/prefix` (AWS S3 or an S3-compatible store; see
+    /// `storage_options`). The table is created on the first batch if it
+    /// does not exist.
     pub uri: String,
+    /// Options of the object store holding the table and its dead-letter
+    /// table, named as deltalake and object_store name them:
+    /// `AWS_REGION`, `AWS_ENDPOINT_URL` (MinIO, R2, ...), `AWS_ALLOW_HTTP`,
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (write them as
+    /// `${VAR}`), `conditional_put`, `AWS_S3_LOCKING_PROVIDER`, ... Unset
+    /// ones come from the `AWS_*` environment variables and the AWS default
+    /// credential chain. On S3 commits use conditional put (`If-None-Match`)
+    /// unless a DynamoDB lock is configured; `conditional_put: disabled`
+    /// without one is refused unless `AWS_S3_ALLOW_UNSAFE_RENAME: 'true'`.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
     /// Partition columns. Each entry is a source column name, or a column
     /// derived from a timestamp column: `date(ts)` adds a `date` column
     /// (`YYYY-MM-DD`, UTC) and `hour(ts)` an `hour` column (0-23, UTC).

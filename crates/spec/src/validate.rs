@@ -18,8 +18,10 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
 /// Shortest vacuum retention accepted without `allow_short_retention`.
 const MIN_VACUUM_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// URI schemes a table or checkpoint may use.
-const SUPPORTED_SCHEMES: &[&str] = &["file"];
+/// URI schemes a table may use.
+const TABLE_SCHEMES: &[&str] = &["file", "s3", "s3a"];
+/// URI schemes a checkpoint location may use.
+const CHECKPOINT_SCHEMES: &[&str] = &["file"];
 
 impl TableSpec {
     /// Every semantic problem as (path, message). Pure: no I/O.
@@ -116,17 +118,22 @@ impl TableSpec {
             }
         }
 
-        if let Err(m) = check_uri(&self.table.uri) {
+        if let Err(m) = check_uri(&self.table.uri, TABLE_SCHEMES) {
             problem("table.uri", m);
         }
-        if let Err(m) = check_uri(&self.checkpoint.location) {
+        if let Err(m) = check_uri(&self.checkpoint.location, CHECKPOINT_SCHEMES) {
             problem("checkpoint.location", m);
         }
         let dead_letters = self.dead_letter_uri();
         if let Some(d) = &self.dead_letters
-            && let Err(m) = check_uri(&d.table)
+            && let Err(m) = check_uri(&d.table, TABLE_SCHEMES)
         {
             problem("dead_letters.table", m);
+        }
+        if (is_s3(&self.table.uri) || is_s3(&dead_letters))
+            && let Err(m) = check_s3_commit_mode(&self.table.storage_options)
+        {
+            problem("table.storage_options", m);
         }
         if dead_letters.trim_end_matches('/') == self.table.uri.trim_end_matches('/') {
             problem("dead_letters.table", "must differ from table.uri".into());
@@ -284,13 +291,46 @@ impl TableSpec {
     }
 }
 
-fn check_uri(uri: &str) -> Result<(), String> {
+fn is_s3(uri: &str) -> bool {
+    uri.starts_with("s3://") || uri.starts_with("s3a://")
+}
+
+/// Delta commits on S3 are safe with conditional put (`If-None-Match`, the
+/// default) or a DynamoDB lock; with neither, two writers can overwrite each
+/// other's commit, which is allowed only when asked for by name.
+fn check_s3_commit_mode(
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let option = |key: &str| {
+        options
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    let conditional_put = option("conditional_put").or_else(|| option("aws_conditional_put"));
+    let dynamodb = option("AWS_S3_LOCKING_PROVIDER").as_deref() == Some("dynamodb");
+    let unsafe_rename = option("AWS_S3_ALLOW_UNSAFE_RENAME").as_deref() == Some("true");
+    if conditional_put.as_deref() == Some("disabled") && !dynamodb && !unsafe_rename {
+        return Err(
+            "conditional_put: disabled leaves concurrent commits unsafe; \
+                    remove it (AWS S3, MinIO and R2 support conditional put), set \
+                    AWS_S3_LOCKING_PROVIDER: dynamodb, or accept lost commits with \
+                    AWS_S3_ALLOW_UNSAFE_RENAME: 'true'"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn check_uri(uri: &str, schemes: &[&str]) -> Result<(), String> {
     if uri.starts_with('/') {
         return Ok(());
     }
     match url::Url::parse(uri) {
-        Ok(u) if SUPPORTED_SCHEMES.contains(&u.scheme()) => {
-            if u.path().is_empty() || u.path() == "/" {
+        Ok(u) if schemes.contains(&u.scheme()) => {
+            if u.scheme() != "file" && u.host_str().is_none_or(str::is_empty) {
+                Err(format!("invalid URI {uri:?}: no bucket"))
+            } else if u.path().is_empty() || u.path() == "/" {
                 Err(format!("invalid URI {uri:?}: no path"))
             } else {
                 Ok(())
@@ -299,7 +339,7 @@ fn check_uri(uri: &str) -> Result<(), String> {
         Ok(u) => Err(format!(
             "unsupported URI scheme {:?} in {uri:?}; supported: {} (or an absolute path)",
             u.scheme(),
-            SUPPORTED_SCHEMES.join(", ")
+            schemes.join(", ")
         )),
         Err(e) => Err(format!("invalid URI {uri:?}: {e}")),
     }
@@ -334,7 +374,7 @@ checkpoint:
                 "s.yaml:4: source.kafka.bootstrap_servers: invalid broker list \"localhost\": write host:port[,host:port...]",
                 "s.yaml:7: source.kafka.properties.enable.auto.commit: set by Tributary itself; use the spec's own fields (bootstrap_servers, group_id, starting_offsets)",
                 "s.yaml:9: source.schema_registry.url: invalid URL \"localhost:8081\": write http(s)://host[:port]",
-                "s.yaml:11: table.uri: unsupported URI scheme \"ftp\" in \"ftp://x/y\"; supported: file (or an absolute path)",
+                "s.yaml:11: table.uri: unsupported URI scheme \"ftp\" in \"ftp://x/y\"; supported: file, s3, s3a (or an absolute path)",
                 "s.yaml:12: table.partition_by[1]: unknown partition transform \"week\"; supported: date(column), hour(column)",
             ]
         );
