@@ -9,7 +9,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError, Path};
 use object_store::ObjectStoreExt as _;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use url::Url;
 
 use crate::COMMIT_INFO_KEY;
@@ -21,7 +21,7 @@ pub struct TableOptions {
     pub uri: String,
     /// Object store options (credentials, endpoint, commit mode) for
     /// `s3://` tables; unset ones come from the environment.
-    pub storage_options: HashMap<String, String>,
+    pub storage_options: BTreeMap<String, String>,
     /// Partition column names (present in every batch written).
     pub partition_columns: Vec<String>,
     pub target_file_size: u64,
@@ -104,6 +104,11 @@ impl DeltaTableSink {
         &self.options.uri
     }
 
+    /// The storage options in the form deltalake takes them.
+    fn storage_options(&self) -> HashMap<String, String> {
+        self.options.storage_options.clone().into_iter().collect()
+    }
+
     pub(crate) fn delta_err(&self) -> impl Fn(DeltaTableError) -> DeltaSinkError + '_ {
         |source| DeltaSinkError::delta(&self.options.uri, source)
     }
@@ -121,7 +126,7 @@ impl DeltaTableSink {
         }
         let builder = DeltaTableBuilder::from_url(self.url.clone())
             .map_err(self.delta_err())?
-            .with_storage_options(self.options.storage_options.clone());
+            .with_storage_options(self.storage_options());
         match builder.load().await {
             Ok(table) => self.table = Some(table),
             Err(DeltaTableError::NotATable(_)) => self.table = None,
@@ -416,7 +421,7 @@ impl DeltaTableSink {
                 })?;
         let created = CreateBuilder::new()
             .with_location(self.url.to_string())
-            .with_storage_options(self.options.storage_options.clone())
+            .with_storage_options(self.storage_options())
             .with_columns(kernel.fields().cloned())
             .with_partition_columns(self.options.partition_columns.clone())
             .with_save_mode(SaveMode::Ignore)

@@ -52,19 +52,26 @@ pub struct PassReport {
     pub error: Option<String>,
 }
 
+impl PassReport {
+    /// The report of a pass over the spec's table starting now.
+    fn starting(spec: &TableSpec) -> PassReport {
+        PassReport {
+            pipeline: spec.pipeline.clone(),
+            table: spec.table.uri.clone(),
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ..PassReport::default()
+        }
+    }
+}
+
 /// Runs one pass over the spec's table: rewrite, checkpoint, log cleanup and
 /// (if asked) vacuum. A missing table is not an error: there is nothing to do.
 pub async fn compact_once(spec: &TableSpec, options: PassOptions) -> Result<PassReport> {
     let started = Instant::now();
     let policy = &spec.compaction;
-    let mut report = PassReport {
-        pipeline: spec.pipeline.clone(),
-        table: spec.table.uri.clone(),
-        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ..PassReport::default()
-    };
+    let mut report = PassReport::starting(spec);
     let mut sink = DeltaTableSink::open_existing(TableOptions {
-        storage_options: spec.table.storage_options.clone().into_iter().collect(),
+        storage_options: spec.table.storage_options.clone(),
         uri: spec.table.uri.clone(),
         partition_columns: Vec::new(),
         target_file_size: policy.target_file_size.0,
@@ -221,12 +228,8 @@ pub async fn run_worker(
             Err(e) => {
                 tracing::warn!(pipeline = %spec.pipeline, error = %e, "compaction pass failed; the next pass starts over");
                 PassReport {
-                    pipeline: spec.pipeline.clone(),
-                    table: spec.table.uri.clone(),
-                    timestamp: chrono::Utc::now()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     error: Some(e.to_string()),
-                    ..PassReport::default()
+                    ..PassReport::starting(&spec)
                 }
             }
         };

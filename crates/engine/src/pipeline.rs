@@ -166,14 +166,14 @@ impl Run<'_> {
         let mut group = Group {
             app_id: app_id(&spec.pipeline, &self.scope.name),
             data: DeltaTableSink::open(TableOptions {
-                storage_options: spec.table.storage_options.clone().into_iter().collect(),
+                storage_options: spec.table.storage_options.clone(),
                 uri: spec.table.uri.clone(),
                 partition_columns: partitions.iter().map(|p| p.name().to_string()).collect(),
                 target_file_size: spec.table.target_file_size.0,
             })
             .await?,
             dead: DeltaTableSink::open(TableOptions {
-                storage_options: spec.table.storage_options.clone().into_iter().collect(),
+                storage_options: spec.table.storage_options.clone(),
                 uri: spec.dead_letter_uri(),
                 partition_columns: vec![],
                 target_file_size: spec.table.target_file_size.0,

@@ -59,14 +59,6 @@ struct GroupStats {
     last_batch_unix: f64,
 }
 
-/// A compaction metric: name, type, help and its value.
-type CompactionFamily = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&CompactionStats) -> Option<f64>,
-);
-
 /// Totals of a pipeline's compaction passes.
 #[derive(Default)]
 struct CompactionStats {
@@ -198,12 +190,7 @@ impl AdminState {
         };
         let mut family =
             |name: &str, kind: &str, help: &str, value: &dyn Fn(&GroupStats) -> Option<f64>| {
-                header(&mut out, name, kind, help);
-                for (key, g) in &inner.groups {
-                    if let Some(v) = value(g) {
-                        let _ = writeln!(out, "{name}{{{}}} {v}", labels(key));
-                    }
-                }
+                write_family(&mut out, name, kind, help, &inner.groups, labels, value)
             };
         family(
             "tributary_batches_total",
@@ -301,71 +288,95 @@ impl AdminState {
                 let _ = writeln!(out, "tributary_batch_step_seconds_count{{{l}}} {}", h.count);
             }
         }
-        let compaction: [CompactionFamily; 9] = [
-            (
-                "tributary_compaction_passes_total",
-                "counter",
-                "Compaction passes completed.",
-                |c| Some(c.passes as f64),
-            ),
-            (
-                "tributary_compaction_failures_total",
-                "counter",
-                "Compaction passes that failed (retried at the next interval).",
-                |c| Some(c.failures as f64),
-            ),
-            (
-                "tributary_compaction_files_removed_total",
-                "counter",
-                "Small files replaced by compaction.",
-                |c| Some(c.files_removed as f64),
-            ),
-            (
-                "tributary_compaction_files_added_total",
-                "counter",
-                "Files written by compaction.",
-                |c| Some(c.files_added as f64),
-            ),
-            (
-                "tributary_compaction_bytes_rewritten_total",
-                "counter",
-                "Bytes of the files compaction replaced.",
-                |c| Some(c.bytes_rewritten as f64),
-            ),
-            (
-                "tributary_compaction_conflicts_total",
-                "counter",
-                "Rewrites dropped because a concurrent commit removed their files.",
-                |c| Some(c.conflicts as f64),
-            ),
-            (
-                "tributary_vacuum_files_deleted_total",
-                "counter",
-                "Unreferenced data files deleted by vacuum.",
-                |c| Some(c.files_vacuumed as f64),
-            ),
-            (
-                "tributary_table_files",
-                "gauge",
-                "Live data files in the table after the last compaction pass.",
-                |c| c.table_files.map(|f| f as f64),
-            ),
-            (
-                "tributary_compaction_last_duration_seconds",
-                "gauge",
-                "Duration of the last compaction pass.",
-                |c| (c.passes > 0).then_some(c.last_duration_seconds),
-            ),
-        ];
-        for (name, kind, help, value) in compaction {
-            header(&mut out, name, kind, help);
-            for (pipeline, c) in &inner.compaction {
-                if let Some(v) = value(c) {
-                    let _ = writeln!(out, "{name}{{pipeline=\"{pipeline}\"}} {v}");
-                }
-            }
-        }
+        let pipeline = |p: &String| format!("pipeline=\"{p}\"");
+        let mut compaction =
+            |name: &str,
+             kind: &str,
+             help: &str,
+             value: &dyn Fn(&CompactionStats) -> Option<f64>| {
+                write_family(
+                    &mut out,
+                    name,
+                    kind,
+                    help,
+                    &inner.compaction,
+                    pipeline,
+                    value,
+                )
+            };
+        compaction(
+            "tributary_compaction_passes_total",
+            "counter",
+            "Compaction passes completed.",
+            &|c| Some(c.passes as f64),
+        );
+        compaction(
+            "tributary_compaction_failures_total",
+            "counter",
+            "Compaction passes that failed (retried at the next interval).",
+            &|c| Some(c.failures as f64),
+        );
+        compaction(
+            "tributary_compaction_files_removed_total",
+            "counter",
+            "Small files replaced by compaction.",
+            &|c| Some(c.files_removed as f64),
+        );
+        compaction(
+            "tributary_compaction_files_added_total",
+            "counter",
+            "Files written by compaction.",
+            &|c| Some(c.files_added as f64),
+        );
+        compaction(
+            "tributary_compaction_bytes_rewritten_total",
+            "counter",
+            "Bytes of the files compaction replaced.",
+            &|c| Some(c.bytes_rewritten as f64),
+        );
+        compaction(
+            "tributary_compaction_conflicts_total",
+            "counter",
+            "Rewrites dropped because a concurrent commit removed their files.",
+            &|c| Some(c.conflicts as f64),
+        );
+        compaction(
+            "tributary_vacuum_files_deleted_total",
+            "counter",
+            "Unreferenced data files deleted by vacuum.",
+            &|c| Some(c.files_vacuumed as f64),
+        );
+        compaction(
+            "tributary_table_files",
+            "gauge",
+            "Live data files in the table after the last compaction pass.",
+            &|c| c.table_files.map(|f| f as f64),
+        );
+        compaction(
+            "tributary_compaction_last_duration_seconds",
+            "gauge",
+            "Duration of the last compaction pass.",
+            &|c| (c.passes > 0).then_some(c.last_duration_seconds),
+        );
         out
+    }
+}
+
+/// Writes a metric family: its header, then one sample per entry that has a value.
+fn write_family<K, S>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    entries: &BTreeMap<K, S>,
+    labels: impl Fn(&K) -> String,
+    value: &dyn Fn(&S) -> Option<f64>,
+) {
+    header(out, name, kind, help);
+    for (key, stats) in entries {
+        if let Some(v) = value(stats) {
+            let _ = writeln!(out, "{name}{{{}}} {v}", labels(key));
+        }
     }
 }
 

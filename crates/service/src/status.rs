@@ -37,7 +37,7 @@ pub async fn run(spec_path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
 async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
     let open = |uri: String, partitions: Vec<String>| {
         DeltaTableSink::open_existing(TableOptions {
-            storage_options: spec.table.storage_options.clone().into_iter().collect(),
+            storage_options: spec.table.storage_options.clone(),
             uri,
             partition_columns: partitions,
             target_file_size: 1 << 20,
