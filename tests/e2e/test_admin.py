@@ -81,6 +81,10 @@ def test_metrics_progress_status_and_dashboards(binary, dev_stack, tmp_path):
             time.sleep(0.3)
         assert get(f"{url}/healthz")[0] == 200
         assert get(f"{url}/readyz")[0] == 200
+        # The container health check command agrees.
+        admin_addr = url.removeprefix("http://")
+        check = subprocess.run([str(binary), "healthcheck", "--admin-addr", admin_addr], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
         # Counters agree with what the tables hold.
         con = duck()
         rows = con.execute(f"select count(*) from delta_scan('{table}')").fetchone()[0]
@@ -124,6 +128,8 @@ def test_metrics_progress_status_and_dashboards(binary, dev_stack, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-3000:]
+    check = subprocess.run([str(binary), "healthcheck", "--admin-addr", admin_addr], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 1 and "unhealthy" in check.stderr
 
     # `status --json` from the table, the checkpoint and the broker.
     status = subprocess.run([str(binary), "status", "--spec", str(spec), "--json"], capture_output=True, text=True, timeout=60)

@@ -1,7 +1,16 @@
 """`tributary demo` runs on its embedded defaults, and its table reads back in DuckDB."""
 
+import io
+import json
 import re
+import signal
 import subprocess
+import time
+import urllib.request
+
+import fastavro
+import pytest
+from confluent_kafka import Consumer
 
 from conftest import duck
 
@@ -28,3 +37,47 @@ def test_demo_table_reads_back_in_duckdb(binary, tmp_path):
     distinct = con.execute(f"select count(distinct event_id) from delta_scan('{table}')").fetchone()[0]
     assert distinct < rows
     assert (demo_dir / "clicks.yaml").exists()
+
+
+@pytest.mark.parametrize("dev_stack", [["gen:3"]], indirect=True)
+def test_produce_only_feeds_an_existing_cluster_and_registry(binary, dev_stack):
+    """`demo --produce-only` (the data generator of docker/compose.yaml):
+    registers the schema, finds the topic (the mock cluster cannot create
+    topics through the admin API; a real broker can), stops cleanly on
+    SIGTERM, and every record it counts is in the topic, readable by fastavro."""
+    proc = subprocess.Popen(
+        [binary, "demo", "--produce-only", "--bootstrap-servers", dev_stack.bootstrap,
+         "--schema-registry-url", dev_stack.registry, "--topic", "gen", "--partitions", "3",
+         "--rate", "2000", "--duration", "1h"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["topic"] == "gen" and report["produced"] >= 2000
+    assert 0 < report["malformed"] < report["produced"]
+
+    with urllib.request.urlopen(f"{dev_stack.registry}/schemas/ids/{report['schemaId']}", timeout=10) as resp:
+        schema = fastavro.parse_schema(json.loads(json.load(resp)["schema"]))
+    consumer = Consumer({"bootstrap.servers": dev_stack.bootstrap, "group.id": "check",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    assert len(consumer.list_topics("gen", timeout=10).topics["gen"].partitions) == 3
+    consumer.subscribe(["gen"])
+    decoded = malformed = 0
+    deadline = time.time() + 60
+    while decoded + malformed < report["produced"] and time.time() < deadline:
+        for msg in consumer.consume(1000, timeout=1):
+            assert msg.error() is None, msg.error()
+            value = msg.value()
+            if value[:1] != b"\x00":
+                malformed += 1
+                continue
+            assert int.from_bytes(value[1:5], "big") == report["schemaId"]
+            record = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema)
+            assert record["device"] in ("desktop", "mobile", "tablet")
+            decoded += 1
+    consumer.close()
+    assert malformed == report["malformed"]
+    assert decoded + malformed == report["produced"]

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tributary_engine::{BatchProgress, PipelineOptions, run_pipeline};
 
@@ -15,6 +18,100 @@ use crate::dev::generator::{CLICK_SCHEMA, ClickStream, frame};
 use crate::readback;
 
 const TOPIC: &str = "clicks";
+
+/// Where `demo --produce-only` sends its click stream.
+pub struct ProduceTarget {
+    pub bootstrap_servers: String,
+    pub schema_registry_url: String,
+    pub topic: String,
+    pub partitions: i32,
+}
+
+/// Produces the demo's click stream into an existing cluster and registry
+/// (a local stack, a load test) until `duration` ends or `stop` is set, then
+/// prints one JSON line: what was produced.
+pub async fn produce_only(
+    target: ProduceTarget,
+    duration: Duration,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let client = tributary_avro::RegistryClient::new(tributary_avro::RegistryConfig {
+        url: target.schema_registry_url.clone(),
+        auth: tributary_avro::RegistryAuth::None,
+        timeout: Duration::from_secs(10),
+        max_retries: 5,
+    })?;
+    let subject = format!("{}-value", target.topic);
+    let schema_id = client
+        .register(&subject, CLICK_SCHEMA)
+        .await
+        .with_context(|| format!("registering {subject} at {}", target.schema_registry_url))?;
+    ensure_topic(&target).await?;
+    eprintln!(
+        "producing about {rate} click events/s to {} on {} (schema id {schema_id}) for {duration:?}",
+        target.topic, target.bootstrap_servers
+    );
+    let produced = produce(
+        &target.bootstrap_servers,
+        &target.topic,
+        schema_id,
+        duration,
+        rate,
+        stop,
+    )
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "topic": target.topic,
+            "schemaId": schema_id,
+            "produced": produced.total,
+            "duplicates": produced.duplicates,
+            "late": produced.late,
+            "malformed": produced.malformed,
+        })
+    );
+    Ok(())
+}
+
+/// Creates the topic unless it exists, so the stream is spread over
+/// `partitions` partitions rather than the broker's auto-create default.
+async fn ensure_topic(target: &ProduceTarget) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &target.bootstrap_servers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(&target.topic), Duration::from_secs(30))
+        .with_context(|| format!("reading metadata from {}", target.bootstrap_servers))?;
+    if metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == target.topic && t.error().is_none() && !t.partitions().is_empty())
+    {
+        return Ok(());
+    }
+    let topic = NewTopic::new(&target.topic, target.partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&topic], &options)
+        .await
+        .with_context(|| {
+            format!(
+                "creating topic {} on {}",
+                target.topic, target.bootstrap_servers
+            )
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
 
 pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<()> {
     if dir.exists() {
@@ -72,7 +169,15 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
     println!(
         "Producing about {rate} click events/s for {duration:?} (out of order, late, duplicated, and a few malformed)..."
     );
-    let produced = produce(&bootstrap, schema_id, duration, rate).await?;
+    let produced = produce(
+        &bootstrap,
+        TOPIC,
+        schema_id,
+        duration,
+        rate,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await?;
     println!(
         "Produced {} records: {} duplicates, {} late, {} malformed",
         produced.total, produced.duplicates, produced.late, produced.malformed
@@ -164,11 +269,14 @@ struct Produced {
 
 async fn produce(
     bootstrap: &str,
+    topic: &str,
     schema_id: u32,
     duration: Duration,
     rate: u64,
+    stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Produced> {
     let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -179,7 +287,7 @@ async fn produce(
         let started = Instant::now();
         let mut malformed = 0u64;
         let mut sent = 0u64;
-        while started.elapsed() < duration {
+        while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
             let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
                 let now_ms = chrono::Utc::now().timestamp_millis();
@@ -190,7 +298,7 @@ async fn produce(
                     frame(schema_id, &stream.next(now_ms))
                 };
                 let key = (sent % 997).to_string();
-                let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload);
+                let mut record = BaseRecord::to(&topic).key(&key).payload(&payload);
                 loop {
                     match producer.send(record) {
                         Ok(()) => break,

@@ -45,7 +45,8 @@ enum Command {
     /// commits, then the process exits 0), or until drained with
     /// `trigger.available_now: true`.
     Run {
-        /// Table spec files (YAML); each runs as its own pipeline.
+        /// Table spec files (YAML), or directories whose `*.yaml` / `*.yml`
+        /// files are all specs; each spec runs as its own pipeline.
         #[arg(long = "spec", required = true, num_args = 1..)]
         specs: Vec<PathBuf>,
         /// Append one JSON line per committed batch to this file.
@@ -64,6 +65,7 @@ enum Command {
     /// log files and vacuum. Safe while `tributary run` ingests. Prints one
     /// JSON report per table.
     Compact {
+        /// Table spec files, or directories of them (as for `run`).
         #[arg(long = "spec", required = true, num_args = 1..)]
         specs: Vec<PathBuf>,
         /// Skip vacuum.
@@ -83,6 +85,7 @@ enum Command {
     /// and exit 1 if there is any. Column references are checked against the
     /// latest schema of `<topic>-value` when the registry answers.
     Validate {
+        /// Table spec files, or directories of them (as for `run`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Do not contact the schema registry.
@@ -91,6 +94,8 @@ enum Command {
     },
     /// Try Tributary with nothing installed: an in-process Kafka and schema
     /// registry, a generated click stream, a Delta table under --dir.
+    /// With --produce-only: only the click stream, sent to an existing Kafka
+    /// cluster and schema registry (the data generator of a local stack).
     Demo {
         /// Where the demo's tables, checkpoints and spec go (recreated).
         #[arg(long, default_value = "./tributary-demo")]
@@ -101,6 +106,23 @@ enum Command {
         /// Events per second.
         #[arg(long, default_value_t = 5000)]
         rate: u64,
+        /// Only produce: register the click schema as `<topic>-value`, create
+        /// the topic if missing, produce until --duration ends or SIGINT /
+        /// SIGTERM, and print one JSON line of what was produced.
+        #[arg(long, requires_all = ["bootstrap_servers", "schema_registry_url"])]
+        produce_only: bool,
+        /// Kafka brokers (`host:port,...`) for --produce-only.
+        #[arg(long, requires = "produce_only")]
+        bootstrap_servers: Option<String>,
+        /// Schema registry URL for --produce-only.
+        #[arg(long, requires = "produce_only")]
+        schema_registry_url: Option<String>,
+        /// Topic for --produce-only.
+        #[arg(long, default_value = "clicks")]
+        topic: String,
+        /// Partitions of the topic when --produce-only creates it.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
     },
     /// Start the development stack (mock Kafka cluster and schema registry) and
     /// keep it up until interrupted; prints its addresses as one JSON line.
@@ -119,6 +141,13 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: bench::Bench,
+    },
+    /// Exit 0 when the admin server of a running `tributary run` answers
+    /// `/healthz` with 200 (a container's health check; no curl needed).
+    Healthcheck {
+        /// Address of the admin server.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin_addr: std::net::SocketAddr,
     },
     /// Print the spec reference (Markdown) generated from the spec structs.
     SpecReference,
@@ -193,9 +222,32 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { files, offline } => validate(files, offline).await,
         Command::Demo {
+            produce_only: true,
+            bootstrap_servers: Some(bootstrap_servers),
+            schema_registry_url: Some(schema_registry_url),
+            topic,
+            partitions,
+            duration,
+            rate,
+            ..
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(stop.clone());
+            let target = demo::ProduceTarget {
+                bootstrap_servers,
+                schema_registry_url,
+                topic,
+                partitions,
+            };
+            demo::produce_only(target, duration, rate, stop)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Demo {
             dir,
             duration,
             rate,
+            ..
         } => demo::run(dir, duration, rate)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -207,6 +259,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Bench { which } => bench::run(which).await.map(|()| ExitCode::SUCCESS),
+        Command::Healthcheck { admin_addr } => healthcheck(admin_addr).await,
         Command::SpecReference => {
             print!("{}", tributary_spec::reference_markdown());
             Ok(ExitCode::SUCCESS)
@@ -221,11 +274,39 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The spec files named on the command line: files as given, directories
+/// expanded to their `*.yaml` / `*.yml` files in name order.
+fn spec_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            })
+            .collect();
+        if found.is_empty() {
+            anyhow::bail!("{} holds no *.yaml or *.yml spec", path.display());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
 /// Parses every spec, printing all problems of all files.
-fn load_specs(files: &[PathBuf]) -> Option<Vec<TableSpec>> {
+fn load_specs(paths: &[PathBuf]) -> anyhow::Result<Option<Vec<TableSpec>>> {
+    let files = spec_files(paths)?;
     let mut specs = Vec::new();
     let mut ok = true;
-    for f in files {
+    for f in &files {
         match parse_spec_file(f) {
             Ok(s) => specs.push(s),
             Err(e) => {
@@ -236,7 +317,7 @@ fn load_specs(files: &[PathBuf]) -> Option<Vec<TableSpec>> {
             }
         }
     }
-    ok.then_some(specs)
+    Ok(ok.then_some(specs))
 }
 
 async fn run(
@@ -245,7 +326,7 @@ async fn run(
     admin_addr: std::net::SocketAddr,
     admin_allow_remote: bool,
 ) -> anyhow::Result<ExitCode> {
-    let Some(specs) = load_specs(&files) else {
+    let Some(specs) = load_specs(&files)? else {
         return Ok(ExitCode::FAILURE);
     };
     // A group with records waiting and no batch for ten trigger intervals (at
@@ -315,7 +396,7 @@ async fn run(
 }
 
 async fn compact(files: Vec<PathBuf>, vacuum: bool) -> anyhow::Result<ExitCode> {
-    let Some(specs) = load_specs(&files) else {
+    let Some(specs) = load_specs(&files)? else {
         return Ok(ExitCode::FAILURE);
     };
     for spec in specs {
@@ -370,9 +451,27 @@ fn spawn_signal_handler(stop: Arc<AtomicBool>) {
     });
 }
 
-async fn validate(files: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {
+async fn healthcheck(admin_addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let url = format!("http://{admin_addr}/healthz");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(response) => {
+            eprintln!("unhealthy: {url} answered {}", response.status());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {
     let mut failed = false;
-    for f in &files {
+    for f in &spec_files(&paths)? {
         let spec = match parse_spec_file(f) {
             Ok(s) => s,
             Err(e) => {
