@@ -35,3 +35,27 @@ python_venv() {
         cp tests/requirements.txt "$stamp"
     fi
 }
+
+# What the deployment tests run instead of Docker and Terraform, which this
+# machine lacks: docker-compose (Debian's) to check the compose file, and
+# checkov in its own virtualenv.
+CHECKOV_VENV="${TRIBUTARY_CHECKOV_VENV:-$HOME/.cache/tributary/checkov-venv}"
+
+deployment_checkers() {
+    if ! command -v docker-compose >/dev/null; then
+        step "installing docker-compose"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-compose
+    fi
+    local stamp="$CHECKOV_VENV/.requirements"
+    if [ ! -x "$CHECKOV_VENV/bin/checkov" ] || ! cmp -s tests/deployment-requirements.txt "$stamp"; then
+        step "checkov virtualenv at $CHECKOV_VENV"
+        python3 -m venv "$CHECKOV_VENV"
+        "$CHECKOV_VENV/bin/pip" install -q --upgrade pip
+        "$CHECKOV_VENV/bin/pip" install -q -r tests/deployment-requirements.txt
+        cp tests/deployment-requirements.txt "$stamp"
+    fi
+    export CHECKOV="$CHECKOV_VENV/bin/checkov"
+}

@@ -1,0 +1,179 @@
+resource "aws_cloudwatch_log_group" "tributary" {
+  name              = "/tributary/${var.name}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.lake.arn
+  tags              = var.tags
+}
+
+resource "aws_ecs_cluster" "tributary" {
+  name = "tributary-${var.name}"
+  tags = var.tags
+
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+}
+
+locals {
+  specs_dir = "/etc/tributary/specs"
+  state_dir = "/var/lib/tributary"
+
+  log_configuration = {
+    logDriver = "awslogs"
+    options = {
+      awslogs-group         = aws_cloudwatch_log_group.tributary.name
+      awslogs-region        = local.region
+      awslogs-stream-prefix = "tributary"
+    }
+  }
+
+  environment = merge(
+    {
+      KAFKA_BOOTSTRAP_SERVERS = var.kafka_bootstrap_servers
+      SCHEMA_REGISTRY_URL     = var.schema_registry_url
+      TRIBUTARY_LAKE          = "s3://${aws_s3_bucket.lake.bucket}/${var.lake_prefix}"
+      # The local checkpoint is lost with the task; a new task recovers from
+      # the batch ids committed in each table (docs/deployment.md).
+      TRIBUTARY_CHECKPOINTS = "file://${local.state_dir}/checkpoints"
+      AWS_REGION            = local.region
+      # Changes with any spec, so editing a spec rolls the service onto it.
+      TRIBUTARY_SPECS_DIGEST = sha256(jsonencode(var.specs))
+    },
+    var.environment,
+  )
+
+  connection_secrets = concat(
+    var.kafka_sasl_scram_secret_arn == null ? [] : [
+      { name = "KAFKA_SASL_USERNAME", valueFrom = "${var.kafka_sasl_scram_secret_arn}:username::" },
+      { name = "KAFKA_SASL_PASSWORD", valueFrom = "${var.kafka_sasl_scram_secret_arn}:password::" },
+    ],
+    var.schema_registry_credentials_secret_arn == null ? [] : [
+      { name = "SCHEMA_REGISTRY_BASIC_AUTH", valueFrom = "${var.schema_registry_credentials_secret_arn}:basic_auth::" },
+    ],
+  )
+
+  # s3: the AWS CLI copies the spec objects into the shared volume.
+  s3_spec_loader = {
+    name                   = "load-specs"
+    image                  = var.spec_loader_image
+    essential              = false
+    readonlyRootFilesystem = true
+    command                = ["s3", "cp", "--recursive", "--only-show-errors", "s3://${aws_s3_bucket.lake.bucket}/${local.spec_prefix}/", "${local.specs_dir}/"]
+    environment            = [{ name = "HOME", value = "/tmp" }]
+    mountPoints = [
+      { sourceVolume = "specs", containerPath = local.specs_dir, readOnly = false },
+      { sourceVolume = "loader-tmp", containerPath = "/tmp", readOnly = false },
+    ]
+    logConfiguration = local.log_configuration
+  }
+
+  # ssm: ECS injects each parameter as an environment variable; a shell in
+  # the Tributary image writes them out as files.
+  ssm_spec_names = sort(keys(var.specs))
+  ssm_spec_loader = {
+    name                   = "load-specs"
+    image                  = var.image
+    essential              = false
+    readonlyRootFilesystem = true
+    # The task-local volume is root-owned until written; Tributary itself runs as 10001.
+    user       = "0"
+    entryPoint             = ["/bin/sh", "-c"]
+    command = [join(" && ", [
+      for i, n in local.ssm_spec_names : "printf '%s' \"$TRIBUTARY_SPEC_${i}\" > ${local.specs_dir}/${n}.yaml"
+    ])]
+    secrets = [
+      for i, n in local.ssm_spec_names : { name = "TRIBUTARY_SPEC_${i}", valueFrom = try(aws_ssm_parameter.spec[n].arn, "") }
+    ]
+    mountPoints      = [{ sourceVolume = "specs", containerPath = local.specs_dir, readOnly = false }]
+    logConfiguration = local.log_configuration
+  }
+
+  tributary_container = {
+    name                   = "tributary"
+    image                  = var.image
+    essential              = true
+    readonlyRootFilesystem = true
+    command                = ["run", "--spec", local.specs_dir]
+    dependsOn              = [{ containerName = "load-specs", condition = "SUCCESS" }]
+    environment            = [for k, v in local.environment : { name = k, value = v }]
+    secrets                = local.connection_secrets
+    mountPoints = [
+      { sourceVolume = "specs", containerPath = local.specs_dir, readOnly = true },
+      { sourceVolume = "state", containerPath = local.state_dir, readOnly = false },
+    ]
+    healthCheck = {
+      command     = ["CMD", "tributary", "healthcheck"]
+      interval    = 30
+      timeout     = 5
+      retries     = 3
+      startPeriod = 60
+    }
+    # SIGTERM commits the batch in flight; give it the most Fargate allows.
+    stopTimeout      = 120
+    ulimits          = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
+    logConfiguration = local.log_configuration
+  }
+}
+
+resource "aws_ecs_task_definition" "tributary" {
+  family                   = "tributary-${var.name}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.cpu
+  memory                   = var.memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+  tags                     = var.tags
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = "X86_64"
+  }
+
+  ephemeral_storage {
+    size_in_gib = var.ephemeral_storage_gib
+  }
+
+  # Task-local volumes: the specs the loader writes, Tributary's state.
+  volume {
+    name = "specs"
+  }
+  volume {
+    name = "state"
+  }
+  volume {
+    name = "loader-tmp"
+  }
+
+  # The two loaders are objects of different types, which a conditional
+  # cannot return: choose between their JSON texts instead.
+  container_definitions = format("[%s,%s]",
+    var.spec_store == "s3" ? jsonencode(local.s3_spec_loader) : jsonencode(local.ssm_spec_loader),
+    jsonencode(local.tributary_container),
+  )
+}
+
+resource "aws_ecs_service" "tributary" {
+  name                               = "tributary-${var.name}"
+  cluster                            = aws_ecs_cluster.tributary.id
+  task_definition                    = aws_ecs_task_definition.tributary.arn
+  desired_count                      = var.desired_count
+  launch_type                        = "FARGATE"
+  deployment_minimum_healthy_percent = var.deployment_minimum_healthy_percent
+  deployment_maximum_percent         = var.deployment_minimum_healthy_percent == 0 ? 100 : 200
+  enable_execute_command             = false
+  propagate_tags                     = "SERVICE"
+  tags                               = var.tags
+
+  network_configuration {
+    subnets          = var.subnet_ids
+    security_groups  = [aws_security_group.tributary.id]
+    assign_public_ip = false
+  }
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+}
