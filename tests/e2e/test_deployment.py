@@ -107,7 +107,7 @@ def test_example_specs_validate_against_their_schemas(binary, dev_stack):
     register_example_schemas(dev_stack, EXAMPLE / "specs", EXAMPLE / "schemas")
     lines = validate_online(binary, dev_stack, EXAMPLE / "specs", {
         "TRIBUTARY_LAKE": "s3://example-lake/lake",
-        "TRIBUTARY_CHECKPOINTS": "file:///var/lib/tributary/checkpoints",
+        "TRIBUTARY_CHECKPOINTS": "s3://example-lake/checkpoints",
         "KAFKA_SASL_USERNAME": "tributary",
         "KAFKA_SASL_PASSWORD": "not-a-secret",
         "SCHEMA_REGISTRY_BASIC_AUTH": "key:not-a-secret",
@@ -143,6 +143,7 @@ def test_compose_stack_is_pinned_and_runs_the_example_specs_on_minio(binary, dev
     # Tables go to the bucket minio-init creates.
     bucket = re.search(r"mc mb --ignore-existing \w+/([\w-]+)", " ".join(services["minio-init"]["command"])).group(1)
     assert env["TRIBUTARY_LAKE"] == f"s3://{bucket}"
+    assert env["TRIBUTARY_CHECKPOINTS"].startswith(f"s3://{bucket}/")
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     # The generator feeds the topic the specs read.
     generator = services["generator"]["command"]

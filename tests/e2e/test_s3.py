@@ -1,9 +1,11 @@
-"""Tables on S3: moto's S3 server (which implements conditional put) started
-on a loopback port; the table is read back from S3 by Python deltalake.
+"""Tables and checkpoints on S3: moto's S3 server (which implements
+conditional put) started on a loopback port; the table is read back from S3
+by Python deltalake, the objects listed with boto3.
 
-The checkpoint location is local disk (s3:// checkpoints are not built yet):
-a replacement instance that lost it resumes from the table's own commit
-records, and this test wipes it to prove that."""
+Two recoveries are proven: with a local checkpoint that a replacement node
+lost (it resumes from the table's own commit records), and with an s3://
+checkpoint, from which a node with an empty disk re-runs a crashed batch with
+exactly its recorded offsets and deletes the crashed attempt's files."""
 
 import json
 import shutil
@@ -15,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import boto3
 import pytest
 from deltalake import DeltaTable
 
@@ -117,7 +120,77 @@ checkpoint: {location: /c}
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_s3_checkpoints_are_refused_until_built(binary, tmp_path):
+def s3_objects(options, prefix):
+    client = boto3.client("s3", endpoint_url=options["AWS_ENDPOINT_URL"], region_name=options["AWS_REGION"],
+                          aws_access_key_id=options["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=options["AWS_SECRET_ACCESS_KEY"])
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return client, keys
+
+
+def live_keys(table):
+    return {u.removeprefix(f"s3://{BUCKET}/") for u in table.file_uris()}
+
+
+def committed_batches(table):
+    out = {}
+    for h in table.history():
+        if "tributary" in h:
+            info = json.loads(h["tributary"]) if isinstance(h["tributary"], str) else h["tributary"]
+            out.setdefault(info["batchId"], []).append(info)
+    return out
+
+
+@pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
+def test_s3_checkpoint_lets_an_empty_node_finish_a_crashed_batch_exactly(binary, dev_stack, tmp_path, s3):
+    produce_ids(dev_stack, "eo", 0, 3000)
+    spec = s3_spec(dev_stack, tmp_path, s3, available_now=True)
+    checkpoint = f"s3://{BUCKET}/checkpoints/eo"
+    text = spec.read_text().replace(f"'file://{tmp_path / 'ckpt'}'", f"'{checkpoint}'")
+    # No compaction: every parquet object must then be a live file of the table.
+    text = text.replace("compaction:\n  interval: 2s\n  min_files: 3\n", "compaction:\n  enabled: false\n")
+    assert checkpoint in text and "enabled: false" in text
+    spec.write_text(text)
+
+    # Batch 2's files are uploaded, its commit never happens.
+    crashed = run_spec(binary, spec, env={"TRIBUTARY_CRASH_AT": "after_files@2"})
+    assert crashed.returncode != 0 and "aborting at after_files of batch 2" in crashed.stderr, crashed.stderr[-2000:]
+    assert not (tmp_path / "ckpt").exists(), "a local checkpoint was written"
+    client, keys = s3_objects(s3, "checkpoints/eo/offsets/topic/")
+    plan_key = "checkpoints/eo/offsets/topic/00000000000000000002.json"
+    assert plan_key in keys, keys
+    announced = [k for k in keys if k.startswith("checkpoints/eo/offsets/topic/00000000000000000002.files/")]
+    assert announced, "batch 2's files were not announced on S3"
+    plan = json.loads(client.get_object(Bucket=BUCKET, Key=plan_key)["Body"].read())
+    table = DeltaTable(f"s3://{BUCKET}/lake/eo", storage_options=s3)
+    assert sorted(committed_batches(table)) == [0, 1]
+    _, data = s3_objects(s3, "lake/eo/")
+    orphans = {k for k in data if k.endswith(".parquet")} - live_keys(table)
+    assert orphans, "the crashed attempt left no file to clean up"
+
+    # A new process with nothing local: everything comes from S3.
+    drained = run_spec(binary, spec)
+    assert drained.returncode == 0, drained.stderr[-3000:]
+    assert "re-running the last planned batch with its recorded offsets" in drained.stderr
+    assert "removed data files of a failed attempt" in drained.stderr
+
+    table = DeltaTable(f"s3://{BUCKET}/lake/eo", storage_options=s3)
+    ids = table.to_pyarrow_table(columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "duplicated ids"
+    assert sorted(ids) == list(range(3000))
+    batches = committed_batches(table)
+    assert sorted(batches) == list(range(len(batches))) and all(len(v) == 1 for v in batches.values())
+    # Batch 2 landed with exactly the offsets recorded before the crash.
+    [batch2] = batches[2]
+    assert batch2["ranges"] == plan["ranges"]["ranges"] and batch2["ranges"]
+    _, data = s3_objects(s3, "lake/eo/")
+    on_s3 = {k for k in data if k.endswith(".parquet")}
+    assert on_s3 == live_keys(table), f"unreferenced files: {sorted(on_s3 - live_keys(table))[:5]}"
+
+
+def test_s3_checkpoint_without_conditional_put_is_refused(binary, tmp_path):
     spec = tmp_path / "ckpt.yaml"
     spec.write_text("""pipeline: p
 source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
@@ -125,5 +198,10 @@ table: {uri: s3://bucket/t}
 checkpoint: {location: s3://bucket/checkpoints/p}
 """)
     out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    spec.write_text(spec.read_text().replace(
+        "checkpoint: {location: s3://bucket/checkpoints/p}",
+        "checkpoint: {location: s3://bucket/checkpoints/p, storage_options: {conditional_put: disabled, AWS_S3_ALLOW_UNSAFE_RENAME: 'true'}}"))
+    out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
     assert out.returncode == 1
-    assert 'checkpoint.location: unsupported URI scheme "s3"' in out.stdout + out.stderr
+    assert "checkpoint.storage_options: an s3:// checkpoint needs conditional put" in out.stdout + out.stderr

@@ -23,10 +23,11 @@ use serde_json::{Map, Value, json};
 use crate::error::{DeltaSinkError, Result};
 
 /// Records the names of data files before they are written.
+#[async_trait::async_trait]
 pub trait FileIntent: Send + Sync {
     /// Durably notes that `path` (relative to the table root) is about to be
     /// written. Called before every file.
-    fn announce(&self, table_uri: &str, path: &str) -> std::io::Result<()>;
+    async fn announce(&self, table_uri: &str, path: &str) -> std::io::Result<()>;
 }
 
 /// Parquet settings of data files.
@@ -177,6 +178,7 @@ pub(crate) async fn upload_files(
         let path = format!("{dir}part-{name}-{n:05}.snappy.parquet");
         intent
             .announce(table_uri, &path)
+            .await
             .map_err(|e| DeltaSinkError::Corrupt {
                 uri: table_uri.to_string(),
                 message: format!("cannot record the data file about to be written: {e}"),

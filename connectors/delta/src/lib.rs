@@ -8,6 +8,7 @@ mod error;
 mod files;
 mod maintenance;
 mod partitioning;
+mod store;
 mod table;
 
 pub use dead_letters::dead_letter_batch;
@@ -15,6 +16,7 @@ pub use error::{DeltaSinkError, Result};
 pub use files::{BatchEncoder, EncodedBatch, EncodedFile, FileIntent};
 pub use maintenance::{DataFile, REWRITE_INFO_KEY, Rewrite, RewriteOutcome};
 pub use partitioning::add_partition_columns;
+pub use store::object_store_for;
 pub use table::{
     BatchCommit, BatchRows, CommitMarker, CommitOutcome, DeltaTableSink, TableOptions,
 };

@@ -67,8 +67,9 @@ pub struct RewriteOutcome {
 /// happens they are unreferenced files, which vacuum deletes.
 struct NoIntent;
 
+#[async_trait::async_trait]
 impl FileIntent for NoIntent {
-    fn announce(&self, _table_uri: &str, _path: &str) -> std::io::Result<()> {
+    async fn announce(&self, _table_uri: &str, _path: &str) -> std::io::Result<()> {
         Ok(())
     }
 }

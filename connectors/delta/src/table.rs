@@ -88,8 +88,7 @@ impl DeltaTableSink {
     }
 
     async fn open_with(options: TableOptions, create: bool) -> Result<DeltaTableSink> {
-        static S3_HANDLERS: std::sync::Once = std::sync::Once::new();
-        S3_HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
+        crate::store::register_s3();
         let url = table_url(&options.uri, create)?;
         let mut sink = DeltaTableSink {
             options,
@@ -501,8 +500,9 @@ mod tests {
     #[derive(Default)]
     struct Announced(Mutex<Vec<String>>);
 
+    #[async_trait::async_trait]
     impl FileIntent for Announced {
-        fn announce(&self, _table: &str, path: &str) -> std::io::Result<()> {
+        async fn announce(&self, _table: &str, path: &str) -> std::io::Result<()> {
             self.0.lock().unwrap().push(path.to_string());
             Ok(())
         }

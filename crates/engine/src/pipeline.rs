@@ -179,7 +179,12 @@ impl Run<'_> {
                 target_file_size: spec.table.target_file_size.0,
             })
             .await?,
-            log: OffsetLog::open(&spec.checkpoint.location, &self.scope.name)?,
+            log: OffsetLog::open(
+                &spec.checkpoint.location,
+                spec.checkpoint_storage_options(),
+                &self.scope.name,
+            )
+            .await?,
             known_latest: BTreeMap::new(),
         };
         let kafka = &spec.source.kafka;
@@ -191,7 +196,7 @@ impl Run<'_> {
 
         // Recovery: the newest recorded plan is re-run with exactly its
         // ranges unless every table it touches already has it.
-        let last_plan = match group.log.latest()? {
+        let last_plan = match group.log.latest().await? {
             Some(plan) => Some(self.reconcile(&mut group, plan).await?),
             None => None,
         };
@@ -365,7 +370,7 @@ impl Run<'_> {
                 dead_letters: batch.read.dead_letters.len() as u64,
             };
             let t = Instant::now();
-            match group.log.record(&plan) {
+            match group.log.record(&plan).await {
                 Ok(None) => {}
                 Ok(Some(recorded)) if recorded.ranges == plan.ranges => {}
                 Ok(Some(_)) => {
@@ -422,7 +427,7 @@ impl Run<'_> {
             pipeline = %self.spec.pipeline, local = plan.batch_id, table = table_plan.batch_id,
             "another instance committed batches this checkpoint did not plan; adopting the table's record"
         );
-        group.log.adopt(&table_plan)?;
+        group.log.adopt(&table_plan).await?;
         Ok(table_plan)
     }
 
@@ -660,7 +665,7 @@ async fn remove_failed_attempts(
     plan: &BatchPlan,
     committed_now: usize,
 ) -> Result<()> {
-    let announced = g.log.announced(plan.batch_id)?;
+    let announced = g.log.announced(plan.batch_id).await?;
     let total: usize = announced.values().map(Vec::len).sum();
     if total <= committed_now {
         return Ok(());

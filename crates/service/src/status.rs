@@ -85,16 +85,16 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
         let app = app_id(&spec.pipeline, &group);
         let marker = data.last_marker(&app).await?;
         let committed = data.committed_batch(&app).await?;
-        // Read only: a checkpoint that does not exist is not created.
-        let checkpoint = spec
-            .checkpoint
-            .location
-            .strip_prefix("file://")
-            .unwrap_or(&spec.checkpoint.location);
-        let planned = if Path::new(checkpoint).join("offsets").join(&group).is_dir() {
-            OffsetLog::open(&spec.checkpoint.location, &group)
-                .ok()
-                .and_then(|l| l.latest().ok().flatten())
+        // Read only: a local checkpoint that does not exist is not created
+        // (opening one on an object store creates nothing).
+        let location = &spec.checkpoint.location;
+        let on_object_store = location.starts_with("s3://") || location.starts_with("s3a://");
+        let local = Path::new(location.strip_prefix("file://").unwrap_or(location));
+        let planned = if on_object_store || local.join("offsets").join(&group).is_dir() {
+            match OffsetLog::open(location, spec.checkpoint_storage_options(), &group).await {
+                Ok(log) => log.latest().await.ok().flatten(),
+                Err(_) => None,
+            }
         } else {
             None
         };

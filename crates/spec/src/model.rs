@@ -212,8 +212,15 @@ impl Default for TriggerSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
-    /// URI of the checkpoint directory (`file://` or a plain absolute path).
+    /// URI of the checkpoint directory: `file:///abs/path` (or a plain
+    /// absolute path), or `s3://bucket/prefix`, so a replacement node with an
+    /// empty disk resumes from object storage alone. Plans are created with
+    /// conditional put (`If-None-Match`), which an `s3://` checkpoint requires.
     pub location: String,
+    /// Object store options of an `s3://` checkpoint, named as for
+    /// `table.storage_options`. Default: the table's.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
 }
 
 /// Dead-letter table.
@@ -441,6 +448,15 @@ impl TableSpec {
             .iter()
             .filter_map(|e| PartitionColumn::parse(e).ok())
             .collect()
+    }
+
+    /// Object store options of the checkpoint location: its own, or the table's.
+    pub fn checkpoint_storage_options(&self) -> &BTreeMap<String, String> {
+        if self.checkpoint.storage_options.is_empty() {
+            &self.table.storage_options
+        } else {
+            &self.checkpoint.storage_options
+        }
     }
 
     /// URI of the dead-letter table.

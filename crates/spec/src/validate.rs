@@ -21,7 +21,7 @@ const MIN_VACUUM_RETENTION: std::time::Duration = std::time::Duration::from_secs
 /// URI schemes a table may use.
 const TABLE_SCHEMES: &[&str] = &["file", "s3", "s3a"];
 /// URI schemes a checkpoint location may use.
-const CHECKPOINT_SCHEMES: &[&str] = &["file"];
+const CHECKPOINT_SCHEMES: &[&str] = &["file", "s3", "s3a"];
 
 impl TableSpec {
     /// Every semantic problem as (path, message). Pure: no I/O.
@@ -123,6 +123,17 @@ impl TableSpec {
         }
         if let Err(m) = check_uri(&self.checkpoint.location, CHECKPOINT_SCHEMES) {
             problem("checkpoint.location", m);
+        }
+        if is_s3(&self.checkpoint.location)
+            && option(self.checkpoint_storage_options(), "conditional_put").as_deref()
+                == Some("disabled")
+        {
+            problem(
+                "checkpoint.storage_options",
+                "an s3:// checkpoint needs conditional put (two instances must never record \
+                 different plans for one batch); remove conditional_put: disabled"
+                    .into(),
+            );
         }
         let dead_letters = self.dead_letter_uri();
         if let Some(d) = &self.dead_letters
@@ -298,18 +309,24 @@ fn is_s3(uri: &str) -> bool {
 /// Delta commits on S3 are safe with conditional put (`If-None-Match`, the
 /// default) or a DynamoDB lock; with neither, two writers can overwrite each
 /// other's commit, which is allowed only when asked for by name.
-fn check_s3_commit_mode(
-    options: &std::collections::BTreeMap<String, String>,
-) -> Result<(), String> {
-    let option = |key: &str| {
+/// A storage option by case-insensitive name, trimmed and lowercased;
+/// `conditional_put` also answers to its `aws_` alias.
+fn option(options: &std::collections::BTreeMap<String, String>, key: &str) -> Option<String> {
+    let find = |key: &str| {
         options
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.trim().to_ascii_lowercase())
     };
-    let conditional_put = option("conditional_put").or_else(|| option("aws_conditional_put"));
-    let dynamodb = option("AWS_S3_LOCKING_PROVIDER").as_deref() == Some("dynamodb");
-    let unsafe_rename = option("AWS_S3_ALLOW_UNSAFE_RENAME").as_deref() == Some("true");
+    find(key).or_else(|| find(&format!("aws_{key}")))
+}
+
+fn check_s3_commit_mode(
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let conditional_put = option(options, "conditional_put");
+    let dynamodb = option(options, "AWS_S3_LOCKING_PROVIDER").as_deref() == Some("dynamodb");
+    let unsafe_rename = option(options, "AWS_S3_ALLOW_UNSAFE_RENAME").as_deref() == Some("true");
     if conditional_put.as_deref() == Some("disabled") && !dynamodb && !unsafe_rename {
         return Err(
             "conditional_put: disabled leaves concurrent commits unsafe; \
@@ -408,6 +425,37 @@ compaction:
         );
         let report = parse_spec("s.yaml", &forced).unwrap_err().report();
         assert_eq!(report.len(), 3, "{report:?}");
+    }
+
+    #[test]
+    fn s3_checkpoints_need_conditional_put_and_default_to_the_table_options() {
+        let src = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table:
+  uri: s3://lake/t
+  storage_options: {AWS_REGION: eu-west-1}
+checkpoint: {location: s3://lake/checkpoints/p}
+";
+        let spec = parse_spec("s.yaml", src).unwrap();
+        assert_eq!(spec.checkpoint_storage_options()["AWS_REGION"], "eu-west-1");
+        let own = src.replace(
+            "location: s3://lake/checkpoints/p}",
+            "location: s3://lake/checkpoints/p, storage_options: {AWS_REGION: us-east-1}}",
+        );
+        let spec = parse_spec("s.yaml", &own).unwrap();
+        assert_eq!(spec.checkpoint_storage_options()["AWS_REGION"], "us-east-1");
+        // The table may opt into unsafe commits; the checkpoint may not.
+        let unsafe_put = src.replace(
+            "{AWS_REGION: eu-west-1}",
+            "{conditional_put: disabled, AWS_S3_ALLOW_UNSAFE_RENAME: 'true'}",
+        );
+        let report = parse_spec("s.yaml", &unsafe_put).unwrap_err().report();
+        assert_eq!(
+            report,
+            vec![
+                "s.yaml:6: checkpoint.storage_options: an s3:// checkpoint needs conditional put (two instances must never record different plans for one batch); remove conditional_put: disabled"
+            ]
+        );
     }
 
     #[test]

@@ -33,9 +33,8 @@ locals {
       KAFKA_BOOTSTRAP_SERVERS = var.kafka_bootstrap_servers
       SCHEMA_REGISTRY_URL     = var.schema_registry_url
       TRIBUTARY_LAKE          = "s3://${aws_s3_bucket.lake.bucket}/${var.lake_prefix}"
-      # The local checkpoint is lost with the task; a new task recovers from
-      # the batch ids committed in each table (docs/deployment.md).
-      TRIBUTARY_CHECKPOINTS = "file://${local.state_dir}/checkpoints"
+      # On S3, so a replacement task finishes a crashed batch exactly.
+      TRIBUTARY_CHECKPOINTS = "s3://${aws_s3_bucket.lake.bucket}/${var.checkpoint_prefix}"
       AWS_REGION            = local.region
       # Changes with any spec, so editing a spec rolls the service onto it.
       TRIBUTARY_SPECS_DIGEST = sha256(jsonencode(var.specs))

@@ -111,18 +111,22 @@ data "aws_iam_policy_document" "task" {
       test     = "StringLike"
       variable = "s3:prefix"
       values = concat(
-        ["${var.lake_prefix}/*", "${var.lake_prefix}"],
+        ["${var.lake_prefix}/*", var.lake_prefix, "${var.checkpoint_prefix}/*", var.checkpoint_prefix],
         var.spec_store == "s3" ? ["${local.spec_prefix}/*", local.spec_prefix] : [],
       )
     }
   }
 
-  # Delta commits are put-if-absent writes; vacuum and failed-attempt
-  # clean-up delete files. All under the lake prefix only.
+  # Delta commits and batch plans are put-if-absent writes; vacuum,
+  # failed-attempt clean-up and the offsets log's retention delete objects.
+  # Under the lake and checkpoint prefixes only.
   statement {
-    sid       = "ReadWriteTables"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
-    resources = ["${aws_s3_bucket.lake.arn}/${var.lake_prefix}/*"]
+    sid     = "ReadWriteTablesAndCheckpoints"
+    actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    resources = [
+      "${aws_s3_bucket.lake.arn}/${var.lake_prefix}/*",
+      "${aws_s3_bucket.lake.arn}/${var.checkpoint_prefix}/*",
+    ]
   }
 
   dynamic "statement" {

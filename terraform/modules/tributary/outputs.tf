@@ -28,6 +28,11 @@ output "lake_uri" {
   value       = "s3://${aws_s3_bucket.lake.bucket}/${var.lake_prefix}"
 }
 
+output "checkpoint_uri" {
+  description = "Where the checkpoints are: s3://<bucket>/<prefix>/<pipeline>."
+  value       = "s3://${aws_s3_bucket.lake.bucket}/${var.checkpoint_prefix}"
+}
+
 output "lake_kms_key_arn" {
   description = "KMS key of the lake; readers (Spark, Trino, ...) need kms:Decrypt on it."
   value       = aws_kms_key.lake.arn

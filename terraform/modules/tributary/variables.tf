@@ -146,6 +146,12 @@ variable "lake_prefix" {
   default     = "lake"
 }
 
+variable "checkpoint_prefix" {
+  description = "Key prefix of the checkpoints in the lake bucket; specs see s3://<bucket>/<prefix> as TRIBUTARY_CHECKPOINTS, so a replacement task resumes from S3 alone. The task may write only here and under lake_prefix."
+  type        = string
+  default     = "checkpoints"
+}
+
 variable "noncurrent_version_retention_days" {
   description = "Days a replaced or deleted object version is kept before it expires. Live Delta files are current versions and are never expired by the lifecycle rules; vacuum decides when unreferenced files go."
   type        = number
