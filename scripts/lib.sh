@@ -59,3 +59,17 @@ deployment_checkers() {
     fi
     export CHECKOV="$CHECKOV_VENV/bin/checkov"
 }
+
+# tansu, a Kafka-protocol broker independent of librdkafka, for the system
+# tests (tests/e2e/test_tansu.py). Built once (about 12 minutes on two
+# cores) into its own root, with its own target directory.
+TANSU_ROOT="${TRIBUTARY_TANSU_ROOT:-$HOME/.cache/tributary/tansu}"
+
+tansu_broker() {
+    if ! "$TANSU_ROOT/bin/tansu" --version 2>/dev/null | grep -q "0.6.0"; then
+        step "building tansu 0.6.0 (once)"
+        CARGO_TARGET_DIR="$HOME/.cache/tributary/tansu-build" \
+            cargo install tansu --version 0.6.0 --locked --features dynostore --root "$TANSU_ROOT"
+    fi
+    export TANSU="$TANSU_ROOT/bin/tansu"
+}

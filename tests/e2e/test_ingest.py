@@ -72,7 +72,11 @@ def test_every_avro_type_lands_with_the_right_values_and_delta_types(binary, dev
     )
     result = run_spec(binary, spec)
     assert result.returncode == 0, result.stderr
+    assert_every_type_landed(table, records)
 
+
+def assert_every_type_landed(table, records):
+    """Every value and Delta type, read by DuckDB and Python deltalake."""
     con = duck()
     rows = con.execute(
         f"""select b, i, l, f, d, s, "by", opt, opt_long, nested.x, nested.y, arr, map_keys(m), map_values(m), e, fx,
@@ -80,7 +84,7 @@ def test_every_avro_type_lands_with_the_right_values_and_delta_types(binary, dev
                   region, "date"::varchar
            from delta_scan('{table}') order by l"""
     ).fetchall()
-    assert len(rows) == N
+    assert len(rows) == len(records)
     for n, row in enumerate(rows):
         r = records[n]
         expected = (
@@ -102,8 +106,8 @@ def test_every_avro_type_lands_with_the_right_values_and_delta_types(binary, dev
     dt_table = DeltaTable(str(table))
     assert dt_table.metadata().partition_columns == ["region", "date"]
     arrow = dt_table.to_pyarrow_table()
-    assert arrow.num_rows == N
-    assert sorted(arrow.column("l").to_pylist()) == list(range(N))
+    assert arrow.num_rows == len(records)
+    assert sorted(arrow.column("l").to_pylist()) == list(range(len(records)))
     types = {f["name"]: f["type"] for f in json.loads(dt_table.schema().to_json())["fields"]}
     assert types["b"] == "boolean" and types["i"] == "integer" and types["l"] == "long"
     assert types["f"] == "float" and types["d"] == "double" and types["s"] == "string" and types["by"] == "binary"
