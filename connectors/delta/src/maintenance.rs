@@ -128,12 +128,18 @@ impl DeltaTableSink {
     /// Reads a data file's rows, shaped as `data_schema` (columns a file
     /// lacks read as nulls).
     pub async fn read_data_file(&self, file: &DataFile) -> Result<Vec<RecordBatch>> {
+        self.read_parquet(&file.path).await
+    }
+
+    /// Reads the data file at `path` (relative to the table root), shaped as
+    /// `data_schema`.
+    pub(crate) async fn read_parquet(&self, path: &str) -> Result<Vec<RecordBatch>> {
         let (Some(table), Some(schema)) = (&self.table, self.data_schema()) else {
             return Ok(Vec::new());
         };
         let bytes: Bytes = table
             .object_store()
-            .get(&Path::from(file.path.as_str()))
+            .get(&Path::from(path))
             .await
             .map_err(|e| self.delta_err()(e.into()))?
             .bytes()

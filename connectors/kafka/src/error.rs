@@ -17,12 +17,22 @@ pub enum KafkaSourceError {
          Tributary refuses to skip data silently; to accept the loss, reset the checkpoint"
     )]
     DataLoss { topic: String, detail: String },
+    #[error(
+        "republisher fenced: another one with transactional.id {transactional_id} took over ({detail}); \
+         this one stops without publishing anything more"
+    )]
+    Fenced {
+        transactional_id: String,
+        detail: String,
+    },
 }
 
 impl Classify for KafkaSourceError {
     fn kind(&self) -> ErrorKind {
         match self {
-            KafkaSourceError::Config(_) | KafkaSourceError::DataLoss { .. } => ErrorKind::User,
+            KafkaSourceError::Config(_)
+            | KafkaSourceError::DataLoss { .. }
+            | KafkaSourceError::Fenced { .. } => ErrorKind::User,
             KafkaSourceError::NoSuchTopic { .. } | KafkaSourceError::Client { .. } => {
                 ErrorKind::External
             }

@@ -11,5 +11,7 @@ mod read;
 
 pub use error::{EngineError, Result};
 pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
-pub use pipeline::{PipelineOptions, ProgressCallback, RunSummary, reader_config, run_pipeline};
+pub use pipeline::{
+    PipelineOptions, ProgressCallback, RunSummary, reader_config, registry_client, run_pipeline,
+};
 pub use progress::{BatchProgress, progress_schema};

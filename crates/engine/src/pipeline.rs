@@ -42,22 +42,27 @@ pub struct RunSummary {
     pub table_version: Option<u64>,
 }
 
+/// The schema-registry client a spec describes (credentials from the
+/// environment variables it names).
+pub fn registry_client(registry: &tributary_spec::RegistrySpec) -> Result<RegistryClient> {
+    let auth = RegistryAuth::from_env(
+        registry.basic_auth_env.as_deref(),
+        registry.bearer_token_env.as_deref(),
+    )?;
+    Ok(RegistryClient::new(RegistryConfig {
+        url: registry.url.clone(),
+        auth,
+        timeout: registry.timeout.0,
+        max_retries: registry.max_retries,
+    })?)
+}
+
 /// Runs a pipeline until it is stopped, or, with `available_now`, until the
 /// topic is drained. Errors a retry can cure (broker, registry, storage) are
 /// retried with backoff from the last committed batch; nothing is lost and
 /// nothing is written twice. Other errors end the run.
 pub async fn run_pipeline(spec: TableSpec, options: PipelineOptions) -> Result<RunSummary> {
-    let registry_spec = &spec.source.schema_registry;
-    let auth = RegistryAuth::from_env(
-        registry_spec.basic_auth_env.as_deref(),
-        registry_spec.bearer_token_env.as_deref(),
-    )?;
-    let registry = Arc::new(RegistryClient::new(RegistryConfig {
-        url: registry_spec.url.clone(),
-        auth,
-        timeout: registry_spec.timeout.0,
-        max_retries: registry_spec.max_retries,
-    })?);
+    let registry = Arc::new(registry_client(&spec.source.schema_registry)?);
     match spec.state_scope {
         StateScope::Topic => run_group(&spec, &options, registry, GroupScope::topic(), None).await,
         StateScope::Partition => crate::partitioned::run_partitioned(spec, options, registry).await,

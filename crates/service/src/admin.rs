@@ -73,11 +73,22 @@ struct CompactionStats {
     last_duration_seconds: f64,
 }
 
+/// Totals of a pipeline's republish sink.
+#[derive(Default)]
+struct RepublishStats {
+    versions: u64,
+    rows: u64,
+    last_version: Option<u64>,
+    lag_versions: u64,
+    failures: u64,
+}
+
 #[derive(Default)]
 struct Inner {
     recent: VecDeque<BatchProgress>,
     groups: BTreeMap<(String, String), GroupStats>,
     compaction: BTreeMap<String, CompactionStats>,
+    republish: BTreeMap<String, RepublishStats>,
 }
 
 pub struct AdminState {
@@ -161,6 +172,26 @@ impl AdminState {
         c.files_vacuumed += r.files_vacuumed.unwrap_or(0) as u64;
         c.table_files = Some(r.files_after as u64);
         c.last_duration_seconds = r.duration_ms as f64 / 1000.0;
+    }
+
+    /// Takes in one republish transaction.
+    pub fn record_republish(&self, p: &tributary_republish::RepublishProgress) {
+        let mut inner = self.lock();
+        let r = inner.republish.entry(p.pipeline.clone()).or_default();
+        r.versions += 1;
+        r.rows += p.rows_published;
+        r.last_version = Some(p.version);
+        r.lag_versions = p.lag_versions;
+    }
+
+    /// Counts a republish sink that stopped on an error.
+    pub fn record_republish_failure(&self, pipeline: &str) {
+        let mut inner = self.lock();
+        inner
+            .republish
+            .entry(pipeline.to_string())
+            .or_default()
+            .failures += 1;
     }
 
     /// Ready: pipelines started and no group stuck (unread records, no batch
@@ -357,6 +388,48 @@ impl AdminState {
             "gauge",
             "Duration of the last compaction pass.",
             &|c| (c.passes > 0).then_some(c.last_duration_seconds),
+        );
+        let mut republish =
+            |name: &str, kind: &str, help: &str, value: &dyn Fn(&RepublishStats) -> Option<f64>| {
+                write_family(
+                    &mut out,
+                    name,
+                    kind,
+                    help,
+                    &inner.republish,
+                    pipeline,
+                    value,
+                )
+            };
+        republish(
+            "tributary_republish_versions_total",
+            "counter",
+            "Table versions republished (one Kafka transaction each).",
+            &|r| Some(r.versions as f64),
+        );
+        republish(
+            "tributary_republish_rows_total",
+            "counter",
+            "Rows produced by the republish sink (after its filter).",
+            &|r| Some(r.rows as f64),
+        );
+        republish(
+            "tributary_republish_last_version",
+            "gauge",
+            "The last table version republished.",
+            &|r| r.last_version.map(|v| v as f64),
+        );
+        republish(
+            "tributary_republish_lag_versions",
+            "gauge",
+            "Committed table versions not yet republished.",
+            &|r| r.last_version.map(|_| r.lag_versions as f64),
+        );
+        republish(
+            "tributary_republish_failures_total",
+            "counter",
+            "Republish sinks that stopped on an error (fenced, or a version lost to log retention).",
+            &|r| Some(r.failures as f64),
         );
         out
     }

@@ -72,6 +72,18 @@ enum Command {
         #[arg(long)]
         no_vacuum: bool,
     },
+    /// Run the republish sink of each spec (its `republish` section) alone,
+    /// until SIGINT / SIGTERM: committed table versions are produced to the
+    /// target topic in Kafka transactions, exactly once. Exits 1 when a sink
+    /// is fenced by another with the same transactional id.
+    Republish {
+        /// Table spec files, or directories of them (as for `run`).
+        #[arg(long = "spec", required = true, num_args = 1..)]
+        specs: Vec<PathBuf>,
+        /// Append one JSON line per published table version to this file.
+        #[arg(long)]
+        progress_json: Option<PathBuf>,
+    },
     /// Where a pipeline stands: the last committed batch of each group, its
     /// offsets, the lag to the broker's high watermarks, dead letters.
     Status {
@@ -213,6 +225,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => run(specs, progress_json, admin_addr, admin_allow_remote).await,
         Command::Status { spec, json } => status::run(&spec, json).await,
         Command::Compact { specs, no_vacuum } => compact(specs, !no_vacuum).await,
+        Command::Republish {
+            specs,
+            progress_json,
+        } => republish(specs, progress_json).await,
         Command::ProgressSchema => {
             println!(
                 "{}",
@@ -369,6 +385,9 @@ async fn run(
                 Arc::new(move |r: &tributary_compaction::PassReport| to_admin.record_compaction(r)),
             ));
         }
+        if spec.republish.as_ref().is_some_and(|r| r.enabled) && !spec.trigger.available_now {
+            spawn_republisher(spec.clone(), stop.clone(), admin.clone());
+        }
         tasks.spawn(async move { (name, run_pipeline(spec, options).await) });
     }
     admin.mark_started();
@@ -386,6 +405,83 @@ async fn run(
                 // One failed pipeline stops the others cleanly.
                 stop.store(true, Ordering::Relaxed);
             }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The republish sink beside ingest. Its failure (a fenced sink, a version
+/// lost to log retention) is logged and counted; ingest goes on.
+fn spawn_republisher(spec: TableSpec, stop: Arc<AtomicBool>, admin: Arc<admin::AdminState>) {
+    tokio::spawn(async move {
+        let to_admin = admin.clone();
+        let on_progress: tributary_republish::RepublishCallback =
+            Arc::new(move |p: &tributary_republish::RepublishProgress| {
+                to_admin.record_republish(p)
+            });
+        if let Err(e) =
+            tributary_republish::run_republisher(spec.clone(), stop, Some(on_progress)).await
+        {
+            tracing::error!(pipeline = %spec.pipeline, error = %e, "the republish sink stopped");
+            admin.record_republish_failure(&spec.pipeline);
+        }
+    });
+}
+
+async fn republish(
+    files: Vec<PathBuf>,
+    progress_json: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let Some(specs) = load_specs(&files)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_handler(stop.clone());
+    let progress_file = match &progress_json {
+        Some(path) => Some(Arc::new(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ))),
+        None => None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for spec in specs {
+        if spec.republish.is_none() {
+            anyhow::bail!("pipeline {} has no republish section", spec.pipeline);
+        }
+        let file = progress_file.clone();
+        let on_progress: Option<tributary_republish::RepublishCallback> = file.map(|file| {
+            Arc::new(move |p: &tributary_republish::RepublishProgress| {
+                use std::io::Write;
+                let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+                if let Ok(line) = serde_json::to_string(p) {
+                    let _ = writeln!(f, "{line}");
+                }
+            }) as tributary_republish::RepublishCallback
+        });
+        let name = spec.pipeline.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            (
+                name,
+                tributary_republish::run_republisher(spec, stop, on_progress).await,
+            )
+        });
+    }
+    let mut failed = false;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined.context("republish task panicked")?;
+        if let Err(e) = result {
+            eprintln!("error: republishing pipeline {name}: {e}");
+            failed = true;
+            stop.store(true, Ordering::Relaxed);
         }
     }
     Ok(if failed {

@@ -3,6 +3,7 @@
 //! line it sits on, so `tributary validate` can print `file:line: path: message`.
 
 mod error;
+mod filter;
 mod lines;
 mod model;
 mod parse;
@@ -11,6 +12,7 @@ mod units;
 mod validate;
 
 pub use error::{Problem, Result, SpecError};
+pub use filter::{CompareOp, Filter, Literal};
 pub use model::*;
 pub use parse::{parse_spec, parse_spec_file, problems_at};
 pub use reference::{json_schema, reference_markdown};

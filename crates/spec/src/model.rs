@@ -40,6 +40,9 @@ pub struct TableSpec {
     /// Merging of small files, Delta log checkpoints and vacuum.
     #[serde(default)]
     pub compaction: CompactionSpec,
+    /// Republishing of committed rows to a Kafka topic, exactly once.
+    #[serde(default)]
+    pub republish: Option<RepublishSpec>,
 }
 
 /// The source of a pipeline.
@@ -286,6 +289,82 @@ pub struct CompactionSpec {
     /// Deleting data files the table no longer references.
     #[serde(default)]
     pub vacuum: VacuumSpec,
+}
+
+/// Republish sink: tails the table's committed versions and produces their
+/// new rows (never compaction's rewrites) to a Kafka topic inside Kafka
+/// transactions, with its progress (the next table version to publish)
+/// committed in the same transaction: `read_committed` consumers see every
+/// qualifying row exactly once, in table-version order.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepublishSpec {
+    /// Run the sink inside `tributary run`. `tributary republish` runs it
+    /// whatever this says.
+    #[serde(default = "default_true")]
+    #[schemars(default = "default_true")]
+    pub enabled: bool,
+    /// The topic the rows go to.
+    pub topic: String,
+    /// Brokers of the target cluster. Default: `source.kafka.bootstrap_servers`.
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    /// Only rows for which this condition is true are published: comparisons
+    /// of a column with a literal (`=`, `!=`, `<>`, `<`, `<=`, `>`, `>=`),
+    /// `col IS [NOT] NULL`, `AND`, `OR`, `NOT` and parentheses, as in SQL
+    /// (`is_suspicious = true AND amount >= 1000`). Default: every row.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The columns to publish, in this order. Default: every column.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Column whose value, as text, is the record key. Default: no key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Value format. `avro`: Confluent framing, with the schema of the
+    /// published columns registered as `<topic>-value` in the source's
+    /// schema registry. `json`: one JSON object per row.
+    #[serde(default)]
+    pub format: RepublishFormat,
+    /// How often the sink looks for new table versions.
+    #[serde(default = "default_interval")]
+    #[schemars(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Topic of the sink's progress records (partition 0; key: the
+    /// transactional id; value: the next table version to publish), written
+    /// in each transaction. Create it with one partition and
+    /// `cleanup.policy=compact`; pipelines may share it.
+    #[serde(default = "default_progress_topic")]
+    #[schemars(default = "default_progress_topic")]
+    pub progress_topic: String,
+    /// librdkafka producer properties passed through (`security.protocol`,
+    /// `sasl.*`, `compression.type`, `transaction.timeout.ms`, ...).
+    /// Tributary sets `transactional.id` (`tributary-republish-<pipeline>`)
+    /// and idempotence itself and rejects them here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Value format of republished records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RepublishFormat {
+    /// Avro in the Confluent wire format.
+    #[default]
+    Avro,
+    /// A JSON object per row.
+    Json,
+}
+
+fn default_progress_topic() -> String {
+    "tributary-republish-progress".into()
+}
+
+impl RepublishSpec {
+    /// The fixed `transactional.id` that fences zombie republishers.
+    pub fn transactional_id(&self, pipeline: &str) -> String {
+        format!("tributary-republish-{pipeline}")
+    }
 }
 
 /// Vacuum: deletes data files that no table version within the retention

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::filter::Filter;
 use crate::model::{PartitionColumn, TableSpec, is_identifier};
 
 /// librdkafka properties Tributary sets itself because its guarantees rest on them.
@@ -13,6 +14,16 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "enable.auto.offset.store",
     "auto.offset.reset",
     "enable.partition.eof",
+];
+
+/// librdkafka producer properties the republish sink's guarantees rest on.
+const RESERVED_PRODUCER_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "transactional.id",
+    "enable.idempotence",
+    "acks",
+    "isolation.level",
+    "group.id",
 ];
 
 /// Shortest vacuum retention accepted without `allow_short_retention`.
@@ -58,13 +69,7 @@ impl TableSpec {
                 ),
             );
         }
-        if kafka.topic.is_empty()
-            || kafka.topic.len() > 249
-            || !kafka
-                .topic
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
+        if !is_topic_name(&kafka.topic) {
             problem(
                 "source.kafka.topic",
                 format!("invalid Kafka topic name {:?}", kafka.topic),
@@ -182,7 +187,69 @@ impl TableSpec {
             );
         }
         self.validate_compaction(&mut problem);
+        self.validate_republish(&mut problem);
         out
+    }
+
+    fn validate_republish(&self, problem: &mut impl FnMut(&str, String)) {
+        let Some(r) = &self.republish else {
+            return;
+        };
+        if !is_topic_name(&r.topic) {
+            problem(
+                "republish.topic",
+                format!("invalid Kafka topic name {:?}", r.topic),
+            );
+        } else if r.topic == self.source.kafka.topic
+            && r.bootstrap_servers
+                .as_ref()
+                .is_none_or(|b| *b == self.source.kafka.bootstrap_servers)
+        {
+            problem(
+                "republish.topic",
+                "is the source topic: the pipeline would read its own output".into(),
+            );
+        }
+        if !is_topic_name(&r.progress_topic) {
+            problem(
+                "republish.progress_topic",
+                format!("invalid Kafka topic name {:?}", r.progress_topic),
+            );
+        } else if r.progress_topic == r.topic {
+            problem(
+                "republish.progress_topic",
+                "must differ from republish.topic: its consumers would see progress records".into(),
+            );
+        }
+        if let Some(filter) = &r.filter
+            && let Err(m) = Filter::parse(filter)
+        {
+            problem(
+                "republish.filter",
+                format!("invalid filter {filter:?}: {m}"),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, column) in r.columns.iter().enumerate() {
+            if !seen.insert(column) {
+                problem(
+                    &format!("republish.columns[{i}]"),
+                    format!("{column:?} is listed twice"),
+                );
+            }
+        }
+        for key in r.properties.keys() {
+            if RESERVED_PRODUCER_PROPERTIES.contains(&key.as_str()) {
+                problem(
+                    &format!("republish.properties.{key}"),
+                    "set by Tributary itself: the transactional id fences zombie republishers"
+                        .into(),
+                );
+            }
+        }
+        if r.interval.0.is_zero() {
+            problem("republish.interval", "must be greater than zero".into());
+        }
     }
 
     fn validate_compaction(&self, problem: &mut impl FnMut(&str, String)) {
@@ -298,8 +365,56 @@ impl TableSpec {
                 ));
             }
         }
+        if let Some(r) = &self.republish {
+            // The table has the record's columns and the derived partition columns.
+            let mut table_columns: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            for entry in &self.table.partition_by {
+                if let Ok(col) = PartitionColumn::parse(entry) {
+                    table_columns.push(col.name().to_string());
+                }
+            }
+            let unknown = |column: &str| {
+                format!(
+                    "unknown column {column:?}; the table has: {}",
+                    table_columns.join(", ")
+                )
+            };
+            let mut references: Vec<(String, &str)> = r
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("republish.columns[{i}]"), c.as_str()))
+                .collect();
+            references.extend(
+                r.key
+                    .iter()
+                    .map(|k| ("republish.key".to_string(), k.as_str())),
+            );
+            let filter = r.filter.as_deref().and_then(|f| Filter::parse(f).ok());
+            if let Some(filter) = &filter {
+                references.extend(
+                    filter
+                        .columns()
+                        .into_iter()
+                        .map(|c| ("republish.filter".to_string(), c)),
+                );
+            }
+            for (path, column) in references {
+                if !table_columns.iter().any(|c| c == column) {
+                    out.push((path, unknown(column)));
+                }
+            }
+        }
         out
     }
+}
+
+fn is_topic_name(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn is_s3(uri: &str) -> bool {
@@ -454,6 +569,56 @@ checkpoint: {location: s3://lake/checkpoints/p}
             report,
             vec![
                 "s.yaml:6: checkpoint.storage_options: an s3:// checkpoint needs conditional put (two instances must never record different plans for one batch); remove conditional_put: disabled"
+            ]
+        );
+    }
+
+    #[test]
+    fn republish_mistakes_are_refused_and_columns_checked() {
+        let src = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table: {uri: /t, partition_by: ['date(ts)']}
+checkpoint: {location: /c}
+republish:
+  topic: t
+  filter: flag = = true
+  columns: [id, id]
+  progress_topic: t
+  properties: {transactional.id: mine}
+";
+        let report = parse_spec("s.yaml", src).unwrap_err().report();
+        assert_eq!(
+            report,
+            vec![
+                "s.yaml:6: republish.topic: is the source topic: the pipeline would read its own output",
+                "s.yaml:9: republish.progress_topic: must differ from republish.topic: its consumers would see progress records",
+                "s.yaml:7: republish.filter: invalid filter \"flag = = true\": expected a literal (number, 'string', true, false) after \"flag\"",
+                "s.yaml:8: republish.columns[1]: \"id\" is listed twice",
+                "s.yaml:10: republish.properties.transactional.id: set by Tributary itself: the transactional id fences zombie republishers",
+            ]
+        );
+        let fixed = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table: {uri: /t, partition_by: ['date(ts)']}
+checkpoint: {location: /c}
+republish: {topic: alerts, filter: flag = true and date >= '2026-01-01', columns: [id, nope], key: acct}
+";
+        let spec = parse_spec("s.yaml", fixed).unwrap();
+        let columns = vec![
+            ("id".to_string(), false),
+            ("flag".to_string(), false),
+            ("ts".to_string(), true),
+        ];
+        let problems: Vec<String> = spec
+            .check_columns(&columns)
+            .into_iter()
+            .map(|(path, m)| format!("{path}: {m}"))
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                "republish.columns[1]: unknown column \"nope\"; the table has: id, flag, ts, date",
+                "republish.key: unknown column \"acct\"; the table has: id, flag, ts, date",
             ]
         );
     }

@@ -1,0 +1,248 @@
+//! The republish loop: follow the table version by version and publish each
+//! version's new rows in one Kafka transaction that also records the next
+//! version to publish.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deltalake::arrow::datatypes::SchemaRef;
+use serde::Serialize;
+use tributary_core::{Classify, ErrorKind};
+use tributary_delta::{DeltaTableSink, TableOptions};
+use tributary_kafka::{OutRecord, PublisherConfig, TransactionalPublisher};
+use tributary_spec::{Filter, RepublishFormat, RepublishSpec, TableSpec};
+
+use crate::encode::{RowEncoder, ValueFormat};
+use crate::error::{RepublishError, Result};
+use crate::filter::select;
+
+/// What one transaction published.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepublishProgress {
+    /// When the transaction committed (RFC 3339, UTC).
+    pub timestamp: String,
+    pub pipeline: String,
+    pub topic: String,
+    /// The table version published.
+    pub version: u64,
+    /// Rows that version added.
+    pub rows_read: u64,
+    /// Of those, the rows that passed the filter and were produced.
+    pub rows_published: u64,
+    /// Table versions committed but not yet published.
+    pub lag_versions: u64,
+    pub duration_ms: u64,
+}
+
+pub type RepublishCallback = Arc<dyn Fn(&RepublishProgress) + Send + Sync>;
+
+/// Longest wait between two attempts after an error a retry can cure.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Runs the republish sink of `spec` until `stop` is set (between two
+/// transactions). Errors a retry can cure (broker, storage, registry) are
+/// retried with backoff; a fenced sink, a version lost to log retention or a
+/// filter that cannot be evaluated end it.
+pub async fn run_republisher(
+    spec: TableSpec,
+    stop: Arc<AtomicBool>,
+    on_progress: Option<RepublishCallback>,
+) -> Result<()> {
+    let Some(republish) = spec.republish.clone() else {
+        return Err(RepublishError::Columns(format!(
+            "pipeline {} has no republish section",
+            spec.pipeline
+        )));
+    };
+    let filter = republish
+        .filter
+        .as_deref()
+        .map(Filter::parse)
+        .transpose()
+        .map_err(RepublishError::Filter)?;
+    let publisher = connect(&spec, &republish).await?;
+    let mut sink = Sink {
+        spec,
+        republish,
+        filter,
+        publisher,
+        encoder: None,
+        on_progress,
+        next: None,
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match sink.publish_new_versions(&stop).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) if e.kind() == ErrorKind::External => {
+                // Resume from what Kafka says was committed, not from memory.
+                sink.next = None;
+                tracing::warn!(pipeline = %sink.spec.pipeline, error = %e, retry_in = ?backoff,
+                    "republishing failed; retrying from the last committed transaction");
+                sleep_unless_stopped(backoff, &stop).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        sleep_unless_stopped(sink.republish.interval.0, &stop).await;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
+}
+
+async fn connect(
+    spec: &TableSpec,
+    republish: &RepublishSpec,
+) -> Result<Arc<TransactionalPublisher>> {
+    let config = PublisherConfig {
+        bootstrap_servers: republish
+            .bootstrap_servers
+            .clone()
+            .unwrap_or_else(|| spec.source.kafka.bootstrap_servers.clone()),
+        topic: republish.topic.clone(),
+        transactional_id: republish.transactional_id(&spec.pipeline),
+        progress_topic: republish.progress_topic.clone(),
+        properties: republish.properties.clone(),
+    };
+    let publisher = blocking(move || TransactionalPublisher::connect(config)).await?;
+    Ok(Arc::new(publisher))
+}
+
+struct Sink {
+    spec: TableSpec,
+    republish: RepublishSpec,
+    filter: Option<Filter>,
+    publisher: Arc<TransactionalPublisher>,
+    /// The encoder, for the table schema it was made for.
+    encoder: Option<(SchemaRef, Arc<RowEncoder>)>,
+    on_progress: Option<RepublishCallback>,
+    /// The next version to publish; read from the progress topic at start
+    /// and after an error.
+    next: Option<u64>,
+}
+
+impl Sink {
+    /// Publishes every committed version after the last published one.
+    async fn publish_new_versions(&mut self, stop: &AtomicBool) -> Result<()> {
+        let mut next = match self.next {
+            Some(next) => next,
+            None => {
+                let publisher = self.publisher.clone();
+                let next = blocking(move || publisher.next_version())
+                    .await?
+                    .unwrap_or(0);
+                self.next = Some(next);
+                next
+            }
+        };
+        let table = DeltaTableSink::open_existing(TableOptions {
+            uri: self.spec.table.uri.clone(),
+            storage_options: self.spec.table.storage_options.clone(),
+            ..TableOptions::default()
+        })
+        .await?;
+        let Some(latest) = table.version() else {
+            return Ok(());
+        };
+        while next <= latest && !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let added = table
+                .added_in(next)
+                .await?
+                .ok_or(RepublishError::VersionGone { version: next })?;
+            let encoder = self.encoder_for(&table).await?;
+            let mut records: Vec<OutRecord> = Vec::new();
+            let mut rows_read = 0;
+            for file in &added {
+                for batch in table.read_added(file).await? {
+                    rows_read += batch.num_rows() as u64;
+                    let selected = match &self.filter {
+                        Some(filter) => select(filter, &batch)?,
+                        None => batch,
+                    };
+                    records.extend(encoder.encode(&selected)?);
+                }
+            }
+            let rows_published = records.len() as u64;
+            let publisher = self.publisher.clone();
+            let version = next;
+            blocking(move || publisher.publish(&records, version + 1)).await?;
+            next += 1;
+            self.next = Some(next);
+            let progress = RepublishProgress {
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                pipeline: self.spec.pipeline.clone(),
+                topic: self.republish.topic.clone(),
+                version,
+                rows_read,
+                rows_published,
+                lag_versions: latest - version,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            tracing::info!(pipeline = %progress.pipeline, topic = %progress.topic, version,
+                rows_read, rows_published, lag_versions = progress.lag_versions, "republished a table version");
+            if let Some(callback) = &self.on_progress {
+                callback(&progress);
+            }
+        }
+        Ok(())
+    }
+
+    /// The encoder for the table's current schema; with Avro, the schema of
+    /// the published columns is registered as `<topic>-value` first.
+    async fn encoder_for(&mut self, table: &DeltaTableSink) -> Result<Arc<RowEncoder>> {
+        let schema = table
+            .arrow_schema()
+            .ok_or_else(|| RepublishError::Columns("the table has no schema yet".into()))?;
+        if let Some((known, encoder)) = &self.encoder
+            && *known == schema
+        {
+            return Ok(encoder.clone());
+        }
+        let columns = self.republish.columns.clone();
+        let value_schema = RowEncoder::value_schema(&columns, &schema)?;
+        let value = match self.republish.format {
+            RepublishFormat::Json => ValueFormat::Json,
+            RepublishFormat::Avro => {
+                let registry =
+                    tributary_engine::registry_client(&self.spec.source.schema_registry)?;
+                let subject = format!("{}-value", self.republish.topic);
+                let schema_id = registry
+                    .register(&subject, &RowEncoder::avro_schema(&value_schema)?)
+                    .await?;
+                ValueFormat::Avro { schema_id }
+            }
+        };
+        let encoder = Arc::new(RowEncoder::new(columns, self.republish.key.clone(), value));
+        self.encoder = Some((schema, encoder.clone()));
+        Ok(encoder)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tributary_kafka::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RepublishError::Encode(format!("the Kafka task failed: {e}")))?
+        .map_err(RepublishError::from)
+}
+
+async fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + duration;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(
+            until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100)),
+        )
+        .await;
+    }
+}
