@@ -17,7 +17,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -173,37 +173,39 @@ impl TransactionalPublisher {
             if let Some(key) = &r.key {
                 record = record.key(key);
             }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => return Err(transaction_error(id, "producing", e)),
-                }
-            }
+            self.send(record)
+                .map_err(|e| transaction_error(id, "producing", e))?;
         }
         let progress = format!("{{\"nextVersion\":{next_version}}}");
-        let mut record = BaseRecord::to(&self.config.progress_topic)
+        let record = BaseRecord::to(&self.config.progress_topic)
             .partition(0)
             .key(id.as_bytes())
             .payload(progress.as_bytes());
+        self.send(record)
+            .map_err(|e| transaction_error(id, "recording the republish progress", e))?;
+        self.producer
+            .commit_transaction(TIMEOUT)
+            .map_err(|e| transaction_error(id, "committing the transaction", e))
+    }
+}
+
+impl TransactionalPublisher {
+    /// Sends one record, waiting while librdkafka's queue is full.
+    fn send<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
         loop {
             match self.producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => {
-                    return Err(transaction_error(id, "recording the republish progress", e));
-                }
+                Err((e, _)) => return Err(e),
             }
         }
-        self.producer
-            .commit_transaction(TIMEOUT)
-            .map_err(|e| transaction_error(id, "committing the transaction", e))
     }
 }
 

@@ -407,11 +407,15 @@ async fn run(
             }
         }
     }
-    Ok(if failed {
+    Ok(exit_code(failed))
+}
+
+fn exit_code(failed: bool) -> ExitCode {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// The republish sink beside ingest. Its failure (a fenced sink, a version
@@ -484,11 +488,7 @@ async fn republish(
             stop.store(true, Ordering::Relaxed);
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_code(failed))
 }
 
 async fn compact(files: Vec<PathBuf>, vacuum: bool) -> anyhow::Result<ExitCode> {
@@ -607,11 +607,7 @@ async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode
         }
         println!("{}: ok", f.display());
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_code(failed))
 }
 
 /// Top-level columns (name, is a timestamp) of the latest value schema.
