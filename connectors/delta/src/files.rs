@@ -83,12 +83,19 @@ impl BatchEncoder {
         }
     }
 
-    /// Encodes rows (partition columns included, all batches of one schema).
+    /// Encodes rows (partition columns included). When the schema evolves
+    /// within the batch, the open files are closed: a file holds one schema,
+    /// and readers see the columns an older file lacks as null.
     pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.schema.get_or_insert_with(|| batch.schema());
+        if self.schema.as_ref().is_some_and(|s| *s != batch.schema()) {
+            for (key, file) in std::mem::take(&mut self.open) {
+                self.close(key, file)?;
+            }
+        }
+        self.schema = Some(batch.schema());
         for (key, rows) in split_by_partition(batch, &self.partition_columns)? {
             self.push_partition(key, &rows)?;
         }

@@ -7,9 +7,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deltalake::arrow::array::{RecordBatch, new_null_array};
+use std::sync::Arc;
+
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray, new_null_array};
 use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{Schema, SchemaRef};
+use deltalake::arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Remove};
@@ -115,7 +117,7 @@ impl DeltaTableSink {
     pub fn data_schema(&self) -> Option<SchemaRef> {
         let partitions = self.table_partition_columns();
         let schema = self.arrow_schema()?;
-        Some(std::sync::Arc::new(Schema::new(
+        Some(Arc::new(Schema::new(
             schema
                 .fields()
                 .iter()
@@ -334,12 +336,37 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .fields()
         .iter()
         .map(|field| match batch.column_by_name(field.name()) {
-            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
-            Some(column) => Ok(cast(column, field.data_type())?),
+            Some(column) => conform_array(column, field.data_type()),
             None => Ok(new_null_array(field.data_type(), batch.num_rows())),
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// A column of an older file in the table's current type: struct fields
+/// matched by name, those a later schema version added read as null.
+fn conform_array(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == to {
+        return Ok(array.clone());
+    }
+    match to {
+        DataType::Struct(to_fields) => {
+            let from = array.as_struct();
+            let children = to_fields
+                .iter()
+                .map(|f| match from.column_by_name(f.name()) {
+                    Some(child) => conform_array(child, f.data_type()),
+                    None => Ok(new_null_array(f.data_type(), from.len())),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Arc::new(StructArray::try_new(
+                to_fields.clone(),
+                children,
+                from.nulls().cloned(),
+            )?))
+        }
+        _ => Ok(cast(array, to)?),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::kernel::{Action, MetadataExt, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError, Path};
@@ -275,9 +275,30 @@ impl DeltaTableSink {
             .map_err(delta_err)?
             .snapshot()
             .arrow_schema();
-        if let Some(schema) = &encoded.schema {
-            check_schema(&uri, schema, &table_schema)?;
-        }
+        // Columns the batch adds (schema evolution) land with its rows, in one commit.
+        let evolved_metadata = match &encoded.schema {
+            Some(schema) if schema.as_ref() != table_schema.as_ref() => {
+                check_schema(&uri, schema, &table_schema)?;
+                let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
+                    DeltaSinkError::SchemaMismatch {
+                        uri: uri.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                let metadata = table
+                    .snapshot()
+                    .map_err(delta_err)?
+                    .metadata()
+                    .clone()
+                    .with_schema(&kernel)
+                    .map_err(|e| DeltaSinkError::SchemaMismatch {
+                        uri: uri.clone(),
+                        message: e.to_string(),
+                    })?;
+                Some(metadata)
+            }
+            _ => None,
+        };
         let rows = encoded.rows;
         let attempt = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("{}-{}", commit.file_name, &attempt[..8]);
@@ -292,7 +313,10 @@ impl DeltaTableSink {
         )
         .await?;
         let upload = upload_started.elapsed();
-        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        if let Some(metadata) = evolved_metadata {
+            actions.insert(0, Action::Metadata(metadata));
+        }
         tributary_core::crash_point(tributary_core::CrashPoint::AfterFiles, commit.batch_id);
         let files = actions.len();
         let bytes = actions
@@ -440,6 +464,8 @@ impl DeltaTableSink {
 }
 
 /// Rows must have exactly the table's columns (evolution is a separate step).
+/// A batch's schema may only extend the table's: the table's columns first,
+/// in order, then the columns it adds.
 fn check_schema(
     uri: &str,
     batch: &deltalake::arrow::datatypes::Schema,
@@ -451,7 +477,7 @@ fn check_schema(
             .map(|f| f.name().clone())
             .collect::<Vec<_>>()
     };
-    if names(batch) != names(table) {
+    if !names(batch).starts_with(&names(table)) {
         return Err(DeltaSinkError::SchemaMismatch {
             uri: uri.to_string(),
             message: format!(

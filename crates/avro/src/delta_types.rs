@@ -140,12 +140,20 @@ fn convert(array: &ArrayRef, from: &Field, to: &DataType) -> Result<ArrayRef> {
             uuid_strings(array.as_fixed_size_binary())
         }
         (DataType::Struct(from_fields), DataType::Struct(to_fields)) => {
+            // By name: a record of an older schema version lacks the fields a
+            // later one added, and those read as null.
             let s = array.as_struct();
-            let children = from_fields
+            let children = to_fields
                 .iter()
-                .zip(to_fields.iter())
-                .zip(s.columns())
-                .map(|((f, t), c)| convert(c, f, t.data_type()))
+                .map(
+                    |t| match from_fields.iter().position(|f| f.name() == t.name()) {
+                        Some(i) => convert(s.column(i), &from_fields[i], t.data_type()),
+                        None => Ok(deltalake::arrow::array::new_null_array(
+                            t.data_type(),
+                            s.len(),
+                        )),
+                    },
+                )
                 .collect::<Result<Vec<_>>>()?;
             Arc::new(StructArray::try_new(
                 to_fields.clone(),

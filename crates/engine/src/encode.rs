@@ -3,6 +3,7 @@
 //! thread), encoding (this thread) and committing (async writer) overlap.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
@@ -12,6 +13,7 @@ use tributary_delta::{BatchEncoder, EncodedBatch, add_partition_columns};
 use tributary_spec::{PartitionColumn, TableSpec};
 
 use crate::error::{EngineError, Result};
+use crate::evolve::evolve;
 use crate::read::ReadBatch;
 
 /// What the reader hands to the encoder.
@@ -63,9 +65,31 @@ impl Converter {
             check_columns(&self.spec, &target)?;
         }
         let row = add_partition_columns(&to_delta_batch(decoded, &target)?, &self.partitions)?;
-        match &self.table_schema {
-            Some(table) => conform(&row, table),
-            None => Ok(row),
+        let Some(table) = &self.table_schema else {
+            // A new table: its first rows define it, later versions evolve it.
+            self.table_schema = Some(row.schema());
+            return Ok(row);
+        };
+        match evolve(table, &row.schema()).map_err(|m| {
+            EngineError::Schema(format!(
+                "subject {}-value: {m}. Nothing of this batch was written",
+                self.spec.source.kafka.topic
+            ))
+        })? {
+            Some(evolved) => {
+                let added: Vec<&str> = evolved
+                    .fields()
+                    .iter()
+                    .filter(|f| table.field_with_name(f.name()).ok() != Some(f.as_ref()))
+                    .map(|f| f.name().as_str())
+                    .collect();
+                tracing::info!(pipeline = %self.spec.pipeline, columns = ?added,
+                    "a new writer schema adds columns: the table's schema evolves with this batch");
+                let evolved = Arc::new(evolved);
+                self.table_schema = Some(evolved.clone());
+                Ok(to_delta_batch(&row, &evolved)?)
+            }
+            None => Ok(to_delta_batch(&row, table)?),
         }
     }
 
@@ -125,26 +149,6 @@ pub(crate) fn run_encoder(
             return;
         }
     }
-}
-
-/// Reorders and converts a batch to the table's schema. A column the table
-/// lacks is an error (schema evolution is not applied here); a column the
-/// batch lacks reads as null.
-fn conform(batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch> {
-    let extra: Vec<&str> = batch
-        .schema_ref()
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .filter(|n| table.field_with_name(n).is_err())
-        .collect();
-    if !extra.is_empty() {
-        return Err(EngineError::Schema(format!(
-            "the records have fields the table lacks: {}; Tributary does not yet add columns to an existing table",
-            extra.join(", ")
-        )));
-    }
-    Ok(to_delta_batch(batch, table)?)
 }
 
 /// Column references of the spec against the decoded schema.

@@ -3,6 +3,7 @@
 
 mod encode;
 mod error;
+mod evolve;
 mod offset_log;
 mod partitioned;
 mod pipeline;

@@ -1,0 +1,109 @@
+"""Schema evolution: a producer moves through four versions of its schema
+(v2 adds a field, v3 adds a nested field, v4 changes a type) and the table
+follows, read back by DuckDB and Python deltalake after every step."""
+
+import json
+import subprocess
+
+import pytest
+from deltalake import DeltaTable
+
+from conftest import confluent, duck, run_spec, write_spec
+
+GEO_V1 = {"type": "record", "name": "Geo", "fields": [{"name": "lat", "type": "double"}]}
+V1 = {"type": "record", "name": "Order", "namespace": "example", "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "name", "type": "string"},
+    {"name": "geo", "type": GEO_V1},
+]}
+V2 = {**V1, "fields": V1["fields"] + [{"name": "coupon", "type": ["null", "string"], "default": None}]}
+GEO_V3 = {**GEO_V1, "fields": GEO_V1["fields"] + [{"name": "lon", "type": ["null", "double"], "default": None}]}
+V3 = {**V2, "fields": [f if f["name"] != "geo" else {"name": "geo", "type": GEO_V3} for f in V2["fields"]]}
+V4 = {**V3, "fields": [f if f["name"] != "id" else {"name": "id", "type": "string"} for f in V3["fields"]]}
+
+
+def order(n, version):
+    record = {"id": n, "name": f"order-{n}", "geo": {"lat": n / 10}}
+    if version >= 2:
+        record["coupon"] = f"C{n}" if n % 2 else None
+    if version >= 3:
+        record["geo"]["lon"] = -n / 10
+    if version >= 4:
+        record["id"] = str(n)
+    return record
+
+
+def log_versions(table):
+    return sorted(int(f.stem) for f in (table / "_delta_log").glob("*.json"))
+
+
+def commit_actions(table, version):
+    return [json.loads(line) for line in (table / "_delta_log" / f"{version:020}.json").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("dev_stack", [["evo:2"]], indirect=True)
+def test_the_table_follows_v1_v2_v3_and_refuses_v4(binary, dev_stack, tmp_path):
+    ids = {v: dev_stack.register("evo-value", schema) for v, schema in ((1, V1), (2, V2), (3, V3), (4, V4))}
+    assert len(set(ids.values())) == 4
+    table = tmp_path / "lake" / "evo"
+    spec = write_spec(tmp_path / "evo.yaml", pipeline="evo", bootstrap=dev_stack.bootstrap, topic="evo",
+                      registry=dev_stack.registry, table=table, checkpoint=tmp_path / "ckpt")
+    schemas = {1: V1, 2: V2, 3: V3, 4: V4}
+
+    def produce(pairs):
+        dev_stack.produce("evo", [(str(n).encode(), confluent(ids[v], schemas[v], order(n, v)), None) for n, v in pairs])
+
+    def ingest():
+        result = run_spec(binary, spec)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    con = duck()
+    # v1
+    produce([(n, 1) for n in range(100)])
+    ingest()
+    assert con.execute(f"select count(*), sum(geo.lat) from delta_scan('{table}')").fetchone() == (100, sum(n / 10 for n in range(100)))
+    columns = [r[0] for r in con.execute(f"describe select * from delta_scan('{table}')").fetchall()]
+    assert columns == ["id", "name", "geo"]
+
+    # v2 adds `coupon`: the column arrives in the commit of the first batch that carries it.
+    before = log_versions(table)[-1]
+    produce([(n, 2) for n in range(100, 200)])
+    ingest()
+    added = [v for v in log_versions(table) if v > before]
+    first = commit_actions(table, added[0])
+    assert any("metaData" in a for a in first) and any("add" in a for a in first), "schema change and rows in one commit"
+    schema = json.loads(next(a["metaData"]["schemaString"] for a in first if "metaData" in a))
+    assert [f["name"] for f in schema["fields"]] == ["id", "name", "geo", "coupon"]
+    rows = con.execute(f"select id, coupon from delta_scan('{table}') order by id").fetchall()
+    assert rows == [(n, None) for n in range(100)] + [(n, f"C{n}" if n % 2 else None) for n in range(100, 200)]
+
+    # v1 and v3 records mixed in one batch: v3 adds the nested geo.lon.
+    produce([(n, 3 if n % 2 else 1) for n in range(200, 300)])
+    ingest()
+    rows = con.execute(f"select id, coupon, geo.lat, geo.lon from delta_scan('{table}') where id >= 200 order by id").fetchall()
+    assert rows == [(n, f"C{n}" if n % 2 else None, n / 10, -n / 10 if n % 2 else None) for n in range(200, 300)]
+    assert con.execute(f"select count(*) from delta_scan('{table}') where geo.lon is not null").fetchone()[0] == 50
+    # The second reader agrees, and sees the nested column.
+    dt = DeltaTable(str(table))
+    fields = {f["name"]: f["type"] for f in json.loads(dt.schema().to_json())["fields"]}
+    assert [f["name"] for f in fields["geo"]["fields"]] == ["lat", "lon"]
+    assert dt.to_pyarrow_table().num_rows == 300
+
+    # Compaction merges files written under three schema versions into one.
+    spec.write_text(spec.read_text() + "compaction:\n  min_files: 2\n")
+    compacted = subprocess.run([binary, "compact", "--spec", str(spec), "--no-vacuum"], capture_output=True, text=True, timeout=120)
+    assert compacted.returncode == 0, compacted.stderr[-3000:]
+    assert json.loads(compacted.stdout.splitlines()[-1])["filesAdded"] >= 1
+    after = con.execute(f"select id, coupon, geo.lat, geo.lon from delta_scan('{table}') order by id").fetchall()
+    assert len(after) == 300 and after[200:] == rows
+    assert after[:100] == [(n, None, n / 10, None) for n in range(100)]
+
+    # v4 changes the type of `id`: the batch fails, naming subject and field; nothing is written.
+    before = log_versions(table)
+    produce([(300, 4)])
+    refused = run_spec(binary, spec)
+    assert refused.returncode != 0
+    assert "subject evo-value: field id" in refused.stderr and "incompatible type change" in refused.stderr, refused.stderr[-2000:]
+    assert log_versions(table) == before
+    assert con.execute(f"select count(*) from delta_scan('{table}')").fetchone()[0] == 300
