@@ -3,6 +3,7 @@ cluster + schema registry) as a separate process, an independent Avro encoder
 (fastavro) and Kafka producer (confluent-kafka), and independent Delta readers
 (DuckDB's delta extension, Python deltalake)."""
 
+import base64
 import io
 import json
 import os
@@ -27,8 +28,11 @@ def binary():
 
 
 class DevStack:
-    def __init__(self, binary, topics):
+    def __init__(self, binary, topics, registry_basic_auth=None):
         args = [binary, "dev-stack"] + [a for t in topics for a in ("--topic", t)]
+        if registry_basic_auth:
+            args += ["--registry-basic-auth", registry_basic_auth]
+        self.registry_basic_auth = registry_basic_auth
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         assert line, "dev-stack printed no addresses"
@@ -38,11 +42,10 @@ class DevStack:
 
     def register(self, subject, schema):
         body = json.dumps({"schema": json.dumps(schema)}).encode()
-        req = urllib.request.Request(
-            f"{self.registry}/subjects/{subject}/versions",
-            data=body,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        )
+        headers = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
+        if self.registry_basic_auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(self.registry_basic_auth.encode()).decode()
+        req = urllib.request.Request(f"{self.registry}/subjects/{subject}/versions", data=body, headers=headers)
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)["id"]
 

@@ -9,7 +9,7 @@ mod registry;
 pub use decoder::{DecodedChunk, RecordDecoder, arrow_schema_of};
 pub use delta_types::{delta_schema, to_delta_batch};
 pub use error::{AvroError, Result};
-pub use registry::{RegistryAuth, RegistryClient, RegistryConfig, RegistrySchema};
+pub use registry::{RegistryAuth, RegistryClient, RegistryConfig, RegistrySchema, SecretSource};
 
 /// The first byte of every Confluent-framed message.
 pub const CONFLUENT_MAGIC: u8 = 0;

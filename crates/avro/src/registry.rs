@@ -32,43 +32,83 @@ impl std::fmt::Debug for RegistryAuth {
     }
 }
 
+/// Where a credential comes from: the environment variable or the file a
+/// spec names (a mounted secret). The value itself is never in the spec.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretSource<'a> {
+    Env(&'a str),
+    File(&'a std::path::Path),
+}
+
+impl SecretSource<'_> {
+    fn read(self) -> Result<String> {
+        match self {
+            SecretSource::Env(var) => std::env::var(var)
+                .map_err(|_| AvroError::Config(format!("environment variable {var} is not set"))),
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| AvroError::Config(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            SecretSource::Env(var) => format!("environment variable {var}"),
+            SecretSource::File(path) => format!("file {}", path.display()),
+        }
+    }
+}
+
 impl RegistryAuth {
     /// Reads credentials from the environment variables a spec names.
     pub fn from_env(
         basic_auth_env: Option<&str>,
         bearer_token_env: Option<&str>,
     ) -> Result<RegistryAuth> {
-        let read = |var: &str| {
-            std::env::var(var)
-                .map_err(|_| AvroError::Config(format!("environment variable {var} is not set")))
-        };
-        if let Some(var) = basic_auth_env {
-            let value = read(var)?;
+        RegistryAuth::from_sources(
+            basic_auth_env.map(SecretSource::Env),
+            bearer_token_env.map(SecretSource::Env),
+        )
+    }
+
+    /// Reads `user:password` for basic auth, or a bearer token.
+    pub fn from_sources(
+        basic: Option<SecretSource<'_>>,
+        bearer: Option<SecretSource<'_>>,
+    ) -> Result<RegistryAuth> {
+        if let Some(source) = basic {
+            let value = source.read()?;
             let (user, password) = value.split_once(':').ok_or_else(|| {
-                AvroError::Config(format!(
-                    "environment variable {var} must hold user:password"
-                ))
+                AvroError::Config(format!("{} must hold user:password", source.describe()))
             })?;
             return Ok(RegistryAuth::Basic {
                 user: user.to_string(),
                 password: password.to_string(),
             });
         }
-        if let Some(var) = bearer_token_env {
-            return Ok(RegistryAuth::Bearer(read(var)?));
+        if let Some(source) = bearer {
+            return Ok(RegistryAuth::Bearer(source.read()?));
         }
         Ok(RegistryAuth::None)
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RegistryConfig {
     pub url: String,
     pub auth: RegistryAuth,
     pub timeout: Duration,
     /// Retries of a failing request (connection error, timeout, 5xx, 429).
     pub max_retries: u32,
+    /// PEM file of the CAs that sign the registry's TLS certificate (beside
+    /// the built-in web roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
+
+/// Schemas kept by id. Ids never change their schema, so entries never go
+/// stale; the bound only keeps a topic with endless schema churn from
+/// growing the process.
+const SCHEMA_CACHE_ENTRIES: usize = 10_000;
 
 /// A schema as the registry returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +145,31 @@ struct Registered {
 pub struct RegistryClient {
     config: RegistryConfig,
     http: reqwest::Client,
-    by_id: Mutex<HashMap<u32, Arc<RegistrySchema>>>,
+    by_id: Mutex<SchemaCache>,
+}
+
+/// A bounded map of schemas by id; the oldest entry goes first.
+#[derive(Default)]
+struct SchemaCache {
+    entries: HashMap<u32, Arc<RegistrySchema>>,
+    order: std::collections::VecDeque<u32>,
+}
+
+impl SchemaCache {
+    fn get(&self, id: u32) -> Option<Arc<RegistrySchema>> {
+        self.entries.get(&id).cloned()
+    }
+
+    fn insert(&mut self, id: u32, schema: Arc<RegistrySchema>) {
+        if self.entries.insert(id, schema).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > SCHEMA_CACHE_ENTRIES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.entries.remove(&oldest);
+            }
+        }
+    }
 }
 
 enum Outcome<T> {
@@ -115,15 +179,31 @@ enum Outcome<T> {
 
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> Result<RegistryClient> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
-            .connect_timeout(config.timeout)
+            .connect_timeout(config.timeout);
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                AvroError::Config(format!("cannot read the CA file {}: {e}", path.display()))
+            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+            if certificates.is_empty() {
+                return Err(AvroError::Config(format!(
+                    "the CA file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| AvroError::Config(format!("cannot build HTTP client: {e}")))?;
         Ok(RegistryClient {
             config,
             http,
-            by_id: Mutex::new(HashMap::new()),
+            by_id: Mutex::new(SchemaCache::default()),
         })
     }
 
@@ -184,11 +264,7 @@ impl RegistryClient {
     }
 
     fn cached(&self, id: u32) -> Option<Arc<RegistrySchema>> {
-        self.by_id
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner()).get(id)
     }
 
     fn base(&self) -> &str {
@@ -228,6 +304,17 @@ impl RegistryClient {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let message = resp.text().await.unwrap_or_default();
+                    if status == 401 || status == 403 {
+                        return Err(AvroError::RegistryRejected {
+                            url: self.config.url.clone(),
+                            status,
+                            message: format!(
+                                "the registry refused the credentials (auth: {:?}); check the \
+                                 spec's basic_auth_* / bearer_token_* source",
+                                self.config.auth
+                            ),
+                        });
+                    }
                     if status < 500 && status != 429 {
                         return Err(AvroError::RegistryRejected {
                             url: self.config.url.clone(),
@@ -266,4 +353,69 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_cache_keeps_the_newest_entries() {
+        let mut cache = SchemaCache::default();
+        let schema = |id| {
+            Arc::new(RegistrySchema {
+                id,
+                schema: String::new(),
+                schema_type: "AVRO".into(),
+            })
+        };
+        for id in 0..(SCHEMA_CACHE_ENTRIES as u32 + 5) {
+            cache.insert(id, schema(id));
+        }
+        assert_eq!(cache.entries.len(), SCHEMA_CACHE_ENTRIES);
+        assert!(cache.get(4).is_none() && cache.get(5).is_some());
+        // Inserting a known id again does not count twice.
+        cache.insert(9, schema(9));
+        assert_eq!(cache.order.len(), SCHEMA_CACHE_ENTRIES);
+    }
+
+    #[test]
+    fn a_private_ca_is_trusted_and_a_bad_ca_file_is_named() {
+        let config = |ca_file: std::path::PathBuf| RegistryConfig {
+            url: "https://registry.internal:8081".into(),
+            timeout: Duration::from_secs(1),
+            ca_file: Some(ca_file),
+            ..RegistryConfig::default()
+        };
+        let pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/test-ca.pem");
+        assert!(RegistryClient::new(config(pem)).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let err = RegistryClient::new(config(bad.clone()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+        let missing = RegistryClient::new(config(dir.path().join("nope.pem")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(missing.contains("cannot read the CA file"), "{missing}");
+    }
+
+    #[test]
+    fn credentials_come_from_a_file_and_never_show_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("registry-auth");
+        std::fs::write(&file, "svc:s3cr3t\n").unwrap();
+        let auth = RegistryAuth::from_sources(Some(SecretSource::File(&file)), None).unwrap();
+        assert!(
+            matches!(&auth, RegistryAuth::Basic { user, password } if user == "svc" && password == "s3cr3t")
+        );
+        assert_eq!(format!("{auth:?}"), "Basic(svc:***)");
+        std::fs::write(&file, "no-colon").unwrap();
+        let err = RegistryAuth::from_sources(Some(SecretSource::File(&file)), None).unwrap_err();
+        assert!(err.to_string().contains("must hold user:password"), "{err}");
+    }
 }

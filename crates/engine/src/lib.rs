@@ -13,6 +13,7 @@ mod read;
 pub use error::{EngineError, Result};
 pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
 pub use pipeline::{
-    PipelineOptions, ProgressCallback, RunSummary, reader_config, registry_client, run_pipeline,
+    PipelineOptions, ProgressCallback, RunSummary, reader_config, registry_client, registry_config,
+    run_pipeline,
 };
 pub use progress::{BatchProgress, progress_schema};

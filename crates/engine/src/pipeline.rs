@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tributary_avro::{RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig};
+use tributary_avro::{RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig, SecretSource};
 use tributary_core::{Classify, CrashPoint, TOPIC_GROUP, app_id, crash_point};
 use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, TableOptions, dead_letter_batch};
 use tributary_kafka::{GroupMember, KafkaReader, ReaderConfig, StartAt};
@@ -42,19 +42,36 @@ pub struct RunSummary {
     pub table_version: Option<u64>,
 }
 
-/// The schema-registry client a spec describes (credentials from the
-/// environment variables it names).
+/// The schema-registry client a spec describes.
 pub fn registry_client(registry: &tributary_spec::RegistrySpec) -> Result<RegistryClient> {
-    let auth = RegistryAuth::from_env(
-        registry.basic_auth_env.as_deref(),
-        registry.bearer_token_env.as_deref(),
+    Ok(RegistryClient::new(registry_config(registry)?)?)
+}
+
+/// The registry settings a spec describes, credentials read from the
+/// environment variable or file it names.
+pub fn registry_config(registry: &tributary_spec::RegistrySpec) -> Result<RegistryConfig> {
+    let auth = RegistryAuth::from_sources(
+        registry
+            .basic_auth_env
+            .as_deref()
+            .map(SecretSource::Env)
+            .or(registry.basic_auth_file.as_deref().map(SecretSource::File)),
+        registry
+            .bearer_token_env
+            .as_deref()
+            .map(SecretSource::Env)
+            .or(registry
+                .bearer_token_file
+                .as_deref()
+                .map(SecretSource::File)),
     )?;
-    Ok(RegistryClient::new(RegistryConfig {
+    Ok(RegistryConfig {
         url: registry.url.clone(),
         auth,
         timeout: registry.timeout.0,
         max_retries: registry.max_retries,
-    })?)
+        ca_file: registry.ca_file.clone(),
+    })
 }
 
 /// Runs a pipeline until it is stopped, or, with `available_now`, until the

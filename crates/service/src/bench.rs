@@ -57,13 +57,14 @@ async fn registry_with_schema(
     Arc<tributary_avro::RegistryClient>,
     u32,
 )> {
-    let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None).await?;
+    let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None, None).await?;
     let client = Arc::new(tributary_avro::RegistryClient::new(
         tributary_avro::RegistryConfig {
             url: registry.url.clone(),
             auth: tributary_avro::RegistryAuth::None,
             timeout: Duration::from_secs(5),
             max_retries: 3,
+            ..Default::default()
         },
     )?);
     let id = client.register(subject, BENCH_SCHEMA).await?;

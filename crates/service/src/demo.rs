@@ -41,6 +41,7 @@ pub async fn produce_only(
         auth: tributary_avro::RegistryAuth::None,
         timeout: Duration::from_secs(10),
         max_retries: 5,
+        ..Default::default()
     })?;
     let subject = format!("{}-value", target.topic);
     let schema_id = client
@@ -121,7 +122,7 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
     let dir = dir.canonicalize()?;
 
     let kafka = dev::kafka::start(1, &[(TOPIC, 4)])?;
-    let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None).await?;
+    let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None, None).await?;
     let bootstrap = kafka.bootstrap_servers();
     println!("Kafka (in-process mock cluster)   {bootstrap}   topic {TOPIC}, 4 partitions");
     println!("Schema registry (development)     {}", registry.url);
@@ -131,6 +132,7 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
         auth: tributary_avro::RegistryAuth::None,
         timeout: Duration::from_secs(5),
         max_retries: 3,
+        ..Default::default()
     })?;
     let schema_id = client
         .register(&format!("{TOPIC}-value"), CLICK_SCHEMA)

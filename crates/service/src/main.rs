@@ -148,6 +148,10 @@ enum Command {
         /// Number of mock brokers.
         #[arg(long, default_value_t = 1)]
         brokers: i32,
+        /// Require HTTP basic auth (`user:password`) on the registry's API,
+        /// as a secured registry does.
+        #[arg(long)]
+        registry_basic_auth: Option<String>,
     },
     /// Measure throughput (see docs/benchmarks.md).
     Bench {
@@ -271,7 +275,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             topics,
             registry_port,
             brokers,
-        } => dev_stack(topics, registry_port, brokers)
+            registry_basic_auth,
+        } => dev_stack(topics, registry_port, brokers, registry_basic_auth)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Bench { which } => bench::run(which).await.map(|()| ExitCode::SUCCESS),
@@ -612,15 +617,10 @@ async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode
 
 /// Top-level columns (name, is a timestamp) of the latest value schema.
 async fn registry_columns(spec: &TableSpec) -> anyhow::Result<Option<Vec<(String, bool)>>> {
-    let r = &spec.source.schema_registry;
     let client = tributary_avro::RegistryClient::new(tributary_avro::RegistryConfig {
-        url: r.url.clone(),
-        auth: tributary_avro::RegistryAuth::from_env(
-            r.basic_auth_env.as_deref(),
-            r.bearer_token_env.as_deref(),
-        )?,
         timeout: Duration::from_secs(3),
         max_retries: 0,
+        ..tributary_engine::registry_config(&spec.source.schema_registry)?
     })?;
     let Some(latest) = client
         .latest(&format!("{}-value", spec.source.kafka.topic))
@@ -647,7 +647,12 @@ async fn registry_columns(spec: &TableSpec) -> anyhow::Result<Option<Vec<(String
     ))
 }
 
-async fn dev_stack(topics: Vec<String>, registry_port: u16, brokers: i32) -> anyhow::Result<()> {
+async fn dev_stack(
+    topics: Vec<String>,
+    registry_port: u16,
+    brokers: i32,
+    registry_basic_auth: Option<String>,
+) -> anyhow::Result<()> {
     let mut parsed = Vec::new();
     for t in &topics {
         let (name, parts) = t.split_once(':').unwrap_or((t, "4"));
@@ -660,8 +665,12 @@ async fn dev_stack(topics: Vec<String>, registry_port: u16, brokers: i32) -> any
     }
     let kafka = dev::kafka::start(brokers, &parsed)?;
     let (control, mut outages) = tokio::sync::mpsc::unbounded_channel();
-    let registry =
-        dev::registry::start(([127, 0, 0, 1], registry_port).into(), Some(control)).await?;
+    let registry = dev::registry::start(
+        ([127, 0, 0, 1], registry_port).into(),
+        Some(control),
+        registry_basic_auth,
+    )
+    .await?;
     println!(
         "{}",
         serde_json::json!({"bootstrap_servers": kafka.bootstrap_servers(), "schema_registry": registry.url})

@@ -122,6 +122,17 @@ pub struct RegistrySpec {
     /// Name of an environment variable holding a bearer token.
     #[serde(default)]
     pub bearer_token_env: Option<String>,
+    /// Path of a file holding `user:password` for HTTP basic auth (a mounted
+    /// secret; a trailing newline is ignored).
+    #[serde(default)]
+    pub basic_auth_file: Option<std::path::PathBuf>,
+    /// Path of a file holding a bearer token.
+    #[serde(default)]
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA that signs the registry's TLS certificate, when it
+    /// is not a public one.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Timeout of one registry request.
     #[serde(default = "default_registry_timeout")]
     #[schemars(default = "default_registry_timeout")]

@@ -95,10 +95,17 @@ impl TableSpec {
                 ),
             ),
         }
-        if registry.basic_auth_env.is_some() && registry.bearer_token_env.is_some() {
+        let credentials = [
+            registry.basic_auth_env.is_some(),
+            registry.bearer_token_env.is_some(),
+            registry.basic_auth_file.is_some(),
+            registry.bearer_token_file.is_some(),
+        ];
+        if credentials.iter().filter(|set| **set).count() > 1 {
             problem(
                 "source.schema_registry",
-                "set basic_auth_env or bearer_token_env, not both".into(),
+                "set one of basic_auth_env, bearer_token_env, basic_auth_file, bearer_token_file"
+                    .into(),
             );
         }
         for (path, var) in [

@@ -211,9 +211,13 @@ impl Drop for DevRegistry {
 
 /// Starts the registry on `addr` (port 0 picks a free port).
 /// Broker outages requested over HTTP are sent to `kafka_control`.
+/// Starts the registry on `addr`. With `basic_auth` (`user:password`), every
+/// API request must carry those credentials, as a secured Confluent registry
+/// requires (401 otherwise); the `/_dev/` controls stay open.
 pub async fn start(
     addr: SocketAddr,
     kafka_control: Option<UnboundedSender<Duration>>,
+    basic_auth: Option<String>,
 ) -> std::io::Result<DevRegistry> {
     let state: Shared = Arc::new(Mutex::new(Registry {
         kafka_control,
@@ -227,6 +231,35 @@ pub async fn start(
         .route("/_dev/registry/outage/{seconds}", post(registry_outage))
         .route("/_dev/kafka/outage/{seconds}", post(kafka_outage))
         .with_state(state);
+    let app = match basic_auth {
+        Some(credentials) => {
+            use base64::Engine as _;
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            );
+            app.layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let authorized = request.uri().path().starts_with("/_dev/")
+                        || request
+                            .headers()
+                            .get(header::AUTHORIZATION)
+                            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                    async move {
+                        if authorized {
+                            next.run(request).await
+                        } else {
+                            reply(
+                                StatusCode::UNAUTHORIZED,
+                                json!({"error_code": 40101, "message": "Unauthorized"}),
+                            )
+                        }
+                    }
+                },
+            ))
+        }
+        None => app,
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let task = tokio::spawn(async move {
