@@ -12,4 +12,6 @@ mod reader;
 pub use error::{KafkaSourceError, Result};
 pub use member::{GroupMember, Membership};
 pub use publisher::{OutRecord, PublisherConfig, TransactionalPublisher};
-pub use reader::{KafkaReader, Polled, ReaderConfig, StartAt, raw_record};
+pub use reader::{
+    KafkaHeaders, KafkaReader, Polled, ReaderConfig, StartAt, headers_of, raw_record,
+};

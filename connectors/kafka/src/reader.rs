@@ -6,10 +6,10 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message, Timestamp};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message, Timestamp};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tributary_core::RawRecord;
+use tributary_core::{RawRecord, RecordHeaders};
 
 use crate::callbacks;
 use crate::error::{KafkaSourceError, Result};
@@ -256,5 +256,28 @@ pub fn raw_record<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
         },
         key: m.key(),
         value: m.payload(),
+        // Attached by the caller from `headers_of`, which must outlive the record view.
+        headers: None,
     }
+}
+
+/// A message's headers, for `RawRecord::headers`.
+pub struct KafkaHeaders<'a>(&'a BorrowedHeaders);
+
+impl std::fmt::Debug for KafkaHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} header(s)", self.0.count())
+    }
+}
+
+impl RecordHeaders for KafkaHeaders<'_> {
+    fn for_each(&self, f: &mut dyn FnMut(&str, Option<&[u8]>)) {
+        for header in self.0.iter() {
+            f(header.key, header.value);
+        }
+    }
+}
+
+pub fn headers_of<'a>(m: &'a BorrowedMessage<'a>) -> Option<KafkaHeaders<'a>> {
+    m.headers().map(KafkaHeaders)
 }

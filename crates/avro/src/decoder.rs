@@ -46,10 +46,137 @@ struct PendingRecord {
     timestamp_ms: Option<i64>,
     key: Option<Range<usize>>,
     value: Range<usize>,
+    /// Kept only when the table stores the headers.
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Columns taken from the Kafka record besides its value; each is off
+/// unless it has a name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordColumns {
+    /// The key, as text or as bytes.
+    pub key: Option<(String, KeyFormat)>,
+    /// The headers, as `map<string, binary>`.
+    pub headers: Option<String>,
+    /// (column, the topic's name).
+    pub topic: Option<(String, String)>,
+    pub partition: Option<String>,
+    pub offset: Option<String>,
+    /// The Kafka timestamp (UTC).
+    pub timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// UTF-8 text; a key that is not UTF-8 makes its record a dead letter.
+    String,
+    Bytes,
+}
+
+impl RecordColumns {
+    /// Why `record` cannot fill these columns, if it cannot.
+    fn refuse(&self, record: &RawRecord<'_>) -> Option<String> {
+        match (&self.key, record.key) {
+            (Some((_, KeyFormat::String)), Some(key)) if std::str::from_utf8(key).is_err() => {
+                Some("the key is not UTF-8 text (store it with key format bytes)".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// `batch` with these columns appended, from `records` (one per row).
+    fn append(&self, batch: RecordBatch, pending: &Pending, rows: &[usize]) -> Result<RecordBatch> {
+        use deltalake::arrow::array::{
+            ArrayRef, BinaryBuilder, Int32Array, Int64Array, MapBuilder, MapFieldNames,
+            StringArray, StringBuilder, TimestampMillisecondArray,
+        };
+        use deltalake::arrow::datatypes::{Field, Schema};
+        let records: Vec<&PendingRecord> = rows.iter().map(|&i| &pending.records[i]).collect();
+        let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let mut add = |name: &str, column: ArrayRef| {
+            fields.push(Arc::new(Field::new(name, column.data_type().clone(), true)));
+            columns.push(column);
+        };
+        if let Some((name, format)) = &self.key {
+            let keys = records
+                .iter()
+                .map(|r| r.key.clone().map(|k| &pending.bytes[k]));
+            let column: ArrayRef = match format {
+                KeyFormat::String => Arc::new(StringArray::from_iter(
+                    keys.map(|k| k.map(|k| String::from_utf8_lossy(k).into_owned())),
+                )),
+                KeyFormat::Bytes => {
+                    let mut b = BinaryBuilder::new();
+                    for k in keys {
+                        b.append_option(k);
+                    }
+                    Arc::new(b.finish())
+                }
+            };
+            add(name, column);
+        }
+        if let Some(name) = &self.headers {
+            // Named as arrow-avro names a map's parts, as Delta readers expect.
+            let names = MapFieldNames {
+                entry: "entries".into(),
+                key: "key".into(),
+                value: "value".into(),
+            };
+            let mut b = MapBuilder::new(Some(names), StringBuilder::new(), BinaryBuilder::new());
+            for r in &records {
+                // Map keys must be unique for readers: a repeated header keeps its first value.
+                let mut seen = std::collections::HashSet::new();
+                for (k, v) in &r.headers {
+                    if seen.insert(k.as_str()) {
+                        b.keys().append_value(k);
+                        b.values().append_option(v.as_deref());
+                    }
+                }
+                b.append(true)?;
+            }
+            add(name, Arc::new(b.finish()));
+        }
+        if let Some((name, topic)) = &self.topic {
+            add(
+                name,
+                Arc::new(StringArray::from(vec![topic.as_str(); records.len()])),
+            );
+        }
+        if let Some(name) = &self.partition {
+            add(
+                name,
+                Arc::new(Int32Array::from_iter_values(
+                    records.iter().map(|r| r.partition),
+                )),
+            );
+        }
+        if let Some(name) = &self.offset {
+            add(
+                name,
+                Arc::new(Int64Array::from_iter_values(
+                    records.iter().map(|r| r.offset),
+                )),
+            );
+        }
+        if let Some(name) = &self.timestamp {
+            add(
+                name,
+                Arc::new(
+                    TimestampMillisecondArray::from_iter(records.iter().map(|r| r.timestamp_ms))
+                        .with_timezone("UTC"),
+                ),
+            );
+        }
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
 }
 
 impl Pending {
-    fn push(&mut self, r: &RawRecord<'_>, value: &[u8]) {
+    fn push(&mut self, r: &RawRecord<'_>, value: &[u8], keep_headers: bool) {
         let key = r.key.map(|k| {
             let start = self.bytes.len();
             self.bytes.extend_from_slice(k);
@@ -57,12 +184,17 @@ impl Pending {
         });
         let start = self.bytes.len();
         self.bytes.extend_from_slice(value);
+        let mut headers = Vec::new();
+        if keep_headers && let Some(h) = r.headers {
+            h.for_each(&mut |k, v| headers.push((k.to_string(), v.map(<[u8]>::to_vec))));
+        }
         self.records.push(PendingRecord {
             partition: r.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
             key,
             value: start..self.bytes.len(),
+            headers,
         });
     }
 
@@ -74,6 +206,7 @@ impl Pending {
             timestamp_ms: p.timestamp_ms,
             key: p.key.clone().map(|k| &self.bytes[k]),
             value: Some(&self.bytes[p.value.clone()]),
+            headers: None,
         }
     }
 
@@ -90,6 +223,7 @@ struct SchemaDecoder {
     batch_rows: usize,
     decoder: Decoder,
     pending: Pending,
+    columns: Arc<RecordColumns>,
 }
 
 impl SchemaDecoder {
@@ -97,6 +231,7 @@ impl SchemaDecoder {
         id: u32,
         schema_json: String,
         batch_rows: usize,
+        columns: Arc<RecordColumns>,
     ) -> std::result::Result<SchemaDecoder, String> {
         let decoder = build_decoder(id, &schema_json, batch_rows)?;
         Ok(SchemaDecoder {
@@ -105,7 +240,16 @@ impl SchemaDecoder {
             batch_rows,
             decoder,
             pending: Pending::default(),
+            columns,
         })
+    }
+
+    /// A decoded batch of the pending records `rows`, with the record columns.
+    fn finished(&self, batch: RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
+        if *self.columns == RecordColumns::default() {
+            return Ok(batch);
+        }
+        self.columns.append(batch, &self.pending, rows)
     }
 
     fn rebuild(&mut self) -> Result<()> {
@@ -145,9 +289,14 @@ impl SchemaDecoder {
 
     /// Feeds a record, turning a bad one into a dead letter without losing the others.
     fn push(&mut self, record: &RawRecord<'_>, value: &[u8], out: &mut DecodedChunk) -> Result<()> {
+        if let Some(reason) = self.columns.refuse(record) {
+            out.dead_letters.push(DeadLetter::new(record, reason));
+            return Ok(());
+        }
         match self.feed(value) {
             Ok(()) => {
-                self.pending.push(record, value);
+                self.pending
+                    .push(record, value, self.columns.headers.is_some());
                 if self.decoder.batch_is_full() {
                     self.flush(out)?;
                 }
@@ -186,7 +335,10 @@ impl SchemaDecoder {
 
     fn flush(&mut self, out: &mut DecodedChunk) -> Result<()> {
         match self.decoder.flush() {
-            Ok(Some(batch)) => out.batches.push(batch),
+            Ok(Some(batch)) => {
+                let rows: Vec<usize> = (0..self.pending.records.len()).collect();
+                out.batches.push(self.finished(batch, &rows)?);
+            }
             Ok(None) => {}
             // A value the decoder accepted but Arrow refuses at flush (for
             // example invalid UTF-8): find the culprits one record at a time.
@@ -198,6 +350,7 @@ impl SchemaDecoder {
 
     fn isolate(&mut self, out: &mut DecodedChunk) -> Result<()> {
         let mut good = Vec::new();
+        let mut good_rows = Vec::new();
         for i in 0..self.pending.records.len() {
             self.rebuild()?;
             let value = self.pending.bytes[self.pending.records[i].value.clone()].to_vec();
@@ -207,7 +360,10 @@ impl SchemaDecoder {
                     .map_err(|e| format!("invalid Avro value: {e}"))
             });
             match result {
-                Ok(Some(batch)) => good.push(batch),
+                Ok(Some(batch)) => {
+                    good.push(batch);
+                    good_rows.push(i);
+                }
                 Ok(None) => {}
                 Err(reason) => out
                     .dead_letters
@@ -216,10 +372,8 @@ impl SchemaDecoder {
         }
         self.rebuild()?;
         if let Some(first) = good.first() {
-            out.batches.push(deltalake::arrow::compute::concat_batches(
-                &first.schema(),
-                &good,
-            )?);
+            let batch = deltalake::arrow::compute::concat_batches(&first.schema(), &good)?;
+            out.batches.push(self.finished(batch, &good_rows)?);
         }
         Ok(())
     }
@@ -257,6 +411,7 @@ pub struct RecordDecoder {
     /// Schema ids that cannot be decoded, with the reason their records get.
     unusable: HashMap<u32, String>,
     out: DecodedChunk,
+    columns: Arc<RecordColumns>,
 }
 
 impl RecordDecoder {
@@ -269,7 +424,14 @@ impl RecordDecoder {
             decoders: HashMap::new(),
             unusable: HashMap::new(),
             out: DecodedChunk::default(),
+            columns: Arc::new(RecordColumns::default()),
         }
+    }
+
+    /// Also fill these columns from each record's key, headers and position.
+    pub fn with_record_columns(mut self, columns: RecordColumns) -> RecordDecoder {
+        self.columns = Arc::new(columns);
+        self
     }
 
     /// Decodes one record. Records that cannot be decoded become dead letters;
@@ -330,7 +492,12 @@ impl RecordDecoder {
                 schema.schema_type
             )));
         }
-        match SchemaDecoder::new(id, schema.schema.clone(), self.batch_rows) {
+        match SchemaDecoder::new(
+            id,
+            schema.schema.clone(),
+            self.batch_rows,
+            self.columns.clone(),
+        ) {
             Ok(d) => {
                 self.decoders.insert(id, d);
                 Ok(Ok(()))

@@ -6,7 +6,7 @@ mod delta_types;
 mod error;
 mod registry;
 
-pub use decoder::{DecodedChunk, RecordDecoder, arrow_schema_of};
+pub use decoder::{DecodedChunk, KeyFormat, RecordColumns, RecordDecoder, arrow_schema_of};
 pub use delta_types::{delta_schema, to_delta_batch};
 pub use error::{AvroError, Result};
 pub use registry::{RegistryAuth, RegistryClient, RegistryConfig, RegistrySchema, SecretSource};

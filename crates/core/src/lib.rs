@@ -52,6 +52,13 @@ pub struct RawRecord<'a> {
     pub timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// The record's headers, read only when a table stores them.
+    pub headers: Option<&'a dyn RecordHeaders>,
+}
+
+/// Headers of a Kafka record, in their order (a key may repeat).
+pub trait RecordHeaders: std::fmt::Debug + Sync {
+    fn for_each(&self, f: &mut dyn FnMut(&str, Option<&[u8]>));
 }
 
 /// A record that could not be decoded, kept whole with the reason, so nothing

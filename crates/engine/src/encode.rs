@@ -151,10 +151,13 @@ pub(crate) fn run_encoder(
     }
 }
 
-/// Column references of the spec against the decoded schema.
+/// Column references of the spec against the decoded schema. The Kafka
+/// columns the decoder appended come last; a value field with one of their
+/// names is a collision.
 fn check_columns(spec: &TableSpec, schema: &Schema) -> Result<()> {
-    let columns: Vec<(String, bool)> = schema
-        .fields()
+    let appended = spec.source.columns.named().len();
+    let value_fields = &schema.fields()[..schema.fields().len().saturating_sub(appended)];
+    let columns: Vec<(String, bool)> = value_fields
         .iter()
         .map(|f| {
             (

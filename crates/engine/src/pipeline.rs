@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tributary_avro::{RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig, SecretSource};
+use tributary_avro::{
+    KeyFormat, RecordColumns, RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig,
+    SecretSource,
+};
 use tributary_core::{Classify, CrashPoint, TOPIC_GROUP, app_id, crash_point};
 use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, TableOptions, dead_letter_batch};
 use tributary_kafka::{GroupMember, KafkaReader, ReaderConfig, StartAt};
@@ -40,6 +43,28 @@ pub struct RunSummary {
     pub files: u64,
     pub bytes: u64,
     pub table_version: Option<u64>,
+}
+
+/// The Kafka columns (key, headers, position) a spec asks the decoder to fill.
+fn record_columns(spec: &TableSpec) -> RecordColumns {
+    let c = &spec.source.columns;
+    RecordColumns {
+        key: c.key.as_ref().map(|k| {
+            let format = match k.format {
+                tributary_spec::KeyFormatSpec::String => KeyFormat::String,
+                tributary_spec::KeyFormatSpec::Bytes => KeyFormat::Bytes,
+            };
+            (k.name.clone(), format)
+        }),
+        headers: c.headers.clone(),
+        topic: c
+            .topic
+            .clone()
+            .map(|name| (name, spec.source.kafka.topic.clone())),
+        partition: c.partition.clone(),
+        offset: c.offset.clone(),
+        timestamp: c.timestamp.clone(),
+    }
 }
 
 /// The schema-registry client a spec describes.
@@ -236,7 +261,8 @@ impl Run<'_> {
                     let mut decoder = RecordDecoder::new(
                         self.registry.clone(),
                         tokio::runtime::Handle::current(),
-                    );
+                    )
+                    .with_record_columns(record_columns(spec));
                     let stopped = || stop.load(Ordering::Relaxed);
                     let mut rows = Vec::new();
                     let mut collect = |b| {
@@ -322,13 +348,14 @@ impl Run<'_> {
         let thread_reader = reader.clone();
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
+        let columns = record_columns(spec);
         // The reader stops when the user stops the pipeline or this run fails.
         let abort = Arc::new(AtomicBool::new(false));
         let (thread_stop, thread_abort) = (stop.clone(), abort.clone());
         let reader_thread = std::thread::Builder::new()
             .name(format!("read-{}", spec.pipeline))
             .spawn(move || {
-                let mut decoder = RecordDecoder::new(registry, handle);
+                let mut decoder = RecordDecoder::new(registry, handle).with_record_columns(columns);
                 let mut undrained: BTreeSet<i32> = limits
                     .drain_targets
                     .iter()

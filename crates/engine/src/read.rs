@@ -8,7 +8,7 @@ use deltalake::arrow::array::RecordBatch;
 use tributary_avro::RecordDecoder;
 use tributary_core::DeadLetter;
 use tributary_core::OffsetRanges;
-use tributary_kafka::{KafkaReader, Polled, raw_record};
+use tributary_kafka::{KafkaReader, Polled, headers_of, raw_record};
 
 use crate::error::Result;
 
@@ -122,7 +122,11 @@ pub(crate) fn read_new_batch(
         }
         match polled {
             Polled::Record(m) => {
-                let raw = raw_record(&m);
+                let headers = headers_of(&m);
+                let mut raw = raw_record(&m);
+                raw.headers = headers
+                    .as_ref()
+                    .map(|h| h as &dyn tributary_core::RecordHeaders);
                 ranges.record(raw.partition, raw.offset);
                 if !undrained.is_empty()
                     && limits
@@ -193,7 +197,11 @@ pub(crate) fn replay_batch(
         }
         match reader.poll(POLL)? {
             Polled::Record(m) => {
-                let raw = raw_record(&m);
+                let headers = headers_of(&m);
+                let mut raw = raw_record(&m);
+                raw.headers = headers
+                    .as_ref()
+                    .map(|h| h as &dyn tributary_core::RecordHeaders);
                 let Some((_, end)) = pending.get(&raw.partition).copied() else {
                     continue;
                 };

@@ -156,6 +156,7 @@ fn record(value: &[u8], offset: i64) -> RawRecord<'_> {
         timestamp_ms: None,
         key: None,
         value: Some(value),
+        headers: None,
     }
 }
 

@@ -53,6 +53,79 @@ pub struct SourceSpec {
     pub kafka: KafkaSpec,
     /// The Confluent-compatible schema registry that holds the writer schemas.
     pub schema_registry: RegistrySpec,
+    /// Columns filled from the Kafka record besides its value: its key,
+    /// headers, topic, partition, offset and timestamp. Each is left out
+    /// unless it is given a column name.
+    #[serde(default)]
+    pub columns: RecordColumnsSpec,
+}
+
+/// Columns from the Kafka record; each is left out unless named.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordColumnsSpec {
+    /// The record key.
+    #[serde(default)]
+    pub key: Option<KeyColumnSpec>,
+    /// Column of the headers, as `map<string, binary>` (a header key that
+    /// repeats keeps its first value).
+    #[serde(default)]
+    pub headers: Option<String>,
+    /// Column of the topic name (`string`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Column of the Kafka partition (`integer`).
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Column of the Kafka offset (`long`).
+    #[serde(default)]
+    pub offset: Option<String>,
+    /// Column of the Kafka record timestamp (`timestamp`, UTC).
+    #[serde(default)]
+    pub timestamp: Option<String>,
+}
+
+/// The key column.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyColumnSpec {
+    /// Column name.
+    pub name: String,
+    /// `string`: UTF-8 text (a key that is not UTF-8 makes its record a dead
+    /// letter); `bytes`: the raw bytes (`binary`).
+    #[serde(default)]
+    pub format: KeyFormatSpec,
+}
+
+/// How the key is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFormatSpec {
+    #[default]
+    String,
+    Bytes,
+}
+
+impl RecordColumnsSpec {
+    /// (path in the spec, column name, is a timestamp) of every named column.
+    pub fn named(&self) -> Vec<(&'static str, &str, bool)> {
+        let mut out = Vec::new();
+        if let Some(key) = &self.key {
+            out.push(("source.columns.key.name", key.name.as_str(), false));
+        }
+        for (path, name, is_timestamp) in [
+            ("source.columns.headers", &self.headers, false),
+            ("source.columns.topic", &self.topic, false),
+            ("source.columns.partition", &self.partition, false),
+            ("source.columns.offset", &self.offset, false),
+            ("source.columns.timestamp", &self.timestamp, true),
+        ] {
+            if let Some(name) = name {
+                out.push((path, name.as_str(), is_timestamp));
+            }
+        }
+        out
+    }
 }
 
 /// Kafka connection and topic.

@@ -84,6 +84,18 @@ impl TableSpec {
             }
         }
 
+        let mut record_columns = HashSet::new();
+        for (path, name, _) in self.source.columns.named() {
+            if !is_identifier(name) {
+                problem(
+                    path,
+                    format!("invalid column name {name:?}: use letters, digits and '_'"),
+                );
+            } else if !record_columns.insert(name) {
+                problem(path, format!("column {name:?} is named twice"));
+            }
+        }
+
         let registry = &self.source.schema_registry;
         match url::Url::parse(&registry.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -324,8 +336,21 @@ impl TableSpec {
 
     /// Checks the spec's column references against the source record's
     /// top-level fields (name, is it a timestamp). Returns (path, message) pairs.
-    pub fn check_columns(&self, columns: &[(String, bool)]) -> Vec<(String, String)> {
+    pub fn check_columns(&self, record: &[(String, bool)]) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        // The table holds the record's fields and the Kafka columns named.
+        let mut columns = record.to_vec();
+        for (path, name, is_timestamp) in self.source.columns.named() {
+            if record.iter().any(|(n, _)| n == name) {
+                out.push((
+                    path.to_string(),
+                    format!("column {name:?} collides with a field of the record"),
+                ));
+            } else {
+                columns.push((name.to_string(), is_timestamp));
+            }
+        }
+        let columns = columns.as_slice();
         let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
         for (i, entry) in self.table.partition_by.iter().enumerate() {
             let Ok(col) = PartitionColumn::parse(entry) else {
@@ -627,6 +652,43 @@ republish: {topic: alerts, filter: flag = true and date >= '2026-01-01', columns
                 "republish.columns[1]: unknown column \"nope\"; the table has: id, flag, ts, date",
                 "republish.key: unknown column \"acct\"; the table has: id, flag, ts, date",
             ]
+        );
+    }
+
+    #[test]
+    fn kafka_columns_are_checked_and_usable_as_partition_columns() {
+        let src = "pipeline: p
+source:
+  kafka: {bootstrap_servers: 'h:1', topic: t}
+  schema_registry: {url: 'http://h:1'}
+  columns: {key: {name: k, format: bytes}, offset: k, partition: 'bad name'}
+table: {uri: /t}
+checkpoint: {location: /c}
+";
+        let report = parse_spec("s.yaml", src).unwrap_err().report();
+        assert_eq!(
+            report,
+            vec![
+                "s.yaml:5: source.columns.partition: invalid column name \"bad name\": use letters, digits and '_'",
+                "s.yaml:5: source.columns.offset: column \"k\" is named twice",
+            ]
+        );
+        let fine = "pipeline: p
+source:
+  kafka: {bootstrap_servers: 'h:1', topic: t}
+  schema_registry: {url: 'http://h:1'}
+  columns: {partition: kafka_partition, timestamp: id}
+table: {uri: /t, partition_by: [kafka_partition]}
+checkpoint: {location: /c}
+";
+        let spec = parse_spec("s.yaml", fine).unwrap();
+        let record = vec![("id".to_string(), false)];
+        assert_eq!(
+            spec.check_columns(&record),
+            vec![(
+                "source.columns.timestamp".to_string(),
+                "column \"id\" collides with a field of the record".to_string()
+            )]
         );
     }
 
