@@ -40,8 +40,11 @@ class DevStack:
         self.bootstrap = info["bootstrap_servers"]
         self.registry = info["schema_registry"]
 
-    def register(self, subject, schema):
-        body = json.dumps({"schema": json.dumps(schema)}).encode()
+    def register(self, subject, schema, references=None):
+        payload = {"schema": json.dumps(schema)}
+        if references:
+            payload["references"] = references
+        body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
         if self.registry_basic_auth:
             headers["Authorization"] = "Basic " + base64.b64encode(self.registry_basic_auth.encode()).decode()

@@ -107,3 +107,71 @@ def test_the_table_follows_v1_v2_v3_and_refuses_v4(binary, dev_stack, tmp_path):
     assert "subject evo-value: field id" in refused.stderr and "incompatible type change" in refused.stderr, refused.stderr[-2000:]
     assert log_versions(table) == before
     assert con.execute(f"select count(*) from delta_scan('{table}')").fetchone()[0] == 300
+
+    # With on_incompatible: dead_letter, the v4 record goes to the dead-letter
+    # table with the reason, and the v3 record after it lands.
+    produce([(301, 3)])
+    spec.write_text(spec.read_text() + "schema_evolution:\n  on_incompatible: dead_letter\n")
+    ingest()
+    assert con.execute(f"select max(id), count(*) from delta_scan('{table}')").fetchone() == (301, 301)
+    dead = con.execute(f"select \"offset\", error from delta_scan('{table}_dead_letters')").fetchall()
+    assert len(dead) == 1 and "incompatible schema version (subject evo-value" in dead[0][1] and "field id" in dead[0][1], dead
+
+
+GEO = {"type": "record", "name": "Geo", "namespace": "shared", "fields": [
+    {"name": "lat", "type": "double"}, {"name": "lon", "type": "double"}]}
+SHIPMENT = {"type": "record", "name": "Shipment", "namespace": "shop", "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "origin", "type": "shared.Geo"},
+    {"name": "destination", "type": ["null", "shared.Geo"], "default": None},
+]}
+# The same schema with the reference written out, for the independent encoder.
+SHIPMENT_INLINED = {**SHIPMENT, "fields": [SHIPMENT["fields"][0], {"name": "origin", "type": GEO},
+                                           SHIPMENT["fields"][2]]}
+
+
+@pytest.mark.parametrize("dev_stack", [["shipments:2"]], indirect=True)
+def test_schema_references_are_resolved_through_the_registry(binary, dev_stack, tmp_path):
+    dev_stack.register("shared.Geo", GEO)
+    schema_id = dev_stack.register("shipments-value", SHIPMENT,
+                                   references=[{"name": "shared.Geo", "subject": "shared.Geo", "version": 1}])
+    shipments = [{"id": n, "origin": {"lat": n / 2, "lon": -n / 2},
+                  "destination": None if n % 3 == 0 else {"lat": n * 1.0, "lon": 1.0}} for n in range(200)]
+    dev_stack.produce("shipments", [(None, confluent(schema_id, SHIPMENT_INLINED, s), None) for s in shipments])
+    table = tmp_path / "lake" / "shipments"
+    spec = write_spec(tmp_path / "shipments.yaml", pipeline="shipments", bootstrap=dev_stack.bootstrap,
+                      topic="shipments", registry=dev_stack.registry, table=table, checkpoint=tmp_path / "ckpt")
+    result = run_spec(binary, spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = duck().execute(f"""select id, origin.lat, origin.lon, destination.lat
+                              from delta_scan('{table}') order by id""").fetchall()
+    assert rows == [(s["id"], s["origin"]["lat"], s["origin"]["lon"],
+                     None if s["destination"] is None else s["destination"]["lat"]) for s in shipments]
+    dead = tmp_path / "lake" / "shipments_dead_letters"
+    assert not (dead / "_delta_log").exists() or \
+        duck().execute(f"select count(*) from delta_scan('{dead}')").fetchone()[0] == 0
+    # validate resolves the references too, and checks column references against them.
+    out = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0 and "not checked" not in out.stderr, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("dev_stack", [["orders:1"]], indirect=True)
+def test_validate_finds_the_subject_by_each_naming_strategy(binary, dev_stack, tmp_path):
+    spec = write_spec(tmp_path / "orders.yaml", pipeline="orders", bootstrap=dev_stack.bootstrap, topic="orders",
+                      registry=dev_stack.registry, table=tmp_path / "lake" / "orders", checkpoint=tmp_path / "ckpt",
+                      partition_by=["nope"])
+    base = spec.read_text()
+    for strategy, subject in (("topic_name", "orders-value"), ("record_name", "example.Order"),
+                              ("topic_record_name", "orders-example.Order")):
+        dev_stack.register(subject, V1)
+        spec.write_text(base.replace(f"url: '{dev_stack.registry}'",
+                                     f"url: '{dev_stack.registry}'\n    subject_strategy: {strategy}\n"
+                                     f"    record_name: example.Order"))
+        out = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True)
+        # The subject was found: the unknown partition column is reported against its fields.
+        assert out.returncode == 1 and 'unknown partition column "nope"; the record has: id, name, geo' in out.stdout, \
+            (strategy, out.stdout, out.stderr)
+    spec.write_text(base.replace(f"url: '{dev_stack.registry}'",
+                                 f"url: '{dev_stack.registry}'\n    subject_strategy: record_name"))
+    out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 1 and "record_name: the record_name and topic_record_name strategies need" in out.stdout

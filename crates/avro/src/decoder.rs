@@ -412,7 +412,12 @@ pub struct RecordDecoder {
     unusable: HashMap<u32, String>,
     out: DecodedChunk,
     columns: Arc<RecordColumns>,
+    gate: Option<SchemaGate>,
 }
+
+/// Decides whether the records of a writer schema (its id, its Arrow schema)
+/// may be decoded; `Err(reason)` makes every record of that schema a dead letter.
+pub type SchemaGate = Box<dyn FnMut(u32, &SchemaRef) -> std::result::Result<(), String> + Send>;
 
 impl RecordDecoder {
     /// `runtime` is used to reach the registry from the (blocking) reader thread.
@@ -425,7 +430,14 @@ impl RecordDecoder {
             unusable: HashMap::new(),
             out: DecodedChunk::default(),
             columns: Arc::new(RecordColumns::default()),
+            gate: None,
         }
+    }
+
+    /// Asks `gate` about each writer schema before decoding its records.
+    pub fn with_schema_gate(mut self, gate: SchemaGate) -> RecordDecoder {
+        self.gate = Some(gate);
+        self
     }
 
     /// Also fill these columns from each record's key, headers and position.
@@ -499,6 +511,11 @@ impl RecordDecoder {
             self.columns.clone(),
         ) {
             Ok(d) => {
+                if let Some(gate) = &mut self.gate
+                    && let Err(reason) = gate(id, &d.decoder.schema())
+                {
+                    return Ok(Err(reason));
+                }
                 self.decoders.insert(id, d);
                 Ok(Ok(()))
             }

@@ -4,12 +4,17 @@
 mod decoder;
 mod delta_types;
 mod error;
+mod references;
 mod registry;
 
-pub use decoder::{DecodedChunk, KeyFormat, RecordColumns, RecordDecoder, arrow_schema_of};
+pub use decoder::{
+    DecodedChunk, KeyFormat, RecordColumns, RecordDecoder, SchemaGate, arrow_schema_of,
+};
 pub use delta_types::{delta_schema, to_delta_batch};
 pub use error::{AvroError, Result};
-pub use registry::{RegistryAuth, RegistryClient, RegistryConfig, RegistrySchema, SecretSource};
+pub use registry::{
+    RegistryAuth, RegistryClient, RegistryConfig, RegistrySchema, SchemaReference, SecretSource,
+};
 
 /// The first byte of every Confluent-framed message.
 pub const CONFLUENT_MAGIC: u8 = 0;

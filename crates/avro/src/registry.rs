@@ -114,10 +114,19 @@ const SCHEMA_CACHE_ENTRIES: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrySchema {
     pub id: u32,
-    /// The Avro schema JSON.
+    /// The Avro schema JSON, with the types it references from other
+    /// subjects inlined: self-contained, ready to decode.
     pub schema: String,
     /// `AVRO`, `PROTOBUF` or `JSON`.
     pub schema_type: String,
+}
+
+/// A named type a schema takes from a version of another subject.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SchemaReference {
+    pub name: String,
+    pub subject: String,
+    pub version: i64,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +135,8 @@ struct SchemaById {
     schema: String,
     #[serde(default)]
     schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<SchemaReference>,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +146,12 @@ struct SubjectVersion {
     schema: String,
     #[serde(default)]
     schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<SchemaReference>,
 }
+
+/// How deep references may nest (a reference of a reference ...).
+const MAX_REFERENCE_DEPTH: usize = 16;
 
 #[derive(Deserialize)]
 struct Registered {
@@ -218,7 +234,7 @@ impl RegistryClient {
             Outcome::Found(s) => {
                 let schema = Arc::new(RegistrySchema {
                     id,
-                    schema: s.schema,
+                    schema: self.resolve(s.schema, &s.references, 0).await?,
                     schema_type: s.schema_type.unwrap_or_else(|| "AVRO".into()),
                 });
                 self.by_id
@@ -232,17 +248,64 @@ impl RegistryClient {
 
     /// Latest version registered under `subject`; `None` when the subject is unknown.
     pub async fn latest(&self, subject: &str) -> Result<Option<RegistrySchema>> {
-        let url = format!("{}/subjects/{subject}/versions/latest", self.base());
+        self.subject_version(subject, "latest").await
+    }
+
+    /// A version of `subject` (a number, or `latest`), references inlined.
+    async fn subject_version(
+        &self,
+        subject: &str,
+        version: &str,
+    ) -> Result<Option<RegistrySchema>> {
+        let url = format!("{}/subjects/{subject}/versions/{version}", self.base());
         Ok(
             match self.send::<SubjectVersion>(|| self.http.get(&url)).await? {
                 Outcome::NotFound => None,
                 Outcome::Found(v) => Some(RegistrySchema {
                     id: v.id,
-                    schema: v.schema,
+                    schema: self.resolve(v.schema, &v.references, 0).await?,
                     schema_type: v.schema_type.unwrap_or_else(|| "AVRO".into()),
                 }),
             },
         )
+    }
+
+    /// `schema` with the named types it references inlined where first used,
+    /// so the decoder gets one self-contained schema.
+    async fn resolve(
+        &self,
+        schema: String,
+        references: &[SchemaReference],
+        depth: usize,
+    ) -> Result<String> {
+        if references.is_empty() {
+            return Ok(schema);
+        }
+        if depth >= MAX_REFERENCE_DEPTH {
+            return Err(AvroError::Config(format!(
+                "schema references nest deeper than {MAX_REFERENCE_DEPTH} levels"
+            )));
+        }
+        let mut named = Vec::with_capacity(references.len());
+        for r in references {
+            let found = Box::pin(self.subject_version(&r.subject, &r.version.to_string())).await?;
+            let Some(referenced) = found else {
+                return Err(AvroError::RegistryRejected {
+                    url: self.config.url.clone(),
+                    status: 404,
+                    message: format!(
+                        "the schema references {} from subject {} version {}, which does not exist",
+                        r.name, r.subject, r.version
+                    ),
+                });
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&referenced.schema).map_err(|e| {
+                    AvroError::Config(format!("referenced schema {} is not JSON: {e}", r.name))
+                })?;
+            named.push((r.name.clone(), value));
+        }
+        crate::references::inline(&schema, &named).map_err(AvroError::Config)
     }
 
     /// Registers an Avro schema under `subject` and returns its id (the

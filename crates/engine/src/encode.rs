@@ -72,8 +72,8 @@ impl Converter {
         };
         match evolve(table, &row.schema()).map_err(|m| {
             EngineError::Schema(format!(
-                "subject {}-value: {m}. Nothing of this batch was written",
-                self.spec.source.kafka.topic
+                "subject {}: {m}. Nothing of this batch was written",
+                self.spec.value_subject()
             ))
         })? {
             Some(evolved) => {

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use deltalake::arrow::datatypes::SchemaRef;
 use serde_json::json;
 use tributary_avro::{
     KeyFormat, RecordColumns, RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig,
-    SecretSource,
+    SchemaGate, SecretSource,
 };
 use tributary_core::{Classify, CrashPoint, TOPIC_GROUP, app_id, crash_point};
 use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, TableOptions, dead_letter_batch};
 use tributary_kafka::{GroupMember, KafkaReader, ReaderConfig, StartAt};
-use tributary_spec::{StartingOffsets, StateScope, TableSpec};
+use tributary_spec::{OnIncompatible, StartingOffsets, StateScope, TableSpec};
 
 use crate::encode::{Chunk, Converter, ReadyBatch, run_encoder};
 use crate::error::{EngineError, Result};
@@ -65,6 +66,36 @@ fn record_columns(spec: &TableSpec) -> RecordColumns {
         offset: c.offset.clone(),
         timestamp: c.timestamp.clone(),
     }
+}
+
+/// With `schema_evolution.on_incompatible: dead_letter`, refuses the writer
+/// schemas the table cannot hold, so their records become dead letters: each
+/// is checked against the table's schema as the run starts, evolved by every
+/// schema accepted since.
+fn schema_gate(spec: &TableSpec, table: Option<SchemaRef>) -> Option<SchemaGate> {
+    if spec.schema_evolution.on_incompatible != OnIncompatible::DeadLetter {
+        return None;
+    }
+    let subject = spec.value_subject();
+    let mut current = table;
+    Some(Box::new(move |id, writer| {
+        let incoming = tributary_avro::delta_schema(writer).map_err(|e| e.to_string())?;
+        let Some(table) = &current else {
+            current = Some(incoming);
+            return Ok(());
+        };
+        match crate::evolve::evolve(table, &incoming) {
+            Ok(Some(evolved)) => {
+                current = Some(Arc::new(evolved));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(m) => Err(format!(
+                "incompatible schema version (subject {subject}, schema id {id}): {m}; \
+                 kept here by schema_evolution.on_incompatible: dead_letter"
+            )),
+        }
+    }))
 }
 
 /// The schema-registry client a spec describes.
@@ -263,6 +294,9 @@ impl Run<'_> {
                         tokio::runtime::Handle::current(),
                     )
                     .with_record_columns(record_columns(spec));
+                    if let Some(gate) = schema_gate(spec, group.data.arrow_schema()) {
+                        decoder = decoder.with_schema_gate(gate);
+                    }
                     let stopped = || stop.load(Ordering::Relaxed);
                     let mut rows = Vec::new();
                     let mut collect = |b| {
@@ -349,6 +383,7 @@ impl Run<'_> {
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
         let columns = record_columns(spec);
+        let gate = schema_gate(spec, group.data.arrow_schema());
         // The reader stops when the user stops the pipeline or this run fails.
         let abort = Arc::new(AtomicBool::new(false));
         let (thread_stop, thread_abort) = (stop.clone(), abort.clone());
@@ -356,6 +391,9 @@ impl Run<'_> {
             .name(format!("read-{}", spec.pipeline))
             .spawn(move || {
                 let mut decoder = RecordDecoder::new(registry, handle).with_record_columns(columns);
+                if let Some(gate) = gate {
+                    decoder = decoder.with_schema_gate(gate);
+                }
                 let mut undrained: BTreeSet<i32> = limits
                     .drain_targets
                     .iter()

@@ -95,7 +95,8 @@ enum Command {
     },
     /// Check table specs; print every problem as `file:line: field.path: message`
     /// and exit 1 if there is any. Column references are checked against the
-    /// latest schema of `<topic>-value` when the registry answers.
+    /// latest schema of the value subject (`<topic>-value` by default) when
+    /// the registry answers.
     Validate {
         /// Table spec files, or directories of them (as for `run`).
         #[arg(required = true)]
@@ -600,9 +601,9 @@ async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode
                     }
                 }
                 Ok(None) => eprintln!(
-                    "{}: note: subject {}-value not in the registry; column references not checked",
+                    "{}: note: subject {} not in the registry; column references not checked",
                     f.display(),
-                    spec.source.kafka.topic
+                    spec.value_subject()
                 ),
                 Err(e) => eprintln!(
                     "{}: note: registry not reachable ({e}); column references not checked",
@@ -622,10 +623,7 @@ async fn registry_columns(spec: &TableSpec) -> anyhow::Result<Option<Vec<(String
         max_retries: 0,
         ..tributary_engine::registry_config(&spec.source.schema_registry)?
     })?;
-    let Some(latest) = client
-        .latest(&format!("{}-value", spec.source.kafka.topic))
-        .await?
-    else {
+    let Some(latest) = client.latest(&spec.value_subject()).await? else {
         return Ok(None);
     };
     let decoded = tributary_avro::arrow_schema_of(&latest.schema)?;

@@ -43,6 +43,33 @@ pub struct TableSpec {
     /// Republishing of committed rows to a Kafka topic, exactly once.
     #[serde(default)]
     pub republish: Option<RepublishSpec>,
+    /// How the table follows new versions of the writer schema.
+    #[serde(default)]
+    pub schema_evolution: SchemaEvolutionSpec,
+}
+
+/// Schema evolution: new fields always become new columns (see
+/// docs/schema-evolution.md); this says what happens to records of a schema
+/// version the table cannot hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaEvolutionSpec {
+    /// `fail`: the batch fails, naming subject and field, and the pipeline
+    /// stops. `dead_letter`: the records of that schema version go to the
+    /// dead-letter table with the reason, and the others go on.
+    #[serde(default)]
+    pub on_incompatible: OnIncompatible,
+}
+
+/// What an incompatible schema version does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIncompatible {
+    /// Fail the batch and stop the pipeline.
+    #[default]
+    Fail,
+    /// Send the version's records to the dead-letter table.
+    DeadLetter,
 }
 
 /// The source of a pipeline.
@@ -206,6 +233,16 @@ pub struct RegistrySpec {
     /// is not a public one.
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// How producers name the value subject: `topic_name` (`<topic>-value`),
+    /// `record_name` (the record's full name) or `topic_record_name`
+    /// (`<topic>-<record full name>`). Decoding needs no subject (each record
+    /// carries its schema id); `validate` and error messages use it.
+    #[serde(default)]
+    pub subject_strategy: SubjectStrategy,
+    /// The value record's full name (`example.Order`), for the
+    /// `record_name` and `topic_record_name` strategies.
+    #[serde(default)]
+    pub record_name: Option<String>,
     /// Timeout of one registry request.
     #[serde(default = "default_registry_timeout")]
     #[schemars(default = "default_registry_timeout")]
@@ -214,6 +251,19 @@ pub struct RegistrySpec {
     /// backoff) before the batch fails; a failed batch commits nothing and is retried.
     #[serde(default = "default_registry_retries")]
     pub max_retries: u32,
+}
+
+/// Confluent's subject name strategies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value`.
+    #[default]
+    TopicName,
+    /// The record's full name.
+    RecordName,
+    /// `<topic>-<record full name>`.
+    TopicRecordName,
 }
 
 fn default_registry_timeout() -> HumanDuration {
@@ -611,6 +661,18 @@ impl TableSpec {
             .iter()
             .filter_map(|e| PartitionColumn::parse(e).ok())
             .collect()
+    }
+
+    /// The subject of the topic's value schemas, by the spec's strategy.
+    pub fn value_subject(&self) -> String {
+        let registry = &self.source.schema_registry;
+        let topic = &self.source.kafka.topic;
+        let record = registry.record_name.as_deref().unwrap_or("?");
+        match registry.subject_strategy {
+            SubjectStrategy::TopicName => format!("{topic}-value"),
+            SubjectStrategy::RecordName => record.to_string(),
+            SubjectStrategy::TopicRecordName => format!("{topic}-{record}"),
+        }
     }
 
     /// Object store options of the checkpoint location: its own, or the table's.

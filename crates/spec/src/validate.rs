@@ -107,6 +107,19 @@ impl TableSpec {
                 ),
             ),
         }
+        if registry.subject_strategy != crate::model::SubjectStrategy::TopicName {
+            match &registry.record_name {
+                None => problem(
+                    "source.schema_registry.record_name",
+                    "the record_name and topic_record_name strategies need the record's full name (e.g. example.Order)".into(),
+                ),
+                Some(name) if !name.split('.').all(is_identifier) => problem(
+                    "source.schema_registry.record_name",
+                    format!("{name:?} is not an Avro full name (namespace.Name)"),
+                ),
+                Some(_) => {}
+            }
+        }
         let credentials = [
             registry.basic_auth_env.is_some(),
             registry.bearer_token_env.is_some(),

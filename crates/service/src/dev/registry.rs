@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 #[derive(Default)]
 struct Registry {
-    /// Schema text by id - 1.
-    schemas: Vec<String>,
+    /// Schema text and its references (`[{name, subject, version}]`) by id - 1.
+    schemas: Vec<(String, Value)>,
     /// Schema ids by subject, in version order.
     subjects: BTreeMap<String, Vec<u32>>,
     /// Until then, every API request answers 503 (fault injection for tests).
@@ -115,16 +115,31 @@ async fn register(
             json!({"error_code": 42201, "message": "invalid Avro schema"}),
         );
     };
+    let references = body.get("references").cloned().unwrap_or(json!([]));
     let mut reg = lock(&state);
-    // The same schema (compared as JSON) keeps its id, as in the Confluent registry.
-    let existing = reg
-        .schemas
-        .iter()
-        .position(|s| serde_json::from_str::<Value>(s).ok().as_ref() == Some(&parsed));
+    // A reference must name a registered subject version.
+    for reference in references.as_array().into_iter().flatten() {
+        let found = reference["subject"]
+            .as_str()
+            .and_then(|s| reg.subjects.get(s))
+            .zip(reference["version"].as_u64())
+            .is_some_and(|(ids, v)| v >= 1 && (v as usize) <= ids.len());
+        if !found || reference["name"].as_str().is_none() {
+            return reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error_code": 42201, "message": format!("invalid reference {reference}")}),
+            );
+        }
+    }
+    // The same schema (compared as JSON) with the same references keeps its
+    // id, as in the Confluent registry.
+    let existing = reg.schemas.iter().position(|(s, r)| {
+        serde_json::from_str::<Value>(s).ok().as_ref() == Some(&parsed) && *r == references
+    });
     let id = match existing {
         Some(i) => i as u32 + 1,
         None => {
-            reg.schemas.push(schema.to_string());
+            reg.schemas.push((schema.to_string(), references));
             reg.schemas.len() as u32
         }
     };
@@ -141,7 +156,10 @@ async fn schema_by_id(State(state): State<Shared>, Path(id): Path<u32>) -> Respo
     }
     let reg = lock(&state);
     match reg.schemas.get((id as usize).wrapping_sub(1)) {
-        Some(s) => reply(StatusCode::OK, json!({"schema": s})),
+        Some((s, references)) => reply(
+            StatusCode::OK,
+            json!({"schema": s, "references": references}),
+        ),
         None => not_found(40403, "Schema not found"),
     }
 }
@@ -193,7 +211,11 @@ async fn version(
     let id = ids[i];
     reply(
         StatusCode::OK,
-        json!({"subject": subject, "version": i + 1, "id": id, "schema": reg.schemas[id as usize - 1]}),
+        json!({
+            "subject": subject, "version": i + 1, "id": id,
+            "schema": reg.schemas[id as usize - 1].0,
+            "references": reg.schemas[id as usize - 1].1,
+        }),
     )
 }
 
@@ -209,11 +231,11 @@ impl Drop for DevRegistry {
     }
 }
 
-/// Starts the registry on `addr` (port 0 picks a free port).
-/// Broker outages requested over HTTP are sent to `kafka_control`.
-/// Starts the registry on `addr`. With `basic_auth` (`user:password`), every
-/// API request must carry those credentials, as a secured Confluent registry
-/// requires (401 otherwise); the `/_dev/` controls stay open.
+/// Starts the registry on `addr` (port 0 picks a free port). Broker outages
+/// requested over HTTP are sent to `kafka_control`. With `basic_auth`
+/// (`user:password`), every API request must carry those credentials, as a
+/// secured Confluent registry requires (401 otherwise); the `/_dev/`
+/// controls stay open.
 pub async fn start(
     addr: SocketAddr,
     kafka_control: Option<UnboundedSender<Duration>>,
