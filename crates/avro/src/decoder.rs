@@ -14,13 +14,13 @@ use std::sync::Arc;
 
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
 use deltalake::arrow::datatypes::SchemaRef;
 use tributary_core::{DeadLetter, RawRecord};
 
 use crate::error::{AvroError, Result};
 use crate::registry::RegistryClient;
-use crate::split_frame;
+use crate::{CONFLUENT_MAGIC, split_frame};
 
 /// Rows per Arrow batch produced by the decoder.
 const DEFAULT_BATCH_ROWS: usize = 8192;
@@ -71,6 +71,10 @@ pub enum KeyFormat {
     /// UTF-8 text; a key that is not UTF-8 makes its record a dead letter.
     String,
     Bytes,
+    /// Avro in the Confluent wire format, decoded with its schema from the
+    /// registry: a record key becomes a struct column, any other a column
+    /// of its type. A key that cannot be decoded makes its record a dead letter.
+    Avro,
 }
 
 impl RecordColumns {
@@ -102,11 +106,12 @@ impl RecordColumns {
             let keys = records
                 .iter()
                 .map(|r| r.key.clone().map(|k| &pending.bytes[k]));
+            // Avro keys travel as bytes here; the record decoder decodes them.
             let column: ArrayRef = match format {
                 KeyFormat::String => Arc::new(StringArray::from_iter(
                     keys.map(|k| k.map(|k| String::from_utf8_lossy(k).into_owned())),
                 )),
-                KeyFormat::Bytes => {
+                KeyFormat::Bytes | KeyFormat::Avro => {
                     let mut b = BinaryBuilder::new();
                     for k in keys {
                         b.append_option(k);
@@ -413,6 +418,103 @@ pub struct RecordDecoder {
     out: DecodedChunk,
     columns: Arc<RecordColumns>,
     gate: Option<SchemaGate>,
+    keys: AvroKeys,
+}
+
+/// Decoders of Avro keys, by key schema id.
+#[derive(Default)]
+struct AvroKeys {
+    decoders: HashMap<u32, KeyDecoder>,
+    /// Key schema ids that cannot be decoded, with the reason.
+    unusable: HashMap<u32, String>,
+}
+
+/// The decoder of one key schema. Arrow batches need a record at the top:
+/// any other key schema is wrapped in a one-field record, whose binary
+/// encoding is the same bytes.
+struct KeyDecoder {
+    schema_json: String,
+    id: u32,
+    wrapped: bool,
+    /// Checks each key as it arrives (its rows are thrown away).
+    check: Decoder,
+}
+
+impl KeyDecoder {
+    fn new(id: u32, schema: &str) -> std::result::Result<KeyDecoder, String> {
+        let parsed: serde_json::Value = serde_json::from_str(schema)
+            .map_err(|e| format!("key schema {id} is not JSON: {e}"))?;
+        let wrapped = parsed.get("type").and_then(serde_json::Value::as_str) != Some("record");
+        let schema_json = if wrapped {
+            serde_json::json!({"type": "record", "name": "TributaryKey",
+                               "fields": [{"name": "key", "type": parsed}]})
+            .to_string()
+        } else {
+            schema.to_string()
+        };
+        let check = build_decoder(id, &schema_json, DEFAULT_BATCH_ROWS)?;
+        Ok(KeyDecoder {
+            schema_json,
+            id,
+            wrapped,
+            check,
+        })
+    }
+
+    /// Whether `body` is one whole key of this schema.
+    fn accepts(&mut self, body: &[u8]) -> std::result::Result<(), String> {
+        let mut framed = Vec::with_capacity(body.len() + 5);
+        framed.push(CONFLUENT_MAGIC);
+        framed.extend_from_slice(&self.id.to_be_bytes());
+        framed.extend_from_slice(body);
+        let before = self.check.capacity();
+        let result = self.check.decode(&framed);
+        let rows = before - self.check.capacity();
+        let outcome = match result {
+            Ok(n) if n == framed.len() && rows == 1 => Ok(()),
+            Ok(_) => Err("invalid Avro key: it does not end where its schema does".to_string()),
+            Err(e) => Err(format!("invalid Avro key: {e}")),
+        };
+        if outcome.is_err() {
+            self.check = build_decoder(self.id, &self.schema_json, DEFAULT_BATCH_ROWS)?;
+        } else if self.check.batch_is_full() {
+            let _ = self.check.flush();
+        }
+        outcome
+    }
+
+    /// The keys (framed, in order) as one column.
+    fn decode(&self, keys: &[&[u8]]) -> Result<ArrayRef> {
+        let broken = |message: String| AvroError::UnsupportedSchema {
+            id: self.id,
+            message,
+        };
+        let mut decoder =
+            build_decoder(self.id, &self.schema_json, keys.len().max(1)).map_err(broken)?;
+        if keys.is_empty() {
+            let schema = decoder.schema();
+            let data_type = if self.wrapped {
+                schema.field(0).data_type().clone()
+            } else {
+                deltalake::arrow::datatypes::DataType::Struct(schema.fields().clone())
+            };
+            return Ok(deltalake::arrow::array::new_null_array(&data_type, 0));
+        }
+        for key in keys {
+            decoder
+                .decode(key)
+                .map_err(|e| broken(format!("a key accepted once was refused: {e}")))?;
+        }
+        let batch = decoder
+            .flush()
+            .map_err(|e| broken(format!("a key accepted once was refused: {e}")))?
+            .ok_or_else(|| broken("no keys decoded".into()))?;
+        Ok(if self.wrapped {
+            batch.column(0).clone()
+        } else {
+            Arc::new(StructArray::from(batch))
+        })
+    }
 }
 
 /// Decides whether the records of a writer schema (its id, its Arrow schema)
@@ -431,6 +533,7 @@ impl RecordDecoder {
             out: DecodedChunk::default(),
             columns: Arc::new(RecordColumns::default()),
             gate: None,
+            keys: AvroKeys::default(),
         }
     }
 
@@ -464,6 +567,13 @@ impl RecordDecoder {
                 return Ok(());
             }
         };
+        if matches!(self.columns.key, Some((_, KeyFormat::Avro)))
+            && let Some(key) = record.key
+            && let Err(reason) = self.check_key(key)?
+        {
+            self.out.dead_letters.push(DeadLetter::new(record, reason));
+            return Ok(());
+        }
         if !self.decoders.contains_key(&id) {
             if let Some(reason) = self.unusable.get(&id) {
                 self.out
@@ -528,13 +638,140 @@ impl RecordDecoder {
         for decoder in self.decoders.values_mut() {
             decoder.flush(&mut self.out)?;
         }
-        Ok(std::mem::take(&mut self.out))
+        let mut chunk = std::mem::take(&mut self.out);
+        chunk.batches = self.attach_keys(std::mem::take(&mut chunk.batches))?;
+        Ok(chunk)
     }
 
     /// Arrow batches completed so far (each decoder flushes when full);
     /// dead letters stay until `finish`.
-    pub fn take_batches(&mut self) -> Vec<RecordBatch> {
-        std::mem::take(&mut self.out.batches)
+    pub fn take_batches(&mut self) -> Result<Vec<RecordBatch>> {
+        let batches = std::mem::take(&mut self.out.batches);
+        self.attach_keys(batches)
+    }
+
+    /// Whether an Avro key is one this decoder can read. Outer `Err`: the
+    /// registry could not be reached.
+    fn check_key(&mut self, key: &[u8]) -> Result<std::result::Result<(), String>> {
+        let (id, body) = match split_frame(key) {
+            Ok(frame) => frame,
+            Err(reason) => return Ok(Err(format!("Avro key: {reason}"))),
+        };
+        if let Some(reason) = self.keys.unusable.get(&id) {
+            return Ok(Err(reason.clone()));
+        }
+        if !self.keys.decoders.contains_key(&id) {
+            let fetched = self.runtime.block_on(self.registry.schema_by_id(id))?;
+            let loaded = match fetched {
+                None => Err(format!(
+                    "unknown key schema id {id}: the registry has no schema with this id"
+                )),
+                Some(s) if s.schema_type != "AVRO" => Err(format!(
+                    "key schema id {id} is a {} schema; only Avro is supported",
+                    s.schema_type
+                )),
+                Some(s) => KeyDecoder::new(id, &s.schema),
+            };
+            match loaded {
+                Ok(decoder) => {
+                    self.keys.decoders.insert(id, decoder);
+                }
+                Err(reason) => {
+                    self.keys.unusable.insert(id, reason.clone());
+                    return Ok(Err(reason));
+                }
+            }
+        }
+        Ok(self
+            .keys
+            .decoders
+            .get_mut(&id)
+            .map_or_else(|| Err("key decoder vanished".into()), |d| d.accepts(body)))
+    }
+
+    /// Replaces the raw key column by the decoded keys. A batch whose keys
+    /// use several key schemas is cut into runs of one schema each.
+    fn attach_keys(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let Some((name, KeyFormat::Avro)) = &self.columns.key else {
+            return Ok(batches);
+        };
+        let mut out = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let index = batch.schema().index_of(name)?;
+            let raw = batch.column(index).as_binary::<i32>().clone();
+            let key_id = |i: usize| {
+                (raw.is_valid(i))
+                    .then(|| split_frame(raw.value(i)).ok().map(|(id, _)| id))
+                    .flatten()
+            };
+            // Runs of rows sharing a key schema; null keys join the run they are in.
+            let mut start = 0;
+            let mut run_id = (0..raw.len()).find_map(key_id);
+            for i in 0..=raw.len() {
+                let next = if i < raw.len() { key_id(i) } else { None };
+                let ends = i == raw.len() || next.is_some_and(|id| Some(id) != run_id);
+                if !ends {
+                    continue;
+                }
+                if i > start {
+                    out.push(self.decoded_run(&batch, index, &raw, start, i, run_id)?);
+                }
+                start = i;
+                run_id = next.or(run_id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn decoded_run(
+        &self,
+        batch: &RecordBatch,
+        index: usize,
+        raw: &deltalake::arrow::array::BinaryArray,
+        start: usize,
+        end: usize,
+        key_id: Option<u32>,
+    ) -> Result<RecordBatch> {
+        use deltalake::arrow::array::UInt32Array;
+        use deltalake::arrow::datatypes::{Field, Schema};
+        let slice = batch.slice(start, end - start);
+        let Some(decoder) = key_id.and_then(|id| self.keys.decoders.get(&id)) else {
+            // No key at all: without a key schema there is no type, so the
+            // column is left out and reads as null.
+            return Ok(slice.project(
+                &(0..slice.num_columns())
+                    .filter(|&i| i != index)
+                    .collect::<Vec<_>>(),
+            )?);
+        };
+        let present: Vec<&[u8]> = (start..end)
+            .filter(|&i| raw.is_valid(i))
+            .map(|i| raw.value(i))
+            .collect();
+        let decoded = decoder.decode(&present)?;
+        // Null keys stay null: row i takes the next decoded key, or none.
+        let mut next = 0u32;
+        let positions: UInt32Array = (start..end)
+            .map(|i| {
+                raw.is_valid(i).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let column = deltalake::arrow::compute::take(&decoded, &positions, None)?;
+        let mut fields: Vec<Arc<Field>> = slice.schema().fields().iter().cloned().collect();
+        let mut columns = slice.columns().to_vec();
+        fields[index] = Arc::new(Field::new(
+            fields[index].name(),
+            column.data_type().clone(),
+            true,
+        ));
+        columns[index] = column;
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
     }
 
     /// Whether `take_batches` has anything.

@@ -152,13 +152,27 @@ pub(crate) fn run_encoder(
 }
 
 /// Column references of the spec against the decoded schema. The Kafka
-/// columns the decoder appended come last; a value field with one of their
-/// names is a collision.
+/// columns the decoder appended are not the record's; a value field with one
+/// of their names appears twice, a collision.
 fn check_columns(spec: &TableSpec, schema: &Schema) -> Result<()> {
-    let appended = spec.source.columns.named().len();
-    let value_fields = &schema.fields()[..schema.fields().len().saturating_sub(appended)];
-    let columns: Vec<(String, bool)> = value_fields
+    let named: Vec<&str> = spec
+        .source
+        .columns
+        .named()
+        .into_iter()
+        .map(|(_, name, _)| name)
+        .collect();
+    for name in &named {
+        if schema.fields().iter().filter(|f| f.name() == name).count() > 1 {
+            return Err(EngineError::Spec(format!(
+                "source.columns: column {name:?} collides with a field of the record"
+            )));
+        }
+    }
+    let columns: Vec<(String, bool)> = schema
+        .fields()
         .iter()
+        .filter(|f| !named.contains(&f.name().as_str()))
         .map(|f| {
             (
                 f.name().clone(),

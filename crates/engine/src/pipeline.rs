@@ -54,6 +54,7 @@ fn record_columns(spec: &TableSpec) -> RecordColumns {
             let format = match k.format {
                 tributary_spec::KeyFormatSpec::String => KeyFormat::String,
                 tributary_spec::KeyFormatSpec::Bytes => KeyFormat::Bytes,
+                tributary_spec::KeyFormatSpec::Avro => KeyFormat::Avro,
             };
             (k.name.clone(), format)
         }),

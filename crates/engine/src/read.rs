@@ -68,7 +68,7 @@ fn decode(
         decoder.push(raw)?;
     }
     if decoder.has_batches() {
-        decoder.take_batches().into_iter().try_for_each(rows)?;
+        decoder.take_batches()?.into_iter().try_for_each(rows)?;
     }
     Ok(())
 }

@@ -118,8 +118,8 @@ pub struct RecordColumnsSpec {
 pub struct KeyColumnSpec {
     /// Column name.
     pub name: String,
-    /// `string`: UTF-8 text (a key that is not UTF-8 makes its record a dead
-    /// letter); `bytes`: the raw bytes (`binary`).
+    /// `string`: UTF-8 text; `bytes`: the raw bytes; `avro`: decoded through
+    /// the registry. A key that cannot be read so makes its record a dead letter.
     #[serde(default)]
     pub format: KeyFormatSpec,
 }
@@ -128,9 +128,15 @@ pub struct KeyColumnSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyFormatSpec {
+    /// UTF-8 text (`string`).
     #[default]
     String,
+    /// The raw bytes (`binary`).
     Bytes,
+    /// Avro in the Confluent wire format, decoded with its schema from the
+    /// registry: a record key becomes a struct column, any other a column of
+    /// its type.
+    Avro,
 }
 
 impl RecordColumnsSpec {
