@@ -104,7 +104,8 @@ def test_the_table_follows_v1_v2_v3_and_refuses_v4(binary, dev_stack, tmp_path):
     produce([(300, 4)])
     refused = run_spec(binary, spec)
     assert refused.returncode != 0
-    assert "subject evo-value: field id" in refused.stderr and "incompatible type change" in refused.stderr, refused.stderr[-2000:]
+    assert f"subject evo-value (writer schema id {ids[4]}): field id" in refused.stderr \
+        and "incompatible type change" in refused.stderr, refused.stderr[-2000:]
     assert log_versions(table) == before
     assert con.execute(f"select count(*) from delta_scan('{table}')").fetchone()[0] == 300
 

@@ -22,6 +22,9 @@ use crate::error::{AvroError, Result};
 use crate::registry::RegistryClient;
 use crate::{CONFLUENT_MAGIC, split_frame};
 
+/// Schema metadata key naming the writer schema id of a decoded batch.
+pub const SCHEMA_ID_METADATA: &str = "tributary.writer_schema_id";
+
 /// Rows per Arrow batch produced by the decoder.
 const DEFAULT_BATCH_ROWS: usize = 8192;
 
@@ -250,11 +253,21 @@ impl SchemaDecoder {
     }
 
     /// A decoded batch of the pending records `rows`, with the record columns.
+    /// Also names the writer schema id in the batch's schema metadata
+    /// (`SCHEMA_ID_METADATA`), for messages about the schema.
     fn finished(&self, batch: RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
-        if *self.columns == RecordColumns::default() {
-            return Ok(batch);
-        }
-        self.columns.append(batch, &self.pending, rows)
+        let batch = if *self.columns == RecordColumns::default() {
+            batch
+        } else {
+            self.columns.append(batch, &self.pending, rows)?
+        };
+        let mut metadata = batch.schema().metadata().clone();
+        metadata.insert(SCHEMA_ID_METADATA.to_string(), self.id.to_string());
+        let schema = deltalake::arrow::datatypes::Schema::new_with_metadata(
+            batch.schema().fields().clone(),
+            metadata,
+        );
+        Ok(batch.with_schema(Arc::new(schema))?)
     }
 
     fn rebuild(&mut self) -> Result<()> {

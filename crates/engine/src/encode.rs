@@ -70,9 +70,15 @@ impl Converter {
             self.table_schema = Some(row.schema());
             return Ok(row);
         };
+        let writer = decoded
+            .schema()
+            .metadata()
+            .get(tributary_avro::SCHEMA_ID_METADATA)
+            .map(|id| format!(" (writer schema id {id})"))
+            .unwrap_or_default();
         match evolve(table, &row.schema()).map_err(|m| {
             EngineError::Schema(format!(
-                "subject {}: {m}. Nothing of this batch was written",
+                "subject {}{writer}: {m}. Nothing of this batch was written",
                 self.spec.value_subject()
             ))
         })? {
