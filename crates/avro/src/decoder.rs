@@ -550,6 +550,11 @@ impl RecordDecoder {
         }
     }
 
+    /// Whether records must come with their headers (a headers column).
+    pub fn wants_headers(&self) -> bool {
+        self.columns.headers.is_some()
+    }
+
     /// Asks `gate` about each writer schema before decoding its records.
     pub fn with_schema_gate(mut self, gate: SchemaGate) -> RecordDecoder {
         self.gate = Some(gate);

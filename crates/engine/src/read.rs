@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
 use tributary_avro::RecordDecoder;
-use tributary_core::DeadLetter;
-use tributary_core::OffsetRanges;
-use tributary_kafka::{KafkaReader, Polled, headers_of, raw_record};
+use tributary_core::{DeadLetter, OffsetRanges, RawRecord, RecordHeaders};
+use tributary_kafka::{KafkaHeaders, KafkaReader, Polled, headers_of, raw_record};
 
 use crate::error::Result;
 
@@ -51,10 +50,20 @@ struct Counts {
 
 const DECODE_SAMPLE: u64 = 64;
 
+/// `raw` with `headers` attached. They are read only for tables that store
+/// them: librdkafka parses a message's headers on first access.
+fn with_headers<'a>(
+    mut raw: RawRecord<'a>,
+    headers: Option<&'a KafkaHeaders<'a>>,
+) -> RawRecord<'a> {
+    raw.headers = headers.map(|h| h as &dyn RecordHeaders);
+    raw
+}
+
 /// Decodes one record, counts it, and hands on the rows the decoder completed.
 fn decode(
     decoder: &mut RecordDecoder,
-    raw: &tributary_core::RawRecord<'_>,
+    raw: &RawRecord<'_>,
     rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
     counts: &mut Counts,
 ) -> Result<()> {
@@ -122,11 +131,8 @@ pub(crate) fn read_new_batch(
         }
         match polled {
             Polled::Record(m) => {
-                let headers = headers_of(&m);
-                let mut raw = raw_record(&m);
-                raw.headers = headers
-                    .as_ref()
-                    .map(|h| h as &dyn tributary_core::RecordHeaders);
+                let headers = decoder.wants_headers().then(|| headers_of(&m)).flatten();
+                let raw = with_headers(raw_record(&m), headers.as_ref());
                 ranges.record(raw.partition, raw.offset);
                 if !undrained.is_empty()
                     && limits
@@ -197,11 +203,8 @@ pub(crate) fn replay_batch(
         }
         match reader.poll(POLL)? {
             Polled::Record(m) => {
-                let headers = headers_of(&m);
-                let mut raw = raw_record(&m);
-                raw.headers = headers
-                    .as_ref()
-                    .map(|h| h as &dyn tributary_core::RecordHeaders);
+                let headers = decoder.wants_headers().then(|| headers_of(&m)).flatten();
+                let raw = with_headers(raw_record(&m), headers.as_ref());
                 let Some((_, end)) = pending.get(&raw.partition).copied() else {
                     continue;
                 };
