@@ -14,9 +14,10 @@ use tributary_kafka::OutRecord;
 
 use crate::error::{RepublishError, Result};
 
-/// Turns table rows into records for one target topic.
+/// Turns table rows (in the table's schema) into records for one target topic.
 pub struct RowEncoder {
-    columns: Vec<String>,
+    /// Indices of the published columns; `None`: every column.
+    projection: Option<Vec<usize>>,
     key: Option<String>,
     value: ValueFormat,
 }
@@ -30,12 +31,30 @@ pub enum ValueFormat {
 }
 
 impl RowEncoder {
-    pub fn new(columns: Vec<String>, key: Option<String>, value: ValueFormat) -> RowEncoder {
-        RowEncoder {
-            columns,
+    /// An encoder for rows of `table`, publishing `columns` (all when empty).
+    pub fn new(
+        table: &Schema,
+        columns: &[String],
+        key: Option<String>,
+        value: ValueFormat,
+    ) -> Result<RowEncoder> {
+        let projection = if columns.is_empty() {
+            None
+        } else {
+            let value_schema = Self::value_schema(columns, table)?;
+            Some(
+                value_schema
+                    .fields()
+                    .iter()
+                    .map(|f| table.index_of(f.name()))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
+        Ok(RowEncoder {
+            projection,
             key,
             value,
-        }
+        })
     }
 
     /// The schema of the published values, given the table's.
@@ -68,16 +87,9 @@ impl RowEncoder {
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
-        let values = if self.columns.is_empty() {
-            batch.clone()
-        } else {
-            let schema = Self::value_schema(&self.columns, batch.schema().as_ref())?;
-            let indices = schema
-                .fields()
-                .iter()
-                .map(|f| batch.schema().index_of(f.name()))
-                .collect::<Result<Vec<_>, _>>()?;
-            batch.project(&indices)?
+        let values = match &self.projection {
+            Some(indices) => batch.project(indices)?,
+            None => batch.clone(),
         };
         let bodies = match self.value {
             ValueFormat::Avro { schema_id } => avro_values(&values, schema_id)?,
@@ -167,10 +179,12 @@ mod tests {
     #[test]
     fn json_values_are_projected_with_explicit_nulls_and_keyed() {
         let encoder = RowEncoder::new(
-            vec!["account".into(), "id".into()],
+            &batch().schema(),
+            &["account".into(), "id".into()],
             Some("account".into()),
             ValueFormat::Json,
-        );
+        )
+        .unwrap();
         let records = encoder.encode(&batch()).unwrap();
         assert_eq!(
             records,
@@ -190,10 +204,12 @@ mod tests {
     #[test]
     fn avro_values_carry_the_confluent_header_and_the_avro_body() {
         let encoder = RowEncoder::new(
-            vec!["id".into()],
+            &batch().schema(),
+            &["id".into()],
             None,
             ValueFormat::Avro { schema_id: 258 },
-        );
+        )
+        .unwrap();
         let records = encoder.encode(&batch()).unwrap();
         // Magic byte, schema id 258 big-endian, then the union branch of a
         // nullable long (1 = the long) and 7 zig-zag encoded (14).

@@ -71,6 +71,7 @@ pub async fn run_republisher(
         encoder: None,
         on_progress,
         next: None,
+        table: None,
     };
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -126,11 +127,38 @@ struct Sink {
     /// The next version to publish; read from the progress topic at start
     /// and after an error.
     next: Option<u64>,
+    /// The table, once opened.
+    table: Option<DeltaTableSink>,
 }
 
 impl Sink {
-    /// Publishes every committed version after the last published one.
+    /// Publishes every committed version after the last published one. The
+    /// table is opened once and refreshed at each poll.
     async fn publish_new_versions(&mut self, stop: &AtomicBool) -> Result<()> {
+        let table = match self.table.take() {
+            Some(mut table) => {
+                table.refresh().await?;
+                table
+            }
+            None => {
+                DeltaTableSink::open_existing(TableOptions {
+                    uri: self.spec.table.uri.clone(),
+                    storage_options: self.spec.table.storage_options.clone(),
+                    ..TableOptions::default()
+                })
+                .await?
+            }
+        };
+        let outcome = self.publish_up_to_latest(&table, stop).await;
+        self.table = Some(table);
+        outcome
+    }
+
+    async fn publish_up_to_latest(
+        &mut self,
+        table: &DeltaTableSink,
+        stop: &AtomicBool,
+    ) -> Result<()> {
         let mut next = match self.next {
             Some(next) => next,
             None => {
@@ -142,12 +170,6 @@ impl Sink {
                 next
             }
         };
-        let table = DeltaTableSink::open_existing(TableOptions {
-            uri: self.spec.table.uri.clone(),
-            storage_options: self.spec.table.storage_options.clone(),
-            ..TableOptions::default()
-        })
-        .await?;
         let Some(latest) = table.version() else {
             return Ok(());
         };
@@ -157,7 +179,7 @@ impl Sink {
                 .added_in(next)
                 .await?
                 .ok_or(RepublishError::VersionGone { version: next })?;
-            let encoder = self.encoder_for(&table).await?;
+            let encoder = self.encoder_for(table).await?;
             let mut records: Vec<OutRecord> = Vec::new();
             let mut rows_read = 0;
             for file in &added {
@@ -220,7 +242,12 @@ impl Sink {
                 ValueFormat::Avro { schema_id }
             }
         };
-        let encoder = Arc::new(RowEncoder::new(columns, self.republish.key.clone(), value));
+        let encoder = Arc::new(RowEncoder::new(
+            &schema,
+            &columns,
+            self.republish.key.clone(),
+            value,
+        )?);
         self.encoder = Some((schema, encoder.clone()));
         Ok(encoder)
     }
