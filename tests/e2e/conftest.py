@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import urllib.request
 
@@ -18,6 +19,13 @@ import pytest
 from confluent_kafka import Producer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    """A loopback port nothing listens on (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ exactly its recorded offsets and deletes the crashed attempt's files."""
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,10 @@ import boto3
 import pytest
 from deltalake import DeltaTable
 
-from conftest import run_spec
+from conftest import free_port, run_spec
 from test_exactly_once import log_of, produce_ids, spec_for, start
 
 BUCKET = "tributary-lake"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ Known tansu gaps, and what these tests do about them:
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -29,15 +28,9 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import DevStack, confluent, duck, write_spec
+from conftest import DevStack, confluent, duck, free_port, write_spec
 from test_exactly_once import assert_exactly_once, produce_ids, spec_for, start
 from test_ingest import SCHEMA as ALL_TYPES, assert_every_type_landed, record
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
