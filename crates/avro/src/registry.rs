@@ -60,17 +60,6 @@ impl SecretSource<'_> {
 }
 
 impl RegistryAuth {
-    /// Reads credentials from the environment variables a spec names.
-    pub fn from_env(
-        basic_auth_env: Option<&str>,
-        bearer_token_env: Option<&str>,
-    ) -> Result<RegistryAuth> {
-        RegistryAuth::from_sources(
-            basic_auth_env.map(SecretSource::Env),
-            bearer_token_env.map(SecretSource::Env),
-        )
-    }
-
     /// Reads `user:password` for basic auth, or a bearer token.
     pub fn from_sources(
         basic: Option<SecretSource<'_>>,
