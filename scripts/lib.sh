@@ -6,7 +6,8 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # C toolchain and headers for librdkafka (with TLS) and the Python used by tests.
 install_system_packages() {
-    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev)
+    # clang + libclang-dev: bindgen for the RocksDB bindings.
+    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev clang libclang-dev)
     # Any Python 3 with venv will do (Debian's, or pyenv's).
     if ! { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
         wanted+=(python3 python3-venv)

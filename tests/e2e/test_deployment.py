@@ -156,6 +156,9 @@ def test_compose_stack_is_pinned_and_runs_the_example_specs_on_minio(binary, dev
     # swapped for the test's), their schema registered as the generator does.
     generator_schema = (EXAMPLE / "schemas" / "clicks.avsc")
     dev_stack.register(f"{topic}-value", json.loads(generator_schema.read_text()))
+    # Topics the generator does not feed have their schemas beside the specs.
+    for schema in sorted((spec_dir / "schemas").glob("*.avsc")):
+        dev_stack.register(f"{schema.stem}-value", json.loads(schema.read_text()))
     env.pop("SCHEMA_REGISTRY_URL")
     env.pop("KAFKA_BOOTSTRAP_SERVERS")
     lines = validate_online(binary, dev_stack, spec_dir, env)

@@ -8,6 +8,7 @@ mod dead_letters;
 mod error;
 mod files;
 mod maintenance;
+mod merge;
 mod partitioning;
 mod store;
 mod table;

@@ -41,6 +41,8 @@ pub struct DataFile {
     /// Its partition values, in the order of the table's partition columns.
     pub partition_values: Vec<Option<String>>,
     pub rows: Option<u64>,
+    /// Its statistics as the log holds them (JSON), when it has some.
+    pub stats: Option<String>,
     /// The action that retires it (with its deletion vector, if it has one).
     pub remove: Remove,
 }
@@ -107,6 +109,7 @@ impl DeltaTableSink {
                         .map(|c| values.get(c).cloned().flatten())
                         .collect(),
                     rows: f.num_records().map(|n| n as u64),
+                    stats: f.stats(),
                     remove: f.remove_action(false),
                 }
             })
@@ -331,7 +334,7 @@ impl DeltaTableSink {
 }
 
 /// Shapes a batch as `schema`: columns by name, missing ones null, types cast.
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let columns = schema
         .fields()
         .iter()

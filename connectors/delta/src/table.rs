@@ -70,7 +70,7 @@ pub struct CommitMarker {
 }
 
 pub struct DeltaTableSink {
-    options: TableOptions,
+    pub(crate) options: TableOptions,
     url: Url,
     pub(crate) table: Option<DeltaTable>,
 }

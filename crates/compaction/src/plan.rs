@@ -84,6 +84,7 @@ mod tests {
             modification_time: added,
             partition_values: vec![Some(partition.into())],
             rows: None,
+            stats: None,
             remove: Default::default(),
         }
     }

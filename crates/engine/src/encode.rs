@@ -29,8 +29,17 @@ pub(crate) enum Chunk {
 /// A batch read, decoded and encoded, ready to be committed.
 pub(crate) struct ReadyBatch {
     pub read: ReadBatch,
-    pub encoded: EncodedBatch,
+    pub payload: Payload,
     pub encode_time: Duration,
+}
+
+/// What the encoder made of a batch's rows.
+pub(crate) enum Payload {
+    /// Parquet files of the rows, ready to upload.
+    Encoded(EncodedBatch),
+    /// Converted rows, in one schema, for the event-time operators: what
+    /// reaches the table depends on the state, so they are encoded after.
+    Rows(Vec<RecordBatch>),
 }
 
 /// Decoded rows to the table's columns and types.
@@ -40,16 +49,37 @@ pub(crate) struct Converter {
     /// The table's schema when it exists: rows are reordered and cast to it.
     table_schema: Option<SchemaRef>,
     checked: HashSet<SchemaRef>,
+    /// Kafka columns only the operators read: kept aside from conversion
+    /// and schema evolution, and appended to the converted rows.
+    hidden: Vec<String>,
 }
 
 impl Converter {
-    pub(crate) fn new(spec: &TableSpec, table_schema: Option<SchemaRef>) -> Converter {
+    /// A windowed table holds aggregates, not records: its records are
+    /// converted on their own (the table's schema and partitions are the
+    /// output's).
+    pub(crate) fn new(
+        spec: &TableSpec,
+        table_schema: Option<SchemaRef>,
+        hidden: Vec<String>,
+    ) -> Converter {
+        let windowed = spec.window.is_some();
         Converter {
             spec: spec.clone(),
-            partitions: spec.partition_columns(),
-            table_schema,
+            partitions: if windowed {
+                Vec::new()
+            } else {
+                spec.partition_columns()
+            },
+            table_schema: if windowed { None } else { table_schema },
             checked: HashSet::new(),
+            hidden,
         }
+    }
+
+    /// Whether the rows go to the event-time operators before the table.
+    pub(crate) fn is_stateful(&self) -> bool {
+        self.spec.is_stateful()
     }
 
     pub(crate) fn partition_names(&self) -> Vec<String> {
@@ -60,6 +90,46 @@ impl Converter {
     }
 
     pub(crate) fn convert(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
+        if self.hidden.is_empty() {
+            return self.convert_visible(decoded);
+        }
+        let schema = decoded.schema();
+        let (mut visible, mut hidden) = (Vec::new(), Vec::new());
+        for (i, f) in schema.fields().iter().enumerate() {
+            if self.hidden.contains(f.name()) {
+                hidden.push(i);
+            } else {
+                visible.push(i);
+            }
+        }
+        let arrow = |e: deltalake::arrow::error::ArrowError| EngineError::Internal(e.to_string());
+        let converted = self.convert_visible(&decoded.project(&visible).map_err(arrow)?)?;
+        let aside = decoded.project(&hidden).map_err(arrow)?;
+        let mut fields: Vec<_> = converted.schema().fields().iter().cloned().collect();
+        fields.extend(aside.schema().fields().iter().cloned());
+        let mut columns = converted.columns().to_vec();
+        columns.extend(aside.columns().iter().cloned());
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+    }
+
+    /// All rows of a batch in the schema of its last rows (a batch may
+    /// span writer schema versions; the operators need one).
+    pub(crate) fn unify(rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let Some(last) = rows.last().map(|r| r.schema()) else {
+            return Ok(rows);
+        };
+        rows.into_iter()
+            .map(|r| {
+                if r.schema() == last {
+                    Ok(r)
+                } else {
+                    Ok(to_delta_batch(&r, &last)?)
+                }
+            })
+            .collect()
+    }
+
+    fn convert_visible(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
         let target = delta_schema(&decoded.schema())?;
         if self.checked.insert(target.clone()) {
             check_columns(&self.spec, &target)?;
@@ -99,17 +169,25 @@ impl Converter {
         }
     }
 
-    /// Converts and encodes a whole batch's rows at once (replays).
-    pub(crate) fn encode_all(
+    /// Converts a whole batch's rows at once (replays): encoded, or for
+    /// the operators.
+    pub(crate) fn payload_of(
         &mut self,
         rows: &[RecordBatch],
         target_file_size: u64,
-    ) -> Result<EncodedBatch> {
+    ) -> Result<Payload> {
+        if self.is_stateful() {
+            let converted = rows
+                .iter()
+                .map(|r| self.convert(r))
+                .collect::<Result<_>>()?;
+            return Ok(Payload::Rows(Converter::unify(converted)?));
+        }
         let mut encoder = BatchEncoder::new(self.partition_names(), target_file_size);
         for r in rows {
             encoder.push(&self.convert(r)?)?;
         }
-        Ok(encoder.finish()?)
+        Ok(Payload::Encoded(encoder.finish()?))
     }
 }
 
@@ -123,12 +201,21 @@ pub(crate) fn run_encoder(
 ) {
     let new_encoder = |c: &Converter| BatchEncoder::new(c.partition_names(), target_file_size);
     let mut encoder = new_encoder(&converter);
+    let stateful = converter.is_stateful();
+    let mut converted: Vec<RecordBatch> = Vec::new();
     let mut busy = Duration::ZERO;
     for chunk in chunks {
         let result = match chunk {
             Chunk::Rows(rows) => {
                 let started = Instant::now();
-                let pushed = converter.convert(&rows).and_then(|r| Ok(encoder.push(&r)?));
+                let pushed = converter.convert(&rows).and_then(|r| {
+                    if stateful {
+                        converted.push(r);
+                        Ok(())
+                    } else {
+                        Ok(encoder.push(&r)?)
+                    }
+                });
                 busy += started.elapsed();
                 match pushed {
                     Ok(()) => continue,
@@ -137,18 +224,26 @@ pub(crate) fn run_encoder(
             }
             Chunk::End(read) => {
                 let started = Instant::now();
-                let finished = std::mem::replace(&mut encoder, new_encoder(&converter)).finish();
+                let finished = if stateful {
+                    Converter::unify(std::mem::take(&mut converted)).map(Payload::Rows)
+                } else {
+                    std::mem::replace(&mut encoder, new_encoder(&converter))
+                        .finish()
+                        .map(Payload::Encoded)
+                        .map_err(EngineError::from)
+                };
                 let encode_time = busy + started.elapsed();
                 busy = Duration::ZERO;
-                finished
-                    .map(|encoded| ReadyBatch {
-                        read,
-                        encoded,
-                        encode_time,
-                    })
-                    .map_err(EngineError::from)
+                finished.map(|payload| ReadyBatch {
+                    read,
+                    payload,
+                    encode_time,
+                })
             }
-            Chunk::Failed(e) => Err(e),
+            Chunk::Failed(e) => {
+                converted.clear();
+                Err(e)
+            }
         };
         let failed = result.is_err();
         if ready.blocking_send(result).is_err() || failed {

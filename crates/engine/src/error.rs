@@ -8,6 +8,10 @@ pub enum EngineError {
     Kafka(#[from] tributary_kafka::KafkaSourceError),
     #[error(transparent)]
     Delta(#[from] tributary_delta::DeltaSinkError),
+    #[error(transparent)]
+    State(#[from] tributary_state::StateError),
+    #[error("event-time operators: {0}")]
+    Stream(#[from] tributary_stream::StreamError),
     #[error("offsets log at {path}: {message}")]
     OffsetLog { path: String, message: String },
     #[error("spec problem: {0}")]
@@ -26,6 +30,8 @@ impl Classify for EngineError {
             EngineError::Avro(e) => e.kind(),
             EngineError::Kafka(e) => e.kind(),
             EngineError::Delta(e) => e.kind(),
+            EngineError::State(e) => e.kind(),
+            EngineError::Stream(e) => e.kind(),
             EngineError::OffsetLog { .. } | EngineError::ConcurrentInstance(_) => {
                 ErrorKind::External
             }

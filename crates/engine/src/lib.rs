@@ -9,6 +9,7 @@ mod partitioned;
 mod pipeline;
 mod progress;
 mod read;
+mod stateful;
 
 pub use error::{EngineError, Result};
 pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
@@ -16,4 +17,4 @@ pub use pipeline::{
     PipelineOptions, ProgressCallback, RunSummary, reader_config, registry_client, registry_config,
     run_pipeline,
 };
-pub use progress::{BatchProgress, progress_schema};
+pub use progress::{BatchProgress, EventTimeProgress, progress_schema};

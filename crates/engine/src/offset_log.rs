@@ -173,6 +173,26 @@ impl OffsetLog {
         }
     }
 
+    /// The plan of `batch`, if the log still holds it.
+    pub async fn plan(&self, batch: u64) -> Result<Option<BatchPlan>> {
+        let exists = match &self.backend {
+            Backend::Local { dir } => plan_file(dir, batch).exists(),
+            Backend::Object { store, uri, prefix } => {
+                let key = plan_key(prefix, batch);
+                match store.head(&key).await {
+                    Ok(_) => true,
+                    Err(object_store::Error::NotFound { .. }) => false,
+                    Err(e) => return Err(store_err(uri, &key, e)),
+                }
+            }
+        };
+        if exists {
+            self.read(batch).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     async fn read(&self, batch: u64) -> Result<BatchPlan> {
         let (name, body) = match &self.backend {
             Backend::Local { dir } => {

@@ -16,11 +16,12 @@ use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, TableOptions, dead
 use tributary_kafka::{GroupMember, KafkaReader, ReaderConfig, StartAt};
 use tributary_spec::{OnIncompatible, StartingOffsets, StateScope, TableSpec};
 
-use crate::encode::{Chunk, Converter, ReadyBatch, run_encoder};
+use crate::encode::{Chunk, Converter, Payload, ReadyBatch, run_encoder};
 use crate::error::{EngineError, Result};
 use crate::offset_log::{BatchPlan, OffsetLog};
-use crate::progress::{BatchProgress, SinkProgress, SourceProgress};
+use crate::progress::{BatchProgress, EventTimeProgress, SinkProgress, SourceProgress};
 use crate::read::{PlanLimits, read_new_batch, replay_batch};
+use crate::stateful::{GroupState, add_operator_columns, operator_config};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -232,6 +233,13 @@ struct Group {
     app_id: String,
     data: DeltaTableSink,
     dead: DeltaTableSink,
+    /// The late-rows table, when late rows are kept.
+    late: Option<DeltaTableSink>,
+    /// Event-time operators and their state, for stateful pipelines.
+    state: Option<GroupState>,
+    /// The Kafka columns the decoder fills, and those only operators see.
+    columns: RecordColumns,
+    hidden: Vec<String>,
     log: OffsetLog,
     /// Offsets known to exist (with `available_now`, the high watermarks at start).
     known_latest: BTreeMap<i32, i64>,
@@ -242,6 +250,33 @@ impl Run<'_> {
         let spec = self.spec;
         let stop = self.options.stop.clone();
         let partitions = spec.partition_columns();
+        let mut columns = record_columns(spec);
+        let hidden = add_operator_columns(spec, &mut columns);
+        let state = if spec.is_stateful() {
+            let config = operator_config(spec, &columns, hidden.clone())?;
+            let (spec_c, group_name) = (spec.clone(), self.scope.name.clone());
+            Some(
+                tokio::task::spawn_blocking(move || GroupState::open(&spec_c, &group_name, config))
+                    .await
+                    .map_err(|e| {
+                        EngineError::Internal(format!("opening the state failed: {e}"))
+                    })??,
+            )
+        } else {
+            None
+        };
+        let late = match spec.late_rows_uri() {
+            Some(uri) => Some(
+                DeltaTableSink::open(TableOptions {
+                    storage_options: spec.table.storage_options.clone(),
+                    uri: uri.to_string(),
+                    partition_columns: vec![],
+                    target_file_size: spec.table.target_file_size.0,
+                })
+                .await?,
+            ),
+            None => None,
+        };
         let mut group = Group {
             app_id: app_id(&spec.pipeline, &self.scope.name),
             data: DeltaTableSink::open(TableOptions {
@@ -258,6 +293,10 @@ impl Run<'_> {
                 target_file_size: spec.table.target_file_size.0,
             })
             .await?,
+            late,
+            state,
+            columns,
+            hidden,
             log: OffsetLog::open(
                 &spec.checkpoint.location,
                 spec.checkpoint_storage_options(),
@@ -279,46 +318,47 @@ impl Run<'_> {
             Some(plan) => Some(self.reconcile(&mut group, plan).await?),
             None => None,
         };
+        // A stateful group's state may lag the table (a crash between the
+        // commit and the state) or be gone: the batches it lacks are re-run
+        // through the operators, their table commits skipped as landed.
+        if group.state.is_some() {
+            let last = match &last_plan {
+                Some(plan) => Some(plan.clone()),
+                None => match group.data.last_marker(&group.app_id).await? {
+                    Some(marker) => Some(plan_of_marker(&marker)?),
+                    None => None,
+                },
+            };
+            if let Some(last) = last {
+                let from = match group.state.as_ref().map(GroupState::committed_batch) {
+                    Some(Ok(Some(m))) => m + 1,
+                    Some(Err(e)) => return Err(e),
+                    _ => 0,
+                };
+                if from <= last.batch_id {
+                    tracing::info!(pipeline = %spec.pipeline, from, to = last.batch_id, "bringing the operator state up to the last planned batch");
+                }
+                for b in from..=last.batch_id {
+                    let plan = if b == last.batch_id {
+                        last.clone()
+                    } else {
+                        self.recorded_plan(&group, b).await?
+                    };
+                    if !self.rerun(&mut group, &reader, &plan).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let (mut positions, mut next_id, resumed) = match &last_plan {
+            Some(plan) if group.state.is_some() => {
+                (plan.end_offsets.clone(), plan.batch_id + 1, true)
+            }
             Some(plan) => {
                 if !self.landed(&group, plan).await? {
-                    tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id, "re-running the last planned batch with its recorded offsets");
-                    let starts: Vec<(i32, StartAt)> = plan
-                        .ranges
-                        .ranges
-                        .iter()
-                        .map(|r| (r.partition, StartAt::Offset(r.start)))
-                        .collect();
-                    blocking(|| reader.assign(&starts))?;
-                    let mut decoder = RecordDecoder::new(
-                        self.registry.clone(),
-                        tokio::runtime::Handle::current(),
-                    )
-                    .with_record_columns(record_columns(spec));
-                    if let Some(gate) = schema_gate(spec, group.data.arrow_schema()) {
-                        decoder = decoder.with_schema_gate(gate);
+                    if !self.rerun(&mut group, &reader, plan).await? {
+                        return Ok(());
                     }
-                    let stopped = || stop.load(Ordering::Relaxed);
-                    let mut rows = Vec::new();
-                    let mut collect = |b| {
-                        rows.push(b);
-                        Ok(())
-                    };
-                    let replayed = blocking(|| {
-                        replay_batch(&reader, &mut decoder, &plan.ranges, &stopped, &mut collect)
-                    })?;
-                    let Some(read) = replayed else { return Ok(()) };
-                    let started = Instant::now();
-                    let mut converter = Converter::new(spec, group.data.arrow_schema());
-                    let encoded =
-                        blocking(|| converter.encode_all(&rows, spec.table.target_file_size.0))?;
-                    let batch = ReadyBatch {
-                        read,
-                        encoded,
-                        encode_time: started.elapsed(),
-                    };
-                    self.write(&mut group, &reader, plan, batch, true, 0)
-                        .await?;
                 } else {
                     remove_failed_attempts(&mut group, plan, 0).await?;
                 }
@@ -374,7 +414,7 @@ impl Run<'_> {
         // plans, uploads and commits. Batch N commits while N+1 is encoded.
         let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(64);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ReadyBatch>>(1);
-        let converter = Converter::new(spec, group.data.arrow_schema());
+        let converter = Converter::new(spec, group.data.arrow_schema(), group.hidden.clone());
         let target_file_size = spec.table.target_file_size.0;
         let encoder_thread = std::thread::Builder::new()
             .name(format!("encode-{}", spec.pipeline))
@@ -383,7 +423,7 @@ impl Run<'_> {
         let thread_reader = reader.clone();
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
-        let columns = record_columns(spec);
+        let columns = group.columns.clone();
         let gate = schema_gate(spec, group.data.arrow_schema());
         // The reader stops when the user stops the pipeline or this run fails.
         let abort = Arc::new(AtomicBool::new(false));
@@ -495,6 +535,70 @@ impl Run<'_> {
         outcome
     }
 
+    /// Re-runs a recorded batch with exactly its offsets: read, decode,
+    /// operate and write, each table commit skipped where it landed.
+    /// Returns false when the pipeline was stopped meanwhile.
+    async fn rerun(
+        &mut self,
+        group: &mut Group,
+        reader: &KafkaReader,
+        plan: &BatchPlan,
+    ) -> Result<bool> {
+        let spec = self.spec;
+        tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id, "re-running a planned batch with its recorded offsets");
+        let starts: Vec<(i32, StartAt)> = plan
+            .ranges
+            .ranges
+            .iter()
+            .map(|r| (r.partition, StartAt::Offset(r.start)))
+            .collect();
+        blocking(|| reader.assign(&starts))?;
+        let mut decoder =
+            RecordDecoder::new(self.registry.clone(), tokio::runtime::Handle::current())
+                .with_record_columns(group.columns.clone());
+        if let Some(gate) = schema_gate(spec, group.data.arrow_schema()) {
+            decoder = decoder.with_schema_gate(gate);
+        }
+        let stop = self.options.stop.clone();
+        let stopped = || stop.load(Ordering::Relaxed);
+        let mut rows = Vec::new();
+        let mut collect = |b| {
+            rows.push(b);
+            Ok(())
+        };
+        let replayed =
+            blocking(|| replay_batch(reader, &mut decoder, &plan.ranges, &stopped, &mut collect))?;
+        let Some(read) = replayed else {
+            return Ok(false);
+        };
+        let started = Instant::now();
+        let mut converter = Converter::new(spec, group.data.arrow_schema(), group.hidden.clone());
+        let payload = blocking(|| converter.payload_of(&rows, spec.table.target_file_size.0))?;
+        let batch = ReadyBatch {
+            read,
+            payload,
+            encode_time: started.elapsed(),
+        };
+        self.write(group, reader, plan, batch, true, 0).await?;
+        Ok(true)
+    }
+
+    /// The plan of an earlier batch: from the offsets log, or from the
+    /// table's commit of it.
+    async fn recorded_plan(&self, group: &Group, batch: u64) -> Result<BatchPlan> {
+        if let Some(plan) = group.log.plan(batch).await? {
+            return Ok(plan);
+        }
+        match group.data.marker_of(&group.app_id, batch).await? {
+            Some(marker) => plan_of_marker(&marker),
+            None => Err(EngineError::Spec(format!(
+                "the operator state needs batch {batch} re-run, but neither the offsets log nor \
+                 the table's log still records its offsets; restore the state directory, or \
+                 start the pipeline afresh (new checkpoint and table)"
+            ))),
+        }
+    }
+
     /// The table is the arbiter of what a batch holds: when it has the newest
     /// planned batch, or a later one, with other offsets than this
     /// checkpoint recorded (another instance committed it), the table's
@@ -550,10 +654,29 @@ impl Run<'_> {
         let started = Instant::now();
         let ReadyBatch {
             read: batch,
-            encoded,
+            payload,
             encode_time,
         } = batch;
         let rows_in = batch.records;
+        // Event-time operators run on the state the previous batch left;
+        // their state change is applied only after the commits below.
+        let (data_rows, operated) = match payload {
+            Payload::Encoded(encoded) => (BatchRows::Encoded(encoded), None),
+            Payload::Rows(rows) => {
+                let state = g.state.as_ref().ok_or_else(|| {
+                    EngineError::Internal("rows for operators without their state".into())
+                })?;
+                let operated = blocking(|| state.operate(plan.batch_id, &rows))?;
+                (
+                    BatchRows::Arrow(state.table_rows(&operated)?),
+                    Some(operated),
+                )
+            }
+        };
+        let output_rows = match &data_rows {
+            BatchRows::Encoded(e) => e.rows,
+            BatchRows::Arrow(b) => b.iter().map(|b| b.num_rows() as u64).sum(),
+        };
         let file_name = format!("{}-{}-{:010}", spec.pipeline, plan.group, plan.batch_id);
         let intent = g.log.intent(plan.batch_id);
         let info = json!({
@@ -565,6 +688,7 @@ impl Run<'_> {
             "ranges": plan.ranges.ranges,
             "endOffsets": plan.end_offsets,
             "deadLetters": plan.dead_letters,
+            "watermark": operated.as_ref().and_then(|o| o.watermark).map(format_micros),
         });
         let mut dead_version = None;
         let dead_letters = batch.dead_letters.len() as u64;
@@ -587,24 +711,61 @@ impl Run<'_> {
             dead_version = out.version;
             tracing::warn!(pipeline = %spec.pipeline, batch = plan.batch_id, dead_letters, table = %g.dead.uri(), "records could not be decoded; kept in the dead-letter table");
         }
-        let output_rows = encoded.rows;
-        let outcome = g
-            .data
-            .commit(
-                BatchCommit {
-                    app_id: g.app_id.clone(),
-                    batch_id: plan.batch_id,
-                    rows: BatchRows::Encoded(encoded),
-                    info,
-                    file_name,
-                },
-                &intent,
-            )
-            .await?;
+        let mut late_version = None;
+        if let (Some(sink), Some(late)) = (
+            g.late.as_mut(),
+            operated.as_ref().and_then(|o| o.late.clone()),
+        ) {
+            let out = sink
+                .commit(
+                    BatchCommit {
+                        app_id: g.app_id.clone(),
+                        batch_id: plan.batch_id,
+                        rows: BatchRows::Arrow(vec![late]),
+                        info: info.clone(),
+                        file_name: file_name.clone(),
+                    },
+                    &intent,
+                )
+                .await?;
+            late_version = out.version;
+        }
+        let commit = BatchCommit {
+            app_id: g.app_id.clone(),
+            batch_id: plan.batch_id,
+            rows: data_rows,
+            info,
+            file_name,
+        };
+        let merge = g.state.as_ref().and_then(|s| {
+            s.merge_keys
+                .clone()
+                .map(|keys| (keys, s.output_partitions.clone().unwrap_or_default()))
+        });
+        let outcome = match merge {
+            Some((keys, partitions)) => g.data.upsert(commit, &keys, &partitions, &intent).await?,
+            None => g.data.commit(commit, &intent).await?,
+        };
         if outcome.version.is_none() && !replayed {
             verify_landed_plan(g, plan).await?;
         }
         crash_point(CrashPoint::AfterCommit, plan.batch_id);
+        let event_time = match operated {
+            Some(operated) => {
+                let progress = EventTimeProgress {
+                    watermark: operated.watermark.map(format_micros),
+                    num_late_rows: operated.late_rows,
+                    num_duplicate_rows: operated.duplicates,
+                    late_rows_table_version: late_version,
+                };
+                let state = g.state.as_mut().ok_or_else(|| {
+                    EngineError::Internal("operated rows without their state".into())
+                })?;
+                blocking(|| state.apply(plan.batch_id, operated))?;
+                Some(progress)
+            }
+            None => None,
+        };
         tracing::debug!(batch = plan.batch_id, "removing files of failed attempts");
         remove_failed_attempts(g, plan, outcome.files).await?;
         tracing::debug!(
@@ -693,6 +854,7 @@ impl Run<'_> {
                     latest.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
                 )]),
             }],
+            event_time,
             sink: SinkProgress {
                 description: format!("delta[{}]", g.data.uri()),
                 table_version: outcome.version,
@@ -763,6 +925,8 @@ async fn remove_failed_attempts(
             &mut g.data
         } else if table == g.dead.uri() {
             &mut g.dead
+        } else if let Some(late) = g.late.as_mut().filter(|l| l.uri() == table) {
+            late
         } else {
             continue;
         };
@@ -802,6 +966,13 @@ fn plan_of_marker(marker: &tributary_delta::CommitMarker) -> Result<BatchPlan> {
             .map_err(|_| bad("endOffsets"))?,
         dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
     })
+}
+
+/// A time in microseconds since the epoch as RFC 3339 (UTC).
+fn format_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| micros.to_string())
 }
 
 /// Runs a short blocking client call without stalling the async workers.

@@ -33,7 +33,25 @@ pub struct BatchProgress {
     /// commit of both tables), `offsetCommit`, `triggerExecution`.
     pub duration_ms: BTreeMap<String, u64>,
     pub sources: Vec<SourceProgress>,
+    /// Event-time operators; absent for pipelines without them.
+    pub event_time: Option<EventTimeProgress>,
     pub sink: SinkProgress,
+}
+
+/// What the event-time operators did in a batch.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTimeProgress {
+    /// The watermark the batch ran with (RFC 3339); absent before the first
+    /// batch with an event time.
+    pub watermark: Option<String>,
+    /// Rows older than the watermark (or without an event time): dropped,
+    /// or written to the late-rows table.
+    pub num_late_rows: u64,
+    /// Rows dropped by deduplication.
+    pub num_duplicate_rows: u64,
+    /// Version of the late-rows table this batch created.
+    pub late_rows_table_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]

@@ -3,6 +3,7 @@
 //! line it sits on, so `tributary validate` can print `file:line: path: message`.
 
 mod error;
+mod event_time;
 mod filter;
 mod lines;
 mod model;
@@ -12,6 +13,10 @@ mod units;
 mod validate;
 
 pub use error::{Problem, Result, SpecError};
+pub use event_time::{
+    AggregateFunction, AggregationSpec, DedupSpec, EventTimeSpec, OutputMode, SessionSpec,
+    SlidingSpec, TumblingSpec, WINDOW_END, WINDOW_START, WindowKind, WindowSpec,
+};
 pub use filter::{CompareOp, Filter, Literal};
 pub use model::*;
 pub use parse::{parse_spec, parse_spec_file, problems_at};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::event_time::{AggregationSpec, DedupSpec, EventTimeSpec, OutputMode, WindowSpec};
 use crate::units::{ByteSize, HumanDuration};
 
 /// One pipeline: a Kafka topic of Confluent-framed Avro records ingested into one Delta table.
@@ -46,6 +47,33 @@ pub struct TableSpec {
     /// How the table follows new versions of the writer schema.
     #[serde(default)]
     pub schema_evolution: SchemaEvolutionSpec,
+    /// The event time of rows and its watermark; needed by `dedup` and
+    /// `window`.
+    #[serde(default)]
+    pub event_time: Option<EventTimeSpec>,
+    /// Drop duplicate rows within the watermark.
+    #[serde(default)]
+    pub dedup: Option<DedupSpec>,
+    /// Aggregate rows per event-time window: the table then holds one row
+    /// per window and group (`window_start`, `window_end`, the `group_by`
+    /// columns, the aggregates) instead of the records.
+    #[serde(default)]
+    pub window: Option<WindowSpec>,
+    /// Columns that split each window into groups.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// The aggregate columns of a windowed table.
+    #[serde(default)]
+    pub aggregations: Vec<AggregationSpec>,
+    /// How windowed results reach the table: `append` (final windows,
+    /// once) or `update` (changed windows every batch, upserted).
+    #[serde(default)]
+    pub output_mode: OutputMode,
+    /// Rows older than the watermark: `drop` (the default; they are counted
+    /// in the progress events and metrics) or the URI of a Delta table that
+    /// receives them, committed with the batch.
+    #[serde(default)]
+    pub late_rows: Option<String>,
 }
 
 /// Schema evolution: new fields always become new columns (see
@@ -364,6 +392,12 @@ pub struct CheckpointSpec {
     /// `table.storage_options`. Default: the table's.
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
+    /// Local directory of the RocksDB operator state (dedup keys, open
+    /// windows) of stateful pipelines. Default: `state/` under a local
+    /// checkpoint location; required when the checkpoint is on `s3://`.
+    /// Lost state is rebuilt by replaying the recorded batches.
+    #[serde(default)]
+    pub state_dir: Option<String>,
 }
 
 /// Dead-letter table.
@@ -688,6 +722,12 @@ impl TableSpec {
         } else {
             &self.checkpoint.storage_options
         }
+    }
+
+    /// Whether the checkpoint location is on local disk.
+    pub fn checkpoint_is_local(&self) -> bool {
+        let l = &self.checkpoint.location;
+        l.starts_with('/') || l.starts_with("file://")
     }
 
     /// URI of the dead-letter table.

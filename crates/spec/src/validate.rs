@@ -220,6 +220,7 @@ impl TableSpec {
         }
         self.validate_compaction(&mut problem);
         self.validate_republish(&mut problem);
+        self.validate_event_time(&mut problem);
         out
     }
 
@@ -347,6 +348,24 @@ impl TableSpec {
         }
     }
 
+    /// A windowed table's columns (name, is it a timestamp), from the
+    /// record's.
+    fn windowed_columns(&self, record: &[(String, bool)]) -> Vec<(String, bool)> {
+        use crate::event_time::{AggregateFunction as F, WINDOW_END, WINDOW_START};
+        let is_timestamp = |c: &str| record.iter().any(|(n, t)| n == c && *t);
+        let mut out = vec![
+            (WINDOW_START.to_string(), true),
+            (WINDOW_END.to_string(), true),
+        ];
+        out.extend(self.group_by.iter().map(|g| (g.clone(), is_timestamp(g))));
+        out.extend(self.aggregations.iter().map(|a| {
+            let keeps_type = matches!(a.function, F::Min | F::Max | F::First | F::Last);
+            let ts = keeps_type && a.column.as_deref().is_some_and(is_timestamp);
+            (a.name.clone(), ts)
+        }));
+        out
+    }
+
     /// Checks the spec's column references against the source record's
     /// top-level fields (name, is it a timestamp). Returns (path, message) pairs.
     pub fn check_columns(&self, record: &[(String, bool)]) -> Vec<(String, String)> {
@@ -362,6 +381,12 @@ impl TableSpec {
             } else {
                 columns.push((name.to_string(), is_timestamp));
             }
+        }
+        self.check_event_time_columns(&columns, &mut out);
+        // A windowed table holds windows, not records: the table's settings
+        // refer to its output columns.
+        if self.window.is_some() {
+            columns = self.windowed_columns(&columns);
         }
         let columns = columns.as_slice();
         let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();

@@ -1,0 +1,178 @@
+//! Event-time pipelines: the operators of `tributary-stream` over a RocksDB
+//! state store, wired into the micro-batch loop. A batch is operated on the
+//! state left by the batch before; its output and late rows are committed
+//! with the batch's txn, and only then is its state change applied, marked
+//! with its batch id. After a crash the state is at most one batch behind
+//! the table, or gone; the batches it lacks are re-run from their recorded
+//! offsets with every table commit skipped as already landed.
+
+use std::path::PathBuf;
+
+use deltalake::arrow::array::RecordBatch;
+use tributary_avro::RecordColumns;
+use tributary_spec::{
+    OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START, WindowKind, WindowSpec,
+};
+use tributary_state::{RocksOptions, RocksStore, StateStore};
+use tributary_stream::{Operated, Operator, OperatorConfig, Window};
+
+use crate::error::{EngineError, Result};
+
+/// Columns the decoder adds for the operators only, left out of the table.
+const HIDDEN_PARTITION: &str = "__tributary_partition";
+const HIDDEN_OFFSET: &str = "__tributary_offset";
+const HIDDEN_TIMESTAMP: &str = "__tributary_kafka_timestamp";
+
+/// The Kafka columns an event-time pipeline needs: partition and offset
+/// (a batch's canonical row order) and the Kafka timestamp when it is the
+/// event time. The spec's own names are used when it has them; hidden
+/// columns otherwise. Returns the columns to hide from the table.
+pub(crate) fn add_operator_columns(spec: &TableSpec, columns: &mut RecordColumns) -> Vec<String> {
+    let mut hidden = Vec::new();
+    if !spec.is_stateful() {
+        return hidden;
+    }
+    let mut need = |slot: &mut Option<String>, name: &str| {
+        if slot.is_none() {
+            *slot = Some(name.to_string());
+            hidden.push(name.to_string());
+        }
+    };
+    need(&mut columns.partition, HIDDEN_PARTITION);
+    need(&mut columns.offset, HIDDEN_OFFSET);
+    if spec.event_time.as_ref().is_some_and(|e| e.column.is_none()) {
+        need(&mut columns.timestamp, HIDDEN_TIMESTAMP);
+    }
+    hidden
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The operators a spec describes, over rows with `columns`' names.
+pub(crate) fn operator_config(
+    spec: &TableSpec,
+    columns: &RecordColumns,
+    hidden: Vec<String>,
+) -> Result<OperatorConfig> {
+    let event_time = spec
+        .event_time
+        .as_ref()
+        .ok_or_else(|| EngineError::Spec("event-time operators need event_time".into()))?;
+    let kafka_column = |c: &Option<String>| {
+        c.clone()
+            .ok_or_else(|| EngineError::Internal("operator columns were not added".into()))
+    };
+    let time_column = match &event_time.column {
+        Some(c) => c.clone(),
+        None => kafka_column(&columns.timestamp)?,
+    };
+    Ok(OperatorConfig {
+        time_column,
+        partition_column: kafka_column(&columns.partition)?,
+        offset_column: kafka_column(&columns.offset)?,
+        hidden_columns: hidden,
+        watermark_delay: micros(event_time.watermark_delay.0),
+        dedup_keys: spec
+            .dedup
+            .as_ref()
+            .map(|d| d.keys.clone())
+            .unwrap_or_default(),
+        window: spec
+            .window
+            .as_ref()
+            .and_then(WindowSpec::kind)
+            .map(|w| match w {
+                WindowKind::Tumbling { size } => Window::Sliding {
+                    size: micros(size),
+                    slide: micros(size),
+                },
+                WindowKind::Sliding { size, slide } => Window::Sliding {
+                    size: micros(size),
+                    slide: micros(slide),
+                },
+                WindowKind::Session { gap } => Window::Session { gap: micros(gap) },
+            }),
+        group_by: spec.group_by.clone(),
+        aggregations: spec.aggregations.clone(),
+        output_mode: spec.output_mode,
+    })
+}
+
+/// Where a group's RocksDB state lives.
+pub(crate) fn state_dir(spec: &TableSpec, group: &str) -> PathBuf {
+    match &spec.checkpoint.state_dir {
+        Some(dir) => PathBuf::from(dir).join(&spec.pipeline).join(group),
+        None => {
+            let location = &spec.checkpoint.location;
+            let local = location.strip_prefix("file://").unwrap_or(location);
+            PathBuf::from(local).join("state").join(group)
+        }
+    }
+}
+
+/// The operators and state of one group.
+pub(crate) struct GroupState {
+    pub operator: Operator,
+    pub store: RocksStore,
+    /// Partition columns of a windowed table, derived from its output.
+    pub output_partitions: Option<Vec<PartitionColumn>>,
+    /// The columns identifying a window row, for update mode's MERGE.
+    pub merge_keys: Option<Vec<String>>,
+}
+
+impl GroupState {
+    pub(crate) fn open(
+        spec: &TableSpec,
+        group: &str,
+        config: OperatorConfig,
+    ) -> Result<GroupState> {
+        let dir = state_dir(spec, group);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            EngineError::Spec(format!(
+                "cannot create the state directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let store = RocksStore::open(&dir, RocksOptions::default())?;
+        let windowed = spec.window.is_some();
+        let merge_keys = (windowed && spec.output_mode == OutputMode::Update).then(|| {
+            let mut keys = vec![WINDOW_START.to_string(), WINDOW_END.to_string()];
+            keys.extend(spec.group_by.iter().cloned());
+            keys
+        });
+        Ok(GroupState {
+            operator: Operator::new(config),
+            store,
+            output_partitions: windowed.then(|| spec.partition_columns()),
+            merge_keys,
+        })
+    }
+
+    /// The last batch whose state is applied.
+    pub(crate) fn committed_batch(&self) -> Result<Option<u64>> {
+        Ok(self.store.committed_batch()?)
+    }
+
+    /// Operates one batch on the committed state (nothing is applied).
+    pub(crate) fn operate(&self, batch_id: u64, rows: &[RecordBatch]) -> Result<Operated> {
+        Ok(self.operator.process(&self.store, batch_id, rows)?)
+    }
+
+    /// The table rows of an operated batch, partition columns included.
+    pub(crate) fn table_rows(&self, operated: &Operated) -> Result<Vec<RecordBatch>> {
+        let Some(rows) = &operated.rows else {
+            return Ok(Vec::new());
+        };
+        Ok(match &self.output_partitions {
+            Some(p) => vec![tributary_delta::add_partition_columns(rows, p)?],
+            None => vec![rows.clone()],
+        })
+    }
+
+    /// Applies a committed batch's state changes.
+    pub(crate) fn apply(&mut self, batch_id: u64, operated: Operated) -> Result<()> {
+        Ok(self.store.commit(batch_id, operated.writes)?)
+    }
+}

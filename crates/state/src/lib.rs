@@ -1,0 +1,255 @@
+//! Operator state behind one contract, [`StateStore`], with two
+//! implementations: [`RocksStore`] (RocksDB on local disk, what pipelines
+//! run on) and [`MemoryStore`] (tests and property checks). One conformance
+//! suite (`conformance` below) runs against both.
+//!
+//! Keys are plain bytes ordered bytewise. Operators put the time first in a
+//! key, encoded with [`encode_time`] so byte order is time order: expiring
+//! everything older than a watermark is then a single range delete.
+
+mod error;
+mod memory;
+mod rocks;
+
+pub use error::{Result, StateError};
+pub use memory::MemoryStore;
+pub use rocks::{RocksOptions, RocksStore};
+
+/// One staged change to the state. Changes of a batch are collected while
+/// the batch is operated and applied by [`StateStore::commit`], in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    /// Deletes every key in `[start, end)`.
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+/// The state changes of one batch, applied together or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StagedWrites {
+    pub writes: Vec<Write>,
+}
+
+impl StagedWrites {
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.push(Write::Put(key, value));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.writes.push(Write::Delete(key));
+    }
+
+    pub fn delete_range(&mut self, start: Vec<u8>, end: Vec<u8>) {
+        self.writes.push(Write::DeleteRange(start, end));
+    }
+
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// The state of one group of one pipeline.
+///
+/// Contract:
+/// - Reads see committed state only; a batch's own changes are staged in a
+///   [`StagedWrites`] and become visible at [`StateStore::commit`].
+/// - `commit(n, writes)` applies `writes` in order and records `n` as the
+///   last committed batch *atomically*: after a crash the store holds either
+///   all of batch `n` or none of it. Batch ids only grow: committing a batch
+///   id at or below the committed one is refused, so a replay cannot apply
+///   twice.
+/// - Keys are ordered bytewise; `scan(start, end)` returns `[start, end)` in
+///   that order.
+/// - `clear` drops every key and the committed batch id (a state rebuilt
+///   from the start).
+pub trait StateStore: Send {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Several point reads at once (RocksDB batches them).
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// Key-value pairs in `[start, end)`, in key order.
+    fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()>;
+
+    /// The last committed batch, `None` for an empty store.
+    fn committed_batch(&self) -> Result<Option<u64>>;
+
+    /// Whether no key is stored (the committed batch id is not a key).
+    fn is_empty(&self) -> Result<bool>;
+
+    fn clear(&mut self) -> Result<()>;
+}
+
+/// Order-preserving encoding of a signed timestamp: byte order of the
+/// encodings is numeric order of the values.
+pub fn encode_time(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The inverse of [`encode_time`].
+pub fn decode_time(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// Refuses a batch id that does not follow the committed one.
+fn check_order(committed: Option<u64>, batch_id: u64) -> Result<()> {
+    match committed {
+        Some(c) if batch_id <= c => Err(StateError::OutOfOrder {
+            committed: c,
+            batch_id,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! The contract of [`StateStore`], checked on any implementation.
+
+    use super::*;
+
+    fn key(tag: u8, t: i64, rest: &[u8]) -> Vec<u8> {
+        let mut k = vec![tag];
+        k.extend_from_slice(&encode_time(t));
+        k.extend_from_slice(rest);
+        k
+    }
+
+    pub(crate) fn run_all(open: &mut dyn FnMut() -> Box<dyn StateStore>) {
+        empty_store(open().as_mut());
+        commit_applies_in_order(open().as_mut());
+        reads_see_committed_only(open().as_mut());
+        batch_ids_only_grow(open().as_mut());
+        range_delete_expires_by_time(open().as_mut());
+        scan_is_ordered_and_half_open(open().as_mut());
+        clear_drops_everything(open().as_mut());
+    }
+
+    fn empty_store(s: &mut dyn StateStore) {
+        assert_eq!(s.committed_batch().unwrap(), None);
+        assert!(s.is_empty().unwrap());
+        assert_eq!(s.get(b"x").unwrap(), None);
+        assert!(s.scan(&[0], &[0xff]).unwrap().is_empty());
+    }
+
+    fn commit_applies_in_order(s: &mut dyn StateStore) {
+        let mut w = StagedWrites::default();
+        w.put(b"a".to_vec(), b"1".to_vec());
+        w.put(b"b".to_vec(), b"2".to_vec());
+        w.delete(b"a".to_vec());
+        w.put(b"a".to_vec(), b"3".to_vec());
+        w.put(b"c".to_vec(), b"4".to_vec());
+        w.delete_range(b"c".to_vec(), b"d".to_vec());
+        s.commit(0, w).unwrap();
+        assert_eq!(s.committed_batch().unwrap(), Some(0));
+        let got = s
+            .multi_get(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+            .unwrap();
+        assert_eq!(got, vec![Some(b"3".to_vec()), Some(b"2".to_vec()), None]);
+        assert!(!s.is_empty().unwrap());
+    }
+
+    fn reads_see_committed_only(s: &mut dyn StateStore) {
+        let mut w = StagedWrites::default();
+        w.put(b"k".to_vec(), b"v".to_vec());
+        // Staged, not committed: invisible.
+        assert_eq!(s.get(b"k").unwrap(), None);
+        s.commit(7, w).unwrap();
+        assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(s.committed_batch().unwrap(), Some(7));
+    }
+
+    fn batch_ids_only_grow(s: &mut dyn StateStore) {
+        let mut w = StagedWrites::default();
+        w.put(b"k".to_vec(), b"1".to_vec());
+        s.commit(3, w).unwrap();
+        let mut again = StagedWrites::default();
+        again.put(b"k".to_vec(), b"2".to_vec());
+        let err = s.commit(3, again.clone()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::OutOfOrder {
+                    committed: 3,
+                    batch_id: 3
+                }
+            ),
+            "{err}"
+        );
+        assert!(s.commit(2, again.clone()).is_err());
+        assert_eq!(s.get(b"k").unwrap(), Some(b"1".to_vec()));
+        s.commit(4, again).unwrap();
+        assert_eq!(s.get(b"k").unwrap(), Some(b"2".to_vec()));
+        // An empty batch still advances the committed id.
+        s.commit(5, StagedWrites::default()).unwrap();
+        assert_eq!(s.committed_batch().unwrap(), Some(5));
+    }
+
+    fn range_delete_expires_by_time(s: &mut dyn StateStore) {
+        let mut w = StagedWrites::default();
+        for t in [-5_000i64, -1, 0, 1, 999, 1_000, 1_001, i64::MAX - 1] {
+            w.put(key(b'W', t, b"g"), t.to_be_bytes().to_vec());
+        }
+        w.put(key(b'X', 0, b"other"), vec![]);
+        s.commit(0, w).unwrap();
+        // Everything of tag W older than 1000, in one range delete.
+        let mut expire = StagedWrites::default();
+        expire.delete_range(key(b'W', i64::MIN, b""), key(b'W', 1_000, b""));
+        s.commit(1, expire).unwrap();
+        let left: Vec<i64> = s
+            .scan(b"W", b"X")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| decode_time(k[1..9].try_into().unwrap()))
+            .collect();
+        assert_eq!(left, vec![1_000, 1_001, i64::MAX - 1]);
+        assert_eq!(s.scan(b"X", b"Y").unwrap().len(), 1);
+    }
+
+    fn scan_is_ordered_and_half_open(s: &mut dyn StateStore) {
+        let mut w = StagedWrites::default();
+        for k in [b"b2".as_slice(), b"a", b"b1", b"b", b"c"] {
+            w.put(k.to_vec(), k.to_vec());
+        }
+        s.commit(0, w).unwrap();
+        let keys: Vec<Vec<u8>> = s
+            .scan(b"b", b"c")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                assert_eq!(k, v);
+                k
+            })
+            .collect();
+        assert_eq!(keys, vec![b"b".to_vec(), b"b1".to_vec(), b"b2".to_vec()]);
+    }
+
+    fn clear_drops_everything(s: &mut dyn StateStore) {
+        let mut w = StagedWrites::default();
+        w.put(b"k".to_vec(), b"v".to_vec());
+        s.commit(9, w).unwrap();
+        s.clear().unwrap();
+        assert!(s.is_empty().unwrap());
+        assert_eq!(s.committed_batch().unwrap(), None);
+        s.commit(0, StagedWrites::default()).unwrap();
+        assert_eq!(s.committed_batch().unwrap(), Some(0));
+    }
+
+    #[test]
+    fn time_encoding_preserves_order() {
+        let values = [i64::MIN, -1_000, -1, 0, 1, 1_000, i64::MAX];
+        for w in values.windows(2) {
+            assert!(encode_time(w[0]) < encode_time(w[1]));
+        }
+        for v in values {
+            assert_eq!(decode_time(encode_time(v)), v);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::{Result, StagedWrites, StateError, StateStore, Write, check_order};
+
+const META: &str = "meta";
+const COMMITTED_BATCH: &[u8] = b"committed_batch";
+
+/// Memory RocksDB may use; state beyond it lives on disk.
+#[derive(Debug, Clone)]
+pub struct RocksOptions {
+    /// Size of one memtable; two may exist at once.
+    pub write_buffer_size: usize,
+    /// Shared block cache for reads.
+    pub block_cache_size: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> RocksOptions {
+        RocksOptions {
+            write_buffer_size: 32 << 20,
+            block_cache_size: 64 << 20,
+        }
+    }
+}
+
+/// State in RocksDB on local disk. Each commit is one `WriteBatch` written
+/// with a synced WAL, holding the batch's changes and its id.
+pub struct RocksStore {
+    path: PathBuf,
+    options: RocksOptions,
+    /// `None` only while `clear` recreates the database.
+    db: Option<DB>,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RocksStore {
+    /// Opens the store at `path`, creating it when missing.
+    pub fn open(path: &Path, options: RocksOptions) -> Result<RocksStore> {
+        let db = open_db(path, &options)?;
+        Ok(RocksStore {
+            path: path.to_path_buf(),
+            options,
+            db: Some(db),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self) -> impl Fn(rocksdb::Error) -> StateError + '_ {
+        |e| StateError::Rocks {
+            path: self.path.display().to_string(),
+            message: e.into_string(),
+        }
+    }
+
+    fn db(&self) -> Result<&DB> {
+        self.db.as_ref().ok_or_else(|| StateError::Rocks {
+            path: self.path.display().to_string(),
+            message: "the database is closed".into(),
+        })
+    }
+}
+
+fn db_options(options: &RocksOptions) -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_write_buffer_size(options.write_buffer_size);
+    o.set_max_write_buffer_number(2);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o.set_max_background_jobs(2);
+    let mut table = BlockBasedOptions::default();
+    // Point lookups of absent keys (new dedup keys) skip files by filter.
+    table.set_bloom_filter(10.0, false);
+    table.set_block_cache(&Cache::new_lru_cache(options.block_cache_size));
+    table.set_cache_index_and_filter_blocks(true);
+    o.set_block_based_table_factory(&table);
+    o
+}
+
+fn open_db(path: &Path, options: &RocksOptions) -> Result<DB> {
+    let o = db_options(options);
+    let meta = ColumnFamilyDescriptor::new(META, Options::default());
+    let data = ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, o.clone());
+    DB::open_cf_descriptors(&o, path, vec![data, meta]).map_err(|e| StateError::Rocks {
+        path: path.display().to_string(),
+        message: e.into_string(),
+    })
+}
+
+impl StateStore for RocksStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db()?.get(key).map_err(self.err())
+    }
+
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db()?
+            .multi_get(keys)
+            .into_iter()
+            .map(|r| r.map_err(self.err()))
+            .collect()
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(end.to_vec());
+        let iter = self
+            .db()?
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), read);
+        iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(self.err()))
+            .collect()
+    }
+
+    fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
+        check_order(self.committed_batch()?, batch_id)?;
+        let db = self.db()?;
+        let meta = db.cf_handle(META).ok_or_else(|| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            message: "the meta column family is missing".into(),
+        })?;
+        let mut batch = WriteBatch::default();
+        for w in writes.writes {
+            match w {
+                Write::Put(k, v) => batch.put(k, v),
+                Write::Delete(k) => batch.delete(k),
+                Write::DeleteRange(start, end) => {
+                    if start < end {
+                        batch.delete_range(start, end)
+                    }
+                }
+            }
+        }
+        batch.put_cf(&meta, COMMITTED_BATCH, batch_id.to_be_bytes());
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.write_opt(batch, &sync).map_err(self.err())
+    }
+
+    fn committed_batch(&self) -> Result<Option<u64>> {
+        let db = self.db()?;
+        let meta = db.cf_handle(META).ok_or_else(|| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            message: "the meta column family is missing".into(),
+        })?;
+        match db.get_cf(&meta, COMMITTED_BATCH).map_err(self.err())? {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StateError::Corrupt {
+                    path: self.path.display().to_string(),
+                    message: "the committed batch id is not 8 bytes".into(),
+                })?;
+                Ok(Some(u64::from_be_bytes(bytes)))
+            }
+        }
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        let mut iter = self.db()?.iterator(IteratorMode::Start);
+        match iter.next() {
+            None => Ok(true),
+            Some(r) => r.map(|_| false).map_err(self.err()),
+        }
+    }
+
+    fn clear(&mut self) -> Result<()> {
+        // Dropping the handle closes the database before it is destroyed.
+        self.db = None;
+        DB::destroy(&Options::default(), &self.path).map_err(self.err())?;
+        self.db = Some(open_db(&self.path, &self.options)?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conforms() {
+        let dirs = std::cell::RefCell::new(Vec::new());
+        crate::conformance::run_all(&mut || {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+            dirs.borrow_mut().push(dir);
+            Box::new(store)
+        });
+    }
+
+    #[test]
+    fn commits_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+            let mut w = StagedWrites::default();
+            w.put(b"k".to_vec(), b"v".to_vec());
+            s.commit(4, w).unwrap();
+        }
+        let s = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+        assert_eq!(s.committed_batch().unwrap(), Some(4));
+        assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+}

@@ -1,0 +1,89 @@
+//! The operators' state keys. The first byte names what a key holds; keys
+//! that expire start with their time, encoded so byte order is time order,
+//! which makes "everything older than the watermark" one key range.
+
+use tributary_state::encode_time;
+
+/// The greatest event time seen in committed batches.
+pub(crate) const MAX_EVENT_TIME: &[u8] = &[0x01, b'M'];
+/// The types of group keys and aggregate inputs the windows hold.
+pub(crate) const WINDOW_TYPES: &[u8] = &[0x01, b'T'];
+/// Dedup key -> its expiry.
+pub(crate) const DEDUP_KEY: u8 = b'K';
+/// Dedup expiry index: (expiry, key) -> ().
+pub(crate) const DEDUP_EXPIRY: u8 = b'D';
+/// (window end, window start, group) -> accumulators.
+pub(crate) const WINDOW: u8 = b'W';
+/// (window end, window start, group, aggregate, value) -> (): the distinct
+/// values of a window's `count_distinct`.
+pub(crate) const DISTINCT: u8 = b'V';
+/// Group -> its open sessions.
+pub(crate) const SESSIONS: u8 = b'S';
+/// Session end index: (session end, group) -> ().
+pub(crate) const SESSION_END: u8 = b'E';
+
+/// Every tag an operator writes, for tests that look for leftovers.
+#[cfg(test)]
+pub(crate) const ALL_TAGS: &[u8] = &[
+    DEDUP_KEY,
+    DEDUP_EXPIRY,
+    WINDOW,
+    DISTINCT,
+    SESSIONS,
+    SESSION_END,
+];
+
+pub(crate) fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(tag);
+    k.extend_from_slice(rest);
+    k
+}
+
+pub(crate) fn timed(tag: u8, time: i64, rest: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + rest.iter().map(|r| r.len()).sum::<usize>());
+    k.push(tag);
+    k.extend_from_slice(&encode_time(time));
+    for r in rest {
+        k.extend_from_slice(r);
+    }
+    k
+}
+
+/// The key range of `tag` keys whose leading time is below `time`.
+pub(crate) fn older_than(tag: u8, time: i64) -> (Vec<u8>, Vec<u8>) {
+    (timed(tag, i64::MIN, &[]), timed(tag, time, &[]))
+}
+
+/// The leading time of a timed key.
+pub(crate) fn time_of(key: &[u8]) -> Option<i64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(tributary_state::decode_time(bytes))
+}
+
+/// A window key: (end, start, group).
+pub(crate) fn window_key(start: i64, end: i64, group: &[u8]) -> Vec<u8> {
+    timed(WINDOW, end, &[&encode_time(start), group])
+}
+
+/// The window of a window key: (start, end, group).
+pub(crate) fn parse_window_key(key: &[u8]) -> Option<(i64, i64, &[u8])> {
+    let end = time_of(key)?;
+    let start = tributary_state::decode_time(key.get(9..17)?.try_into().ok()?);
+    Some((start, end, key.get(17..)?))
+}
+
+/// A distinct value of aggregate `agg` in a window.
+pub(crate) fn distinct_key(start: i64, end: i64, group: &[u8], agg: u8, value: &[u8]) -> Vec<u8> {
+    timed(
+        DISTINCT,
+        end,
+        &[
+            &encode_time(start),
+            &(group.len() as u32).to_be_bytes(),
+            group,
+            &[agg],
+            value,
+        ],
+    )
+}

@@ -1,0 +1,19 @@
+//! Event-time operators over Arrow batches: late-row filtering against the
+//! watermark, deduplication, and tumbling / sliding / session windows with
+//! their aggregations. [`Operator::process`] is a pure function of (the
+//! committed state, the batch's rows): it returns the batch's output and its
+//! state changes *staged*, which the engine applies once the output is
+//! committed. The rules, Spark's, are stated with worked timelines in
+//! docs/event-time.md.
+
+mod aggregate;
+mod error;
+mod keys;
+mod operator;
+mod prepare;
+
+#[cfg(test)]
+mod oracle_tests;
+
+pub use error::{Result, StreamError};
+pub use operator::{Operated, Operator, OperatorConfig, Window};

@@ -1,0 +1,841 @@
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+    UInt32Array, new_null_array,
+};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use tributary_spec::{AggregationSpec, OutputMode, WINDOW_END, WINDOW_START};
+use tributary_state::{StagedWrites, StateStore};
+
+use crate::aggregate::{Acc, Arrival, Reader, encode_accs};
+use crate::error::{Result, StreamError};
+use crate::keys;
+use crate::prepare::{
+    AggInput, KeyCodec, batch_of, canonical, column, event_times, output_type, without,
+};
+
+/// An event-time window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Windows of `size` starting every `slide` microseconds, aligned to the
+    /// epoch; tumbling windows have `slide == size`.
+    Sliding { size: i64, slide: i64 },
+    /// Sessions closed by `gap` microseconds without rows.
+    Session { gap: i64 },
+}
+
+/// What one pipeline's operators do. Times are in microseconds.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// The input column holding the event time (timestamp, or long millis).
+    pub time_column: String,
+    /// Input columns with each row's Kafka partition and offset: they give
+    /// a batch's rows the same order on every replay.
+    pub partition_column: String,
+    pub offset_column: String,
+    /// Input columns that are not the table's (left out of output rows).
+    pub hidden_columns: Vec<String>,
+    pub watermark_delay: i64,
+    /// Empty: no deduplication.
+    pub dedup_keys: Vec<String>,
+    pub window: Option<Window>,
+    pub group_by: Vec<String>,
+    pub aggregations: Vec<AggregationSpec>,
+    pub output_mode: OutputMode,
+}
+
+/// The result of operating one batch.
+#[derive(Debug, Default)]
+pub struct Operated {
+    /// Rows for the table: the deduplicated records, or windows (final ones
+    /// in append mode, changed ones in update mode).
+    pub rows: Option<RecordBatch>,
+    /// Input rows older than the watermark (or without an event time).
+    pub late: Option<RecordBatch>,
+    pub late_rows: u64,
+    /// Rows dropped as duplicates.
+    pub duplicates: u64,
+    /// State changes, to apply once the output is committed.
+    pub writes: StagedWrites,
+    /// The watermark this batch ran with, and the one the next batch gets.
+    pub watermark: Option<i64>,
+    pub next_watermark: Option<i64>,
+}
+
+/// The event-time operators of one pipeline.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    config: OperatorConfig,
+}
+
+/// A session of a group: `[start, end)` with `end` = last row + gap.
+#[derive(Debug, Clone, PartialEq)]
+struct Session {
+    start: i64,
+    end: i64,
+    accs: Vec<Acc>,
+}
+
+/// A window's result, ready to become an output row.
+struct WindowRow {
+    start: i64,
+    end: i64,
+    group: Vec<u8>,
+    accs: Vec<Acc>,
+}
+
+impl Operator {
+    pub fn new(config: OperatorConfig) -> Operator {
+        Operator { config }
+    }
+
+    pub fn config(&self) -> &OperatorConfig {
+        &self.config
+    }
+
+    /// The watermark the next batch runs with, from the committed state.
+    pub fn watermark(&self, store: &dyn StateStore) -> Result<Option<i64>> {
+        Ok(max_event_time(store)?.map(|m| m.saturating_sub(self.config.watermark_delay)))
+    }
+
+    /// Operates batch `batch_id` on the committed state. `input` holds the
+    /// batch's rows in any order and chunking.
+    pub fn process(
+        &self,
+        store: &dyn StateStore,
+        batch_id: u64,
+        input: &[RecordBatch],
+    ) -> Result<Operated> {
+        let watermark = self.watermark(store)?;
+        self.process_at(store, batch_id, input, watermark)
+    }
+
+    /// [`Operator::process`] with a given watermark: `i64::MAX` closes every
+    /// window and expires every key (the end of a finite stream).
+    pub fn process_at(
+        &self,
+        store: &dyn StateStore,
+        batch_id: u64,
+        input: &[RecordBatch],
+        watermark: Option<i64>,
+    ) -> Result<Operated> {
+        let c = &self.config;
+        let mut out = Operated {
+            watermark,
+            ..Operated::default()
+        };
+        let batch = canonical(input, &c.partition_column, &c.offset_column)?;
+        let times = match &batch {
+            Some(b) => event_times(b, &c.time_column)?,
+            None => Vec::new(),
+        };
+        let mut on_time = Vec::with_capacity(times.len());
+        let mut late = Vec::new();
+        let mut batch_max: Option<i64> = None;
+        for (i, t) in times.iter().enumerate() {
+            match t {
+                Some(t) if watermark.is_none_or(|w| *t >= w) => {
+                    on_time.push(i as u32);
+                    batch_max = Some(batch_max.map_or(*t, |m| m.max(*t)));
+                }
+                _ => late.push(i as u32),
+            }
+        }
+        if let Some(b) = &batch
+            && !late.is_empty()
+        {
+            out.late_rows = late.len() as u64;
+            out.late = Some(without(
+                &take_record_batch(b, &UInt32Array::from(late))?,
+                &c.hidden_columns,
+            )?);
+        }
+
+        let kept = if c.dedup_keys.is_empty() {
+            on_time
+        } else {
+            let kept = self.dedup(store, batch.as_ref(), &times, &on_time, watermark, &mut out)?;
+            out.duplicates = (on_time.len() - kept.len()) as u64;
+            kept
+        };
+
+        out.rows = match c.window {
+            None => match &batch {
+                Some(b) if !kept.is_empty() => Some(without(
+                    &take_record_batch(b, &UInt32Array::from(kept))?,
+                    &c.hidden_columns,
+                )?),
+                _ => None,
+            },
+            Some(window) => {
+                let rows = match &batch {
+                    Some(b) => Some(take_record_batch(b, &UInt32Array::from(kept))?),
+                    None => None,
+                };
+                self.windows(
+                    store,
+                    batch_id,
+                    rows.as_ref(),
+                    window,
+                    watermark,
+                    &mut out.writes,
+                )?
+            }
+        };
+
+        let before = max_event_time(store)?;
+        let max = match (before, batch_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(m) = max
+            && max != before
+        {
+            out.writes
+                .put(keys::MAX_EVENT_TIME.to_vec(), m.to_be_bytes().to_vec());
+        }
+        out.next_watermark = max
+            .map(|m| m.saturating_sub(c.watermark_delay))
+            .max(watermark);
+        Ok(out)
+    }
+
+    /// Keeps the first row of each key among `rows`; returns the kept rows.
+    /// A key is remembered until the watermark passes its first event time
+    /// plus the delay; expired keys are forgotten before the batch runs.
+    fn dedup(
+        &self,
+        store: &dyn StateStore,
+        batch: Option<&RecordBatch>,
+        times: &[Option<i64>],
+        rows: &[u32],
+        watermark: Option<i64>,
+        out: &mut Operated,
+    ) -> Result<Vec<u32>> {
+        let c = &self.config;
+        let writes = &mut out.writes;
+        if let Some(w) = watermark {
+            let (lo, hi) = keys::older_than(keys::DEDUP_EXPIRY, w);
+            for (k, _) in store.scan(&lo, &hi)? {
+                writes.delete(keys::tagged(keys::DEDUP_KEY, &k[9..]));
+            }
+            writes.delete_range(lo, hi);
+        }
+        let Some(batch) = batch else {
+            return Ok(Vec::new());
+        };
+        let columns = c
+            .dedup_keys
+            .iter()
+            .map(|k| column(batch, k).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        let codec = KeyCodec::new(
+            &columns
+                .iter()
+                .map(|a| a.data_type().clone())
+                .collect::<Vec<_>>(),
+        )?;
+        let encoded = codec.encode(&columns)?;
+        // First occurrences within the batch, then one lookup per key.
+        let mut firsts: Vec<u32> = Vec::with_capacity(rows.len());
+        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(rows.len());
+        for &i in rows {
+            if seen.insert(encoded.get(i as usize)) {
+                firsts.push(i);
+            }
+        }
+        let lookups: Vec<Vec<u8>> = firsts
+            .iter()
+            .map(|&i| keys::tagged(keys::DEDUP_KEY, encoded.get(i as usize)))
+            .collect();
+        let known = store.multi_get(&lookups)?;
+        let mut kept = Vec::with_capacity(firsts.len());
+        for ((&i, key), known) in firsts.iter().zip(lookups).zip(known) {
+            let remembered = match known {
+                Some(v) => {
+                    let expiry = i64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                        StreamError::Corrupt("a dedup expiry is not 8 bytes".into())
+                    })?);
+                    watermark.is_none_or(|w| expiry >= w)
+                }
+                None => false,
+            };
+            if remembered {
+                continue;
+            }
+            let t = times[i as usize].unwrap_or_default();
+            let expiry = t.saturating_add(c.watermark_delay);
+            writes.put(
+                keys::timed(keys::DEDUP_EXPIRY, expiry, &[&key[1..]]),
+                Vec::new(),
+            );
+            writes.put(key, expiry.to_be_bytes().to_vec());
+            kept.push(i);
+        }
+        Ok(kept)
+    }
+
+    /// Feeds `rows` to the windows and returns the rows to write.
+    fn windows(
+        &self,
+        store: &dyn StateStore,
+        batch_id: u64,
+        rows: Option<&RecordBatch>,
+        window: Window,
+        watermark: Option<i64>,
+        writes: &mut StagedWrites,
+    ) -> Result<Option<RecordBatch>> {
+        let c = &self.config;
+        let prepared = match rows {
+            Some(b) if b.num_rows() > 0 => Some(Prepared::new(c, b)?),
+            _ => None,
+        };
+        let stored = stored_types(store)?;
+        let types = match &prepared {
+            Some(p) => {
+                if stored.as_ref() != Some(&p.types) {
+                    writes.put(keys::WINDOW_TYPES.to_vec(), write_types(&p.types));
+                }
+                Some(p.types.clone())
+            }
+            None => stored,
+        };
+        let template = self.template(types.as_ref(), matches!(window, Window::Session { .. }));
+        let emitted = match window {
+            Window::Sliding { size, slide } => self.fixed_windows(
+                store,
+                batch_id,
+                prepared.as_ref(),
+                &template,
+                (size, slide),
+                watermark,
+                writes,
+            )?,
+            Window::Session { gap } => self.sessions(
+                store,
+                batch_id,
+                prepared.as_ref(),
+                &template,
+                gap,
+                watermark,
+                writes,
+            )?,
+        };
+        if emitted.is_empty() {
+            return Ok(None);
+        }
+        let types =
+            types.ok_or_else(|| StreamError::Corrupt("windows without their types".into()))?;
+        self.window_rows(&types, emitted).map(Some)
+    }
+
+    /// Empty accumulators for a window: a sum's type follows its input's.
+    fn template(&self, types: Option<&Types>, sessions: bool) -> Vec<Acc> {
+        self.config
+            .aggregations
+            .iter()
+            .enumerate()
+            .map(|(a, spec)| {
+                let float = types
+                    .and_then(|t| t.inputs[a].as_ref())
+                    .is_some_and(|t| t.is_floating());
+                Acc::new(spec.function, float, sessions)
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fixed_windows(
+        &self,
+        store: &dyn StateStore,
+        batch_id: u64,
+        prepared: Option<&Prepared>,
+        template: &[Acc],
+        (size, slide): (i64, i64),
+        watermark: Option<i64>,
+        writes: &mut StagedWrites,
+    ) -> Result<Vec<WindowRow>> {
+        let mut emitted = Vec::new();
+        // Windows the watermark passed: final. Rows of them would be late.
+        if let Some(w) = watermark {
+            let (lo, hi) = keys::older_than(keys::WINDOW, w.saturating_add(1));
+            if self.config.output_mode == OutputMode::Append {
+                for (k, v) in store.scan(&lo, &hi)? {
+                    let (start, end, group) = keys::parse_window_key(&k)
+                        .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
+                    emitted.push(WindowRow {
+                        start,
+                        end,
+                        group: group.to_vec(),
+                        accs: read_accs(&v, template)?,
+                    });
+                }
+            }
+            writes.delete_range(lo, hi);
+            let (lo, hi) = keys::older_than(keys::DISTINCT, w.saturating_add(1));
+            writes.delete_range(lo, hi);
+        }
+        let Some(p) = prepared else {
+            return Ok(emitted);
+        };
+        // The windows each row falls in.
+        let mut row_windows: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut touched: BTreeMap<Vec<u8>, Option<Vec<Acc>>> = BTreeMap::new();
+        for i in 0..p.len() {
+            let t = p.times[i];
+            let mut start = t - t.rem_euclid(slide);
+            while start > t.saturating_sub(size) {
+                let key = keys::window_key(start, start.saturating_add(size), p.groups.get(i));
+                touched.entry(key.clone()).or_insert(None);
+                row_windows.push((i as u32, key));
+                start -= slide;
+            }
+        }
+        let wanted: Vec<Vec<u8>> = touched.keys().cloned().collect();
+        for (key, stored) in wanted.iter().zip(store.multi_get(&wanted)?) {
+            let accs = match stored {
+                Some(v) => read_accs(&v, template)?,
+                None => template.to_vec(),
+            };
+            touched.insert(key.clone(), Some(accs));
+        }
+        // New distinct values raise their window's count once.
+        let distinct: Vec<usize> = self
+            .config
+            .aggregations
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.function == tributary_spec::AggregateFunction::CountDistinct)
+            .map(|(a, _)| a)
+            .collect();
+        if !distinct.is_empty() {
+            let mut candidates: BTreeSet<Vec<u8>> = BTreeSet::new();
+            let mut owner: HashMap<Vec<u8>, (Vec<u8>, usize)> = HashMap::new();
+            for (i, wkey) in &row_windows {
+                let (start, end, group) = keys::parse_window_key(wkey)
+                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
+                for &a in &distinct {
+                    if let crate::aggregate::Input::Value(v) = p.inputs[a].at(*i as usize) {
+                        let vkey = keys::distinct_key(start, end, group, a as u8, v);
+                        if candidates.insert(vkey.clone()) {
+                            owner.insert(vkey, (wkey.clone(), a));
+                        }
+                    }
+                }
+            }
+            let candidates: Vec<Vec<u8>> = candidates.into_iter().collect();
+            for (vkey, stored) in candidates.iter().zip(store.multi_get(&candidates)?) {
+                if stored.is_some() {
+                    continue;
+                }
+                let (wkey, a) = &owner[vkey];
+                if let Some(Some(accs)) = touched.get_mut(wkey)
+                    && let Acc::DistinctCount(n) = &mut accs[*a]
+                {
+                    *n += 1;
+                }
+                writes.put(vkey.clone(), Vec::new());
+            }
+        }
+        for (i, wkey) in &row_windows {
+            let i = *i as usize;
+            if let Some(Some(accs)) = touched.get_mut(wkey) {
+                p.feed(accs, i, batch_id);
+            }
+        }
+        let update = self.config.output_mode == OutputMode::Update;
+        for (key, accs) in touched {
+            let accs = accs.unwrap_or_default();
+            let mut bytes = Vec::new();
+            encode_accs(&accs, &mut bytes);
+            if update {
+                let (start, end, group) = keys::parse_window_key(&key)
+                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
+                emitted.push(WindowRow {
+                    start,
+                    end,
+                    group: group.to_vec(),
+                    accs,
+                });
+            }
+            writes.put(key, bytes);
+        }
+        Ok(emitted)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sessions(
+        &self,
+        store: &dyn StateStore,
+        batch_id: u64,
+        prepared: Option<&Prepared>,
+        template: &[Acc],
+        gap: i64,
+        watermark: Option<i64>,
+        writes: &mut StagedWrites,
+    ) -> Result<Vec<WindowRow>> {
+        // Groups with a session the watermark passed, and groups with rows.
+        let mut groups: BTreeSet<Vec<u8>> = BTreeSet::new();
+        if let Some(w) = watermark {
+            let (lo, hi) = keys::older_than(keys::SESSION_END, w.saturating_add(1));
+            for (k, _) in store.scan(&lo, &hi)? {
+                groups.insert(k[9..].to_vec());
+            }
+        }
+        if let Some(p) = prepared {
+            for i in 0..p.len() {
+                groups.insert(p.groups.get(i).to_vec());
+            }
+        }
+        let groups: Vec<Vec<u8>> = groups.into_iter().collect();
+        let lookups: Vec<Vec<u8>> = groups
+            .iter()
+            .map(|g| keys::tagged(keys::SESSIONS, g))
+            .collect();
+        let mut open: HashMap<&[u8], Vec<Session>> = HashMap::new();
+        let mut before: HashMap<&[u8], Vec<i64>> = HashMap::new();
+        for (g, stored) in groups.iter().zip(store.multi_get(&lookups)?) {
+            let sessions = match stored {
+                Some(v) => read_sessions(&v, template)?,
+                None => Vec::new(),
+            };
+            before.insert(g, sessions.iter().map(|s| s.end).collect());
+            open.insert(g, sessions);
+        }
+        let mut emitted = Vec::new();
+        if let Some(w) = watermark {
+            for (g, sessions) in open.iter_mut() {
+                let (done, alive): (Vec<Session>, Vec<Session>) =
+                    sessions.drain(..).partition(|s| s.end <= w);
+                *sessions = alive;
+                if self.config.output_mode == OutputMode::Append {
+                    emitted.extend(done.into_iter().map(|s| WindowRow {
+                        start: s.start,
+                        end: s.end,
+                        group: g.to_vec(),
+                        accs: s.accs,
+                    }));
+                }
+            }
+        }
+        if let Some(p) = prepared {
+            for i in 0..p.len() {
+                let t = p.times[i];
+                let sessions = open.entry(p.groups.get(i)).or_default();
+                let mut joined = Session {
+                    start: t,
+                    end: t.saturating_add(gap),
+                    accs: template.to_vec(),
+                };
+                p.feed(&mut joined.accs, i, batch_id);
+                // Every open session overlapping [t, t + gap) merges with it.
+                let mut k = 0;
+                while k < sessions.len() {
+                    let s = &sessions[k];
+                    if s.start < joined.end && joined.start < s.end {
+                        let s = sessions.remove(k);
+                        joined.start = joined.start.min(s.start);
+                        joined.end = joined.end.max(s.end);
+                        for (acc, other) in joined.accs.iter_mut().zip(s.accs) {
+                            acc.merge(other);
+                        }
+                    } else {
+                        k += 1;
+                    }
+                }
+                let at = sessions.partition_point(|s| s.start < joined.start);
+                sessions.insert(at, joined);
+            }
+        }
+        for g in &groups {
+            let sessions = open.remove(g.as_slice()).unwrap_or_default();
+            let old_ends = before.remove(g.as_slice()).unwrap_or_default();
+            for end in old_ends {
+                writes.delete(keys::timed(keys::SESSION_END, end, &[g]));
+            }
+            for s in &sessions {
+                writes.put(keys::timed(keys::SESSION_END, s.end, &[g]), Vec::new());
+            }
+            let key = keys::tagged(keys::SESSIONS, g);
+            if sessions.is_empty() {
+                writes.delete(key);
+            } else {
+                writes.put(key, write_sessions(&sessions));
+            }
+        }
+        Ok(emitted)
+    }
+
+    /// Output rows of windows: bounds, group keys, aggregates.
+    fn window_rows(&self, types: &Types, rows: Vec<WindowRow>) -> Result<RecordBatch> {
+        let c = &self.config;
+        let group_codec = KeyCodec::new(&types.groups)?;
+        let utc = Some(Arc::<str>::from("UTC"));
+        let mut fields = vec![
+            Field::new(
+                WINDOW_START,
+                DataType::Timestamp(TimeUnit::Microsecond, utc.clone()),
+                false,
+            ),
+            Field::new(
+                WINDOW_END,
+                DataType::Timestamp(TimeUnit::Microsecond, utc.clone()),
+                false,
+            ),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.start))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.end))
+                    .with_timezone("UTC"),
+            ),
+        ];
+        let groups: Vec<&[u8]> = rows.iter().map(|r| r.group.as_slice()).collect();
+        for ((name, t), array) in c
+            .group_by
+            .iter()
+            .zip(&types.groups)
+            .zip(group_codec.decode(&groups)?)
+        {
+            fields.push(Field::new(name, t.clone(), true));
+            columns.push(array);
+        }
+        for (a, spec) in c.aggregations.iter().enumerate() {
+            let input = types.inputs[a].as_ref();
+            let t = output_type(spec, input);
+            let array: ArrayRef = match &t {
+                DataType::Int64 => {
+                    Arc::new(Int64Array::from_iter(rows.iter().map(|r| {
+                        match &r.accs[a] {
+                            Acc::Count(n) | Acc::DistinctCount(n) => Some(*n),
+                            Acc::DistinctSet(s) => Some(s.len() as i64),
+                            Acc::SumInt(s) => *s,
+                            _ => None,
+                        }
+                    })))
+                }
+                DataType::Float64
+                    if spec.function != tributary_spec::AggregateFunction::Min
+                        && spec.function != tributary_spec::AggregateFunction::Max
+                        && spec.function != tributary_spec::AggregateFunction::First
+                        && spec.function != tributary_spec::AggregateFunction::Last =>
+                {
+                    Arc::new(Float64Array::from_iter(rows.iter().map(
+                        |r| match &r.accs[a] {
+                            Acc::SumFloat(s) => *s,
+                            Acc::SumInt(s) => s.map(|v| v as f64),
+                            Acc::Avg { sum, count } => (*count > 0).then(|| sum / *count as f64),
+                            _ => None,
+                        },
+                    )))
+                }
+                value_type => {
+                    let converter = RowConverter::new(vec![SortField::new(value_type.clone())])?;
+                    let null = converter
+                        .convert_columns(&[new_null_array(value_type, 1)])?
+                        .row(0)
+                        .data()
+                        .to_vec();
+                    let values: Vec<&[u8]> = rows
+                        .iter()
+                        .map(|r| match &r.accs[a] {
+                            Acc::Min(Some(v)) | Acc::Max(Some(v)) => v.as_slice(),
+                            Acc::First(Some(s)) | Acc::Last(Some(s)) => s.value.as_slice(),
+                            _ => null.as_slice(),
+                        })
+                        .collect();
+                    let parser = converter.parser();
+                    converter
+                        .convert_rows(values.iter().map(|v| parser.parse(v)))?
+                        .remove(0)
+                }
+            };
+            fields.push(Field::new(&spec.name, t, true));
+            columns.push(array);
+        }
+        batch_of(Arc::new(Schema::new(fields)), columns)
+    }
+}
+
+/// The types of a windowed pipeline's group keys and aggregate inputs.
+#[derive(Debug, Clone, PartialEq)]
+struct Types {
+    groups: Vec<DataType>,
+    inputs: Vec<Option<DataType>>,
+}
+
+/// A batch's rows ready for the windows.
+struct Prepared {
+    times: Vec<i64>,
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+    groups: crate::prepare::EncodedKeys,
+    inputs: Vec<AggInput>,
+    types: Types,
+}
+
+impl Prepared {
+    fn new(c: &OperatorConfig, batch: &RecordBatch) -> Result<Prepared> {
+        let times = event_times(batch, &c.time_column)?
+            .into_iter()
+            .map(|t| t.unwrap_or_default())
+            .collect();
+        let group_columns = c
+            .group_by
+            .iter()
+            .map(|g| column(batch, g).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        let group_types: Vec<DataType> = group_columns
+            .iter()
+            .map(|a| a.data_type().clone())
+            .collect();
+        let groups = KeyCodec::new(&group_types)?.encode(&group_columns)?;
+        let inputs = c
+            .aggregations
+            .iter()
+            .map(|a| AggInput::prepare(a, batch))
+            .collect::<Result<Vec<_>>>()?;
+        let input_types = c
+            .aggregations
+            .iter()
+            .map(|a| {
+                a.column
+                    .as_ref()
+                    .and_then(|n| batch.column_by_name(n))
+                    .map(|a| a.data_type().clone())
+            })
+            .collect();
+        let partitions = cast_values::<Int32Type>(column(batch, &c.partition_column)?)?;
+        let offsets = cast_values::<Int64Type>(column(batch, &c.offset_column)?)?;
+        Ok(Prepared {
+            times,
+            partitions,
+            offsets,
+            groups,
+            inputs,
+            types: Types {
+                groups: group_types,
+                inputs: input_types,
+            },
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    fn feed(&self, accs: &mut [Acc], i: usize, batch_id: u64) {
+        let arrival: Arrival = (batch_id, self.partitions[i], self.offsets[i]);
+        for (acc, input) in accs.iter_mut().zip(&self.inputs) {
+            acc.add(&input.at(i), self.times[i], arrival);
+        }
+    }
+}
+
+fn cast_values<T: arrow::datatypes::ArrowPrimitiveType>(array: &ArrayRef) -> Result<Vec<T::Native>>
+where
+    T::Native: Default,
+{
+    let cast = arrow::compute::cast(array, &T::DATA_TYPE)?;
+    let values = cast.as_primitive::<T>();
+    Ok((0..values.len()).map(|i| values.value(i)).collect())
+}
+
+fn max_event_time(store: &dyn StateStore) -> Result<Option<i64>> {
+    match store.get(keys::MAX_EVENT_TIME)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(i64::from_be_bytes(v.as_slice().try_into().map_err(
+            |_| StreamError::Corrupt("the max event time is not 8 bytes".into()),
+        )?))),
+    }
+}
+
+/// The types of the rows that made the windows, as stored: windows can
+/// close in a batch without rows.
+fn stored_types(store: &dyn StateStore) -> Result<Option<Types>> {
+    let Some(bytes) = store.get(keys::WINDOW_TYPES)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| StreamError::Corrupt("window types are not text".into()))?;
+    let parse = |t: &str| {
+        t.parse::<DataType>()
+            .map_err(|e| StreamError::Corrupt(format!("window type {t:?}: {e}")))
+    };
+    let mut lines = text.lines();
+    let mut list = || -> Result<Vec<Option<DataType>>> {
+        let line = lines.next().unwrap_or_default();
+        line.split('\t')
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                if t == "-" {
+                    Ok(None)
+                } else {
+                    parse(t).map(Some)
+                }
+            })
+            .collect()
+    };
+    let groups = list()?.into_iter().flatten().collect();
+    let inputs = list()?;
+    Ok(Some(Types { groups, inputs }))
+}
+
+fn write_types(types: &Types) -> Vec<u8> {
+    let groups: Vec<String> = types.groups.iter().map(|t| t.to_string()).collect();
+    let inputs: Vec<String> = types
+        .inputs
+        .iter()
+        .map(|t| t.as_ref().map_or("-".to_string(), |t| t.to_string()))
+        .collect();
+    format!("{}\n{}\n", groups.join("\t"), inputs.join("\t")).into_bytes()
+}
+
+fn read_accs(bytes: &[u8], template: &[Acc]) -> Result<Vec<Acc>> {
+    let mut r = Reader::new(bytes);
+    let accs = r.accs(template)?;
+    if !r.is_done() {
+        return Err(StreamError::Corrupt(
+            "a window's accumulators do not match the spec's aggregations".into(),
+        ));
+    }
+    Ok(accs)
+}
+
+fn write_sessions(sessions: &[Session]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(sessions.len() as u32).to_be_bytes());
+    for s in sessions {
+        out.extend_from_slice(&s.start.to_be_bytes());
+        out.extend_from_slice(&s.end.to_be_bytes());
+        let mut accs = Vec::new();
+        encode_accs(&s.accs, &mut accs);
+        out.extend_from_slice(&(accs.len() as u32).to_be_bytes());
+        out.extend_from_slice(&accs);
+    }
+    out
+}
+
+fn read_sessions(bytes: &[u8], template: &[Acc]) -> Result<Vec<Session>> {
+    let mut r = Reader::new(bytes);
+    let n = r.u32()?;
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let start = r.i64()?;
+        let end = r.i64()?;
+        let accs = r.bytes()?;
+        out.push(Session {
+            start,
+            end,
+            accs: read_accs(&accs, template)?,
+        });
+    }
+    Ok(out)
+}

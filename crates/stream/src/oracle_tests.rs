@@ -1,0 +1,607 @@
+//! Property tests: random out-of-order streams with duplicates and late
+//! rows, cut into random batches, run through the operators and through a
+//! plain oracle that applies the documented rules (docs/event-time.md) by
+//! brute force. Both must give identical output, batch by batch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
+};
+use tributary_spec::{AggregateFunction as F, AggregationSpec, OutputMode};
+use tributary_state::{MemoryStore, RocksOptions, RocksStore, StateStore};
+
+use crate::{Operator, OperatorConfig, Window};
+
+const MINUTE: i64 = 60_000_000;
+
+/// A small deterministic generator (xorshift64*), so a failing seed replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Event {
+    partition: i32,
+    offset: i64,
+    ts: Option<i64>,
+    id: i64,
+    user: String,
+    card: i64,
+    amount: Option<f64>,
+    merchant: Option<String>,
+}
+
+/// A cell of an output row, comparable across implementations.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum V {
+    Null,
+    I(i64),
+    F(f64),
+    S(String),
+}
+
+fn stream(rng: &mut Rng) -> Vec<Event> {
+    let partitions = 1 + rng.below(3) as i32;
+    let mut offsets = vec![0i64; partitions as usize];
+    let mut clock = 1_700_000_000_000_000i64 + rng.below(1000) as i64 * MINUTE;
+    let mut out: Vec<Event> = Vec::new();
+    for _ in 0..(20 + rng.below(150)) {
+        clock += rng.below(90) as i64 * 1_000_000;
+        let p = rng.below(partitions as u64) as i32;
+        let offset = offsets[p as usize];
+        offsets[p as usize] += 1;
+        // Duplicates repeat an earlier event's key and payload.
+        if !out.is_empty() && rng.chance(15) {
+            let mut e = out[rng.below(out.len() as u64) as usize].clone();
+            e.partition = p;
+            e.offset = offset;
+            if rng.chance(50) {
+                e.ts = e.ts.map(|t| t + rng.below(3 * MINUTE as u64) as i64);
+            }
+            out.push(e);
+            continue;
+        }
+        let ts = if rng.chance(2) {
+            None
+        } else if rng.chance(10) {
+            // Far behind: late for most watermarks.
+            Some(clock - rng.below(40 * MINUTE as u64) as i64)
+        } else {
+            // Out of order within a few minutes; whole seconds so windows
+            // and session gaps get exact ties.
+            Some(clock - (rng.below(4 * MINUTE as u64) as i64 / 1_000_000) * 1_000_000)
+        };
+        out.push(Event {
+            partition: p,
+            offset,
+            ts,
+            id: rng.below(10_000) as i64,
+            user: format!("u{}", rng.below(4)),
+            card: rng.below(50) as i64 - 10,
+            amount: (!rng.chance(10)).then(|| rng.below(1000) as f64),
+            merchant: (!rng.chance(10)).then(|| format!("m{}", rng.below(6))),
+        });
+    }
+    out
+}
+
+/// Cuts the stream into batches; each batch's rows are shuffled and
+/// chunked, as reads interleave partitions differently on every replay.
+fn batches(rng: &mut Rng, events: &[Event]) -> Vec<Vec<Vec<Event>>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < events.len() {
+        let n = (1 + rng.below(40) as usize).min(events.len() - i);
+        let mut batch: Vec<Event> = events[i..i + n].to_vec();
+        for k in (1..batch.len()).rev() {
+            batch.swap(k, rng.below(k as u64 + 1) as usize);
+        }
+        let mut chunks = Vec::new();
+        while !batch.is_empty() {
+            let take = (1 + rng.below(batch.len() as u64) as usize).min(batch.len());
+            chunks.push(batch.drain(..take).collect());
+        }
+        out.push(chunks);
+        i += n;
+        // Now and then a batch without rows (a quiet trigger).
+        if rng.chance(10) {
+            out.push(Vec::new());
+        }
+    }
+    out
+}
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("_p", DataType::Int32, false),
+        Field::new("_o", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("id", DataType::Int64, false),
+        Field::new("user", DataType::Utf8, false),
+        Field::new("card", DataType::Int64, false),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("merchant", DataType::Utf8, true),
+    ]))
+}
+
+fn to_batch(events: &[Event]) -> RecordBatch {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from_iter_values(
+            events.iter().map(|e| e.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            events.iter().map(|e| e.offset),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter(events.iter().map(|e| e.ts)).with_timezone("UTC"),
+        ),
+        Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.id))),
+        Arc::new(StringArray::from_iter_values(
+            events.iter().map(|e| e.user.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.card))),
+        Arc::new(Float64Array::from_iter(events.iter().map(|e| e.amount))),
+        Arc::new(StringArray::from_iter(
+            events.iter().map(|e| e.merchant.as_deref()),
+        )),
+    ];
+    RecordBatch::try_new(schema(), columns).unwrap()
+}
+
+fn aggregations() -> Vec<AggregationSpec> {
+    let agg = |name: &str, function, column: Option<&str>| AggregationSpec {
+        name: name.into(),
+        function,
+        column: column.map(Into::into),
+    };
+    vec![
+        agg("rows", F::Count, None),
+        agg("amounts", F::Count, Some("amount")),
+        agg("merchants", F::CountDistinct, Some("merchant")),
+        agg("total", F::Sum, Some("amount")),
+        agg("card_sum", F::Sum, Some("card")),
+        agg("min_merchant", F::Min, Some("merchant")),
+        agg("max_amount", F::Max, Some("amount")),
+        agg("mean", F::Avg, Some("amount")),
+        agg("first_merchant", F::First, Some("merchant")),
+        agg("last_amount", F::Last, Some("amount")),
+    ]
+}
+
+fn config(window: Option<Window>, dedup: bool, mode: OutputMode, delay: i64) -> OperatorConfig {
+    OperatorConfig {
+        time_column: "ts".into(),
+        partition_column: "_p".into(),
+        offset_column: "_o".into(),
+        hidden_columns: vec!["_p".into(), "_o".into()],
+        watermark_delay: delay,
+        dedup_keys: if dedup { vec!["id".into()] } else { vec![] },
+        window,
+        group_by: if window.is_some() {
+            vec!["user".into()]
+        } else {
+            vec![]
+        },
+        aggregations: if window.is_some() {
+            aggregations()
+        } else {
+            vec![]
+        },
+        output_mode: mode,
+    }
+}
+
+fn cell(array: &ArrayRef, i: usize) -> V {
+    if array.is_null(i) {
+        return V::Null;
+    }
+    match array.data_type() {
+        DataType::Int64 => V::I(array.as_primitive::<Int64Type>().value(i)),
+        DataType::Int32 => {
+            V::I(array.as_primitive::<arrow::datatypes::Int32Type>().value(i) as i64)
+        }
+        DataType::Float64 => V::F(array.as_primitive::<Float64Type>().value(i)),
+        DataType::Utf8 => V::S(array.as_string::<i32>().value(i).to_string()),
+        DataType::Timestamp(..) => V::I(array.as_primitive::<TimestampMicrosecondType>().value(i)),
+        t => panic!("unexpected output type {t}"),
+    }
+}
+
+fn rows_of(batch: Option<&RecordBatch>) -> Vec<Vec<V>> {
+    let Some(b) = batch else { return Vec::new() };
+    let mut rows: Vec<Vec<V>> = (0..b.num_rows())
+        .map(|i| b.columns().iter().map(|c| cell(c, i)).collect())
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+/// What the oracle and the operator produce for one batch.
+#[derive(Debug, PartialEq)]
+struct BatchResult {
+    rows: Vec<Vec<V>>,
+    late: usize,
+    duplicates: u64,
+}
+
+/// The documented rules, by brute force over kept rows.
+struct Oracle {
+    config: OperatorConfig,
+    max_seen: Option<i64>,
+    dedup: HashMap<i64, i64>,
+    /// Fixed windows: (start, end, user) -> rows; sessions: user -> open rows.
+    windows: BTreeMap<(i64, i64, String), Vec<(u64, Event)>>,
+    open: BTreeMap<String, Vec<(u64, Event)>>,
+}
+
+impl Oracle {
+    fn new(config: OperatorConfig) -> Oracle {
+        Oracle {
+            config,
+            max_seen: None,
+            dedup: HashMap::new(),
+            windows: BTreeMap::new(),
+            open: BTreeMap::new(),
+        }
+    }
+
+    fn batch(&mut self, batch_id: u64, events: &[Event]) -> BatchResult {
+        let c = self.config.clone();
+        let w = self.max_seen.map(|m| m - c.watermark_delay);
+        let mut events = events.to_vec();
+        events.sort_by_key(|e| (e.partition, e.offset));
+        let (on_time, late): (Vec<Event>, Vec<Event>) = events
+            .into_iter()
+            .partition(|e| e.ts.is_some_and(|t| w.is_none_or(|w| t >= w)));
+        let mut kept = Vec::new();
+        let mut duplicates = 0;
+        if c.dedup_keys.is_empty() {
+            kept = on_time.clone();
+        } else {
+            if let Some(w) = w {
+                self.dedup.retain(|_, expiry| *expiry >= w);
+            }
+            for e in &on_time {
+                match self.dedup.entry(e.id) {
+                    std::collections::hash_map::Entry::Occupied(_) => duplicates += 1,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(e.ts.unwrap() + c.watermark_delay);
+                        kept.push(e.clone());
+                    }
+                }
+            }
+        }
+        let update = c.output_mode == OutputMode::Update;
+        let mut out: Vec<Vec<V>> = Vec::new();
+        match c.window {
+            None => {
+                out = kept
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            V::I(e.ts.unwrap()),
+                            V::I(e.id),
+                            V::S(e.user.clone()),
+                            V::I(e.card),
+                            e.amount.map_or(V::Null, V::F),
+                            e.merchant.clone().map_or(V::Null, V::S),
+                        ]
+                    })
+                    .collect();
+            }
+            Some(Window::Sliding { size, slide }) => {
+                if let Some(w) = w {
+                    let done: Vec<_> = self
+                        .windows
+                        .keys()
+                        .filter(|(_, end, _)| *end <= w)
+                        .cloned()
+                        .collect();
+                    for key in done {
+                        let rows = self.windows.remove(&key).unwrap();
+                        if !update {
+                            out.push(window_row(&key, &rows));
+                        }
+                    }
+                }
+                let mut touched = BTreeSet::new();
+                for e in &kept {
+                    let t = e.ts.unwrap();
+                    // Every aligned start whose window covers t, by brute force.
+                    let mut start = (t - size).div_euclid(slide) * slide;
+                    while start <= t {
+                        if start <= t && t < start + size {
+                            let key = (start, start + size, e.user.clone());
+                            self.windows
+                                .entry(key.clone())
+                                .or_default()
+                                .push((batch_id, e.clone()));
+                            touched.insert(key);
+                        }
+                        start += slide;
+                    }
+                }
+                if update {
+                    for key in touched {
+                        out.push(window_row(&key, &self.windows[&key]));
+                    }
+                }
+            }
+            Some(Window::Session { gap }) => {
+                if let Some(w) = w {
+                    for (user, rows) in self.open.iter_mut() {
+                        let mut left = Vec::new();
+                        for (start, end, members) in sessions_of(rows, gap) {
+                            if end <= w {
+                                out.push(window_row(&(start, end, user.clone()), &members));
+                            } else {
+                                left.extend(members);
+                            }
+                        }
+                        *rows = left;
+                    }
+                }
+                for e in &kept {
+                    self.open
+                        .entry(e.user.clone())
+                        .or_default()
+                        .push((batch_id, e.clone()));
+                }
+            }
+        }
+        if let Some(m) = on_time.iter().filter_map(|e| e.ts).max() {
+            self.max_seen = Some(self.max_seen.map_or(m, |s| s.max(m)));
+        }
+        out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        BatchResult {
+            rows: out,
+            late: late.len(),
+            duplicates,
+        }
+    }
+}
+
+/// Sessions of a group's rows: sorted by time, a row within `gap` of the
+/// running session's end joins it.
+/// A session: start, end and its rows with their batch ids.
+type OracleSession = (i64, i64, Vec<(u64, Event)>);
+
+fn sessions_of(rows: &[(u64, Event)], gap: i64) -> Vec<OracleSession> {
+    let mut sorted = rows.to_vec();
+    sorted.sort_by_key(|(_, e)| e.ts);
+    let mut out: Vec<OracleSession> = Vec::new();
+    for r in sorted {
+        let t = r.1.ts.unwrap();
+        match out.last_mut() {
+            Some((_, end, members)) if t < *end => {
+                *end = (*end).max(t + gap);
+                members.push(r);
+            }
+            _ => out.push((t, t + gap, vec![r])),
+        }
+    }
+    out
+}
+
+/// A window's output row from its member rows, by the definitions.
+fn window_row(key: &(i64, i64, String), rows: &[(u64, Event)]) -> Vec<V> {
+    let amounts: Vec<f64> = rows.iter().filter_map(|(_, e)| e.amount).collect();
+    let merchants: BTreeSet<&String> = rows
+        .iter()
+        .filter_map(|(_, e)| e.merchant.as_ref())
+        .collect();
+    let order = |(b, e): &(u64, Event)| (e.ts.unwrap(), *b, e.partition, e.offset);
+    let first = rows.iter().min_by_key(|r| order(r)).unwrap();
+    let last = rows.iter().max_by_key(|r| order(r)).unwrap();
+    let opt_f = |v: Option<f64>| v.map_or(V::Null, V::F);
+    vec![
+        V::I(key.0),
+        V::I(key.1),
+        V::S(key.2.clone()),
+        V::I(rows.len() as i64),
+        V::I(amounts.len() as i64),
+        V::I(merchants.len() as i64),
+        opt_f((!amounts.is_empty()).then(|| amounts.iter().sum())),
+        V::I(rows.iter().map(|(_, e)| e.card).sum()),
+        merchants
+            .iter()
+            .next()
+            .map_or(V::Null, |m| V::S(m.to_string())),
+        opt_f(amounts.iter().cloned().reduce(f64::max)),
+        opt_f((!amounts.is_empty()).then(|| amounts.iter().sum::<f64>() / amounts.len() as f64)),
+        first.1.merchant.clone().map_or(V::Null, V::S),
+        opt_f(last.1.amount),
+    ]
+}
+
+/// Runs the operator over `batches`, committing each batch's state.
+fn operate(
+    operator: &Operator,
+    store: &mut dyn StateStore,
+    batches: &[Vec<Vec<Event>>],
+) -> Vec<BatchResult> {
+    batches
+        .iter()
+        .enumerate()
+        .map(|(n, chunks)| {
+            let input: Vec<RecordBatch> = chunks.iter().map(|c| to_batch(c)).collect();
+            let out = operator.process(store, n as u64, &input).unwrap();
+            let result = BatchResult {
+                rows: rows_of(out.rows.as_ref()),
+                late: out.late.as_ref().map_or(0, |l| l.num_rows()),
+                duplicates: out.duplicates,
+            };
+            assert_eq!(out.late_rows as usize, result.late);
+            store.commit(n as u64, out.writes).unwrap();
+            result
+        })
+        .collect()
+}
+
+fn check(
+    config: OperatorConfig,
+    seeds: std::ops::Range<u64>,
+    store: &mut dyn FnMut() -> Box<dyn StateStore>,
+) {
+    for seed in seeds {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let events = stream(&mut rng);
+        let cut = batches(&mut rng, &events);
+        let mut oracle = Oracle::new(config.clone());
+        let expected: Vec<BatchResult> = cut
+            .iter()
+            .enumerate()
+            .map(|(n, chunks)| oracle.batch(n as u64, &chunks.concat()))
+            .collect();
+        let operator = Operator::new(config.clone());
+        let mut s = store();
+        let got = operate(&operator, s.as_mut(), &cut);
+        for (n, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(g, e, "seed {seed}, batch {n}, config {config:?}");
+        }
+        // The stream's end: a watermark past everything closes every
+        // window and expires every key, leaving no operator state behind.
+        let last = operator
+            .process_at(s.as_ref(), cut.len() as u64, &[], Some(i64::MAX))
+            .unwrap();
+        s.commit(cut.len() as u64, last.writes).unwrap();
+        for tag in crate::keys::ALL_TAGS {
+            let left = s.scan(&[*tag], &[*tag + 1]).unwrap();
+            assert!(
+                left.is_empty(),
+                "seed {seed}: {} keys of tag {} left",
+                left.len(),
+                *tag as char
+            );
+        }
+    }
+}
+
+fn memory() -> Box<dyn StateStore> {
+    Box::new(MemoryStore::new())
+}
+
+fn windows() -> Vec<(&'static str, Window)> {
+    vec![
+        (
+            "tumbling",
+            Window::Sliding {
+                size: 5 * MINUTE,
+                slide: 5 * MINUTE,
+            },
+        ),
+        (
+            "sliding",
+            Window::Sliding {
+                size: 10 * MINUTE,
+                slide: 2 * MINUTE,
+            },
+        ),
+        (
+            "sliding-uneven",
+            Window::Sliding {
+                size: 7 * MINUTE,
+                slide: 3 * MINUTE,
+            },
+        ),
+        ("session", Window::Session { gap: 3 * MINUTE }),
+    ]
+}
+
+#[test]
+fn dedup_matches_the_oracle() {
+    for delay in [0, 2 * MINUTE, 10 * MINUTE] {
+        check(
+            config(None, true, OutputMode::Append, delay),
+            0..60,
+            &mut memory,
+        );
+    }
+}
+
+#[test]
+fn late_rows_without_dedup_match_the_oracle() {
+    // A window-less, dedup-less operator only filters late rows.
+    check(
+        config(None, false, OutputMode::Append, MINUTE),
+        0..30,
+        &mut memory,
+    );
+}
+
+#[test]
+fn windows_in_append_mode_match_the_oracle() {
+    for (_, window) in windows() {
+        for dedup in [false, true] {
+            for delay in [0, 5 * MINUTE] {
+                check(
+                    config(Some(window), dedup, OutputMode::Append, delay),
+                    0..25,
+                    &mut memory,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn windows_in_update_mode_match_the_oracle() {
+    for (name, window) in windows() {
+        if name == "session" {
+            continue;
+        }
+        for dedup in [false, true] {
+            check(
+                config(Some(window), dedup, OutputMode::Update, 5 * MINUTE),
+                0..25,
+                &mut memory,
+            );
+        }
+    }
+}
+
+#[test]
+fn rocksdb_gives_the_same_results() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    let mut rocks = || -> Box<dyn StateStore> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+        dirs.borrow_mut().push(dir);
+        Box::new(store)
+    };
+    check(
+        config(None, true, OutputMode::Append, 2 * MINUTE),
+        0..8,
+        &mut rocks,
+    );
+    for (_, window) in windows() {
+        check(
+            config(Some(window), true, OutputMode::Append, 5 * MINUTE),
+            0..5,
+            &mut rocks,
+        );
+    }
+}
