@@ -12,10 +12,12 @@ import random
 import shutil
 import uuid
 
+import boto3
 import pytest
 from deltalake import DeltaTable
 
 from conftest import ROOT, confluent, duck, run_spec
+from test_s3 import BUCKET, s3  # noqa: F401 (the moto S3 server fixture)
 
 CLICK_SCHEMA = json.loads((ROOT / "tests/fixtures/schemas/click.avsc").read_text())
 PAYMENT_SCHEMA = json.loads((ROOT / "table-specs/schemas/payments.avsc").read_text())
@@ -290,3 +292,72 @@ def test_restarts_and_a_wiped_state_give_the_same_table(binary, dev_stack, tmp_p
     assert "bringing the operator state up to the last planned batch" in rebuilt.stderr
     assert len(DeltaTable(str(crashed / "lake" / example["table"])).history()) == versions
     assert tables(crashed, example) == want
+
+
+def events(run, message):
+    """The fields of the JSON log lines of `run` with this message."""
+    out = []
+    for line in run.stderr.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("message") == message:
+                out.append(event)
+    return out
+
+
+def s3_rows(uri, storage_options, example):
+    columns = ["window_start", "window_end"] + ([example["group"]] if example["group"] else []) \
+        + [name for name, _, _ in example["aggs"]]
+    table = DeltaTable(uri, storage_options=storage_options).to_pyarrow_table(columns=columns).to_pylist()
+    micros = lambda t: (t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+    return sorted(tuple(micros(r[c]) if c.startswith("window_") else r[c] for c in columns) for r in table)
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:1"]], indirect=True)
+def test_state_snapshots_on_s3_restore_onto_an_empty_disk(binary, dev_stack, tmp_path, s3):
+    """Checkpoint and tables on S3 (moto), state on local disk with a
+    snapshot every 3 batches. A node dies after batch 8; its replacement has
+    an empty disk, restores the snapshot of batch 8, re-runs nothing, and
+    ends with the table of an uninterrupted run."""
+    example = EXAMPLES["card-activity"]
+    produce(dev_stack, "payments", payments(random.Random("snapshots"), 1400), partitions=1)
+    text = (ROOT / "table-specs/card-activity.yaml").read_text()
+    text = text.replace("  state_dir: ${TRIBUTARY_STATE_DIR:-/var/lib/tributary/state}\n",
+                        "  state_dir: ${TRIBUTARY_STATE_DIR:-/var/lib/tributary/state}\n  state_snapshot_every: 3\n")
+    assert "state_snapshot_every: 3" in text
+    spec = tmp_path / "card-activity.yaml"
+    spec.write_text(text)
+
+    straight = tmp_path / "straight"
+    result = run_spec(binary, spec, env=env_for(dev_stack, straight, 100))
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = table_rows(straight / "lake" / "card_activity", example)
+
+    node = tmp_path / "node"
+    env = dict(env_for(dev_stack, node, 100), **s3, TRIBUTARY_LAKE=f"s3://{BUCKET}/lake",
+               TRIBUTARY_CHECKPOINTS=f"s3://{BUCKET}/checkpoints")
+    json_logs = ("--log-format", "json")
+    crashed = run_spec(binary, spec, env=dict(env, TRIBUTARY_CRASH_AT="after_offsets@8"), extra=json_logs)
+    assert crashed.returncode != 0
+    uploads = events(crashed, "state snapshot uploaded")
+    assert [e["batch"] for e in uploads] == [2, 5, 8], crashed.stderr[-1500:]
+    shutil.rmtree(node / "state")
+
+    replacement = run_spec(binary, spec, env=env, extra=json_logs)
+    assert replacement.returncode == 0, replacement.stderr[-3000:]
+    assert [e["batch"] for e in events(replacement, "restored the state snapshot")] == [8]
+    assert not events(replacement, "re-running a planned batch")
+    assert s3_rows(f"s3://{BUCKET}/lake/card_activity", s3, example) == want
+
+    # Incremental: later snapshots reuse SST files uploaded before; two are kept.
+    uploads += events(replacement, "state snapshot uploaded")
+    assert all(e["new_sst"] <= 2 for e in uploads) and all(e["reused_sst"] > 0 for e in uploads[1:]), uploads
+    client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/card-activity/state/topic/")
+            .get("Contents", [])]
+    manifests = sorted(k for k in keys if k.endswith(".json"))
+    assert len(manifests) == 2, manifests
+    newest = json.loads(client.get_object(Bucket=BUCKET, Key=manifests[-1])["Body"].read())
+    for sst in newest["sst"]:
+        assert f"checkpoints/card-activity/state/topic/sst/{newest['lineage']}/{sst}" in keys

@@ -254,14 +254,7 @@ impl Run<'_> {
         let hidden = add_operator_columns(spec, &mut columns);
         let state = if spec.is_stateful() {
             let config = operator_config(spec, &columns, hidden.clone())?;
-            let (spec_c, group_name) = (spec.clone(), self.scope.name.clone());
-            Some(
-                tokio::task::spawn_blocking(move || GroupState::open(&spec_c, &group_name, config))
-                    .await
-                    .map_err(|e| {
-                        EngineError::Internal(format!("opening the state failed: {e}"))
-                    })??,
-            )
+            Some(GroupState::open(spec, &self.scope.name, config).await?)
         } else {
             None
         };
@@ -762,6 +755,7 @@ impl Run<'_> {
                     EngineError::Internal("operated rows without their state".into())
                 })?;
                 blocking(|| state.apply(plan.batch_id, operated))?;
+                state.snapshot_if_due(plan.batch_id).await;
                 Some(progress)
             }
             None => None,

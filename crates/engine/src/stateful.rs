@@ -9,11 +9,12 @@
 use std::path::PathBuf;
 
 use deltalake::arrow::array::RecordBatch;
+use object_store::path::Path as ObjectPath;
 use tributary_avro::RecordColumns;
 use tributary_spec::{
     OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START, WindowKind, WindowSpec,
 };
-use tributary_state::{RocksOptions, RocksStore, StateStore};
+use tributary_state::{RocksOptions, RocksStore, Snapshots, StateStore};
 use tributary_stream::{Operated, Operator, OperatorConfig, Window};
 
 use crate::error::{EngineError, Result};
@@ -116,26 +117,63 @@ pub(crate) fn state_dir(spec: &TableSpec, group: &str) -> PathBuf {
 pub(crate) struct GroupState {
     pub operator: Operator,
     pub store: RocksStore,
+    snapshots: Option<Snapshots>,
+    snapshot_every: u64,
     /// Partition columns of a windowed table, derived from its output.
     pub output_partitions: Option<Vec<PartitionColumn>>,
     /// The columns identifying a window row, for update mode's MERGE.
     pub merge_keys: Option<Vec<String>>,
 }
 
+/// The state snapshots of a group, when its checkpoint is in object storage.
+fn snapshots_for(spec: &TableSpec, group: &str) -> Result<Option<Snapshots>> {
+    if spec.checkpoint_is_local() || spec.checkpoint.state_snapshot_every == 0 {
+        return Ok(None);
+    }
+    let location = &spec.checkpoint.location;
+    let store = tributary_delta::object_store_for(location, spec.checkpoint_storage_options())?;
+    Ok(Some(Snapshots::new(
+        store,
+        &format!("{}/state/{group}", location.trim_end_matches('/')),
+        ObjectPath::from(format!("state/{group}")),
+    )))
+}
+
 impl GroupState {
-    pub(crate) fn open(
+    /// Opens the group's state; a node without it restores the newest
+    /// snapshot first, when there is one.
+    pub(crate) async fn open(
         spec: &TableSpec,
         group: &str,
         config: OperatorConfig,
     ) -> Result<GroupState> {
         let dir = state_dir(spec, group);
+        let snapshots = snapshots_for(spec, group)?;
+        if let Some(s) = &snapshots
+            && !dir.join("CURRENT").exists()
+        {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    EngineError::Spec(format!("cannot clear {}: {e}", dir.display()))
+                })?;
+            }
+            match s.restore(&dir).await? {
+                Some(batch) => {
+                    tracing::info!(pipeline = %spec.pipeline, group, batch, dir = %dir.display(), "restored the state snapshot")
+                }
+                None => {
+                    tracing::info!(pipeline = %spec.pipeline, group, "no state snapshot to restore")
+                }
+            }
+        }
         std::fs::create_dir_all(&dir).map_err(|e| {
             EngineError::Spec(format!(
                 "cannot create the state directory {}: {e}",
                 dir.display()
             ))
         })?;
-        let store = RocksStore::open(&dir, RocksOptions::default())?;
+        let store =
+            tokio::task::block_in_place(|| RocksStore::open(&dir, RocksOptions::default()))?;
         let windowed = spec.window.is_some();
         let merge_keys = (windowed && spec.output_mode == OutputMode::Update).then(|| {
             let mut keys = vec![WINDOW_START.to_string(), WINDOW_END.to_string()];
@@ -145,6 +183,8 @@ impl GroupState {
         Ok(GroupState {
             operator: Operator::new(config),
             store,
+            snapshots,
+            snapshot_every: spec.checkpoint.state_snapshot_every,
             output_partitions: windowed.then(|| spec.partition_columns()),
             merge_keys,
         })
@@ -174,5 +214,49 @@ impl GroupState {
     /// Applies a committed batch's state changes.
     pub(crate) fn apply(&mut self, batch_id: u64, operated: Operated) -> Result<()> {
         Ok(self.store.commit(batch_id, operated.writes)?)
+    }
+
+    /// Uploads a snapshot when `batch_id` is due for one. A failed upload
+    /// is only logged: the state is safe on disk, and the next due batch
+    /// tries again.
+    pub(crate) async fn snapshot_if_due(&mut self, batch_id: u64) {
+        let every = self.snapshot_every;
+        let Some(snapshots) = self.snapshots.as_mut() else {
+            return;
+        };
+        if every == 0 || !(batch_id + 1).is_multiple_of(every) {
+            return;
+        }
+        let scratch = self.store.path().with_extension("snapshot");
+        let store = &self.store;
+        let taken = tokio::task::block_in_place(|| -> Result<String> {
+            if scratch.exists() {
+                std::fs::remove_dir_all(&scratch).map_err(|e| {
+                    EngineError::Internal(format!("cannot clear {}: {e}", scratch.display()))
+                })?;
+            }
+            store.checkpoint_to(&scratch)?;
+            Ok(store.lineage()?)
+        });
+        let uploaded = match taken {
+            Ok(lineage) => snapshots
+                .upload(&scratch, batch_id, &lineage)
+                .await
+                .map_err(EngineError::from),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&scratch);
+        match uploaded {
+            Ok(o) => tracing::info!(
+                batch = batch_id,
+                new_sst = o.new_sst,
+                reused_sst = o.reused_sst,
+                bytes = o.bytes,
+                "state snapshot uploaded"
+            ),
+            Err(e) => {
+                tracing::warn!(batch = batch_id, error = %e, "could not upload the state snapshot; retrying at the next due batch")
+            }
+        }
     }
 }

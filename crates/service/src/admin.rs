@@ -50,6 +50,10 @@ struct GroupStats {
     rows_in: u64,
     rows_written: u64,
     dead_letters: u64,
+    late_rows: u64,
+    duplicate_rows: u64,
+    /// Event-time watermark of the last batch, seconds since the epoch.
+    watermark: Option<f64>,
     input_bytes: u64,
     files: u64,
     table_version: Option<u64>,
@@ -131,6 +135,17 @@ impl AdminState {
         g.rows_in += p.num_input_rows;
         g.rows_written += p.num_output_rows;
         g.dead_letters += p.num_dead_letters;
+        if let Some(e) = &p.event_time {
+            g.late_rows += e.num_late_rows;
+            g.duplicate_rows += e.num_duplicate_rows;
+            if let Some(w) = e
+                .watermark
+                .as_deref()
+                .and_then(|w| chrono::DateTime::parse_from_rfc3339(w).ok())
+            {
+                g.watermark = Some(w.timestamp_millis() as f64 / 1000.0);
+            }
+        }
         g.input_bytes += p.input_bytes;
         g.files += p.sink.num_files as u64;
         g.table_version = p.sink.table_version.or(g.table_version);
@@ -246,6 +261,24 @@ impl AdminState {
             "counter",
             "Records sent to the dead-letter table.",
             &|g| Some(g.dead_letters as f64),
+        );
+        family(
+            "tributary_late_rows_total",
+            "counter",
+            "Rows older than the watermark: dropped, or written to the late-rows table.",
+            &|g| Some(g.late_rows as f64),
+        );
+        family(
+            "tributary_duplicate_rows_total",
+            "counter",
+            "Rows dropped by deduplication.",
+            &|g| Some(g.duplicate_rows as f64),
+        );
+        family(
+            "tributary_watermark_seconds",
+            "gauge",
+            "Event-time watermark of the last batch (seconds since the epoch).",
+            &|g| g.watermark,
         );
         family(
             "tributary_input_bytes_total",

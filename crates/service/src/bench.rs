@@ -37,11 +37,43 @@ pub enum Bench {
         #[arg(long)]
         partitions: Option<i32>,
     },
+    /// Deduplicate distinct keys with RocksDB state on disk: micro-batches
+    /// of Arrow rows through the dedup operator, each batch's state
+    /// committed; reports rows/s on one thread and peak RSS.
+    Dedup {
+        #[arg(long, default_value_t = 10_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100_000)]
+        batch_rows: usize,
+    },
+    /// Sliding-window aggregation (10-minute windows every 2 minutes, per
+    /// card: count, sum, distinct merchants) with RocksDB state on disk.
+    Windows {
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 100_000)]
+        batch_rows: usize,
+        #[arg(long, default_value_t = 10_000)]
+        cards: u64,
+    },
 }
 
 pub async fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Decode { rows } => decode(rows).await,
+        Bench::Dedup { keys, batch_rows } => {
+            tokio::task::spawn_blocking(move || crate::bench_state::dedup(keys, batch_rows)).await?
+        }
+        Bench::Windows {
+            rows,
+            batch_rows,
+            cards,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                crate::bench_state::windows(rows, batch_rows, cards)
+            })
+            .await?
+        }
         Bench::Ingest { rows, partitions } => {
             let partitions = partitions
                 .unwrap_or_else(|| (rows * BENCH_RECORD_BYTES).div_ceil(4 << 20).max(1) as i32);

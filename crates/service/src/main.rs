@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_state;
 mod demo;
 mod dev;
 mod readback;

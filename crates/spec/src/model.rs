@@ -398,6 +398,17 @@ pub struct CheckpointSpec {
     /// Lost state is rebuilt by replaying the recorded batches.
     #[serde(default)]
     pub state_dir: Option<String>,
+    /// With an `s3://` checkpoint, a snapshot of the operator state is
+    /// uploaded to `<location>/state/<group>/` after every this many
+    /// batches (only SST files not uploaded before), so a node with an
+    /// empty disk restores it instead of re-running every batch. `0`: none.
+    #[serde(default = "default_state_snapshot_every")]
+    #[schemars(default = "default_state_snapshot_every")]
+    pub state_snapshot_every: u64,
+}
+
+fn default_state_snapshot_every() -> u64 {
+    10
 }
 
 /// Dead-letter table.

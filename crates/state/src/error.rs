@@ -6,6 +6,8 @@ pub enum StateError {
     Rocks { path: String, message: String },
     #[error("state store: batch {batch_id} cannot commit after batch {committed}")]
     OutOfOrder { committed: u64, batch_id: u64 },
+    #[error("state snapshots at {uri}: {message}")]
+    Snapshot { uri: String, message: String },
     #[error("state store at {path} is corrupt: {message}")]
     Corrupt { path: String, message: String },
 }
@@ -14,7 +16,7 @@ impl Classify for StateError {
     fn kind(&self) -> ErrorKind {
         match self {
             // A local disk failing (full, unwritable): the operator must act.
-            StateError::Rocks { .. } => ErrorKind::External,
+            StateError::Rocks { .. } | StateError::Snapshot { .. } => ErrorKind::External,
             StateError::OutOfOrder { .. } | StateError::Corrupt { .. } => ErrorKind::Internal,
         }
     }

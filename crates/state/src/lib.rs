@@ -10,10 +10,12 @@
 mod error;
 mod memory;
 mod rocks;
+mod snapshot;
 
 pub use error::{Result, StateError};
 pub use memory::MemoryStore;
 pub use rocks::{RocksOptions, RocksStore};
+pub use snapshot::{SnapshotManifest, Snapshots, UploadOutcome};
 
 /// One staged change to the state. Changes of a batch are collected while
 /// the batch is operated and applied by [`StateStore::commit`], in order.

@@ -9,6 +9,9 @@ use crate::{Result, StagedWrites, StateError, StateStore, Write, check_order};
 
 const META: &str = "meta";
 const COMMITTED_BATCH: &[u8] = b"committed_batch";
+/// A random id given to a database when it is created, kept by its
+/// snapshots: SST file names are unique only within one database.
+const LINEAGE: &[u8] = b"lineage";
 
 /// Memory RocksDB may use; state beyond it lives on disk.
 #[derive(Debug, Clone)]
@@ -49,11 +52,62 @@ impl RocksStore {
     /// Opens the store at `path`, creating it when missing.
     pub fn open(path: &Path, options: RocksOptions) -> Result<RocksStore> {
         let db = open_db(path, &options)?;
-        Ok(RocksStore {
+        let store = RocksStore {
             path: path.to_path_buf(),
             options,
             db: Some(db),
+        };
+        store.ensure_lineage()?;
+        Ok(store)
+    }
+
+    fn meta(&self) -> Result<&rocksdb::ColumnFamily> {
+        self.db()?
+            .cf_handle(META)
+            .ok_or_else(|| StateError::Corrupt {
+                path: self.path.display().to_string(),
+                message: "the meta column family is missing".into(),
+            })
+    }
+
+    fn ensure_lineage(&self) -> Result<()> {
+        let db = self.db()?;
+        if db
+            .get_cf(&self.meta()?, LINEAGE)
+            .map_err(self.err())?
+            .is_none()
+        {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.put_cf_opt(&self.meta()?, LINEAGE, id, &sync)
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// The database's lineage id (see [`crate::Snapshots`]).
+    pub fn lineage(&self) -> Result<String> {
+        let v = self
+            .db()?
+            .get_cf(&self.meta()?, LINEAGE)
+            .map_err(self.err())?
+            .ok_or_else(|| StateError::Corrupt {
+                path: self.path.display().to_string(),
+                message: "the lineage id is missing".into(),
+            })?;
+        String::from_utf8(v).map_err(|_| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            message: "the lineage id is not text".into(),
         })
+    }
+
+    /// Writes a consistent copy of the committed state into `dir` (which
+    /// must not exist): memtables are flushed and SST files hard-linked.
+    pub fn checkpoint_to(&self, dir: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(self.db()?)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(self.err())
     }
 
     pub fn path(&self) -> &Path {
@@ -131,10 +185,7 @@ impl StateStore for RocksStore {
     fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
         check_order(self.committed_batch()?, batch_id)?;
         let db = self.db()?;
-        let meta = db.cf_handle(META).ok_or_else(|| StateError::Corrupt {
-            path: self.path.display().to_string(),
-            message: "the meta column family is missing".into(),
-        })?;
+        let meta = self.meta()?;
         let mut batch = WriteBatch::default();
         for w in writes.writes {
             match w {
@@ -155,10 +206,7 @@ impl StateStore for RocksStore {
 
     fn committed_batch(&self) -> Result<Option<u64>> {
         let db = self.db()?;
-        let meta = db.cf_handle(META).ok_or_else(|| StateError::Corrupt {
-            path: self.path.display().to_string(),
-            message: "the meta column family is missing".into(),
-        })?;
+        let meta = self.meta()?;
         match db.get_cf(&meta, COMMITTED_BATCH).map_err(self.err())? {
             None => Ok(None),
             Some(v) => {
@@ -184,7 +232,7 @@ impl StateStore for RocksStore {
         self.db = None;
         DB::destroy(&Options::default(), &self.path).map_err(self.err())?;
         self.db = Some(open_db(&self.path, &self.options)?);
-        Ok(())
+        self.ensure_lineage()
     }
 }
 
