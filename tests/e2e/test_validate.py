@@ -48,3 +48,25 @@ def test_unknown_partition_column_is_found_against_the_registry(binary, dev_stac
         f'{spec}:13: table.partition_by[1]: unknown partition column "country"; the record has: url, ts',
         f'{spec}:14: table.partition_by[2]: hour(url) needs a timestamp column, and "url" is not one',
     ]
+
+
+def test_event_time_columns_are_checked_against_the_registry(binary, dev_stack):
+    import json
+    import os
+
+    dev_stack.register("payments-value", json.loads((ROOT / "table-specs/schemas/payments.avsc").read_text()))
+    spec = FIXTURES / "registry_unknown_event_columns.yaml"
+    env = dict(os.environ, SCHEMA_REGISTRY_URL=dev_stack.registry)
+    result = validate(binary, spec, env=env, offline=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    has = "the record has: payment_id, card_id, merchant, amount, ts"
+    # The table's own columns are the window's: a partition column derived
+    # from a group key that is not a timestamp is refused too.
+    assert result.stdout.splitlines() == [
+        f'{spec}:15: event_time.column: unknown column "event_ts"; {has}',
+        f'{spec}:18: dedup.keys[1]: unknown column "txn_id"; {has}',
+        f'{spec}:21: group_by[0]: unknown column "card"; {has}',
+        f'{spec}:24: aggregations[1].column: unknown column "shop"; {has}',
+        f'{spec}:11: table.partition_by[1]: unknown partition column "card_id"; the record has: '
+        'window_start, window_end, card, amount, merchants',
+    ]

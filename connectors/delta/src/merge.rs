@@ -76,7 +76,7 @@ impl DeltaTableSink {
             .await?
             .is_some_and(|done| done >= commit.batch_id)
         {
-            return Ok(CommitOutcome::default());
+            return Ok(CommitOutcome::landed());
         }
         let BatchRows::Arrow(batches) = &commit.rows else {
             return Err(DeltaSinkError::Corrupt {
@@ -127,7 +127,7 @@ impl DeltaTableSink {
                 .await?
                 .is_some_and(|done| done >= commit.batch_id)
             {
-                return Ok(CommitOutcome::default());
+                return Ok(CommitOutcome::landed());
             }
             // Rows of candidate files that the batch does not replace.
             let mut removed: Vec<DataFile> = Vec::new();
@@ -225,6 +225,7 @@ impl DeltaTableSink {
                     let version = finalized.version();
                     table.update_incremental(None).await.map_err(delta_err)?;
                     return Ok(CommitOutcome {
+                        already_landed: false,
                         version: Some(version),
                         files,
                         bytes,

@@ -51,8 +51,11 @@ pub enum BatchRows {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitOutcome {
-    /// Table version created; `None` when the batch had already landed.
+    /// Table version created; `None` when the batch had already landed or
+    /// had nothing to write to a table that does not exist yet.
     pub version: Option<u64>,
+    /// The table already had the batch (its txn version covers it).
+    pub already_landed: bool,
     pub files: usize,
     pub bytes: u64,
     pub rows: u64,
@@ -60,6 +63,16 @@ pub struct CommitOutcome {
     pub upload: std::time::Duration,
     /// Time spent committing to the Delta log.
     pub commit: std::time::Duration,
+}
+
+impl CommitOutcome {
+    /// The batch was in the table already: nothing was written.
+    pub(crate) fn landed() -> CommitOutcome {
+        CommitOutcome {
+            already_landed: true,
+            ..CommitOutcome::default()
+        }
+    }
 }
 
 /// What a committed batch recorded in `commitInfo.tributary`.
@@ -244,7 +257,7 @@ impl DeltaTableSink {
         if let Some(done) = self.committed_batch(&commit.app_id).await?
             && done >= commit.batch_id
         {
-            return Ok(CommitOutcome::default());
+            return Ok(CommitOutcome::landed());
         }
         let encoded = match commit.rows {
             BatchRows::Arrow(batches) => {
@@ -361,6 +374,7 @@ impl DeltaTableSink {
         table.update_incremental(None).await.map_err(delta_err)?;
         tracing::debug!(table = %uri, version, "snapshot refreshed");
         Ok(CommitOutcome {
+            already_landed: false,
             version: Some(version),
             files,
             bytes,

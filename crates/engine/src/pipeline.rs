@@ -739,7 +739,7 @@ impl Run<'_> {
             Some((keys, partitions)) => g.data.upsert(commit, &keys, &partitions, &intent).await?,
             None => g.data.commit(commit, &intent).await?,
         };
-        if outcome.version.is_none() && !replayed {
+        if outcome.already_landed && !replayed {
             verify_landed_plan(g, plan).await?;
         }
         crash_point(CrashPoint::AfterCommit, plan.batch_id);
