@@ -100,6 +100,16 @@ fn schema_gate(spec: &TableSpec, table: Option<SchemaRef>) -> Option<SchemaGate>
     }))
 }
 
+/// The schema the records of a table have so far: the table's own, unless
+/// the table holds windows, whose records' schema starts afresh each run.
+fn records_schema(spec: &TableSpec, data: &DeltaTableSink) -> Option<SchemaRef> {
+    if spec.window.is_some() {
+        None
+    } else {
+        data.arrow_schema()
+    }
+}
+
 /// The schema-registry client a spec describes.
 pub fn registry_client(registry: &tributary_spec::RegistrySpec) -> Result<RegistryClient> {
     Ok(RegistryClient::new(registry_config(registry)?)?)
@@ -417,7 +427,7 @@ impl Run<'_> {
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
         let columns = group.columns.clone();
-        let gate = schema_gate(spec, group.data.arrow_schema());
+        let gate = schema_gate(spec, records_schema(spec, &group.data));
         // The reader stops when the user stops the pipeline or this run fails.
         let abort = Arc::new(AtomicBool::new(false));
         let (thread_stop, thread_abort) = (stop.clone(), abort.clone());
@@ -549,7 +559,7 @@ impl Run<'_> {
         let mut decoder =
             RecordDecoder::new(self.registry.clone(), tokio::runtime::Handle::current())
                 .with_record_columns(group.columns.clone());
-        if let Some(gate) = schema_gate(spec, group.data.arrow_schema()) {
+        if let Some(gate) = schema_gate(spec, records_schema(spec, &group.data)) {
             decoder = decoder.with_schema_gate(gate);
         }
         let stop = self.options.stop.clone();
