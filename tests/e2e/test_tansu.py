@@ -132,5 +132,5 @@ def test_crash_at_every_step_boundary_through_tansu(binary, tansu, tmp_path, poi
     log = run_until(binary, spec, tmp_path / "lake" / "eo", 3000)
     if point in ("after_plan", "after_files"):
         # The plan was recorded and nothing committed: replayed with its offsets.
-        assert "re-running the last planned batch" in log, log[-2000:]
+        assert "re-running a planned batch" in log, log[-2000:]
     assert_exactly_once(tmp_path, range(3000))
