@@ -349,7 +349,7 @@ def test_state_snapshots_on_s3_restore_onto_an_empty_disk(binary, dev_stack, tmp
     replacement = run_spec(binary, spec, env=env, extra=json_logs)
     assert replacement.returncode == 0, replacement.stderr[-3000:]
     assert [e["batch"] for e in events(replacement, "restored the state snapshot")] == [8]
-    assert not events(replacement, "re-running a planned batch")
+    assert not events(replacement, "re-running a planned batch with its recorded offsets")
     assert s3_rows(f"s3://{BUCKET}/lake/card_activity", s3, example) == want
 
     # Incremental: later snapshots reuse SST files uploaded before; two are kept.
