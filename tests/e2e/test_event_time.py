@@ -364,3 +364,83 @@ def test_state_snapshots_on_s3_restore_onto_an_empty_disk(binary, dev_stack, tmp
     newest = json.loads(client.get_object(Bucket=BUCKET, Key=manifests[-1])["Body"].read())
     for sst in newest["sst"]:
         assert f"checkpoints/card-activity/state/topic/sst/{newest['lineage']}/{sst}" in keys
+
+
+@pytest.mark.parametrize("dev_stack", [["stamps:2"]], indirect=True)
+def test_kafka_timestamp_as_event_time_with_dedup_and_a_late_rows_table(binary, dev_stack, tmp_path):
+    """Without event_time.column the Kafka record timestamp is the event
+    time. A dedup-only table keeps the records themselves (not windows); late
+    records land in their own table."""
+    schema = {"type": "record", "name": "Reading", "fields": [
+        {"name": "sensor", "type": "string"}, {"name": "seq", "type": "long"}, {"name": "value", "type": "double"}]}
+    schema_id = dev_stack.register("stamps-value", schema)
+    rng = random.Random("stamps")
+    base_ms = millis(BASE)
+    clock, sent = base_ms, []
+    producer = dev_stack.producer()
+    for i in range(900):
+        clock += rng.randrange(0, 4000)
+        seq = rng.randrange(i) if i and rng.random() < 0.1 else i  # 10% repeat an earlier reading
+        stamp = clock - (rng.randrange(0, 20 * 60_000) if rng.random() < 0.08 else rng.randrange(0, 30_000))
+        record = {"sensor": f"s{seq % 5}", "seq": seq, "value": float(seq % 97)}
+        sent.append(dict(record, ts_ms=stamp, partition=i % 2))
+        producer.produce("stamps", value=confluent(schema_id, schema, record), partition=i % 2, timestamp=stamp)
+    assert producer.flush(30) == 0
+    spec = tmp_path / "stamps.yaml"
+    spec.write_text(f"""pipeline: stamps
+source:
+  kafka:
+    bootstrap_servers: '{dev_stack.bootstrap}'
+    topic: stamps
+  schema_registry:
+    url: '{dev_stack.registry}'
+  columns:
+    offset: kafka_offset
+    partition: kafka_partition
+table:
+  uri: 'file://{tmp_path}/lake/readings'
+trigger:
+  available_now: true
+  max_offsets_per_trigger: 90
+checkpoint:
+  location: 'file://{tmp_path}/checkpoint'
+event_time:
+  watermark_delay: 2m
+dedup:
+  keys: [seq]
+late_rows: 'file://{tmp_path}/lake/readings_late'
+""")
+    progress = tmp_path / "progress.jsonl"
+    result = run_spec(binary, spec, extra=("--progress-json", str(progress)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch failed" not in result.stderr
+
+    # Offsets in sent order per partition (one producer, ordered per partition).
+    next_offset = {0: 0, 1: 0}
+    records = []
+    for r in sent:
+        records.append(dict(r, _p=r["partition"], _o=next_offset[r["partition"]], _t=r["ts_ms"] * 1000))
+        next_offset[r["partition"]] += 1
+    batches = batches_of(progress, records)
+    delay, max_seen, remembered, kept, late = 2 * MINUTE, None, {}, [], []
+    for records_of_batch in batches:
+        w = None if max_seen is None else max_seen - delay
+        on_time = [r for r in records_of_batch if w is None or r["_t"] >= w]
+        late += [r for r in records_of_batch if not (w is None or r["_t"] >= w)]
+        if w is not None:
+            remembered = {k: e for k, e in remembered.items() if e >= w}
+        for r in on_time:
+            if r["seq"] not in remembered:
+                remembered[r["seq"]] = r["_t"] + delay
+                kept.append(r)
+        if on_time:
+            max_seen = max([max_seen or -2**63] + [r["_t"] for r in on_time])
+    con = duck()
+    got = sorted(con.execute(f"select kafka_partition, kafka_offset, seq from delta_scan('{tmp_path}/lake/readings')").fetchall())
+    assert got == sorted((r["_p"], r["_o"], r["seq"]) for r in kept)
+    assert len(kept) < len(records) - len(late), "some duplicates were dropped"
+    # The table has the record's columns and the named Kafka columns, no hidden ones.
+    columns = [c[0] for c in con.execute(f"describe select * from delta_scan('{tmp_path}/lake/readings')").fetchall()]
+    assert columns == ["sensor", "seq", "value", "kafka_partition", "kafka_offset"]
+    got_late = sorted(con.execute(f"select kafka_partition, kafka_offset from delta_scan('{tmp_path}/lake/readings_late')").fetchall())
+    assert late and got_late == sorted((r["_p"], r["_o"]) for r in late)
