@@ -137,11 +137,21 @@ fn db_options(options: &RocksOptions) -> Options {
     o.set_max_write_buffer_number(2);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     o.set_max_background_jobs(2);
+    // State is written once and deleted by range when it expires: universal
+    // compaction rewrites it far less than leveled (measured: same speed,
+    // a fifth less memory, more disk).
+    o.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+    // Lookups of absent keys: a bloom filter on the memtables answers them
+    // without walking the skiplist.
+    o.set_memtable_whole_key_filtering(true);
+    o.set_memtable_prefix_bloom_ratio(0.1);
     let mut table = BlockBasedOptions::default();
-    // Point lookups of absent keys (new dedup keys) skip files by filter.
+    // Point lookups of absent keys skip files by filter. Filters and indexes
+    // stay in memory beside the cache: looking them up in the block cache
+    // for every probe made lookups twice as slow (tributary bench dedup).
     table.set_bloom_filter(10.0, false);
     table.set_block_cache(&Cache::new_lru_cache(options.block_cache_size));
-    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks(false);
     o.set_block_based_table_factory(&table);
     o
 }
@@ -162,10 +172,18 @@ impl StateStore for RocksStore {
     }
 
     fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.db()?
-            .multi_get(keys)
+        let db = self.db()?;
+        let data = db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .ok_or_else(|| StateError::Corrupt {
+                path: self.path.display().to_string(),
+                message: "the default column family is missing".into(),
+            })?;
+        // The batched form looks keys up level by level, sorted, instead of
+        // one at a time.
+        db.batched_multi_get_cf(data, keys, false)
             .into_iter()
-            .map(|r| r.map_err(self.err()))
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(self.err()))
             .collect()
     }
 

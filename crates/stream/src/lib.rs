@@ -8,6 +8,7 @@
 
 mod aggregate;
 mod error;
+mod key_filter;
 mod keys;
 mod operator;
 mod prepare;

@@ -1,5 +1,5 @@
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
@@ -13,6 +13,10 @@ use tributary_state::{StagedWrites, StateStore};
 
 use crate::aggregate::{Acc, Arrival, Reader, encode_accs};
 use crate::error::{Result, StreamError};
+use crate::key_filter::{KeyFilter, KeyHash};
+
+/// The hasher of per-batch maps: fast; their order is never relied on.
+type FastHash = foldhash::fast::RandomState;
 use crate::keys;
 use crate::prepare::{
     AggInput, KeyCodec, batch_of, canonical, column, event_times, output_type, without,
@@ -66,10 +70,22 @@ pub struct Operated {
     pub next_watermark: Option<i64>,
 }
 
-/// The event-time operators of one pipeline.
-#[derive(Debug, Clone)]
+/// The event-time operators of one pipeline, bound to one state store.
 pub struct Operator {
     config: OperatorConfig,
+    /// Dedup keys that may be in the store, loaded from it at the first
+    /// batch (see `key_filter`).
+    key_filter: Mutex<Option<KeyFilter>>,
+    /// The same for the distinct values of windows' `count_distinct`.
+    distinct_filter: Mutex<Option<KeyFilter>>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 /// A session of a group: `[start, end)` with `end` = last row + gap.
@@ -90,7 +106,11 @@ struct WindowRow {
 
 impl Operator {
     pub fn new(config: OperatorConfig) -> Operator {
-        Operator { config }
+        Operator {
+            config,
+            key_filter: Mutex::new(None),
+            distinct_filter: Mutex::new(None),
+        }
     }
 
     pub fn config(&self) -> &OperatorConfig {
@@ -225,6 +245,20 @@ impl Operator {
             }
             writes.delete_range(lo, hi);
         }
+        let mut filter = self.key_filter.lock().unwrap_or_else(|p| p.into_inner());
+        let filter = match &mut *filter {
+            Some(f) => f,
+            // Dedup keys: bytes after the expiry in the expiry index.
+            empty => empty.insert(load_filter(
+                store,
+                keys::DEDUP_EXPIRY,
+                8,
+                c.watermark_delay,
+            )?),
+        };
+        if let Some(w) = watermark {
+            filter.expire(w);
+        }
         let Some(batch) = batch else {
             return Ok(Vec::new());
         };
@@ -252,9 +286,27 @@ impl Operator {
             .iter()
             .map(|&i| keys::tagged(keys::DEDUP_KEY, encoded.get(i as usize)))
             .collect();
-        let known = store.multi_get(&lookups)?;
+        // Only keys the filter may hold are looked up; the others are new.
+        let hashes: Vec<KeyHash> = lookups.iter().map(|k| KeyHash::of(&k[1..])).collect();
+        let maybe: Vec<usize> = (0..lookups.len())
+            .filter(|&n| filter.may_contain(hashes[n]))
+            .collect();
+        let found = store.multi_get(
+            &maybe
+                .iter()
+                .map(|&n| lookups[n].clone())
+                .collect::<Vec<_>>(),
+        )?;
+        let mut known: Vec<Option<Vec<u8>>> = vec![None; lookups.len()];
+        for (n, value) in maybe.into_iter().zip(found) {
+            known[n] = value;
+        }
         let mut kept = Vec::with_capacity(firsts.len());
-        for ((&i, key), known) in firsts.iter().zip(lookups).zip(known) {
+        // New keys are written in key order: RocksDB inserts sorted keys
+        // into its memtable several times faster than random ones.
+        let mut remember: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(firsts.len());
+        let mut expiring: Vec<Vec<u8>> = Vec::with_capacity(firsts.len());
+        for (((&i, key), known), hash) in firsts.iter().zip(lookups).zip(known).zip(hashes) {
             let remembered = match known {
                 Some(v) => {
                     let expiry = i64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
@@ -269,12 +321,18 @@ impl Operator {
             }
             let t = times[i as usize].unwrap_or_default();
             let expiry = t.saturating_add(c.watermark_delay);
-            writes.put(
-                keys::timed(keys::DEDUP_EXPIRY, expiry, &[&key[1..]]),
-                Vec::new(),
-            );
-            writes.put(key, expiry.to_be_bytes().to_vec());
+            filter.insert(hash, expiry);
+            expiring.push(keys::timed(keys::DEDUP_EXPIRY, expiry, &[&key[1..]]));
+            remember.push((key, expiry.to_be_bytes().to_vec()));
             kept.push(i);
+        }
+        expiring.sort_unstable();
+        remember.sort_unstable();
+        for k in expiring {
+            writes.put(k, Vec::new());
+        }
+        for (k, v) in remember {
+            writes.put(k, v);
         }
         Ok(kept)
     }
@@ -382,26 +440,42 @@ impl Operator {
         let Some(p) = prepared else {
             return Ok(emitted);
         };
-        // The windows each row falls in.
-        let mut row_windows: Vec<(u32, Vec<u8>)> = Vec::new();
-        let mut touched: BTreeMap<Vec<u8>, Option<Vec<Acc>>> = BTreeMap::new();
+        // The windows each row falls in, each window numbered once.
+        let mut numbers: HashMap<Vec<u8>, u32, FastHash> =
+            HashMap::with_hasher(FastHash::default());
+        let mut window_keys: Vec<Vec<u8>> = Vec::new();
+        let mut row_windows: Vec<(u32, u32)> = Vec::new();
+        let mut key = Vec::new();
         for i in 0..p.len() {
             let t = p.times[i];
             let mut start = t - t.rem_euclid(slide);
             while start > t.saturating_sub(size) {
-                let key = keys::window_key(start, start.saturating_add(size), p.groups.get(i));
-                touched.entry(key.clone()).or_insert(None);
-                row_windows.push((i as u32, key));
+                key.clear();
+                key.extend_from_slice(&keys::window_key(
+                    start,
+                    start.saturating_add(size),
+                    p.groups.get(i),
+                ));
+                let n = match numbers.get(key.as_slice()) {
+                    Some(n) => *n,
+                    None => {
+                        let n = window_keys.len() as u32;
+                        numbers.insert(key.clone(), n);
+                        window_keys.push(key.clone());
+                        n
+                    }
+                };
+                row_windows.push((i as u32, n));
                 start -= slide;
             }
         }
-        let wanted: Vec<Vec<u8>> = touched.keys().cloned().collect();
-        for (key, stored) in wanted.iter().zip(store.multi_get(&wanted)?) {
-            let accs = match stored {
+        drop(numbers);
+        let mut accs: Vec<Vec<Acc>> = Vec::with_capacity(window_keys.len());
+        for stored in store.multi_get(&window_keys)? {
+            accs.push(match stored {
                 Some(v) => read_accs(&v, template)?,
                 None => template.to_vec(),
-            };
-            touched.insert(key.clone(), Some(accs));
+            });
         }
         // New distinct values raise their window's count once.
         let distinct: Vec<usize> = self
@@ -413,43 +487,67 @@ impl Operator {
             .map(|(a, _)| a)
             .collect();
         if !distinct.is_empty() {
-            let mut candidates: BTreeSet<Vec<u8>> = BTreeSet::new();
-            let mut owner: HashMap<Vec<u8>, (Vec<u8>, usize)> = HashMap::new();
-            for (i, wkey) in &row_windows {
-                let (start, end, group) = keys::parse_window_key(wkey)
+            let mut owner: HashMap<Vec<u8>, (u32, usize), FastHash> =
+                HashMap::with_hasher(FastHash::default());
+            for &(i, n) in &row_windows {
+                let (start, end, group) = keys::parse_window_key(&window_keys[n as usize])
                     .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
                 for &a in &distinct {
-                    if let crate::aggregate::Input::Value(v) = p.inputs[a].at(*i as usize) {
-                        let vkey = keys::distinct_key(start, end, group, a as u8, v);
-                        if candidates.insert(vkey.clone()) {
-                            owner.insert(vkey, (wkey.clone(), a));
-                        }
+                    if let crate::aggregate::Input::Value(v) = p.inputs[a].at(i as usize) {
+                        owner
+                            .entry(keys::distinct_key(start, end, group, a as u8, v))
+                            .or_insert((n, a));
                     }
                 }
             }
-            let candidates: Vec<Vec<u8>> = candidates.into_iter().collect();
-            for (vkey, stored) in candidates.iter().zip(store.multi_get(&candidates)?) {
-                if stored.is_some() {
+            let mut candidates: Vec<(Vec<u8>, (u32, usize))> = owner.into_iter().collect();
+            candidates.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+            let (vkeys, owners): (Vec<Vec<u8>>, Vec<(u32, usize)>) = candidates.into_iter().unzip();
+            // Values the filter has never seen are new: only the others are
+            // looked up.
+            let mut filter = self
+                .distinct_filter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let filter = match &mut *filter {
+                Some(f) => f,
+                empty => empty.insert(load_filter(store, keys::DISTINCT, 0, size)?),
+            };
+            if let Some(w) = watermark {
+                filter.expire(w.saturating_add(1));
+            }
+            let hashes: Vec<KeyHash> = vkeys.iter().map(|k| KeyHash::of(&k[1..])).collect();
+            let maybe: Vec<usize> = (0..vkeys.len())
+                .filter(|&n| filter.may_contain(hashes[n]))
+                .collect();
+            let found =
+                store.multi_get(&maybe.iter().map(|&n| vkeys[n].clone()).collect::<Vec<_>>())?;
+            let mut stored: Vec<bool> = vec![false; vkeys.len()];
+            for (n, value) in maybe.into_iter().zip(found) {
+                stored[n] = value.is_some();
+            }
+            for (((vkey, (n, a)), stored), hash) in
+                vkeys.into_iter().zip(owners).zip(stored).zip(hashes)
+            {
+                if stored {
                     continue;
                 }
-                let (wkey, a) = &owner[vkey];
-                if let Some(Some(accs)) = touched.get_mut(wkey)
-                    && let Acc::DistinctCount(n) = &mut accs[*a]
-                {
-                    *n += 1;
+                if let Some(end) = keys::time_of(&vkey) {
+                    filter.insert(hash, end);
                 }
-                writes.put(vkey.clone(), Vec::new());
+                if let Acc::DistinctCount(count) = &mut accs[n as usize][a] {
+                    *count += 1;
+                }
+                writes.put(vkey, Vec::new());
             }
         }
-        for (i, wkey) in &row_windows {
-            let i = *i as usize;
-            if let Some(Some(accs)) = touched.get_mut(wkey) {
-                p.feed(accs, i, batch_id);
-            }
+        for &(i, n) in &row_windows {
+            p.feed(&mut accs[n as usize], i as usize, batch_id);
         }
         let update = self.config.output_mode == OutputMode::Update;
+        let mut touched: Vec<(Vec<u8>, Vec<Acc>)> = window_keys.into_iter().zip(accs).collect();
+        touched.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         for (key, accs) in touched {
-            let accs = accs.unwrap_or_default();
             let mut bytes = Vec::new();
             encode_accs(&accs, &mut bytes);
             if update {
@@ -746,6 +844,20 @@ where
     let cast = arrow::compute::cast(array, &T::DATA_TYPE)?;
     let values = cast.as_primitive::<T>();
     Ok((0..values.len()).map(|i| values.value(i)).collect())
+}
+
+/// A filter of the `tag` keys in the store, by their leading time; the
+/// filter is keyed by the key's bytes after the tag and `skip` more bytes.
+/// Buckets are `width` wide (at least a second).
+fn load_filter(store: &dyn StateStore, tag: u8, skip: usize, width: i64) -> Result<KeyFilter> {
+    let mut filter = KeyFilter::new(width.max(1_000_000));
+    let (lo, _) = keys::older_than(tag, i64::MIN);
+    for (k, _) in store.scan(&lo, &[tag + 1])? {
+        if let (Some(time), Some(rest)) = (keys::time_of(&k), k.get(1 + skip..)) {
+            filter.insert(KeyHash::of(rest), time);
+        }
+    }
+    Ok(filter)
 }
 
 fn max_event_time(store: &dyn StateStore) -> Result<Option<i64>> {

@@ -437,17 +437,27 @@ fn window_row(key: &(i64, i64, String), rows: &[(u64, Event)]) -> Vec<V> {
     ]
 }
 
-/// Runs the operator over `batches`, committing each batch's state.
+/// Runs the operator over `batches`, committing each batch's state. With
+/// `restart`, a new operator takes every batch, as after a restart: its
+/// in-memory key filters are rebuilt from the store each time.
 fn operate(
     operator: &Operator,
     store: &mut dyn StateStore,
     batches: &[Vec<Vec<Event>>],
+    restart: bool,
 ) -> Vec<BatchResult> {
     batches
         .iter()
         .enumerate()
         .map(|(n, chunks)| {
             let input: Vec<RecordBatch> = chunks.iter().map(|c| to_batch(c)).collect();
+            let fresh;
+            let operator = if restart {
+                fresh = Operator::new(operator.config().clone());
+                &fresh
+            } else {
+                operator
+            };
             let out = operator.process(store, n as u64, &input).unwrap();
             let result = BatchResult {
                 rows: rows_of(out.rows.as_ref()),
@@ -477,8 +487,15 @@ fn check(
             .map(|(n, chunks)| oracle.batch(n as u64, &chunks.concat()))
             .collect();
         let operator = Operator::new(config.clone());
+        let restarted = operate(&operator, store().as_mut(), &cut, true);
+        for (n, (g, e)) in restarted.iter().zip(&expected).enumerate() {
+            assert_eq!(
+                g, e,
+                "seed {seed}, batch {n}, restarted each batch, config {config:?}"
+            );
+        }
         let mut s = store();
-        let got = operate(&operator, s.as_mut(), &cut);
+        let got = operate(&operator, s.as_mut(), &cut, false);
         for (n, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert_eq!(g, e, "seed {seed}, batch {n}, config {config:?}");
         }

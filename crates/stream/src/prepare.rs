@@ -39,12 +39,28 @@ pub(crate) fn canonical(
         return Ok(None);
     };
     let all = arrow::compute::concat_batches(&first.schema(), input)?;
+    if in_kafka_order(column(&all, partition)?, column(&all, offset)?)? {
+        return Ok(Some(all));
+    }
     let sort = [column(&all, partition)?, column(&all, offset)?].map(|values| SortColumn {
         values: values.clone(),
         options: None,
     });
     let order = lexsort_to_indices(&sort, None)?;
     Ok(Some(take_record_batch(&all, &order)?))
+}
+
+/// Whether rows are sorted by (partition, offset) already (one partition
+/// read in order: no sort needed).
+fn in_kafka_order(partitions: &ArrayRef, offsets: &ArrayRef) -> Result<bool> {
+    let p = cast(partitions, &DataType::Int64)?;
+    let o = cast(offsets, &DataType::Int64)?;
+    let (p, o) = (p.as_primitive::<Int64Type>(), o.as_primitive::<Int64Type>());
+    if p.null_count() > 0 || o.null_count() > 0 {
+        return Ok(false);
+    }
+    let (p, o) = (p.values(), o.values());
+    Ok((1..p.len()).all(|i| (p[i - 1], o[i - 1]) <= (p[i], o[i])))
 }
 
 /// Event times in microseconds; `None` for nulls.
