@@ -45,14 +45,6 @@ impl StagedWrites {
     pub fn delete_range(&mut self, start: Vec<u8>, end: Vec<u8>) {
         self.writes.push(Write::DeleteRange(start, end));
     }
-
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
-    }
 }
 
 /// The state of one group of one pipeline.
@@ -67,8 +59,6 @@ impl StagedWrites {
 ///   twice.
 /// - Keys are ordered bytewise; `scan(start, end)` returns `[start, end)` in
 ///   that order.
-/// - `clear` drops every key and the committed batch id (a state rebuilt
-///   from the start).
 pub trait StateStore: Send {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
@@ -82,11 +72,6 @@ pub trait StateStore: Send {
 
     /// The last committed batch, `None` for an empty store.
     fn committed_batch(&self) -> Result<Option<u64>>;
-
-    /// Whether no key is stored (the committed batch id is not a key).
-    fn is_empty(&self) -> Result<bool>;
-
-    fn clear(&mut self) -> Result<()>;
 }
 
 /// Order-preserving encoding of a signed timestamp: byte order of the
@@ -131,12 +116,10 @@ pub(crate) mod conformance {
         batch_ids_only_grow(open().as_mut());
         range_delete_expires_by_time(open().as_mut());
         scan_is_ordered_and_half_open(open().as_mut());
-        clear_drops_everything(open().as_mut());
     }
 
     fn empty_store(s: &mut dyn StateStore) {
         assert_eq!(s.committed_batch().unwrap(), None);
-        assert!(s.is_empty().unwrap());
         assert_eq!(s.get(b"x").unwrap(), None);
         assert!(s.scan(&[0], &[0xff]).unwrap().is_empty());
     }
@@ -155,7 +138,6 @@ pub(crate) mod conformance {
             .multi_get(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
             .unwrap();
         assert_eq!(got, vec![Some(b"3".to_vec()), Some(b"2".to_vec()), None]);
-        assert!(!s.is_empty().unwrap());
     }
 
     fn reads_see_committed_only(s: &mut dyn StateStore) {
@@ -231,17 +213,6 @@ pub(crate) mod conformance {
             })
             .collect();
         assert_eq!(keys, vec![b"b".to_vec(), b"b1".to_vec(), b"b2".to_vec()]);
-    }
-
-    fn clear_drops_everything(s: &mut dyn StateStore) {
-        let mut w = StagedWrites::default();
-        w.put(b"k".to_vec(), b"v".to_vec());
-        s.commit(9, w).unwrap();
-        s.clear().unwrap();
-        assert!(s.is_empty().unwrap());
-        assert_eq!(s.committed_batch().unwrap(), None);
-        s.commit(0, StagedWrites::default()).unwrap();
-        assert_eq!(s.committed_batch().unwrap(), Some(0));
     }
 
     #[test]

@@ -63,15 +63,6 @@ impl StateStore for MemoryStore {
     fn committed_batch(&self) -> Result<Option<u64>> {
         Ok(self.committed)
     }
-
-    fn is_empty(&self) -> Result<bool> {
-        Ok(self.map.is_empty())
-    }
-
-    fn clear(&mut self) -> Result<()> {
-        *self = MemoryStore::default();
-        Ok(())
-    }
 }
 
 #[cfg(test)]

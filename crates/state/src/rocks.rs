@@ -35,9 +35,7 @@ impl Default for RocksOptions {
 /// with a synced WAL, holding the batch's changes and its id.
 pub struct RocksStore {
     path: PathBuf,
-    options: RocksOptions,
-    /// `None` only while `clear` recreates the database.
-    db: Option<DB>,
+    db: DB,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -54,24 +52,21 @@ impl RocksStore {
         let db = open_db(path, &options)?;
         let store = RocksStore {
             path: path.to_path_buf(),
-            options,
-            db: Some(db),
+            db,
         };
         store.ensure_lineage()?;
         Ok(store)
     }
 
     fn meta(&self) -> Result<&rocksdb::ColumnFamily> {
-        self.db()?
-            .cf_handle(META)
-            .ok_or_else(|| StateError::Corrupt {
-                path: self.path.display().to_string(),
-                message: "the meta column family is missing".into(),
-            })
+        self.db.cf_handle(META).ok_or_else(|| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            message: "the meta column family is missing".into(),
+        })
     }
 
     fn ensure_lineage(&self) -> Result<()> {
-        let db = self.db()?;
+        let db = &self.db;
         if db
             .get_cf(&self.meta()?, LINEAGE)
             .map_err(self.err())?
@@ -89,7 +84,7 @@ impl RocksStore {
     /// The database's lineage id (see [`crate::Snapshots`]).
     pub fn lineage(&self) -> Result<String> {
         let v = self
-            .db()?
+            .db
             .get_cf(&self.meta()?, LINEAGE)
             .map_err(self.err())?
             .ok_or_else(|| StateError::Corrupt {
@@ -105,7 +100,7 @@ impl RocksStore {
     /// Writes a consistent copy of the committed state into `dir` (which
     /// must not exist): memtables are flushed and SST files hard-linked.
     pub fn checkpoint_to(&self, dir: &Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(self.db()?)
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(self.err())
     }
@@ -119,13 +114,6 @@ impl RocksStore {
             path: self.path.display().to_string(),
             message: e.into_string(),
         }
-    }
-
-    fn db(&self) -> Result<&DB> {
-        self.db.as_ref().ok_or_else(|| StateError::Rocks {
-            path: self.path.display().to_string(),
-            message: "the database is closed".into(),
-        })
     }
 }
 
@@ -168,11 +156,11 @@ fn open_db(path: &Path, options: &RocksOptions) -> Result<DB> {
 
 impl StateStore for RocksStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db()?.get(key).map_err(self.err())
+        self.db.get(key).map_err(self.err())
     }
 
     fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        let db = self.db()?;
+        let db = &self.db;
         let data = db
             .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
             .ok_or_else(|| StateError::Corrupt {
@@ -194,7 +182,7 @@ impl StateStore for RocksStore {
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(end.to_vec());
         let iter = self
-            .db()?
+            .db
             .iterator_opt(IteratorMode::From(start, Direction::Forward), read);
         iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(self.err()))
             .collect()
@@ -202,7 +190,7 @@ impl StateStore for RocksStore {
 
     fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
         check_order(self.committed_batch()?, batch_id)?;
-        let db = self.db()?;
+        let db = &self.db;
         let meta = self.meta()?;
         let mut batch = WriteBatch::default();
         for w in writes.writes {
@@ -223,7 +211,7 @@ impl StateStore for RocksStore {
     }
 
     fn committed_batch(&self) -> Result<Option<u64>> {
-        let db = self.db()?;
+        let db = &self.db;
         let meta = self.meta()?;
         match db.get_cf(&meta, COMMITTED_BATCH).map_err(self.err())? {
             None => Ok(None),
@@ -235,22 +223,6 @@ impl StateStore for RocksStore {
                 Ok(Some(u64::from_be_bytes(bytes)))
             }
         }
-    }
-
-    fn is_empty(&self) -> Result<bool> {
-        let mut iter = self.db()?.iterator(IteratorMode::Start);
-        match iter.next() {
-            None => Ok(true),
-            Some(r) => r.map(|_| false).map_err(self.err()),
-        }
-    }
-
-    fn clear(&mut self) -> Result<()> {
-        // Dropping the handle closes the database before it is destroyed.
-        self.db = None;
-        DB::destroy(&Options::default(), &self.path).map_err(self.err())?;
-        self.db = Some(open_db(&self.path, &self.options)?);
-        self.ensure_lineage()
     }
 }
 

@@ -18,9 +18,7 @@ use crate::key_filter::{KeyFilter, KeyHash};
 /// The hasher of per-batch maps: fast; their order is never relied on.
 type FastHash = foldhash::fast::RandomState;
 use crate::keys;
-use crate::prepare::{
-    AggInput, KeyCodec, batch_of, canonical, column, event_times, output_type, without,
-};
+use crate::prepare::{AggInput, KeyCodec, canonical, column, event_times, output_type, without};
 
 /// An event-time window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,10 +109,6 @@ impl Operator {
             key_filter: Mutex::new(None),
             distinct_filter: Mutex::new(None),
         }
-    }
-
-    pub fn config(&self) -> &OperatorConfig {
-        &self.config
     }
 
     /// The watermark the next batch runs with, from the committed state.
@@ -758,7 +752,10 @@ impl Operator {
             fields.push(Field::new(&spec.name, t, true));
             columns.push(array);
         }
-        batch_of(Arc::new(Schema::new(fields)), columns)
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
     }
 }
 

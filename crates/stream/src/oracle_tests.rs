@@ -441,6 +441,7 @@ fn window_row(key: &(i64, i64, String), rows: &[(u64, Event)]) -> Vec<V> {
 /// `restart`, a new operator takes every batch, as after a restart: its
 /// in-memory key filters are rebuilt from the store each time.
 fn operate(
+    config: &OperatorConfig,
     operator: &Operator,
     store: &mut dyn StateStore,
     batches: &[Vec<Vec<Event>>],
@@ -453,7 +454,7 @@ fn operate(
             let input: Vec<RecordBatch> = chunks.iter().map(|c| to_batch(c)).collect();
             let fresh;
             let operator = if restart {
-                fresh = Operator::new(operator.config().clone());
+                fresh = Operator::new(config.clone());
                 &fresh
             } else {
                 operator
@@ -487,7 +488,7 @@ fn check(
             .map(|(n, chunks)| oracle.batch(n as u64, &chunks.concat()))
             .collect();
         let operator = Operator::new(config.clone());
-        let restarted = operate(&operator, store().as_mut(), &cut, true);
+        let restarted = operate(&config, &operator, store().as_mut(), &cut, true);
         for (n, (g, e)) in restarted.iter().zip(&expected).enumerate() {
             assert_eq!(
                 g, e,
@@ -495,7 +496,7 @@ fn check(
             );
         }
         let mut s = store();
-        let got = operate(&operator, s.as_mut(), &cut, false);
+        let got = operate(&config, &operator, s.as_mut(), &cut, false);
         for (n, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert_eq!(g, e, "seed {seed}, batch {n}, config {config:?}");
         }

@@ -1,11 +1,9 @@
 //! Turning a batch's Arrow columns into what the operators need: event
 //! times, keys in Arrow's row format, numeric aggregate inputs.
 
-use std::sync::Arc;
-
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 
 use crate::aggregate::Input;
@@ -234,9 +232,4 @@ pub(crate) fn without(batch: &RecordBatch, hidden: &[String]) -> Result<RecordBa
         .map(|(i, _)| i)
         .collect();
     Ok(batch.project(&keep)?)
-}
-
-/// An empty-schema guard for outputs built from columns.
-pub(crate) fn batch_of(schema: Arc<Schema>, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-    Ok(RecordBatch::try_new(schema, columns)?)
 }
