@@ -355,20 +355,41 @@ impl DeltaTableSink {
         };
         let snapshot = table.snapshot().map_err(delta_err)?;
         let commit_started = std::time::Instant::now();
-        let finalized = CommitBuilder::from(properties)
+        let uploaded: Vec<Path> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Add(add) => Some(Path::from(
+                    crate::files::decode_log_path(&add.path).as_str(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let committed = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
-            .await
-            .map_err(|e| match e {
-                DeltaTableError::Transaction {
-                    source: TransactionError::CommitConflict(_),
-                } => DeltaSinkError::ConcurrentWriter {
+            .await;
+        let finalized = match committed {
+            Ok(finalized) => finalized,
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_),
+            }) => {
+                // Another writer of this app id committed the batch first
+                // (this instance is a zombie): this attempt's files were
+                // never committed and nobody else knows them, so they go now.
+                let store = table.object_store();
+                for path in &uploaded {
+                    if let Err(e) = store.delete(path).await {
+                        tracing::warn!(table = %uri, path = %path, error = %e, "cannot delete a refused attempt's file; vacuum will");
+                    }
+                }
+                return Err(DeltaSinkError::ConcurrentWriter {
                     uri: uri.clone(),
                     app_id: commit.app_id.clone(),
                     batch: commit.batch_id,
-                },
-                other => delta_err(other),
-            })?;
+                });
+            }
+            Err(other) => return Err(delta_err(other)),
+        };
         let version = finalized.version();
         tracing::debug!(table = %uri, version, "committed; refreshing the snapshot");
         table.update_incremental(None).await.map_err(delta_err)?;
