@@ -186,18 +186,18 @@ impl Operator {
                 _ => None,
             },
             Some(window) => {
+                // The kept rows with their event times, read once above.
                 let rows = match &batch {
-                    Some(b) => Some(take_record_batch(b, &UInt32Array::from(kept))?),
+                    Some(b) => {
+                        let kept_times = kept
+                            .iter()
+                            .map(|&i| times[i as usize].unwrap_or_default())
+                            .collect();
+                        Some((take_record_batch(b, &UInt32Array::from(kept))?, kept_times))
+                    }
                     None => None,
                 };
-                self.windows(
-                    store,
-                    batch_id,
-                    rows.as_ref(),
-                    window,
-                    watermark,
-                    &mut out.writes,
-                )?
+                self.windows(store, batch_id, rows, window, watermark, &mut out.writes)?
             }
         };
 
@@ -280,21 +280,7 @@ impl Operator {
             .iter()
             .map(|&i| keys::tagged(keys::DEDUP_KEY, encoded.get(i as usize)))
             .collect();
-        // Only keys the filter may hold are looked up; the others are new.
-        let hashes: Vec<KeyHash> = lookups.iter().map(|k| KeyHash::of(&k[1..])).collect();
-        let maybe: Vec<usize> = (0..lookups.len())
-            .filter(|&n| filter.may_contain(hashes[n]))
-            .collect();
-        let found = store.multi_get(
-            &maybe
-                .iter()
-                .map(|&n| lookups[n].clone())
-                .collect::<Vec<_>>(),
-        )?;
-        let mut known: Vec<Option<Vec<u8>>> = vec![None; lookups.len()];
-        for (n, value) in maybe.into_iter().zip(found) {
-            known[n] = value;
-        }
+        let (known, hashes) = filtered_get(store, filter, &lookups)?;
         let mut kept = Vec::with_capacity(firsts.len());
         // New keys are written in key order: RocksDB inserts sorted keys
         // into its memtable several times faster than random ones.
@@ -336,14 +322,14 @@ impl Operator {
         &self,
         store: &dyn StateStore,
         batch_id: u64,
-        rows: Option<&RecordBatch>,
+        rows: Option<(RecordBatch, Vec<i64>)>,
         window: Window,
         watermark: Option<i64>,
         writes: &mut StagedWrites,
     ) -> Result<Option<RecordBatch>> {
         let c = &self.config;
         let prepared = match rows {
-            Some(b) if b.num_rows() > 0 => Some(Prepared::new(c, b)?),
+            Some((b, times)) if b.num_rows() > 0 => Some(Prepared::new(c, &b, times)?),
             _ => None,
         };
         let stored = stored_types(store)?;
@@ -497,8 +483,6 @@ impl Operator {
             let mut candidates: Vec<(Vec<u8>, (u32, usize))> = owner.into_iter().collect();
             candidates.sort_unstable_by(|x, y| x.0.cmp(&y.0));
             let (vkeys, owners): (Vec<Vec<u8>>, Vec<(u32, usize)>) = candidates.into_iter().unzip();
-            // Values the filter has never seen are new: only the others are
-            // looked up.
             let mut filter = self
                 .distinct_filter
                 .lock()
@@ -510,20 +494,11 @@ impl Operator {
             if let Some(w) = watermark {
                 filter.expire(w.saturating_add(1));
             }
-            let hashes: Vec<KeyHash> = vkeys.iter().map(|k| KeyHash::of(&k[1..])).collect();
-            let maybe: Vec<usize> = (0..vkeys.len())
-                .filter(|&n| filter.may_contain(hashes[n]))
-                .collect();
-            let found =
-                store.multi_get(&maybe.iter().map(|&n| vkeys[n].clone()).collect::<Vec<_>>())?;
-            let mut stored: Vec<bool> = vec![false; vkeys.len()];
-            for (n, value) in maybe.into_iter().zip(found) {
-                stored[n] = value.is_some();
-            }
+            let (stored, hashes) = filtered_get(store, filter, &vkeys)?;
             for (((vkey, (n, a)), stored), hash) in
                 vkeys.into_iter().zip(owners).zip(stored).zip(hashes)
             {
-                if stored {
+                if stored.is_some() {
                     continue;
                 }
                 if let Some(end) = keys::time_of(&vkey) {
@@ -777,11 +752,9 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(c: &OperatorConfig, batch: &RecordBatch) -> Result<Prepared> {
-        let times = event_times(batch, &c.time_column)?
-            .into_iter()
-            .map(|t| t.unwrap_or_default())
-            .collect();
+    /// `times`: the rows' event times (every row has one: late rows and
+    /// rows without one never reach the windows).
+    fn new(c: &OperatorConfig, batch: &RecordBatch, times: Vec<i64>) -> Result<Prepared> {
         let group_columns = c
             .group_by
             .iter()
@@ -841,6 +814,25 @@ where
     let cast = arrow::compute::cast(array, &T::DATA_TYPE)?;
     let values = cast.as_primitive::<T>();
     Ok((0..values.len()).map(|i| values.value(i)).collect())
+}
+
+/// Stored values of looked-up keys (`None`: absent) and the keys' hashes.
+type Lookup = (Vec<Option<Vec<u8>>>, Vec<KeyHash>);
+
+/// Looks up tagged `keys`, asking the store only for those `filter` may
+/// hold: the others are certainly absent (new). Returns the values and each
+/// key's hash (of its bytes after the tag), to file the new keys with.
+fn filtered_get(store: &dyn StateStore, filter: &KeyFilter, keys: &[Vec<u8>]) -> Result<Lookup> {
+    let hashes: Vec<KeyHash> = keys.iter().map(|k| KeyHash::of(&k[1..])).collect();
+    let maybe: Vec<usize> = (0..keys.len())
+        .filter(|&n| filter.may_contain(hashes[n]))
+        .collect();
+    let found = store.multi_get(&maybe.iter().map(|&n| keys[n].clone()).collect::<Vec<_>>())?;
+    let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    for (n, value) in maybe.into_iter().zip(found) {
+        values[n] = value;
+    }
+    Ok((values, hashes))
 }
 
 /// A filter of the `tag` keys in the store, by their leading time; the
