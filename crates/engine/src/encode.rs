@@ -55,23 +55,22 @@ pub(crate) struct Converter {
 }
 
 impl Converter {
-    /// A windowed table holds aggregates, not records: its records are
-    /// converted on their own (the table's schema and partitions are the
-    /// output's).
+    /// `records_schema`: the schema the records have so far (see
+    /// `records_schema` in the pipeline). A windowed table holds aggregates,
+    /// not records: its partition columns are derived from the output.
     pub(crate) fn new(
         spec: &TableSpec,
-        table_schema: Option<SchemaRef>,
+        records_schema: Option<SchemaRef>,
         hidden: Vec<String>,
     ) -> Converter {
-        let windowed = spec.window.is_some();
         Converter {
             spec: spec.clone(),
-            partitions: if windowed {
+            partitions: if spec.window.is_some() {
                 Vec::new()
             } else {
                 spec.partition_columns()
             },
-            table_schema: if windowed { None } else { table_schema },
+            table_schema: records_schema,
             checked: HashSet::new(),
             hidden,
         }

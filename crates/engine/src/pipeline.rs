@@ -417,7 +417,11 @@ impl Run<'_> {
         // plans, uploads and commits. Batch N commits while N+1 is encoded.
         let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(64);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ReadyBatch>>(1);
-        let converter = Converter::new(spec, group.data.arrow_schema(), group.hidden.clone());
+        let converter = Converter::new(
+            spec,
+            records_schema(spec, &group.data),
+            group.hidden.clone(),
+        );
         let target_file_size = spec.table.target_file_size.0;
         let encoder_thread = std::thread::Builder::new()
             .name(format!("encode-{}", spec.pipeline))
@@ -575,7 +579,11 @@ impl Run<'_> {
             return Ok(false);
         };
         let started = Instant::now();
-        let mut converter = Converter::new(spec, group.data.arrow_schema(), group.hidden.clone());
+        let mut converter = Converter::new(
+            spec,
+            records_schema(spec, &group.data),
+            group.hidden.clone(),
+        );
         let payload = blocking(|| converter.payload_of(&rows, spec.table.target_file_size.0))?;
         let batch = ReadyBatch {
             read,
@@ -693,25 +701,22 @@ impl Run<'_> {
             "deadLetters": plan.dead_letters,
             "watermark": operated.as_ref().and_then(|o| o.watermark).map(format_micros),
         });
+        // Dead letters and late rows go to tables of their own, each commit
+        // tagged like the data's.
+        let app_id = g.app_id.clone();
+        let side_commit = |rows| BatchCommit {
+            app_id: app_id.clone(),
+            batch_id: plan.batch_id,
+            rows: BatchRows::Arrow(vec![rows]),
+            info: info.clone(),
+            file_name: file_name.clone(),
+        };
         let mut dead_version = None;
         let dead_letters = batch.dead_letters.len() as u64;
         if dead_letters > 0 {
             let letters =
                 dead_letter_batch(&plan.ranges.topic, plan.batch_id, &batch.dead_letters)?;
-            let out = g
-                .dead
-                .commit(
-                    BatchCommit {
-                        app_id: g.app_id.clone(),
-                        batch_id: plan.batch_id,
-                        rows: BatchRows::Arrow(vec![letters]),
-                        info: info.clone(),
-                        file_name: file_name.clone(),
-                    },
-                    &intent,
-                )
-                .await?;
-            dead_version = out.version;
+            dead_version = g.dead.commit(side_commit(letters), &intent).await?.version;
             tracing::warn!(pipeline = %spec.pipeline, batch = plan.batch_id, dead_letters, table = %g.dead.uri(), "records could not be decoded; kept in the dead-letter table");
         }
         let mut late_version = None;
@@ -719,22 +724,10 @@ impl Run<'_> {
             g.late.as_mut(),
             operated.as_ref().and_then(|o| o.late.clone()),
         ) {
-            let out = sink
-                .commit(
-                    BatchCommit {
-                        app_id: g.app_id.clone(),
-                        batch_id: plan.batch_id,
-                        rows: BatchRows::Arrow(vec![late]),
-                        info: info.clone(),
-                        file_name: file_name.clone(),
-                    },
-                    &intent,
-                )
-                .await?;
-            late_version = out.version;
+            late_version = sink.commit(side_commit(late), &intent).await?.version;
         }
         let commit = BatchCommit {
-            app_id: g.app_id.clone(),
+            app_id,
             batch_id: plan.batch_id,
             rows: data_rows,
             info,
