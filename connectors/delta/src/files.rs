@@ -310,6 +310,28 @@ fn escape_partition_value(v: &str) -> String {
 
 /// Paths in the Delta log are URIs: the escapes of the directory names are
 /// themselves escaped.
+/// The object paths of an attempt's added files.
+pub(crate) fn object_paths<'a>(adds: impl IntoIterator<Item = &'a Add>) -> Vec<Path> {
+    adds.into_iter()
+        .map(|a| Path::from(decode_log_path(&a.path).as_str()))
+        .collect()
+}
+
+/// Deletes the files of an attempt that will never be committed: nobody
+/// else knows them. A file that cannot be deleted is left to vacuum.
+pub(crate) async fn delete_attempt(
+    store: &Arc<dyn ObjectStore>,
+    uri: &str,
+    paths: &[Path],
+    attempt: &str,
+) {
+    for path in paths {
+        if let Err(e) = store.delete(path).await {
+            tracing::warn!(table = %uri, path = %path, error = %e, "cannot delete a file of {attempt}; vacuum will");
+        }
+    }
+}
+
 pub(crate) fn encode_log_path(path: &str) -> String {
     path.replace('%', "%25").replace(' ', "%20")
 }

@@ -23,7 +23,9 @@ use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{EncodedFile, FileIntent, parquet_err, upload_files};
+use crate::files::{
+    EncodedFile, FileIntent, delete_attempt, object_paths, parquet_err, upload_files,
+};
 use crate::table::DeltaTableSink;
 
 /// Key under which a rewrite describes itself in `commitInfo`. Deliberately
@@ -186,10 +188,7 @@ impl DeltaTableSink {
         let name = format!("{}-{}", rewrite.name, &attempt[..8]);
         let adds =
             upload_files(store.clone(), &uri, rewrite.files, &name, &NoIntent, false).await?;
-        let added_paths: Vec<Path> = adds
-            .iter()
-            .map(|a| Path::from(crate::files::decode_log_path(&a.path).as_str()))
-            .collect();
+        let added_paths = object_paths(&adds);
         let files_added = adds.len();
         let bytes_added = adds.iter().map(|a| a.size.max(0) as u64).sum();
         let mut actions: Vec<Action> = rewrite
@@ -212,11 +211,7 @@ impl DeltaTableSink {
                 .collect();
             if let Some(gone) = replaced_paths.iter().find(|p| !live.contains(*p)) {
                 tracing::info!(table = %uri, file = %gone, "a concurrent commit removed a file of this rewrite; the rewrite is dropped");
-                for path in &added_paths {
-                    if let Err(e) = store.delete(path).await {
-                        tracing::warn!(table = %uri, path = %path, error = %e, "cannot delete a dropped rewrite's file; vacuum will");
-                    }
-                }
+                delete_attempt(&store, &uri, &added_paths, "a dropped rewrite").await;
                 return Ok(None);
             }
             let properties = CommitProperties::default()

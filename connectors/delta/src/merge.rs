@@ -4,20 +4,19 @@
 
 use std::collections::HashSet;
 
+use deltalake::DeltaTableError;
 use deltalake::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::row::{RowConverter, Rows, SortField};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, MergePredicate};
-use deltalake::{DeltaTableError, Path};
-use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 use tributary_spec::PartitionColumn;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{BatchEncoder, FileIntent, upload_files};
+use crate::files::{BatchEncoder, FileIntent, delete_attempt, object_paths, upload_files};
 use crate::maintenance::DataFile;
 use crate::partitioning::add_partition_columns;
 use crate::table::{BatchCommit, BatchRows, CommitOutcome, DeltaTableSink};
@@ -27,6 +26,8 @@ const ATTEMPTS: usize = 20;
 
 /// The upsert's key: its columns and the values the batch writes.
 struct Keys<'a> {
+    /// The table's URI, for messages.
+    uri: &'a str,
     columns: &'a [String],
     converter: RowConverter,
     values: HashSet<Vec<u8>>,
@@ -42,7 +43,7 @@ impl Keys<'_> {
                     .column_by_name(c)
                     .cloned()
                     .ok_or_else(|| DeltaSinkError::SchemaMismatch {
-                        uri: String::new(),
+                        uri: self.uri.to_string(),
                         message: format!("the merge key column {c:?} is missing"),
                     })
             })
@@ -70,14 +71,9 @@ impl DeltaTableSink {
         partitions: &[PartitionColumn],
         intent: &dyn FileIntent,
     ) -> Result<CommitOutcome> {
+        // A batch that landed already is recognised in the loop below, or
+        // by the append.
         self.refresh().await?;
-        if self
-            .committed_batch(&commit.app_id)
-            .await?
-            .is_some_and(|done| done >= commit.batch_id)
-        {
-            return Ok(CommitOutcome::landed());
-        }
         let BatchRows::Arrow(batches) = &commit.rows else {
             return Err(DeltaSinkError::Corrupt {
                 uri: self.uri().to_string(),
@@ -104,7 +100,9 @@ impl DeltaTableSink {
                 })
                 .collect::<Result<_>>()?,
         )?;
+        let uri = self.uri().to_string();
         let mut key = Keys {
+            uri: &uri,
             columns: keys,
             converter,
             values: HashSet::new(),
@@ -113,8 +111,7 @@ impl DeltaTableSink {
             let r = key.rows(b)?;
             key.values.extend(r.iter().map(|row| row.data().to_vec()));
         }
-        let (min_end, max_end) = window_end_range(&rows)?;
-        let uri = self.uri().to_string();
+        let (min_end, max_end) = window_end_range(&rows);
         let delta_err = |source| DeltaSinkError::delta(&uri, source);
         for _ in 0..ATTEMPTS {
             let table = self.table.as_mut().ok_or_else(|| DeltaSinkError::Corrupt {
@@ -174,10 +171,7 @@ impl DeltaTableSink {
                 upload_files(store.clone(), &uri, encoded.files, &name, intent, true).await?;
             let upload = upload_started.elapsed();
             tributary_core::crash_point(tributary_core::CrashPoint::AfterFiles, commit.batch_id);
-            let added_paths: Vec<Path> = adds
-                .iter()
-                .map(|a| Path::from(crate::files::decode_log_path(&a.path).as_str()))
-                .collect();
+            let added_paths = object_paths(&adds);
             let bytes = adds.iter().map(|a| a.size.max(0) as u64).sum();
             let mut actions: Vec<Action> = removed
                 .iter()
@@ -238,11 +232,7 @@ impl DeltaTableSink {
                 Err(DeltaTableError::Transaction {
                     source: TransactionError::MaxCommitAttempts(_),
                 }) => {
-                    for path in &added_paths {
-                        if let Err(e) = store.delete(path).await {
-                            tracing::warn!(table = %uri, path = %path, error = %e, "cannot delete a superseded merge attempt's file; vacuum will");
-                        }
-                    }
+                    delete_attempt(&store, &uri, &added_paths, "a superseded merge attempt").await;
                 }
                 Err(other) => return Err(delta_err(other)),
             }
@@ -255,7 +245,7 @@ impl DeltaTableSink {
 }
 
 /// The smallest and greatest `window_end` of the rows, in microseconds.
-fn window_end_range(rows: &[RecordBatch]) -> Result<(i64, i64)> {
+fn window_end_range(rows: &[RecordBatch]) -> (i64, i64) {
     use deltalake::arrow::array::AsArray;
     use deltalake::arrow::datatypes::TimestampMicrosecondType;
     let mut range = (i64::MAX, i64::MIN);
@@ -269,7 +259,7 @@ fn window_end_range(rows: &[RecordBatch]) -> Result<(i64, i64)> {
             }
         }
     }
-    Ok(range)
+    range
 }
 
 /// Whether a file's statistics allow it to hold a window ending within

@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{EncodedBatch, FileIntent, encode, upload_files};
+use crate::files::{EncodedBatch, FileIntent, delete_attempt, encode, object_paths, upload_files};
 
 #[derive(Debug, Clone, Default)]
 pub struct TableOptions {
@@ -355,15 +355,10 @@ impl DeltaTableSink {
         };
         let snapshot = table.snapshot().map_err(delta_err)?;
         let commit_started = std::time::Instant::now();
-        let uploaded: Vec<Path> = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Add(add) => Some(Path::from(
-                    crate::files::decode_log_path(&add.path).as_str(),
-                )),
-                _ => None,
-            })
-            .collect();
+        let uploaded = object_paths(actions.iter().filter_map(|a| match a {
+            Action::Add(add) => Some(add),
+            _ => None,
+        }));
         let committed = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
@@ -376,12 +371,7 @@ impl DeltaTableSink {
                 // Another writer of this app id committed the batch first
                 // (this instance is a zombie): this attempt's files were
                 // never committed and nobody else knows them, so they go now.
-                let store = table.object_store();
-                for path in &uploaded {
-                    if let Err(e) = store.delete(path).await {
-                        tracing::warn!(table = %uri, path = %path, error = %e, "cannot delete a refused attempt's file; vacuum will");
-                    }
-                }
+                delete_attempt(&table.object_store(), &uri, &uploaded, "a refused attempt").await;
                 return Err(DeltaSinkError::ConcurrentWriter {
                     uri: uri.clone(),
                     app_id: commit.app_id.clone(),
