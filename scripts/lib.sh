@@ -74,3 +74,30 @@ tansu_broker() {
     fi
     export TANSU="$TANSU_ROOT/bin/tansu"
 }
+
+# Apache Kafka for the end-to-end suite: the broker's jars from Maven Central
+# (tests/kafka/pom.xml pins the version), copied once into the cache. The
+# tests start KRaft brokers from them (tests/e2e/kafka_cluster.py). Kafka 4
+# brokers need Java 17 or newer; Debian's openjdk-17 and maven are installed
+# when missing.
+kafka_jars() {
+    if ! command -v mvn >/dev/null || ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
+        step "installing Java 17 and Maven"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jdk-headless maven
+    fi
+    local version
+    version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' tests/kafka/pom.xml)"
+    KAFKA_LIBS="$HOME/.cache/tributary/kafka-$version/libs"
+    local stamp="$KAFKA_LIBS/.pom"
+    if ! cmp -s tests/kafka/pom.xml "$stamp"; then
+        step "Apache Kafka $version from Maven Central"
+        rm -rf "$KAFKA_LIBS"
+        mvn -q -B -Dstyle.color=never -f tests/kafka/pom.xml dependency:copy-dependencies \
+            -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
+        cp tests/kafka/pom.xml "$stamp"
+    fi
+    export KAFKA_LIBS
+}

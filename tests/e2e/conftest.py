@@ -1,7 +1,8 @@
-"""Fixtures: the real `tributary` binary, its development stack (mock Kafka
-cluster + schema registry) as a separate process, an independent Avro encoder
-(fastavro) and Kafka producer (confluent-kafka), and independent Delta readers
-(DuckDB's delta extension, Python deltalake)."""
+"""Fixtures: the real `tributary` binary, Apache Kafka (a KRaft broker of its
+own for each test, kafka_cluster.py) beside the development schema registry
+(`tributary dev-stack --without-kafka`, a separate process), an independent
+Avro encoder (fastavro) and Kafka producer (confluent-kafka), and independent
+Delta readers (DuckDB's delta extension, Python deltalake)."""
 
 import base64
 import io
@@ -17,6 +18,8 @@ import duckdb
 import fastavro
 import pytest
 from confluent_kafka import Producer
+
+from kafka_cluster import KafkaCluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -36,17 +39,22 @@ def binary():
 
 
 class DevStack:
-    def __init__(self, binary, topics, registry_basic_auth=None):
-        args = [binary, "dev-stack"] + [a for t in topics for a in ("--topic", t)]
+    """The development registry, and the Kafka cluster beside it (`kafka`:
+    a KafkaCluster whose topics are created here; None for a registry alone)."""
+
+    def __init__(self, binary, topics, registry_basic_auth=None, kafka=None):
+        args = [binary, "dev-stack", "--without-kafka"]
         if registry_basic_auth:
             args += ["--registry-basic-auth", registry_basic_auth]
         self.registry_basic_auth = registry_basic_auth
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         assert line, "dev-stack printed no addresses"
-        info = json.loads(line)
-        self.bootstrap = info["bootstrap_servers"]
-        self.registry = info["schema_registry"]
+        self.registry = json.loads(line)["schema_registry"]
+        self.kafka = kafka
+        self.bootstrap = kafka.bootstrap if kafka else None
+        if kafka:
+            kafka.create_topics(topics)
 
     def register(self, subject, schema, references=None):
         payload = {"schema": json.dumps(schema)}
@@ -96,9 +104,19 @@ class DevStack:
 
 
 @pytest.fixture
-def dev_stack(binary, request):
+def kafka(tmp_path):
+    """A one-node Apache Kafka cluster of this test's own."""
+    cluster = KafkaCluster(tmp_path / "kafka")
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def dev_stack(binary, kafka, request):
+    """Apache Kafka with the topics the test names (`indirect` parameter,
+    NAME:PARTITIONS[:compact]) and the development registry."""
     topics = getattr(request, "param", [])
-    stack = DevStack(binary, topics)
+    stack = DevStack(binary, topics, kafka=kafka)
     yield stack
     stack.stop()
 

@@ -18,8 +18,8 @@ SCHEMA = {"type": "record", "name": "Ping", "fields": [{"name": "n", "type": "lo
 
 
 @pytest.fixture
-def secured(binary):
-    stack = DevStack(binary, ["pings:2"], registry_basic_auth=f"svc:{SECRET}")
+def secured(binary, kafka):
+    stack = DevStack(binary, ["pings:2"], registry_basic_auth=f"svc:{SECRET}", kafka=kafka)
     yield stack
     stack.stop()
 

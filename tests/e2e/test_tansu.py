@@ -14,8 +14,8 @@ Known tansu gaps, and what these tests do about them:
   resume at any offset; and they run pipelines continuously and stop them
   with SIGTERM once the table holds every record, rather than relying on the
   high watermark (`trigger.available_now`, lag).
-- No transactions (`EndTxn` is unsupported), which the republish sink (not
-  built yet) will need; it will be tested against librdkafka's mock cluster.
+- No transactions (`EndTxn` is unsupported), so the republish sink is
+  tested against Apache Kafka only (test_republish.py).
 """
 
 import os

@@ -142,8 +142,12 @@ enum Command {
     /// keep it up until interrupted; prints its addresses as one JSON line.
     DevStack {
         /// Topics to create, as NAME:PARTITIONS.
-        #[arg(long = "topic")]
+        #[arg(long = "topic", conflicts_with = "without_kafka")]
         topics: Vec<String>,
+        /// Start only the schema registry, for use beside a real Kafka
+        /// cluster (`bootstrap_servers` is printed as null).
+        #[arg(long)]
+        without_kafka: bool,
         /// Port of the schema registry (0: any free port).
         #[arg(long, default_value_t = 0)]
         registry_port: u16,
@@ -275,12 +279,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::DevStack {
             topics,
+            without_kafka,
             registry_port,
             brokers,
             registry_basic_auth,
-        } => dev_stack(topics, registry_port, brokers, registry_basic_auth)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        } => dev_stack(
+            (!without_kafka).then_some((topics, brokers)),
+            registry_port,
+            registry_basic_auth,
+        )
+        .await
+        .map(|()| ExitCode::SUCCESS),
         Command::Bench { which } => bench::run(which).await.map(|()| ExitCode::SUCCESS),
         Command::Healthcheck { admin_addr } => healthcheck(admin_addr).await,
         Command::SpecReference => {
@@ -646,35 +655,42 @@ async fn registry_columns(spec: &TableSpec) -> anyhow::Result<Option<Vec<(String
     ))
 }
 
+/// `kafka`: the mock cluster's topics and broker count, or `None` for the
+/// registry alone.
 async fn dev_stack(
-    topics: Vec<String>,
+    kafka: Option<(Vec<String>, i32)>,
     registry_port: u16,
-    brokers: i32,
     registry_basic_auth: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut parsed = Vec::new();
-    for t in &topics {
-        let (name, parts) = t.split_once(':').unwrap_or((t, "4"));
-        parsed.push((
-            name,
-            parts
-                .parse::<i32>()
-                .with_context(|| format!("bad partition count in {t:?}"))?,
-        ));
-    }
-    let kafka = dev::kafka::start(brokers, &parsed)?;
+    let kafka = match kafka {
+        Some((topics, brokers)) => {
+            let mut parsed = Vec::new();
+            for t in &topics {
+                let (name, parts) = t.split_once(':').unwrap_or((t, "4"));
+                parsed.push((
+                    name,
+                    parts
+                        .parse::<i32>()
+                        .with_context(|| format!("bad partition count in {t:?}"))?,
+                ));
+            }
+            Some((dev::kafka::start(brokers, &parsed)?, brokers))
+        }
+        None => None,
+    };
     let (control, mut outages) = tokio::sync::mpsc::unbounded_channel();
     let registry = dev::registry::start(
         ([127, 0, 0, 1], registry_port).into(),
-        Some(control),
+        kafka.is_some().then_some(control),
         registry_basic_auth,
     )
     .await?;
+    let bootstrap_servers = kafka.as_ref().map(|(k, _)| k.bootstrap_servers());
     println!(
         "{}",
-        serde_json::json!({"bootstrap_servers": kafka.bootstrap_servers(), "schema_registry": registry.url})
+        serde_json::json!({"bootstrap_servers": bootstrap_servers, "schema_registry": registry.url})
     );
-    tracing::info!(bootstrap_servers = %kafka.bootstrap_servers(), schema_registry = %registry.url, "development stack up; Ctrl-C stops it");
+    tracing::info!(bootstrap_servers = ?bootstrap_servers, schema_registry = %registry.url, "development stack up; Ctrl-C stops it");
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(stop.clone());
     // The mock cluster is not Send: outages requested over HTTP are carried out here.
@@ -682,16 +698,20 @@ async fn dev_stack(
     while !stop.load(Ordering::Relaxed) {
         tokio::select! {
             Some(outage) = outages.recv() => {
-                for b in 1..=brokers {
-                    kafka.broker_down(b)?;
+                if let Some((kafka, brokers)) = &kafka {
+                    for b in 1..=*brokers {
+                        kafka.broker_down(b)?;
+                    }
+                    tracing::warn!("Kafka brokers down for {outage:?}");
+                    brokers_back = Some(tokio::time::Instant::now() + outage);
                 }
-                tracing::warn!("Kafka brokers down for {outage:?}");
-                brokers_back = Some(tokio::time::Instant::now() + outage);
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        if brokers_back.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            for b in 1..=brokers {
+        if let Some((kafka, brokers)) = &kafka
+            && brokers_back.is_some_and(|t| tokio::time::Instant::now() >= t)
+        {
+            for b in 1..=*brokers {
                 kafka.broker_up(b)?;
             }
             tracing::warn!("Kafka brokers up again");
