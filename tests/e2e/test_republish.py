@@ -1,14 +1,9 @@
-"""The republish sink: the fraud-alert example. Payments land in a Delta
-table; suspicious ones are republished to an `alerts` topic in Kafka
-transactions, read back by a `read_committed` consumer (confluent-kafka) and
-decoded with the schema the sink registered (fastavro).
-
-What librdkafka's mock cluster cannot show: it accepts transactions but does
-not isolate them (records of aborted and still-open transactions reach
-`read_committed` consumers) and does not fence a producer whose
-transactional id was taken over; tansu has no transactions at all. So the
-sink is restarted here with SIGTERM (the transaction in flight commits
-first), not SIGKILL, and zombie fencing is not tested (docs/republish.md).
+"""The republish sink against Apache Kafka: the fraud-alert example.
+Payments land in a Delta table; suspicious ones are republished to an
+`alerts` topic in Kafka transactions, read back by a `read_committed`
+consumer (confluent-kafka) and decoded with the schema the sink registered
+(fastavro). The broker's transaction coordinator isolates open and aborted
+transactions and fences zombies, which librdkafka's mock cluster does not.
 """
 
 import io
@@ -25,7 +20,7 @@ import fastavro
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import ROOT, confluent, write_spec
 from test_exactly_once import log_of, start
@@ -44,7 +39,7 @@ def payment(n):
             "is_suspicious": n % 7 == 0, "ts": 1_767_225_600_000 + n * 1000}
 
 
-def fraud_spec(stack, tmp_path, republish_enabled, compaction="compaction:\n  enabled: false\n"):
+def fraud_spec(stack, tmp_path, republish_enabled, compaction="compaction:\n  enabled: false\n", republish_extra=""):
     spec = write_spec(tmp_path / "payments.yaml", pipeline="payments", bootstrap=stack.bootstrap, topic="payments",
                       registry=stack.registry, table=tmp_path / "lake" / "payments", checkpoint=tmp_path / "ckpt")
     text = spec.read_text().replace("  available_now: true", "  available_now: false\n  max_offsets_per_trigger: 300")
@@ -58,7 +53,7 @@ def fraud_spec(stack, tmp_path, republish_enabled, compaction="compaction:\n  en
   key: account
   format: avro
   interval: 200ms
-"""
+{republish_extra}"""
     spec.write_text(text)
     return spec
 
@@ -143,11 +138,20 @@ def assert_alerts_exactly_once_in_version_order(alerts, table, total):
         assert alert["amount_cents"] == expected["amount_cents"]
 
 
-@pytest.mark.parametrize("dev_stack", [["payments:4", "alerts:1", "tributary-republish-progress:1"]], indirect=True)
-def test_republisher_restarted_twenty_times_beside_ingest_and_compaction(binary, dev_stack, tmp_path):
+def republisher(binary, spec, progress, log, env=None):
+    return subprocess.Popen([binary, "republish", "--spec", str(spec), "--progress-json", str(progress)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:4", "alerts:1"]], indirect=True)
+def test_republisher_killed_twenty_times_beside_ingest_and_compaction(binary, dev_stack, tmp_path):
+    """SIGKILL at random points, within versions too: a version's rows are
+    split into transactions of 7 records, each recording where it stopped.
+    The sink creates its (compacted) progress topic itself."""
     schema_id = dev_stack.register("payments-value", PAYMENT)
     spec = fraud_spec(dev_stack, tmp_path, republish_enabled=False,
-                      compaction="compaction:\n  interval: 1s\n  min_files: 2\n")
+                      compaction="compaction:\n  interval: 1s\n  min_files: 2\n",
+                      republish_extra="  max_transaction_records: 7\n")
     table = tmp_path / "lake" / "payments"
     ingest = start(binary, spec)
     produced = 0
@@ -164,55 +168,228 @@ def test_republisher_restarted_twenty_times_beside_ingest_and_compaction(binary,
     producer.start()
     progress = tmp_path / "republish.jsonl"
     rng = random.Random(7)
-    stops = 0
+    kills = 0
     try:
-        while stops < 22:
-            log = tmp_path / f"republish-{stops}.log"
-            republisher = subprocess.Popen([binary, "republish", "--spec", str(spec), "--progress-json", str(progress)],
-                                           stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-            time.sleep(rng.uniform(0.3, 1.5))
-            assert republisher.poll() is None, log.read_text()[-3000:]
-            republisher.send_signal(signal.SIGTERM)
-            assert republisher.wait(60) == 0, log.read_text()[-3000:]
-            stops += 1
+        while kills < 22:
+            log = tmp_path / f"republish-{kills}.log"
+            sink = republisher(binary, spec, progress, log)
+            time.sleep(rng.uniform(0.5, 2.5))
+            assert sink.poll() is None, log.read_text()[-3000:]
+            sink.send_signal(signal.SIGKILL)
+            sink.wait()
+            kills += 1
             assert ingest.poll() is None, log_of(ingest)[-3000:]
     finally:
         done.set()
         producer.join()
-    published_before_last = {p["version"] for p in progress_lines(progress)}
-    assert len(published_before_last) >= 5, "the stopped republishers published almost nothing"
-    # Each restart resumed after the last committed transaction: no version twice.
-    versions = [p["version"] for p in progress_lines(progress)]
-    assert len(versions) == len(set(versions)) and versions == sorted(versions), versions
+    assert len({p["version"] for p in progress_lines(progress)}) >= 5, "the killed republishers published almost nothing"
+    assert dev_stack.kafka.topic_config("tributary-republish-progress")["cleanup.policy"] == "compact"
 
     # Let ingest drain, then a last republisher catches up to the final version.
     wait_for(lambda: len(versions_of(table)) == produced, 120, "ingest to drain")
     ingest.send_signal(signal.SIGTERM)
     assert ingest.wait(60) == 0, log_of(ingest)[-3000:]
     final_version = table_version(table)
-    last = subprocess.Popen([binary, "republish", "--spec", str(spec), "--progress-json", str(progress)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "republish-last.log", "w"))
+    last_log = tmp_path / "republish-last.log"
+    last = republisher(binary, spec, progress, last_log)
     try:
         wait_for(lambda: any(p["version"] == final_version for p in progress_lines(progress)), 120,
                  f"version {final_version} to be republished")
     finally:
         last.send_signal(signal.SIGTERM)
-        assert last.wait(60) == 0, (tmp_path / "republish-last.log").read_text()[-3000:]
+        assert last.wait(60) == 0, last_log.read_text()[-3000:]
 
     history = [json.loads(line) for f in sorted((table / "_delta_log").glob("*.json")) for line in f.read_text().splitlines()]
     assert sum(1 for a in history if a.get("commitInfo", {}).get("operation") == "OPTIMIZE") >= 1, "compaction never ran"
     alerts = read_alerts(dev_stack, expected=sum(1 for n in range(produced) if payment(n)["is_suspicious"]))
     assert_alerts_exactly_once_in_version_order(alerts, table, produced)
+    lines = progress_lines(progress)
+    assert any(p["transactions"] > 1 for p in lines), "no version was split into several transactions"
     # Compaction's versions were skipped, not republished: each version's
     # progress counts only the rows that version added as new data.
-    lines = progress_lines(progress)
-    assert all(p["lagVersions"] >= 0 for p in lines)
     optimize_versions = {int(f.stem) for f in (table / "_delta_log").glob("*.json")
                          if '"operation":"OPTIMIZE"' in f.read_text()}
     assert optimize_versions and all(p["rowsRead"] == 0 for p in lines if p["version"] in optimize_versions)
 
 
-@pytest.mark.parametrize("dev_stack", [["payments:2", "alerts:1", "tributary-republish-progress:1"]], indirect=True)
+def ingest_all(binary, spec, table, count):
+    """Runs the pipeline until the table holds `count` payments."""
+    run = start(binary, spec)
+    try:
+        wait_for(lambda: table.exists() and len(versions_of(table)) == count, 90, "ingest")
+    finally:
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) == 0, log_of(run)[-3000:]
+
+
+def republish_to_the_end(binary, spec, table, progress, log):
+    """Runs a sink until it published the table's last version; returns its log."""
+    final_version = table_version(table)
+    sink = republisher(binary, spec, progress, log)
+    try:
+        wait_for(lambda: any(p["version"] == final_version for p in progress_lines(progress)), 60,
+                 f"version {final_version} to be republished: " + log.read_text()[-2000:])
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(60) == 0, log.read_text()[-3000:]
+    return log.read_text()
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:2", "alerts:1", "tributary-republish-progress:1:compact"]], indirect=True)
+def test_a_zombie_republisher_is_fenced_and_publishes_nothing(binary, dev_stack, tmp_path):
+    """A sink frozen (SIGSTOP, as a long GC pause or a network partition
+    would) while a second one with the same transactional.id takes over:
+    once it wakes, it is fenced, exits 1, and none of its records is seen."""
+    schema_id = dev_stack.register("payments-value", PAYMENT)
+    spec = fraud_spec(dev_stack, tmp_path, republish_enabled=False, republish_extra="  max_transaction_records: 5\n")
+    table = tmp_path / "lake" / "payments"
+    ingest = start(binary, spec)
+    produce_payments(dev_stack, schema_id, 0, 3000)
+    wait_for(lambda: table.exists() and len(versions_of(table)) == 3000, 90, "ingest")
+
+    zombie_progress, zombie_log = tmp_path / "zombie.jsonl", tmp_path / "zombie.log"
+    zombie = republisher(binary, spec, zombie_progress, zombie_log)
+    wait_for(lambda: len(progress_lines(zombie_progress)) >= 2, 60, "the first sink to publish")
+    zombie.send_signal(signal.SIGSTOP)
+    frozen_at = len(progress_lines(zombie_progress))
+
+    successor_progress, successor_log = tmp_path / "successor.jsonl", tmp_path / "successor.log"
+    successor = republisher(binary, spec, successor_progress, successor_log)
+    try:
+        wait_for(lambda: any(p["version"] == table_version(table) for p in progress_lines(successor_progress)), 90,
+                 "the successor to catch up")
+        # New versions for both to see; the zombie wakes up.
+        produce_payments(dev_stack, schema_id, 3000, 1500)
+        wait_for(lambda: len(versions_of(table)) == 4500, 90, "ingest")
+        zombie.send_signal(signal.SIGCONT)
+        assert zombie.wait(90) == 1, zombie_log.read_text()[-3000:]
+        assert "republisher fenced" in zombie_log.read_text(), zombie_log.read_text()[-3000:]
+        wait_for(lambda: any(p["version"] == table_version(table) for p in progress_lines(successor_progress)), 90,
+                 "the successor to publish the new versions")
+    finally:
+        for proc in (successor, ingest):
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+    # Whatever the zombie had in flight when it froze was aborted by the
+    # successor's init; after it woke, it completed no version.
+    assert len(progress_lines(zombie_progress)) <= frozen_at + 1
+    alerts = read_alerts(dev_stack, expected=sum(1 for n in range(4500) if payment(n)["is_suspicious"]))
+    assert_alerts_exactly_once_in_version_order(alerts, table, 4500)
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:2", "alerts:1", "tributary-republish-progress:1:compact"]], indirect=True)
+def test_a_restart_resumes_past_another_pipelines_open_transaction(binary, dev_stack, tmp_path):
+    """Another pipeline's transaction stays open on the shared progress topic
+    (it hangs): `read_committed` readers of that topic stop before it, where
+    only an older progress record of ours is visible. The sink must resume
+    from its newest position: at once from its group offset, or, once that
+    has expired, from the progress topic after the other transaction ended."""
+    schema_id = dev_stack.register("payments-value", PAYMENT)
+    spec = fraud_spec(dev_stack, tmp_path, republish_enabled=False)
+    table = tmp_path / "lake" / "payments"
+    progress = tmp_path / "republish.jsonl"
+    produce_payments(dev_stack, schema_id, 0, 600)
+    ingest_all(binary, spec, table, 600)
+    republish_to_the_end(binary, spec, table, progress, tmp_path / "sink-1.log")
+
+    other = Producer({"bootstrap.servers": dev_stack.bootstrap, "transactional.id": "another-pipeline",
+                      "transaction.timeout.ms": 300000})
+    other.init_transactions(30)
+    other.begin_transaction()
+    other.produce("tributary-republish-progress", key=b"another-pipeline", value=b'{"nextVersion":1}', partition=0)
+    other.flush(30)
+    try:
+        produce_payments(dev_stack, schema_id, 600, 600)
+        ingest_all(binary, spec, table, 1200)
+        republish_to_the_end(binary, spec, table, progress, tmp_path / "sink-2.log")
+        published = len(progress_lines(progress))
+        # Restarted while the other transaction is still open: nothing is
+        # published again, and new versions follow.
+        produce_payments(dev_stack, schema_id, 1200, 600)
+        ingest_all(binary, spec, table, 1800)
+        started = time.time()
+        republish_to_the_end(binary, spec, table, progress, tmp_path / "sink-3.log")
+        assert time.time() - started < 60, "the sink waited for the other pipeline's transaction"
+        versions = [p["version"] for p in progress_lines(progress)]
+        assert len(versions) == len(set(versions)), f"versions published twice: {versions}"
+        assert len(versions) > published
+
+        # The group offset expired: the sink falls back to the progress
+        # topic, waits until the other transaction ends, then resumes from
+        # its newest record there.
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": dev_stack.bootstrap})
+        for future in admin.delete_consumer_groups(["tributary-republish-payments"]).values():
+            future.result(30)
+        produce_payments(dev_stack, schema_id, 1800, 600)
+        ingest_all(binary, spec, table, 2400)
+        log = tmp_path / "sink-4.log"
+        sink = republisher(binary, spec, progress, log)
+        try:
+            wait_for(lambda: "waiting for it to end" in log.read_text(), 60, "the sink to wait: " + log.read_text()[-2000:])
+            assert not any(p["version"] > versions[-1] for p in progress_lines(progress))
+            other.abort_transaction(30)
+            other = None
+            wait_for(lambda: any(p["version"] == table_version(table) for p in progress_lines(progress)), 60,
+                     "the sink to publish after the other transaction ended: " + log.read_text()[-2000:])
+        finally:
+            sink.send_signal(signal.SIGTERM)
+            assert sink.wait(60) == 0, log.read_text()[-3000:]
+        versions = [p["version"] for p in progress_lines(progress)]
+        assert len(versions) == len(set(versions)), f"versions published twice: {versions}"
+        alerts = read_alerts(dev_stack, expected=sum(1 for n in range(2400) if payment(n)["is_suspicious"]))
+        assert_alerts_exactly_once_in_version_order(alerts, table, 2400)
+    finally:
+        if other is not None:
+            other.abort_transaction(30)
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:1", "alerts:1", "deleting-progress:1"]], indirect=True)
+def test_a_progress_topic_that_can_lose_the_position_is_refused(binary, dev_stack, tmp_path):
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    schema_id = dev_stack.register("payments-value", PAYMENT)
+    table = tmp_path / "lake" / "payments"
+    produce_payments(dev_stack, schema_id, 0, 300)
+    deleting = fraud_spec(dev_stack, tmp_path, republish_enabled=False,
+                          republish_extra="  progress_topic: deleting-progress\n")
+    ingest_all(binary, deleting, table, 300)
+    refused = subprocess.run([binary, "republish", "--spec", str(deleting)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "deleting-progress has cleanup.policy=delete" in refused.stderr, refused.stderr[-2000:]
+
+    # A compacted topic that was set to `delete` for a while, and lost its
+    # records meanwhile (DeleteRecords here, as retention would), with the
+    # group offsets expired: no position is left.
+    spec = fraud_spec(dev_stack, tmp_path, republish_enabled=False)
+    progress = tmp_path / "republish.jsonl"
+    republish_to_the_end(binary, spec, table, progress, tmp_path / "sink.log")
+    admin = AdminClient({"bootstrap.servers": dev_stack.bootstrap})
+
+    def set_policy(policy):
+        entry = ConfigEntry("cleanup.policy", policy, incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource(ConfigResource.Type.TOPIC, "tributary-republish-progress",
+                                  incremental_configs=[entry])
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(30)
+
+    set_policy("delete")
+    high = Consumer({"bootstrap.servers": dev_stack.bootstrap, "group.id": "watermarks"}).get_watermark_offsets(
+        TopicPartition("tributary-republish-progress", 0), timeout=10)[1]
+    for future in admin.delete_records([TopicPartition("tributary-republish-progress", 0, high)]).values():
+        future.result(30)
+    set_policy("compact")
+    for future in admin.delete_consumer_groups(["tributary-republish-payments"]).values():
+        future.result(30)
+    lost = subprocess.run([binary, "republish", "--spec", str(spec)], capture_output=True, text=True, timeout=60)
+    assert lost.returncode == 1, lost.stderr[-2000:]
+    assert "has lost records" in lost.stderr and "could publish every row again" in lost.stderr, lost.stderr[-2000:]
+    alerts = read_alerts(dev_stack, expected=sum(1 for n in range(300) if payment(n)["is_suspicious"]))
+    assert_alerts_exactly_once_in_version_order(alerts, table, 300)
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:2", "alerts:1", "tributary-republish-progress:1:compact"]], indirect=True)
 def test_the_sink_inside_run_publishes_and_reports_its_lag(binary, dev_stack, tmp_path):
     from test_admin import admin_url, scrape, total
 
@@ -267,3 +444,15 @@ def test_the_fraud_alert_example_in_the_docs_is_a_valid_spec(binary, tmp_path):
                          env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
                               "SCHEMA_REGISTRY_URL": "http://registry:8081"})
     assert out.returncode == 1 and "republish.filter: invalid filter" in out.stdout, out.stdout + out.stderr
+
+
+def test_an_update_mode_table_is_not_republished(binary, tmp_path):
+    """A MERGE rewrites unchanged rows into new files: following such a table
+    would publish them again, so the spec is refused."""
+    spec = tmp_path / "windows.yaml"
+    spec.write_text((ROOT / "table-specs/card-activity.yaml").read_text() + """republish:
+  topic: card-alerts
+""")
+    out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "republish: cannot follow an update-mode table" in out.stdout, out.stdout + out.stderr

@@ -11,7 +11,7 @@ mod reader;
 
 pub use error::{KafkaSourceError, Result};
 pub use member::{GroupMember, Membership};
-pub use publisher::{OutRecord, PublisherConfig, TransactionalPublisher};
+pub use publisher::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
 pub use reader::{
     KafkaHeaders, KafkaReader, Polled, ReaderConfig, StartAt, headers_of, raw_record,
 };

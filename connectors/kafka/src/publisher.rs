@@ -1,19 +1,30 @@
-//! The republish sink's producer. Each table version is published in one
-//! Kafka transaction, together with the sink's progress: a record on the
-//! progress topic (key: the transactional id; value: the next table version
-//! to publish). A `read_committed` reader sees the whole transaction or none
-//! of it, so a restarted sink reads back exactly where the last committed
-//! transaction left off.
+//! The republish sink's producer. Rows are published in Kafka transactions
+//! that also carry the sink's position (the next table version and row to
+//! publish), stored twice, atomically with the rows:
 //!
-//! Why a progress record and not the consumer-group offset that Kafka's
-//! consume-transform-produce loops commit with `sendOffsetsToTransaction`:
-//! both are atomic with the transaction on a real broker, but the record can
-//! also be read back on brokers and test clusters that accept transactional
-//! offset commits without storing them (librdkafka's mock cluster).
+//! - as the committed offset of the consumer group named by the
+//!   transactional id (`sendOffsetsToTransaction`, the position in the
+//!   offset's metadata). Reading it back waits only for this sink's own
+//!   pending transaction, which `init_transactions` has just aborted, so
+//!   another producer's open transaction never delays or misleads it;
+//! - as a record on the compacted progress topic (key: the transactional id),
+//!   the durable copy: group offsets expire when a sink stays down longer
+//!   than the broker's `offsets.retention.minutes`, and brokers that accept
+//!   transactional offset commits without storing them (librdkafka's mock
+//!   cluster) have only this one.
+//!
+//! A restarted sink resumes from the group offset when there is one, else
+//! from its newest progress record, read only once every transaction before
+//! it has ended (the last stable offset reached the end of the partition).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -37,6 +48,33 @@ pub struct PublisherConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// Where the sink stands: the next table version to publish, and within it
+/// the next row (rows in the order of the version's added files, after the
+/// filter). A version larger than one transaction is published in several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub version: u64,
+    pub row: u64,
+}
+
+impl Position {
+    fn to_json(self) -> String {
+        format!(
+            "{{\"nextVersion\":{},\"nextRow\":{}}}",
+            self.version, self.row
+        )
+    }
+
+    /// Records written before versions were split carry no `nextRow`.
+    fn parse(payload: &[u8]) -> Option<Position> {
+        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        Some(Position {
+            version: value.get("nextVersion")?.as_u64()?,
+            row: value.get("nextRow").and_then(|r| r.as_u64()).unwrap_or(0),
+        })
+    }
+}
+
 /// One record to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
@@ -46,7 +84,11 @@ pub struct OutRecord {
 
 pub struct TransactionalPublisher {
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// Reads the progress topic as `read_committed`: its watermarks end at
+    /// the last stable offset.
     progress: BaseConsumer,
+    /// `read_uncommitted`, for the progress partition's real end.
+    uncommitted: BaseConsumer,
     config: PublisherConfig,
 }
 
@@ -66,11 +108,23 @@ impl TransactionalPublisher {
             .set("enable.idempotence", "true")
             .create()
             .map_err(|source| client("creating the transactional producer", source))?;
-        let progress: BaseConsumer = consumer
+        let admin: AdminClient<DefaultClientContext> = consumer
+            .clone()
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .create()
+            .map_err(|source| client("creating the admin client", source))?;
+        check_progress_topic(&admin, &config.progress_topic)?;
+        consumer
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("group.id", &config.transactional_id)
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
+            .set("enable.partition.eof", "true");
+        let uncommitted: BaseConsumer = consumer
+            .clone()
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(|source| client("creating the progress reader", source))?;
+        let progress: BaseConsumer = consumer
             .set("isolation.level", "read_committed")
             .create()
             .map_err(|source| client("creating the progress reader", source))?;
@@ -82,26 +136,86 @@ impl TransactionalPublisher {
         Ok(TransactionalPublisher {
             producer,
             progress,
+            uncommitted,
             config,
         })
     }
 
-    /// The next table version to publish, as the last committed transaction
-    /// recorded it; `None` before the first. Reads the progress topic
-    /// backwards in growing windows until it finds this publisher's newest
-    /// record. Blocking.
-    pub fn next_version(&self) -> Result<Option<u64>> {
+    /// Where the last committed transaction left off; `None` before the
+    /// first. Blocking.
+    pub fn position(&self) -> Result<Option<Position>> {
+        if let Some(position) = self.committed_position()? {
+            return Ok(Some(position));
+        }
         let topic = &self.config.progress_topic;
-        let (low, high) = self
+        let (low, high) = self.wait_for_stable_end()?;
+        let found = self.newest_progress_record(low, high)?;
+        if found.is_none() && low > 0 {
+            return Err(KafkaSourceError::Config(format!(
+                "no republish progress for {} was found, but the progress topic {topic} has lost \
+                 records (its partition 0 now starts at offset {low}): starting over from table \
+                 version 0 could publish every row again. Keep the progress topic with \
+                 cleanup.policy=compact and no retention.ms; to start over on purpose, publish \
+                 to a new progress topic",
+                self.config.transactional_id
+            )));
+        }
+        Ok(found)
+    }
+
+    /// The position kept as the group's committed offset, if the broker stored one.
+    fn committed_position(&self) -> Result<Option<Position>> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.progress_topic, 0);
+        let committed = self
             .progress
-            .fetch_watermarks(topic, 0, TIMEOUT)
-            .map_err(|source| client("reading the republish progress", source))?;
+            .committed_offsets(tpl, TIMEOUT)
+            .map_err(|source| client("reading the republish position", source))?;
+        Ok(committed
+            .find_partition(&self.config.progress_topic, 0)
+            .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+            .and_then(|e| Position::parse(e.metadata().as_bytes())))
+    }
+
+    /// The progress partition's `(low, high)` watermarks, once no transaction
+    /// older than now is open on it: until then a `read_committed` reader
+    /// stops before the open transaction, and this sink's newest record may
+    /// lie beyond it. Another producer's hung transaction ends at the latest
+    /// when its `transaction.timeout.ms` runs out.
+    fn wait_for_stable_end(&self) -> Result<(i64, i64)> {
+        let topic = &self.config.progress_topic;
+        let watermarks = |consumer: &BaseConsumer| {
+            consumer
+                .fetch_watermarks(topic, 0, TIMEOUT)
+                .map_err(|source| client("reading the republish progress", source))
+        };
+        let (low, high) = watermarks(&self.uncommitted)?;
+        let mut warned = false;
+        loop {
+            // A read_committed client's high watermark is the last stable offset.
+            let (_, stable) = watermarks(&self.progress)?;
+            if stable >= high {
+                return Ok((low, high));
+            }
+            if !warned {
+                tracing::warn!(topic = %topic, stable, high,
+                    "a transaction of another producer is open on the republish progress topic; \
+                     waiting for it to end before reading this sink's position");
+                warned = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// This publisher's newest progress record in `[low, high)`, read
+    /// backwards in growing windows.
+    fn newest_progress_record(&self, low: i64, high: i64) -> Result<Option<Position>> {
         let mut end = high;
         let mut window = 1024;
         while end > low {
             let start = (end - window).max(low);
-            if let Some(version) = self.last_progress_in(start, end)? {
-                return Ok(Some(version));
+            if let Some(position) = self.last_progress_in(start, end)? {
+                return Ok(Some(position));
             }
             end = start;
             window *= 4;
@@ -110,7 +224,7 @@ impl TransactionalPublisher {
     }
 
     /// This publisher's newest progress record in `[start, end)`.
-    fn last_progress_in(&self, start: i64, end: i64) -> Result<Option<u64>> {
+    fn last_progress_in(&self, start: i64, end: i64) -> Result<Option<Position>> {
         let topic = &self.config.progress_topic;
         let mut from = TopicPartitionList::new();
         from.add_partition_offset(topic, 0, Offset::Offset(start))
@@ -129,7 +243,7 @@ impl TransactionalPublisher {
             match self.progress.poll(Duration::from_millis(500)) {
                 Some(Ok(m)) => {
                     if m.key() == Some(self.config.transactional_id.as_bytes()) {
-                        found = m.payload().and_then(parse_progress);
+                        found = m.payload().and_then(Position::parse);
                     }
                     if m.offset() + 1 >= end {
                         break;
@@ -144,16 +258,16 @@ impl TransactionalPublisher {
         Ok(found)
     }
 
-    /// Publishes `records` and records `next_version` as progress, in one
+    /// Publishes `records` and records `next` as the position, in one
     /// transaction. On failure the transaction is aborted (nothing of it is
     /// visible to `read_committed` consumers) and the error returned; a
     /// fenced publisher gets `Fenced` and must stop. Blocking.
-    pub fn publish(&self, records: &[OutRecord], next_version: u64) -> Result<()> {
+    pub fn publish(&self, records: &[OutRecord], next: Position) -> Result<()> {
         let id = &self.config.transactional_id;
         self.producer
             .begin_transaction()
             .map_err(|e| transaction_error(id, "beginning a transaction", e))?;
-        match self.fill_and_commit(records, next_version) {
+        match self.fill_and_commit(records, next) {
             Ok(()) => Ok(()),
             Err(e) => {
                 if !matches!(e, KafkaSourceError::Fenced { .. }) {
@@ -166,7 +280,7 @@ impl TransactionalPublisher {
         }
     }
 
-    fn fill_and_commit(&self, records: &[OutRecord], next_version: u64) -> Result<()> {
+    fn fill_and_commit(&self, records: &[OutRecord], next: Position) -> Result<()> {
         let id = &self.config.transactional_id;
         for r in records {
             let mut record = BaseRecord::to(&self.config.topic).payload(&r.value);
@@ -176,12 +290,31 @@ impl TransactionalPublisher {
             self.send(record)
                 .map_err(|e| transaction_error(id, "producing", e))?;
         }
-        let progress = format!("{{\"nextVersion\":{next_version}}}");
+        let progress = next.to_json();
         let record = BaseRecord::to(&self.config.progress_topic)
             .partition(0)
             .key(id.as_bytes())
             .payload(progress.as_bytes());
         self.send(record)
+            .map_err(|e| transaction_error(id, "recording the republish progress", e))?;
+        // The same position as the group's offset: the version as the offset
+        // (for lag tools), the whole position in its metadata.
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                &self.config.progress_topic,
+                0,
+                Offset::Offset(next.version as i64),
+            )
+            .map_err(|e| transaction_error(id, "recording the republish progress", e))?;
+        if let Some(mut entry) = offsets.find_partition(&self.config.progress_topic, 0) {
+            entry.set_metadata(progress);
+        }
+        let group = self.progress.group_metadata().ok_or_else(|| {
+            KafkaSourceError::Config("the progress reader has no consumer group".into())
+        })?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
             .map_err(|e| transaction_error(id, "recording the republish progress", e))?;
         self.producer
             .commit_transaction(TIMEOUT)
@@ -209,9 +342,71 @@ impl TransactionalPublisher {
     }
 }
 
-fn parse_progress(payload: &[u8]) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    value.get("nextVersion")?.as_u64()
+/// Creates the progress topic (one partition, compacted) when it is missing,
+/// and refuses one whose cleanup policy would delete progress records: a
+/// sink that lost its position would publish everything again.
+fn check_progress_topic(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaSourceError::Config(format!("cannot start a runtime: {e}")))?;
+    let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let policy = |runtime: &tokio::runtime::Runtime| -> Result<Option<String>> {
+        let described = runtime
+            .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
+            .map_err(|source| client("describing the republish progress topic", source))?;
+        match described.into_iter().next() {
+            // A missing topic comes back as a resource without entries.
+            Some(Ok(resource))
+                if resource.specifier == OwnedResourceSpecifier::Topic(topic.into())
+                    && !resource.entries.is_empty() =>
+            {
+                Ok(Some(
+                    resource
+                        .get("cleanup.policy")
+                        .and_then(|e| e.value.clone())
+                        .unwrap_or_default(),
+                ))
+            }
+            Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) | None => Ok(None),
+            Some(Ok(_)) => Ok(None),
+            Some(Err(code)) => Err(KafkaSourceError::Config(format!(
+                "cannot check the cleanup.policy of the republish progress topic {topic}: {code} \
+                 (the sink needs DescribeConfigs on it)"
+            ))),
+        }
+    };
+    let found = match policy(&runtime)? {
+        Some(found) => found,
+        None => {
+            let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
+                .set("cleanup.policy", "compact");
+            let created = runtime
+                .block_on(admin.create_topics(&[new], &options))
+                .map_err(|source| client("creating the republish progress topic", source))?;
+            for result in created {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => {
+                        return Err(KafkaSourceError::Config(format!(
+                            "cannot create the republish progress topic {topic}: {code}"
+                        )));
+                    }
+                }
+            }
+            tracing::info!(topic, "created the republish progress topic (compacted)");
+            policy(&runtime)?.unwrap_or_else(|| "compact".into())
+        }
+    };
+    if found != "compact" {
+        return Err(KafkaSourceError::Config(format!(
+            "the republish progress topic {topic} has cleanup.policy={found}: retention would \
+             delete the sink's position, and a sink without one publishes every row again. \
+             Set cleanup.policy=compact on it (kafka-configs --alter --entity-type topics \
+             --entity-name {topic} --add-config cleanup.policy=compact)"
+        )));
+    }
+    Ok(())
 }
 
 fn client(operation: &'static str, source: KafkaError) -> KafkaSourceError {
@@ -243,5 +438,28 @@ fn transaction_error(
         }
     } else {
         client(operation, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Position;
+
+    #[test]
+    fn a_position_reads_back_and_older_records_start_at_row_zero() {
+        let position = Position {
+            version: 42,
+            row: 7,
+        };
+        assert_eq!(
+            Position::parse(position.to_json().as_bytes()),
+            Some(position)
+        );
+        assert_eq!(
+            Position::parse(br#"{"nextVersion":3}"#),
+            Some(Position { version: 3, row: 0 })
+        );
+        assert_eq!(Position::parse(b"not json"), None);
+        assert_eq!(Position::parse(br#"{"nextRow":3}"#), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The republish loop: follow the table version by version and publish each
-//! version's new rows in one Kafka transaction that also records the next
-//! version to publish.
+//! version's new rows in Kafka transactions that also record where the sink
+//! stands (the next version, and row within it). A version with more rows
+//! than `max_transaction_records` is published in several transactions.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use deltalake::arrow::datatypes::SchemaRef;
 use serde::Serialize;
 use tributary_core::{Classify, ErrorKind};
 use tributary_delta::{DeltaTableSink, TableOptions};
-use tributary_kafka::{OutRecord, PublisherConfig, TransactionalPublisher};
+use tributary_kafka::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
 use tributary_spec::{Filter, RepublishFormat, RepublishSpec, TableSpec};
 
 use crate::encode::{RowEncoder, ValueFormat};
@@ -29,8 +30,14 @@ pub struct RepublishProgress {
     pub version: u64,
     /// Rows that version added.
     pub rows_read: u64,
-    /// Of those, the rows that passed the filter and were produced.
+    /// Of those, the rows that passed the filter and were produced by this
+    /// sink (fewer when an earlier sink had published part of the version).
     pub rows_published: u64,
+    /// The row of the version this sink started at (0 unless an earlier
+    /// sink stopped within the version).
+    pub first_row: u64,
+    /// Kafka transactions the version took.
+    pub transactions: u64,
     /// Table versions committed but not yet published.
     pub lag_versions: u64,
     pub duration_ms: u64,
@@ -124,9 +131,8 @@ struct Sink {
     /// The encoder, for the table schema it was made for.
     encoder: Option<(SchemaRef, Arc<RowEncoder>)>,
     on_progress: Option<RepublishCallback>,
-    /// The next version to publish; read from the progress topic at start
-    /// and after an error.
-    next: Option<u64>,
+    /// Where the sink stands; read back from Kafka at start and after an error.
+    next: Option<Position>,
     /// The table, once opened.
     table: Option<DeltaTableSink>,
 }
@@ -163,9 +169,9 @@ impl Sink {
             Some(next) => next,
             None => {
                 let publisher = self.publisher.clone();
-                let next = blocking(move || publisher.next_version())
+                let next = blocking(move || publisher.position())
                     .await?
-                    .unwrap_or(0);
+                    .unwrap_or(Position { version: 0, row: 0 });
                 self.next = Some(next);
                 next
             }
@@ -173,12 +179,15 @@ impl Sink {
         let Some(latest) = table.version() else {
             return Ok(());
         };
-        while next <= latest && !stop.load(Ordering::Relaxed) {
+        let per_transaction = self.republish.max_transaction_records.max(1) as usize;
+        while next.version <= latest && !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
+            let version = next.version;
+            let first_row = next.row;
             let added = table
-                .added_in(next)
+                .added_in(version)
                 .await?
-                .ok_or(RepublishError::VersionGone { version: next })?;
+                .ok_or(RepublishError::VersionGone { version })?;
             let encoder = self.encoder_for(table).await?;
             let mut records: Vec<OutRecord> = Vec::new();
             let mut rows_read = 0;
@@ -192,24 +201,53 @@ impl Sink {
                     records.extend(encoder.encode(&selected)?);
                 }
             }
-            let rows_published = records.len() as u64;
-            let publisher = self.publisher.clone();
-            let version = next;
-            blocking(move || publisher.publish(&records, version + 1)).await?;
-            next += 1;
-            self.next = Some(next);
+            let records = Arc::new(records);
+            let total = records.len();
+            // A version with nothing to publish still moves the position.
+            let mut from = (first_row as usize).min(total);
+            let mut transactions = 0;
+            loop {
+                let to = (from + per_transaction).min(total);
+                let after = if to == total {
+                    Position {
+                        version: version + 1,
+                        row: 0,
+                    }
+                } else {
+                    Position {
+                        version,
+                        row: to as u64,
+                    }
+                };
+                let (publisher, chunk) = (self.publisher.clone(), records.clone());
+                blocking(move || publisher.publish(&chunk[from..to], after)).await?;
+                transactions += 1;
+                next = after;
+                self.next = Some(next);
+                from = to;
+                if after.version > version || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            if next.version == version {
+                // Stopped within the version: the next sink carries on from `next`.
+                break;
+            }
             let progress = RepublishProgress {
                 timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 pipeline: self.spec.pipeline.clone(),
                 topic: self.republish.topic.clone(),
                 version,
                 rows_read,
-                rows_published,
+                rows_published: total as u64 - first_row.min(total as u64),
+                first_row,
+                transactions,
                 lag_versions: latest - version,
                 duration_ms: started.elapsed().as_millis() as u64,
             };
             tracing::info!(pipeline = %progress.pipeline, topic = %progress.topic, version,
-                rows_read, rows_published, lag_versions = progress.lag_versions, "republished a table version");
+                rows_read, rows_published = progress.rows_published, transactions,
+                lag_versions = progress.lag_versions, "republished a table version");
             if let Some(callback) = &self.on_progress {
                 callback(&progress);
             }

@@ -515,10 +515,18 @@ pub struct RepublishSpec {
     #[serde(default = "default_interval")]
     #[schemars(default = "default_interval")]
     pub interval: HumanDuration,
+    /// Records per Kafka transaction at most. A table version with more rows
+    /// is published in several transactions, each recording the version and
+    /// row it reached, so that no transaction outlives the producer's
+    /// `transaction.timeout.ms`.
+    #[serde(default = "default_max_transaction_records")]
+    #[schemars(default = "default_max_transaction_records")]
+    pub max_transaction_records: u64,
     /// Topic of the sink's progress records (partition 0; key: the
-    /// transactional id; value: the next table version to publish), written
-    /// in each transaction. Create it with one partition and
-    /// `cleanup.policy=compact`; pipelines may share it.
+    /// transactional id; value: the next table version and row to publish),
+    /// written in each transaction. The sink creates it when missing, with
+    /// one partition and `cleanup.policy=compact`, and refuses to start when
+    /// its cleanup policy is anything else; pipelines may share it.
     #[serde(default = "default_progress_topic")]
     #[schemars(default = "default_progress_topic")]
     pub progress_topic: String,
@@ -539,6 +547,10 @@ pub enum RepublishFormat {
     Avro,
     /// A JSON object per row.
     Json,
+}
+
+fn default_max_transaction_records() -> u64 {
+    100_000
 }
 
 fn default_progress_topic() -> String {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::event_time::OutputMode;
 use crate::filter::Filter;
 use crate::model::{PartitionColumn, TableSpec, is_identifier};
 
@@ -282,6 +283,21 @@ impl TableSpec {
         }
         if r.interval.0.is_zero() {
             problem("republish.interval", "must be greater than zero".into());
+        }
+        if r.max_transaction_records == 0 {
+            problem(
+                "republish.max_transaction_records",
+                "must be greater than zero".into(),
+            );
+        }
+        if self.output_mode == OutputMode::Update {
+            problem(
+                "republish",
+                "cannot follow an update-mode table: each MERGE rewrites unchanged rows into \
+                 new files, and they would be published again. Republish an append-mode table, \
+                 or read the table's changes downstream"
+                    .into(),
+            );
         }
     }
 
