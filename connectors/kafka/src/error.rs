@@ -18,6 +18,13 @@ pub enum KafkaSourceError {
     )]
     DataLoss { topic: String, detail: String },
     #[error(
+        "the offsets of topic {topic} went backwards: {detail}. The topic was deleted and \
+         recreated, or truncated; reading on would skip or repeat records, so the pipeline \
+         stops. To ingest the new topic from its start, give the pipeline a new checkpoint \
+         location and table (or a new pipeline name)"
+    )]
+    OffsetsWentBack { topic: String, detail: String },
+    #[error(
         "republisher fenced: another one with transactional.id {transactional_id} took over ({detail}); \
          this one stops without publishing anything more"
     )]
@@ -32,6 +39,7 @@ impl Classify for KafkaSourceError {
         match self {
             KafkaSourceError::Config(_)
             | KafkaSourceError::DataLoss { .. }
+            | KafkaSourceError::OffsetsWentBack { .. }
             | KafkaSourceError::Fenced { .. } => ErrorKind::User,
             KafkaSourceError::NoSuchTopic { .. } | KafkaSourceError::Client { .. } => {
                 ErrorKind::External

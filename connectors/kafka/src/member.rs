@@ -28,6 +28,15 @@ pub enum Membership {
 /// How long a revocation waits for the groups to stop before giving way.
 const REVOKE_WAIT: Duration = Duration::from_secs(60);
 
+/// `REVOKE_WAIT`, or `TRIBUTARY_REVOKE_WAIT_MS` for tests that need a
+/// rebalance to outlast it (docs/operations.md, fault injection).
+fn revoke_wait() -> Duration {
+    std::env::var("TRIBUTARY_REVOKE_WAIT_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(REVOKE_WAIT, Duration::from_millis)
+}
+
 pub struct MemberContext {
     topic: String,
     events: tokio::sync::mpsc::UnboundedSender<Membership>,
@@ -68,7 +77,7 @@ impl ConsumerContext for MemberContext {
                 .events
                 .send(Membership::Revoked(parts.clone(), ack))
                 .is_ok()
-                && done.recv_timeout(REVOKE_WAIT).is_err()
+                && done.recv_timeout(revoke_wait()).is_err()
             {
                 tracing::warn!(partitions = ?parts, "groups did not stop in time; giving the partitions up anyway (the new owner re-syncs from the table)");
             }

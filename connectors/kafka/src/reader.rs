@@ -184,6 +184,103 @@ impl KafkaReader {
             })
     }
 
+    /// Adds partitions to the assignment (partitions added to the topic while
+    /// the pipeline runs), each starting where given.
+    pub fn add_partitions(&self, starts: &[(i32, StartAt)]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, start) in starts {
+            let offset = match start {
+                StartAt::Earliest => Offset::Beginning,
+                StartAt::Latest => Offset::End,
+                StartAt::Offset(o) => Offset::Offset(*o),
+            };
+            tpl.add_partition_offset(&self.topic, *p, offset)
+                .map_err(|source| KafkaSourceError::Client {
+                    operation: "assign",
+                    source,
+                })?;
+        }
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|source| KafkaSourceError::Client {
+                operation: "assign",
+                source,
+            })
+    }
+
+    /// Fails when a partition's resume offset lies beyond its end: the
+    /// topic's offsets went backwards (deleted and recreated, or truncated),
+    /// and reading on would silently skip or repeat records.
+    pub fn check_resume_offsets(
+        &self,
+        positions: &BTreeMap<i32, i64>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut behind = Vec::new();
+        for (p, pos) in positions {
+            let (_, high) = self.watermarks(*p, timeout)?;
+            if high < *pos {
+                behind.push(format!(
+                    "partition {p}: the pipeline resumes at offset {pos}, but the topic now ends at {high}"
+                ));
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        Err(KafkaSourceError::OffsetsWentBack {
+            topic: self.topic.clone(),
+            detail: behind.join("; "),
+        })
+    }
+
+    /// What an out-of-range fetch means, partition by partition: offsets
+    /// deleted by retention, or offsets that went backwards.
+    fn out_of_range(&self, error: &KafkaError) -> KafkaSourceError {
+        let Ok(positions) = self.consumer.position() else {
+            return self.data_loss(error.to_string());
+        };
+        let mut gone = Vec::new();
+        let mut behind = Vec::new();
+        for e in positions.elements_for_topic(&self.topic) {
+            let Offset::Offset(pos) = e.offset() else {
+                continue;
+            };
+            let Ok((low, high)) = self.watermarks(e.partition(), Duration::from_secs(10)) else {
+                continue;
+            };
+            if pos > high {
+                behind.push(format!(
+                    "partition {}: the pipeline is at offset {pos}, but the topic now ends at {high}",
+                    e.partition()
+                ));
+            } else if pos < low {
+                gone.push(format!(
+                    "partition {}: offset {pos} is gone (the partition now starts at {low})",
+                    e.partition()
+                ));
+            }
+        }
+        if !behind.is_empty() {
+            return KafkaSourceError::OffsetsWentBack {
+                topic: self.topic.clone(),
+                detail: behind.join("; "),
+            };
+        }
+        self.data_loss(if gone.is_empty() {
+            error.to_string()
+        } else {
+            gone.join("; ")
+        })
+    }
+
+    fn data_loss(&self, detail: String) -> KafkaSourceError {
+        KafkaSourceError::DataLoss {
+            topic: self.topic.clone(),
+            detail,
+        }
+    }
+
     /// Polls for the next record. Transient client errors are logged and
     /// reported as `Idle` (librdkafka retries by itself); data loss is an error.
     pub fn poll(&self, timeout: Duration) -> Result<Polled<'_>> {
@@ -191,10 +288,7 @@ impl KafkaReader {
             None => Ok(Polled::Idle),
             Some(Ok(m)) => Ok(Polled::Record(m)),
             Some(Err(KafkaError::PartitionEOF(p))) => Ok(Polled::EndOfPartition(p)),
-            Some(Err(e)) if is_data_loss(&e) => Err(KafkaSourceError::DataLoss {
-                topic: self.topic.clone(),
-                detail: e.to_string(),
-            }),
+            Some(Err(e)) if is_data_loss(&e) => Err(self.out_of_range(&e)),
             Some(Err(e)) => {
                 tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error; librdkafka keeps retrying");
                 Ok(Polled::Idle)

@@ -389,6 +389,7 @@ impl Run<'_> {
                 positions.insert(*p, start);
             }
         }
+        blocking(|| reader.check_resume_offsets(&positions, KAFKA_TIMEOUT))?;
         let starts: Vec<(i32, StartAt)> = positions
             .iter()
             .map(|(p, o)| (*p, StartAt::Offset(*o)))
@@ -435,6 +436,10 @@ impl Run<'_> {
         // The reader stops when the user stops the pipeline or this run fails.
         let abort = Arc::new(AtomicBool::new(false));
         let (thread_stop, thread_abort) = (stop.clone(), abort.clone());
+        // A group of the whole topic takes partitions added to it while it
+        // runs (a drain with `available_now` keeps the partitions it started with).
+        let mut discovery = (self.scope.partitions.is_none() && limits.drain_targets.is_none())
+            .then(|| PartitionDiscovery::new(spec.pipeline.clone()));
         let reader_thread = std::thread::Builder::new()
             .name(format!("read-{}", spec.pipeline))
             .spawn(move || {
@@ -458,6 +463,12 @@ impl Run<'_> {
                         .map_err(|_| EngineError::Internal("the encoder thread stopped".into()))
                 };
                 loop {
+                    if let Some(discovery) = &mut discovery
+                        && let Err(e) = discovery.add_new_partitions(&thread_reader, &mut positions)
+                    {
+                        let _ = chunk_tx.send(Chunk::Failed(e));
+                        break;
+                    }
                     let result = read_new_batch(
                         &thread_reader,
                         &mut decoder,
@@ -744,6 +755,8 @@ impl Run<'_> {
         };
         if outcome.already_landed && !replayed {
             verify_landed_plan(g, plan).await?;
+            tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id,
+                "another instance committed this batch with the same offsets; skipped");
         }
         crash_point(CrashPoint::AfterCommit, plan.batch_id);
         let event_time = match operated {
@@ -973,6 +986,53 @@ fn format_micros(micros: i64) -> String {
 }
 
 /// Runs a short blocking client call without stalling the async workers.
+/// Looks for partitions added to the topic, between batches, every
+/// `DISCOVERY_INTERVAL`; a new partition is read from its first offset (as
+/// Spark does).
+struct PartitionDiscovery {
+    pipeline: String,
+    last: Instant,
+}
+
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+impl PartitionDiscovery {
+    fn new(pipeline: String) -> PartitionDiscovery {
+        PartitionDiscovery {
+            pipeline,
+            last: Instant::now(),
+        }
+    }
+
+    fn add_new_partitions(
+        &mut self,
+        reader: &KafkaReader,
+        positions: &mut BTreeMap<i32, i64>,
+    ) -> Result<()> {
+        if self.last.elapsed() < DISCOVERY_INTERVAL {
+            return Ok(());
+        }
+        self.last = Instant::now();
+        let added: Vec<i32> = reader
+            .partitions(KAFKA_TIMEOUT)?
+            .into_iter()
+            .filter(|p| !positions.contains_key(p))
+            .collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let mut starts = Vec::new();
+        for p in &added {
+            let (low, _) = reader.watermarks(*p, KAFKA_TIMEOUT)?;
+            positions.insert(*p, low);
+            starts.push((*p, StartAt::Offset(low)));
+        }
+        reader.add_partitions(&starts)?;
+        tracing::info!(pipeline = %self.pipeline, partitions = ?added, "new partitions of the topic; reading them from their first offset");
+        Ok(())
+    }
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }

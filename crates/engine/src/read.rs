@@ -94,7 +94,7 @@ pub(crate) fn read_new_batch(
     rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<ReadBatch> {
     let started = Instant::now();
-    let mut deadline = started + limits.interval;
+    let deadline = started + limits.interval;
     let mut now = started;
     let mut since_clock = 0;
     let mut ranges = OffsetRanges::new(reader.topic());
@@ -116,11 +116,10 @@ pub(crate) fn read_new_batch(
             now = Instant::now();
             since_clock = 0;
         }
+        // A trigger with nothing to read ends empty: the caller looks for
+        // new partitions between batches.
         if limits.drain_targets.is_none() && now >= deadline {
-            if counts.records > 0 {
-                break;
-            }
-            deadline = now + limits.interval;
+            break;
         }
         let polled = reader.poll(
             POLL.min(deadline.saturating_duration_since(now))
