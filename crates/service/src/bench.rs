@@ -9,6 +9,7 @@ use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tributary_core::RawRecord;
 use tributary_engine::{PipelineOptions, run_pipeline};
@@ -27,15 +28,25 @@ pub enum Bench {
         #[arg(long, default_value_t = 2_000_000)]
         rows: u64,
     },
-    /// Drain a backlog from the in-process Kafka into a Delta table with
-    /// `available_now`, end to end, and check that no record is lost.
+    /// Drain a backlog from Kafka into a Delta table with `available_now`,
+    /// end to end, and check that no record is lost. The broker is the
+    /// in-process mock cluster, or a real one given by --bootstrap-servers.
     Ingest {
         #[arg(long, default_value_t = 5_000_000)]
         rows: u64,
-        /// Default: enough partitions that none holds more than 4 MiB, since
-        /// the mock broker deletes a partition's oldest records beyond 5 MiB.
+        /// Default: 8 on a real broker; on the mock cluster, enough
+        /// partitions that none holds more than 4 MiB, since the mock broker
+        /// deletes a partition's oldest records beyond 5 MiB.
         #[arg(long)]
         partitions: Option<i32>,
+        /// A Kafka cluster running as other processes: the backlog goes to a
+        /// new topic `tributary-bench-<time>` on it.
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+        /// Process id of the broker, whose CPU during the drain is then
+        /// reported apart from Tributary's.
+        #[arg(long, requires = "bootstrap_servers")]
+        broker_pid: Option<u32>,
     },
     /// Deduplicate distinct keys with RocksDB state on disk: micro-batches
     /// of Arrow rows through the dedup operator, each batch's state
@@ -74,10 +85,37 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
             })
             .await?
         }
-        Bench::Ingest { rows, partitions } => {
+        Bench::Ingest {
+            rows,
+            partitions,
+            bootstrap_servers: Some(bootstrap_servers),
+            broker_pid,
+        } => {
+            let topic = format!("tributary-bench-{}", chrono::Utc::now().timestamp_millis());
+            let partitions = partitions.unwrap_or(8);
+            crate::demo::ensure_topic(&bootstrap_servers, &topic, partitions).await?;
+            let broker = Broker {
+                bootstrap_servers,
+                topic,
+                pid: broker_pid,
+                in_process: false,
+            };
+            ingest(rows, partitions, broker).await
+        }
+        Bench::Ingest {
+            rows, partitions, ..
+        } => {
             let partitions = partitions
                 .unwrap_or_else(|| (rows * BENCH_RECORD_BYTES).div_ceil(4 << 20).max(1) as i32);
-            ingest(rows, partitions).await
+            let topic = "bench";
+            let kafka = dev::kafka::start(1, &[(topic, partitions)])?;
+            let broker = Broker {
+                bootstrap_servers: kafka.bootstrap_servers(),
+                topic: topic.into(),
+                pid: None,
+                in_process: true,
+            };
+            ingest(rows, partitions, broker).await
         }
     }
 }
@@ -192,13 +230,26 @@ fn record(value: &[u8], offset: i64) -> RawRecord<'_> {
     }
 }
 
-async fn ingest(rows: u64, partitions: i32) -> anyhow::Result<()> {
-    let topic = "bench";
-    let kafka = dev::kafka::start(1, &[(topic, partitions)])?;
-    let bootstrap = kafka.bootstrap_servers();
+/// Where the backlog is.
+struct Broker {
+    bootstrap_servers: String,
+    topic: String,
+    /// A broker in another process, whose CPU is reported.
+    pid: Option<u32>,
+    /// The mock cluster, whose CPU counts as this process's.
+    in_process: bool,
+}
+
+async fn ingest(rows: u64, partitions: i32, broker: Broker) -> anyhow::Result<()> {
+    let Broker {
+        bootstrap_servers: bootstrap,
+        topic,
+        pid: broker_pid,
+        in_process,
+    } = broker;
     let (registry, _client, id) = registry_with_schema(&format!("{topic}-value")).await?;
     let produce_started = Instant::now();
-    let boot = bootstrap.clone();
+    let (boot, produce_topic) = (bootstrap.clone(), topic.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &boot)
@@ -206,25 +257,49 @@ async fn ingest(rows: u64, partitions: i32) -> anyhow::Result<()> {
             .set("batch.size", "1000000")
             .set("queue.buffering.max.messages", "1000000")
             .create()?;
+        // A topic just created may not be in every broker's metadata yet.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while partitions_of(&producer, &produce_topic) < partitions {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "topic {produce_topic} did not get {partitions} partitions"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let mut rng = Rng::new(11);
         let mut body = Vec::new();
         for seq in 0..rows {
             bench_event(&mut rng, seq, &mut body);
             let payload = frame(id, &body);
-            let mut record = BaseRecord::<(), _>::to(topic)
+            let mut record = BaseRecord::<(), _>::to(&produce_topic)
                 .payload(&payload)
                 .partition((seq % partitions as u64) as i32);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
-                    Err((_, r)) => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
                         std::thread::sleep(Duration::from_millis(1));
                     }
+                    Err((e, _)) => anyhow::bail!("producing the backlog: {e}"),
                 }
             }
         }
         producer.flush(Duration::from_secs(120))?;
+        // Delivery failures are not reported per record here: count what
+        // the broker holds, so that a loss is not blamed on the drain.
+        let mut held = 0;
+        for p in 0..partitions {
+            let (low, high) =
+                producer
+                    .client()
+                    .fetch_watermarks(&produce_topic, p, Duration::from_secs(30))?;
+            held += high - low;
+        }
+        anyhow::ensure!(
+            held as u64 == rows,
+            "the broker holds {held} of the {rows} records produced"
+        );
         Ok(())
     })
     .await??;
@@ -246,14 +321,30 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
     let spec = tributary_spec::parse_spec("bench.yaml", &spec_text)
         .map_err(|e| anyhow::anyhow!(e.report().join("\n")))?;
     let started = Instant::now();
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = process_cpu_seconds("self");
+    let broker_before = broker_pid.and_then(|p| process_cpu_seconds(&p.to_string()));
     let summary = run_pipeline(spec, PipelineOptions::default())
         .await
         .context("ingest failed")?;
     let elapsed = started.elapsed();
-    let cpu = process_cpu_seconds()
+    let cpu = process_cpu_seconds("self")
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    let broker_cpu = broker_pid
+        .and_then(|p| process_cpu_seconds(&p.to_string()))
+        .zip(broker_before)
+        .map(|(after, before)| after - before);
+    let share = |c: f64| {
+        format!(
+            "{c:.2} core-seconds, {:.0} % of one core",
+            100.0 * c / elapsed.as_secs_f64()
+        )
+    };
+    let whose = if in_process {
+        "the in-process mock broker included"
+    } else {
+        "Tributary alone"
+    };
     anyhow::ensure!(
         summary.rows == rows && summary.dead_letters == 0,
         "lost records: {summary:?} for {rows} produced"
@@ -261,24 +352,39 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
     println!(
         "bench ingest: {rows} rows over {partitions} partitions (produced in {:.1}s, not timed)\n  \
          drained into Delta in {:.2}s: {:.0} rows/s end to end, {} batches, {} files, {:.1} MB of Parquet, zero loss\n  \
-         CPU during the drain: {} (the in-process mock broker included)",
+         CPU during the drain: {} ({whose}){}",
         produce_time.as_secs_f64(),
         elapsed.as_secs_f64(),
         rows as f64 / elapsed.as_secs_f64(),
         summary.batches,
         summary.files,
         summary.bytes as f64 / 1e6,
-        cpu.map_or("unknown".to_string(), |c| format!(
-            "{c:.2} core-seconds, {:.0} % of one core",
-            100.0 * c / elapsed.as_secs_f64()
+        cpu.map_or("unknown".to_string(), share),
+        broker_cpu.map_or(String::new(), |c| format!(
+            "\n  broker CPU during the drain: {}",
+            share(c)
         )),
     );
     Ok(())
 }
 
-/// User + system CPU time of this process, from /proc (Linux).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+fn partitions_of(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str) -> i32 {
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()
+        .and_then(|md| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().iter().filter(|p| p.leader() >= 0).count() as i32)
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process (`self` or a pid), from /proc (Linux).
+fn process_cpu_seconds(process: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).ok()?;
     // Fields after the command name, which is parenthesised and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;

@@ -48,7 +48,7 @@ pub async fn produce_only(
         .register(&subject, CLICK_SCHEMA)
         .await
         .with_context(|| format!("registering {subject} at {}", target.schema_registry_url))?;
-    ensure_topic(&target).await?;
+    ensure_topic(&target.bootstrap_servers, &target.topic, target.partitions).await?;
     eprintln!(
         "producing about {rate} click events/s to {} on {} (schema id {schema_id}) for {duration:?}",
         target.topic, target.bootstrap_servers
@@ -78,33 +78,34 @@ pub async fn produce_only(
 
 /// Creates the topic unless it exists, so the stream is spread over
 /// `partitions` partitions rather than the broker's auto-create default.
-async fn ensure_topic(target: &ProduceTarget) -> anyhow::Result<()> {
+pub(crate) async fn ensure_topic(
+    bootstrap_servers: &str,
+    name: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &target.bootstrap_servers)
+        .set("bootstrap.servers", bootstrap_servers)
         .create()
         .context("creating the Kafka admin client")?;
+    // All topics: a metadata request naming a missing topic makes a broker
+    // with auto-creation on create it, with its default partition count.
     let metadata = admin
         .inner()
-        .fetch_metadata(Some(&target.topic), Duration::from_secs(30))
-        .with_context(|| format!("reading metadata from {}", target.bootstrap_servers))?;
+        .fetch_metadata(None, Duration::from_secs(30))
+        .with_context(|| format!("reading metadata from {bootstrap_servers}"))?;
     if metadata
         .topics()
         .iter()
-        .any(|t| t.name() == target.topic && t.error().is_none() && !t.partitions().is_empty())
+        .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
     {
         return Ok(());
     }
-    let topic = NewTopic::new(&target.topic, target.partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics([&topic], &options)
         .await
-        .with_context(|| {
-            format!(
-                "creating topic {} on {}",
-                target.topic, target.bootstrap_servers
-            )
-        })?;
+        .with_context(|| format!("creating topic {name} on {bootstrap_servers}"))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
