@@ -204,12 +204,18 @@ def test_partition_leader_killed_on_a_three_node_cluster(binary, tmp_path):
         cluster.close()
 
 
+def running_after(binary, stack, tmp_path, count):
+    """A continuously running pipeline that has ingested `count` records."""
+    schema_id = produce_ids(stack, "eo", 0, count)
+    spec = spec_for(stack, tmp_path, max_offsets=500, available_now=False, interval="200ms")
+    proc = start(binary, spec)
+    wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= count, 60, "the first records")
+    return schema_id, spec, proc
+
+
 @pytest.mark.parametrize("dev_stack", [["eo:2"]], indirect=True)
 def test_partitions_added_while_running_are_read_from_their_start(binary, dev_stack, tmp_path):
-    schema_id = produce_ids(dev_stack, "eo", 0, 4000)
-    spec = spec_for(dev_stack, tmp_path, max_offsets=500, available_now=False, interval="200ms")
-    proc = start(binary, spec)
-    wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= 4000, 60, "the first records")
+    schema_id, _, proc = running_after(binary, dev_stack, tmp_path, 4000)
     dev_stack.kafka.add_partitions("eo", 4)
     # Produced to the new partitions only, before the pipeline has seen them.
     dev_stack.produce("eo", [(str(i).encode(), confluent(schema_id, SCHEMA, {"id": i, "pad": ""}), 2 + i % 2)
@@ -227,10 +233,7 @@ def test_partitions_added_while_running_are_read_from_their_start(binary, dev_st
 
 @pytest.mark.parametrize("dev_stack", [["eo:2"]], indirect=True)
 def test_a_topic_recreated_under_a_running_pipeline_stops_it_clearly(binary, dev_stack, tmp_path):
-    schema_id = produce_ids(dev_stack, "eo", 0, 3000)
-    spec = spec_for(dev_stack, tmp_path, max_offsets=500, available_now=False, interval="200ms")
-    proc = start(binary, spec)
-    wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= 3000, 60, "the first records")
+    schema_id, spec, proc = running_after(binary, dev_stack, tmp_path, 3000)
     dev_stack.kafka.delete_topic("eo")
     dev_stack.kafka.create_topics(["eo:2"])
     produce_ids(dev_stack, "eo", 3000, 10, schema_id)

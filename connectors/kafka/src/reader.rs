@@ -163,30 +163,15 @@ impl KafkaReader {
 
     /// Assigns the partitions, each starting where given.
     pub fn assign(&self, starts: &[(i32, StartAt)]) -> Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (p, start) in starts {
-            let offset = match start {
-                StartAt::Earliest => Offset::Beginning,
-                StartAt::Latest => Offset::End,
-                StartAt::Offset(o) => Offset::Offset(*o),
-            };
-            tpl.add_partition_offset(&self.topic, *p, offset)
-                .map_err(|source| KafkaSourceError::Client {
-                    operation: "assign",
-                    source,
-                })?;
-        }
         self.consumer
-            .assign(&tpl)
+            .assign(&self.start_list(starts)?)
             .map_err(|source| KafkaSourceError::Client {
                 operation: "assign",
                 source,
             })
     }
 
-    /// Adds partitions to the assignment (partitions added to the topic while
-    /// the pipeline runs), each starting where given.
-    pub fn add_partitions(&self, starts: &[(i32, StartAt)]) -> Result<()> {
+    fn start_list(&self, starts: &[(i32, StartAt)]) -> Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (p, start) in starts {
             let offset = match start {
@@ -200,8 +185,14 @@ impl KafkaReader {
                     source,
                 })?;
         }
+        Ok(tpl)
+    }
+
+    /// Adds partitions to the assignment (partitions added to the topic while
+    /// the pipeline runs), each starting where given.
+    pub fn add_partitions(&self, starts: &[(i32, StartAt)]) -> Result<()> {
         self.consumer
-            .incremental_assign(&tpl)
+            .incremental_assign(&self.start_list(starts)?)
             .map_err(|source| KafkaSourceError::Client {
                 operation: "assign",
                 source,
