@@ -878,13 +878,17 @@ impl Run<'_> {
             files = outcome.files, version = ?outcome.version, replayed, ms = processing_ms, "batch committed"
         );
         if let Some(path) = &self.options.progress_json {
-            let line = serde_json::to_string(&progress)
+            let mut line = serde_json::to_string(&progress)
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
+            line.push('\n');
+            // One write per line: the groups of a partition-scope pipeline
+            // append to the same file at once, and `writeln!` writes the
+            // newline separately, so two lines could interleave.
             let written = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
+                .and_then(|mut f| f.write_all(line.as_bytes()));
             if let Err(e) = written {
                 tracing::warn!(path = %path.display(), error = %e, "cannot append the progress event");
             }
