@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from deltalake import DeltaTable
 
 from conftest import free_port, run_spec
+from fault_proxy import LOG_COMMIT, FaultProxy, Rule
 from test_exactly_once import log_of, produce_ids, spec_for, start
 
 BUCKET = "tributary-lake"
@@ -111,6 +113,12 @@ checkpoint: {location: /c}
                                              "{conditional_put: disabled, AWS_S3_ALLOW_UNSAFE_RENAME: 'true'}"))
     out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+    # deltalake 1.x has no DynamoDB log store: a lock would protect nothing.
+    spec.write_text(spec.read_text().replace("AWS_S3_ALLOW_UNSAFE_RENAME: 'true'",
+                                             "AWS_S3_LOCKING_PROVIDER: dynamodb, DELTA_DYNAMO_TABLE_NAME: locks"))
+    out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "AWS_S3_LOCKING_PROVIDER: dynamodb is not supported" in out.stdout + out.stderr
 
 
 def s3_objects(options, prefix):
@@ -198,3 +206,60 @@ checkpoint: {location: s3://bucket/checkpoints/p}
     out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
     assert out.returncode == 1
     assert "checkpoint.storage_options: an s3:// checkpoint needs conditional put" in out.stdout + out.stderr
+
+
+def logged_adds(options, prefix):
+    """Every path an `add` of any commit in the log names (URI-decoded)."""
+    client, keys = s3_objects(options, f"{prefix}/_delta_log/")
+    adds = set()
+    for key in sorted(k for k in keys if k.endswith(".json")):
+        for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                adds.add(f"{prefix}/" + urllib.parse.unquote(action["add"]["path"]))
+    return adds
+
+
+@pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
+def test_ambiguous_commits_keep_their_files(binary, dev_stack, tmp_path, s3):
+    """A log PUT that lands but is answered 503: object_store retries it, the
+    retry is refused (412) as a conflict with the commit itself. Appends and
+    compactions must recognise their own commit instead of deleting its files."""
+    moto_port = int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    proxy = FaultProxy(moto_port, [
+        Rule("PUT", LOG_COMMIT, every=1, mode="after", body_contains=b'"operation":"OPTIMIZE"'),
+        Rule("PUT", LOG_COMMIT, every=2, mode="after"),
+        Rule("PUT", LOG_COMMIT, every=5, mode="before"),
+    ])
+    via_proxy = dict(s3, AWS_ENDPOINT_URL=proxy.endpoint)
+    try:
+        schema_id = produce_ids(dev_stack, "eo", 0, 2000)
+        proc = start(binary, s3_spec(dev_stack, tmp_path, via_proxy, available_now=False))
+        produced = 2000
+        for _ in range(16):
+            produce_ids(dev_stack, "eo", produced, 300, schema_id)
+            produced += 300
+            time.sleep(0.5)
+            assert proc.poll() is None, log_of(proc)[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log_of(proc)[-3000:]
+        drained = run_spec(binary, s3_spec(dev_stack, tmp_path, via_proxy, available_now=True))
+        assert drained.returncode == 0, drained.stderr[-3000:]
+    finally:
+        proxy.stop()
+    optimize, appends = proxy.rules[0], proxy.rules[1]
+    assert len(appends.injected) >= 3, f"too few ambiguous appends: {appends.injected}"
+    assert optimize.injected, "no compaction commit was made ambiguous"
+    assert "answered with an error but had landed" in log_of(proc)
+
+    # Every file any commit added is still there (nothing compaction replaced
+    # was vacuumed: the retention is an hour), and every id is there once.
+    _, keys = s3_objects(s3, "lake/eo/")
+    missing = logged_adds(s3, "lake/eo") - set(keys)
+    assert not missing, f"files of committed versions were deleted: {sorted(missing)[:5]}"
+    table = DeltaTable(f"s3://{BUCKET}/lake/eo", storage_options=s3)
+    ids = table.to_pyarrow_table(columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "duplicated ids"
+    assert sorted(ids) == list(range(produced))
+    batches = committed_batches(table)
+    assert sorted(batches) == list(range(len(batches))) and all(len(v) == 1 for v in batches.values())

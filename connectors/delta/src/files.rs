@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use deltalake::ObjectStore;
+use deltalake::logstore::LogStoreRef;
+use deltalake::DeltaTableError;
 use deltalake::Path;
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{cast, take_record_batch};
@@ -317,8 +319,41 @@ pub(crate) fn object_paths<'a>(adds: impl IntoIterator<Item = &'a Add>) -> Vec<P
         .collect()
 }
 
+/// The version after `read_version` whose commit added `probe` (an object
+/// path of the attempt), if any. A commit answered with an error may have
+/// landed all the same: object_store retries the log PUT after a 5xx, and
+/// when the first try had been written the retry is refused as a conflict
+/// with that very commit. Attempts' file names are unique, so a commit that
+/// adds one of them is the attempt's own.
+pub(crate) async fn version_that_added(
+    log_store: &LogStoreRef,
+    read_version: Option<u64>,
+    probe: &Path,
+) -> std::result::Result<Option<u64>, DeltaTableError> {
+    let mut version = read_version.map_or(0, |v| v + 1);
+    while let Some(bytes) = log_store.read_commit_entry(version).await? {
+        let adds_probe = bytes
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+            .filter_map(|action| {
+                action
+                    .get("add")
+                    .and_then(|a| a.get("path"))
+                    .and_then(Value::as_str)
+                    .map(decode_log_path)
+            })
+            .any(|path| path == probe.as_ref());
+        if adds_probe {
+            return Ok(Some(version));
+        }
+        version += 1;
+    }
+    Ok(None)
+}
+
 /// Deletes the files of an attempt that will never be committed: nobody
 /// else knows them. A file that cannot be deleted is left to vacuum.
+/// Callers first rule out that the attempt landed (`version_that_added`).
 pub(crate) async fn delete_attempt(
     store: &Arc<dyn ObjectStore>,
     uri: &str,

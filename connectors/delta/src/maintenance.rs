@@ -25,6 +25,7 @@ use serde_json::Value;
 use crate::error::{DeltaSinkError, Result};
 use crate::files::{
     EncodedFile, FileIntent, delete_attempt, object_paths, parquet_err, upload_files,
+    version_that_added,
 };
 use crate::table::DeltaTableSink;
 
@@ -201,8 +202,23 @@ impl DeltaTableSink {
             predicate: None,
             target_size: rewrite.target_size as i64,
         };
+        // The version read before the last attempt: a commit answered with
+        // an error may have landed, and is looked for after it.
+        let mut attempted_on: Option<Option<u64>> = None;
         for _ in 0..ATTEMPTS {
             table.update_incremental(None).await.map_err(delta_err)?;
+            if let (Some(read_version), Some(probe)) = (attempted_on, added_paths.first())
+                && let Some(version) = version_that_added(&table.log_store(), read_version, probe)
+                    .await
+                    .map_err(delta_err)?
+            {
+                tracing::warn!(table = %uri, version, "the rewrite was answered with an error but had landed; kept");
+                return Ok(Some(RewriteOutcome {
+                    version,
+                    files_added,
+                    bytes_added,
+                }));
+            }
             let snapshot = table.snapshot().map_err(delta_err)?;
             let live: HashSet<String> = snapshot
                 .log_data()
@@ -217,6 +233,7 @@ impl DeltaTableSink {
             let properties = CommitProperties::default()
                 .with_max_retries(0)
                 .with_metadata([(REWRITE_INFO_KEY.to_string(), rewrite.info.clone())]);
+            attempted_on = Some(table.version());
             let committed = CommitBuilder::from(properties)
                 .with_actions(actions.clone())
                 .build(Some(snapshot), table.log_store(), operation.clone())

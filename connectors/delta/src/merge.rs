@@ -16,7 +16,9 @@ use tributary_spec::PartitionColumn;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{BatchEncoder, FileIntent, delete_attempt, object_paths, upload_files};
+use crate::files::{
+    BatchEncoder, FileIntent, delete_attempt, object_paths, upload_files, version_that_added,
+};
 use crate::maintenance::DataFile;
 use crate::partitioning::add_partition_columns;
 use crate::table::{BatchCommit, BatchRows, CommitOutcome, DeltaTableSink};
@@ -209,14 +211,28 @@ impl DeltaTableSink {
                 not_matched_by_source_predicates: vec![],
             };
             let snapshot = table.snapshot().map_err(delta_err)?;
+            let read_version = table.version();
             let commit_started = std::time::Instant::now();
             let committed = CommitBuilder::from(properties)
                 .with_actions(actions)
                 .build(Some(snapshot), table.log_store(), operation)
                 .await;
-            match committed {
-                Ok(finalized) => {
-                    let version = finalized.version();
+            let landed = match committed {
+                Ok(finalized) => Some(finalized.version()),
+                // Another commit took the version, or our own first try did
+                // (an ambiguous PUT whose retry was refused).
+                Err(DeltaTableError::Transaction {
+                    source: TransactionError::MaxCommitAttempts(_),
+                }) => match added_paths.first() {
+                    Some(probe) => version_that_added(&table.log_store(), read_version, probe)
+                        .await
+                        .map_err(delta_err)?,
+                    None => None,
+                },
+                Err(other) => return Err(delta_err(other)),
+            };
+            match landed {
+                Some(version) => {
                     table.update_incremental(None).await.map_err(delta_err)?;
                     return Ok(CommitOutcome {
                         already_landed: false,
@@ -228,13 +244,10 @@ impl DeltaTableSink {
                         commit: commit_started.elapsed(),
                     });
                 }
-                // Another commit took the version: read the table again.
-                Err(DeltaTableError::Transaction {
-                    source: TransactionError::MaxCommitAttempts(_),
-                }) => {
+                // Superseded: read the table again.
+                None => {
                     delete_attempt(&store, &uri, &added_paths, "a superseded merge attempt").await;
                 }
-                Err(other) => return Err(delta_err(other)),
             }
         }
         Err(DeltaSinkError::Corrupt {

@@ -14,7 +14,10 @@ use url::Url;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{EncodedBatch, FileIntent, delete_attempt, encode, object_paths, upload_files};
+use crate::files::{
+    EncodedBatch, FileIntent, delete_attempt, encode, object_paths, upload_files,
+    version_that_added,
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct TableOptions {
@@ -354,6 +357,7 @@ impl DeltaTableSink {
             predicate: None,
         };
         let snapshot = table.snapshot().map_err(delta_err)?;
+        let read_version = table.version();
         let commit_started = std::time::Instant::now();
         let uploaded = object_paths(actions.iter().filter_map(|a| match a {
             Action::Add(add) => Some(add),
@@ -363,24 +367,41 @@ impl DeltaTableSink {
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
             .await;
-        let finalized = match committed {
-            Ok(finalized) => finalized,
+        let version = match committed {
+            Ok(finalized) => finalized.version(),
             Err(DeltaTableError::Transaction {
                 source: TransactionError::CommitConflict(_),
             }) => {
-                // Another writer of this app id committed the batch first
-                // (this instance is a zombie): this attempt's files were
-                // never committed and nobody else knows them, so they go now.
-                delete_attempt(&table.object_store(), &uri, &uploaded, "a refused attempt").await;
-                return Err(DeltaSinkError::ConcurrentWriter {
-                    uri: uri.clone(),
-                    app_id: commit.app_id.clone(),
-                    batch: commit.batch_id,
-                });
+                // Either our own first try landed and its retry was refused
+                // (an ambiguous PUT), or another writer of this app id
+                // committed the batch first (this instance is a zombie).
+                let own = match uploaded.first() {
+                    Some(probe) => version_that_added(&table.log_store(), read_version, probe)
+                        .await
+                        .map_err(delta_err)?,
+                    None => None,
+                };
+                match own {
+                    Some(version) => {
+                        tracing::warn!(table = %uri, version, batch = commit.batch_id,
+                            "the commit was answered with an error but had landed; kept");
+                        version
+                    }
+                    None => {
+                        // The attempt's files were never committed and nobody
+                        // else knows them, so they go now.
+                        delete_attempt(&table.object_store(), &uri, &uploaded, "a refused attempt")
+                            .await;
+                        return Err(DeltaSinkError::ConcurrentWriter {
+                            uri: uri.clone(),
+                            app_id: commit.app_id.clone(),
+                            batch: commit.batch_id,
+                        });
+                    }
+                }
             }
             Err(other) => return Err(delta_err(other)),
         };
-        let version = finalized.version();
         tracing::debug!(table = %uri, version, "committed; refreshing the snapshot");
         table.update_incremental(None).await.map_err(delta_err)?;
         tracing::debug!(table = %uri, version, "snapshot refreshed");

@@ -321,11 +321,12 @@ pub struct TableTarget {
     /// table, named as deltalake and object_store name them:
     /// `AWS_REGION`, `AWS_ENDPOINT_URL` (MinIO, R2, ...), `AWS_ALLOW_HTTP`,
     /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (write them as
-    /// `${VAR}`), `conditional_put`, `AWS_S3_LOCKING_PROVIDER`, ... Unset
-    /// ones come from the `AWS_*` environment variables and the AWS default
-    /// credential chain. On S3 commits use conditional put (`If-None-Match`)
-    /// unless a DynamoDB lock is configured; `conditional_put: disabled`
-    /// without one is refused unless `AWS_S3_ALLOW_UNSAFE_RENAME: 'true'`.
+    /// `${VAR}`), `conditional_put`, ... Unset ones come from the `AWS_*`
+    /// environment variables and the AWS default credential chain. On S3
+    /// commits use conditional put (`If-None-Match`), the only safe mode:
+    /// `conditional_put: disabled` is refused unless
+    /// `AWS_S3_ALLOW_UNSAFE_RENAME: 'true'`, and a DynamoDB lock
+    /// (`AWS_S3_LOCKING_PROVIDER`) is refused as deltalake 1.x ignores it.
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
     /// Partition columns. Each entry is a source column name, or a column
@@ -467,7 +468,9 @@ pub struct CompactionSpec {
     #[schemars(default = "default_checkpoint_interval")]
     pub checkpoint_interval: u64,
     /// Delta log files older than this (and covered by a checkpoint) are
-    /// deleted; time travel reaches back this far at most.
+    /// deleted; time travel reaches back this far at most. At least 7 days:
+    /// the pipeline's newest commit record must outlive a stop, so a lost
+    /// checkpoint location can be recovered from the table.
     #[serde(default = "default_log_retention")]
     #[schemars(default = "default_log_retention")]
     pub log_retention: HumanDuration,

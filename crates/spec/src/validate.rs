@@ -30,6 +30,12 @@ const RESERVED_PRODUCER_PROPERTIES: &[&str] = &[
 /// Shortest vacuum retention accepted without `allow_short_retention`.
 const MIN_VACUUM_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Shortest Delta log retention accepted: the pipeline's newest commit
+/// record (its offsets) must outlive any stop of the pipeline that an
+/// operator may not notice, or a lost checkpoint location could no longer
+/// be recovered from the table.
+const MIN_LOG_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// URI schemes a table may use.
 const TABLE_SCHEMES: &[&str] = &["file", "s3", "s3a"];
 /// URI schemes a checkpoint location may use.
@@ -330,6 +336,17 @@ impl TableSpec {
                 "must be greater than zero".into(),
             );
         }
+        if c.log_retention.0 < MIN_LOG_RETENTION {
+            problem(
+                "compaction.log_retention",
+                format!(
+                    "{} is under 7 days: the table's log must keep the pipeline's last commit \
+                     record (its offsets) for as long as the pipeline may be stopped, so that \
+                     a lost checkpoint location can be recovered from the table",
+                    humantime::format_duration(c.log_retention.0)
+                ),
+            );
+        }
         if c.vacuum.retention.0 < MIN_VACUUM_RETENTION && !c.vacuum.allow_short_retention {
             problem(
                 "compaction.vacuum.retention",
@@ -507,9 +524,6 @@ fn is_s3(uri: &str) -> bool {
     uri.starts_with("s3://") || uri.starts_with("s3a://")
 }
 
-/// Delta commits on S3 are safe with conditional put (`If-None-Match`, the
-/// default) or a DynamoDB lock; with neither, two writers can overwrite each
-/// other's commit, which is allowed only when asked for by name.
 /// A storage option by case-insensitive name, trimmed and lowercased;
 /// `conditional_put` also answers to its `aws_` alias.
 fn option(options: &std::collections::BTreeMap<String, String>, key: &str) -> Option<String> {
@@ -522,18 +536,29 @@ fn option(options: &std::collections::BTreeMap<String, String>, key: &str) -> Op
     find(key).or_else(|| find(&format!("aws_{key}")))
 }
 
+/// Delta commits on S3 are safe with conditional put (`If-None-Match`, the
+/// default) only: deltalake 1.x has no DynamoDB log store any more, so a
+/// lock named in the options would be silently ignored. Without conditional
+/// put two writers can overwrite each other's commit, which is allowed only
+/// when asked for by name.
 fn check_s3_commit_mode(
     options: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), String> {
+    if let Some(provider) = option(options, "AWS_S3_LOCKING_PROVIDER") {
+        return Err(format!(
+            "AWS_S3_LOCKING_PROVIDER: {provider} is not supported: Tributary commits to S3 \
+             with conditional put only (deltalake 1.x has no DynamoDB log store), so the \
+             lock would protect nothing; remove it, and let every writer of the table use \
+             S3 conditional writes"
+        ));
+    }
     let conditional_put = option(options, "conditional_put");
-    let dynamodb = option(options, "AWS_S3_LOCKING_PROVIDER").as_deref() == Some("dynamodb");
     let unsafe_rename = option(options, "AWS_S3_ALLOW_UNSAFE_RENAME").as_deref() == Some("true");
-    if conditional_put.as_deref() == Some("disabled") && !dynamodb && !unsafe_rename {
+    if conditional_put.as_deref() == Some("disabled") && !unsafe_rename {
         return Err(
             "conditional_put: disabled leaves concurrent commits unsafe; \
-                    remove it (AWS S3, MinIO and R2 support conditional put), set \
-                    AWS_S3_LOCKING_PROVIDER: dynamodb, or accept lost commits with \
-                    AWS_S3_ALLOW_UNSAFE_RENAME: 'true'"
+                    remove it (AWS S3, MinIO and R2 support conditional put), or accept \
+                    lost commits with AWS_S3_ALLOW_UNSAFE_RENAME: 'true'"
                 .into(),
         );
     }
@@ -657,6 +682,47 @@ checkpoint: {location: s3://lake/checkpoints/p}
                 "s.yaml:6: checkpoint.storage_options: an s3:// checkpoint needs conditional put (two instances must never record different plans for one batch); remove conditional_put: disabled"
             ]
         );
+    }
+
+    #[test]
+    fn a_dynamodb_lock_is_refused_since_deltalake_ignores_it() {
+        let src = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table:
+  uri: s3://lake/t
+  storage_options: {conditional_put: disabled, AWS_S3_LOCKING_PROVIDER: dynamodb, DELTA_DYNAMO_TABLE_NAME: locks}
+checkpoint: {location: /c}
+";
+        let report = parse_spec("s.yaml", src).unwrap_err().report();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert!(
+            report[0].starts_with(
+                "s.yaml:5: table.storage_options: AWS_S3_LOCKING_PROVIDER: dynamodb is not supported"
+            ),
+            "{report:?}"
+        );
+        let without_lock = src.replace(
+            "conditional_put: disabled, AWS_S3_LOCKING_PROVIDER: dynamodb, ",
+            "",
+        );
+        assert!(parse_spec("s.yaml", &without_lock).is_ok());
+    }
+
+    #[test]
+    fn a_log_retention_under_the_floor_is_refused() {
+        let src = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table: {uri: /t}
+checkpoint: {location: /c}
+compaction: {log_retention: 2days}
+";
+        let report = parse_spec("s.yaml", src).unwrap_err().report();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert!(
+            report[0].starts_with("s.yaml:5: compaction.log_retention: 2days is under 7 days"),
+            "{report:?}"
+        );
+        assert!(parse_spec("s.yaml", &src.replace("2days", "7days")).is_ok());
     }
 
     #[test]
