@@ -63,9 +63,26 @@ def log_of(proc):
     return proc.log.read_text()
 
 
+def verify(spec, env=None):
+    """`tributary verify --json` on the spec's table: its report, after
+    asserting it found nothing."""
+    out = subprocess.run([os.environ["TRIBUTARY_BIN"], "verify", "--spec", str(spec), "--json"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, **(env or {})))
+    assert out.returncode == 0, f"verify: {out.stdout[-3000:]}{out.stderr[-2000:]}"
+    report = json.loads(out.stdout)
+    assert report["findings"] == [], report["findings"][:5]
+    return report
+
+
+def held_offsets(report):
+    """How many offsets the table holds by verify's account, all groups."""
+    return sum(end - start for g in report["groups"] for ranges in g["offsets"].values() for start, end in ranges)
+
+
 def assert_exactly_once(tmp_path, expected_ids, app_ids=(APP_ID,), compacted=False):
     """`compacted`: files that compaction replaced may stay on disk (for
-    readers of older versions) until vacuum."""
+    readers of older versions) until vacuum. Ends with `tributary verify`,
+    which must find nothing and account for every record's offset."""
     table = tmp_path / "lake" / "eo"
     con = duck()
     dups = con.execute(f"select id, count(*) from delta_scan('{table}') group by id having count(*) > 1").fetchall()
@@ -92,6 +109,10 @@ def assert_exactly_once(tmp_path, expected_ids, app_ids=(APP_ID,), compacted=Fal
     assert live <= on_disk, f"live files missing: {sorted(live - on_disk)[:5]}"
     replaced = replaced_by_compaction(table) if compacted else set()
     assert on_disk - live <= replaced, f"unreferenced files: {sorted(on_disk - live - replaced)[:5]}"
+
+    report = verify(tmp_path / "eo.yaml")
+    assert held_offsets(report) == len(ids), f"verify accounts for {held_offsets(report)} offsets, the table has {len(ids)} rows"
+    assert sorted(g["appId"] for g in report["groups"] if g["commits"]) == sorted(app_ids)
 
 
 def replaced_by_compaction(table):

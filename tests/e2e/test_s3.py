@@ -23,7 +23,7 @@ from deltalake import DeltaTable
 
 from conftest import free_port, run_spec
 from fault_proxy import LOG_COMMIT, FaultProxy, Rule
-from test_exactly_once import log_of, produce_ids, spec_for, start
+from test_exactly_once import held_offsets, log_of, produce_ids, spec_for, start, verify
 
 BUCKET = "tributary-lake"
 
@@ -95,6 +95,7 @@ def test_s3_table_with_compaction_survives_a_kill_and_a_wiped_disk(binary, dev_s
     assert len(batches) >= 10, history[:2]
     assert batches == list(range(len(batches))), f"one commit per batch id: {batches}"
     assert any(h["operation"] == "OPTIMIZE" for h in history), "no compaction commit on S3"
+    assert held_offsets(verify(s3_spec(dev_stack, tmp_path, s3, available_now=True))) == produced
 
 
 def test_s3_without_a_safe_commit_mode_is_refused(binary, tmp_path):
@@ -189,6 +190,7 @@ def test_s3_checkpoint_lets_an_empty_node_finish_a_crashed_batch_exactly(binary,
     _, data = s3_objects(s3, "lake/eo/")
     on_s3 = {k for k in data if k.endswith(".parquet")}
     assert on_s3 == live_keys(table), f"unreferenced files: {sorted(on_s3 - live_keys(table))[:5]}"
+    assert held_offsets(verify(spec)) == 3000
 
 
 def test_s3_checkpoint_without_conditional_put_is_refused(binary, tmp_path):
@@ -263,3 +265,4 @@ def test_ambiguous_commits_keep_their_files(binary, dev_stack, tmp_path, s3):
     assert sorted(ids) == list(range(produced))
     batches = committed_batches(table)
     assert sorted(batches) == list(range(len(batches))) and all(len(v) == 1 for v in batches.values())
+    assert held_offsets(verify(s3_spec(dev_stack, tmp_path, s3, available_now=True))) == produced

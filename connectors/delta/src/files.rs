@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use deltalake::ObjectStore;
-use deltalake::logstore::LogStoreRef;
 use deltalake::DeltaTableError;
+use deltalake::ObjectStore;
 use deltalake::Path;
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{cast, take_record_batch};
 use deltalake::arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::kernel::Add;
+use deltalake::logstore::LogStoreRef;
 use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;

@@ -3,6 +3,7 @@
 //! transaction carrying `txn {appId, version: batch id}` so a batch that
 //! already landed is never written again.
 
+mod audit;
 mod changes;
 mod dead_letters;
 mod error;
@@ -13,6 +14,7 @@ mod partitioning;
 mod store;
 mod table;
 
+pub use audit::LoggedCommit;
 pub use changes::AddedFile;
 pub use dead_letters::dead_letter_batch;
 pub use error::{DeltaSinkError, Result};

@@ -10,6 +10,7 @@ mod pipeline;
 mod progress;
 mod read;
 mod stateful;
+mod verify;
 
 pub use error::{EngineError, Result};
 pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
@@ -18,3 +19,4 @@ pub use pipeline::{
     run_pipeline,
 };
 pub use progress::{BatchProgress, EventTimeProgress, progress_schema};
+pub use verify::{Finding, GroupReport, VerifyReport, verify};

@@ -264,6 +264,14 @@ impl OffsetLog {
 
     /// The newest recorded plan.
     pub async fn latest(&self) -> Result<Option<BatchPlan>> {
+        match self.recorded_batches().await?.last() {
+            Some(id) => self.read(*id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The ids of the plans the log holds, in order.
+    pub async fn recorded_batches(&self) -> Result<Vec<u64>> {
         let names: Vec<String> = match &self.backend {
             Backend::Local { dir } => {
                 let mut names = Vec::new();
@@ -286,14 +294,12 @@ impl OffsetLog {
                     .collect()
             }
         };
-        let newest = names
+        let mut ids: Vec<u64> = names
             .iter()
             .filter_map(|n| n.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()))
-            .max();
-        match newest {
-            Some(id) => self.read(id).await.map(Some),
-            None => Ok(None),
-        }
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 }
 

@@ -87,12 +87,22 @@ struct RepublishStats {
     failures: u64,
 }
 
+/// Results of `run --verify-every`.
+#[derive(Default)]
+struct VerifyStats {
+    runs: u64,
+    errors: u64,
+    findings: Option<u64>,
+    last_unix: f64,
+}
+
 #[derive(Default)]
 struct Inner {
     recent: VecDeque<BatchProgress>,
     groups: BTreeMap<(String, String), GroupStats>,
     compaction: BTreeMap<String, CompactionStats>,
     republish: BTreeMap<String, RepublishStats>,
+    verify: BTreeMap<String, VerifyStats>,
 }
 
 pub struct AdminState {
@@ -207,6 +217,21 @@ impl AdminState {
             .entry(pipeline.to_string())
             .or_default()
             .failures += 1;
+    }
+
+    /// Takes in one periodic verification: its number of findings, or
+    /// `None` when it could not run.
+    pub fn record_verify(&self, pipeline: &str, findings: Option<usize>) {
+        let mut inner = self.lock();
+        let v = inner.verify.entry(pipeline.to_string()).or_default();
+        match findings {
+            Some(n) => {
+                v.runs += 1;
+                v.findings = Some(n as u64);
+                v.last_unix = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+            }
+            None => v.errors += 1,
+        }
     }
 
     /// Ready: pipelines started and no group stuck (unread records, no batch
@@ -463,6 +488,34 @@ impl AdminState {
             "counter",
             "Republish sinks that stopped on an error (fenced, or a version lost to log retention).",
             &|r| Some(r.failures as f64),
+        );
+        let mut verify =
+            |name: &str, kind: &str, help: &str, value: &dyn Fn(&VerifyStats) -> Option<f64>| {
+                write_family(&mut out, name, kind, help, &inner.verify, pipeline, value)
+            };
+        verify(
+            "tributary_verify_runs_total",
+            "counter",
+            "Verifications of the table against its logs (run --verify-every).",
+            &|v| Some(v.runs as f64),
+        );
+        verify(
+            "tributary_verify_errors_total",
+            "counter",
+            "Verifications that could not run (storage or broker unreachable).",
+            &|v| Some(v.errors as f64),
+        );
+        verify(
+            "tributary_verify_findings",
+            "gauge",
+            "Findings of the last verification: gaps, overlaps, batches committed twice, missing files. Alert on > 0.",
+            &|v| v.findings.map(|f| f as f64),
+        );
+        verify(
+            "tributary_verify_last_timestamp_seconds",
+            "gauge",
+            "When the last verification finished (Unix time).",
+            &|v| v.findings.map(|_| v.last_unix),
         );
         out
     }

@@ -7,6 +7,7 @@ mod demo;
 mod dev;
 mod readback;
 mod status;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -60,6 +61,11 @@ enum Command {
         /// Allow a non-loopback admin address (the endpoints have no authentication).
         #[arg(long)]
         admin_allow_remote: bool,
+        /// After every N batches of a pipeline, verify its table as
+        /// `tributary verify` does, in the background; the result is the
+        /// `tributary_verify_findings` metric (and an error in the log).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        verify_every: Option<u64>,
     },
     /// One compaction pass over each spec's table: bin-pack small files
     /// (`dataChange=false`), write a log checkpoint if due, delete expired
@@ -93,6 +99,21 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Prove the table against the Delta log, the offsets log and the
+    /// broker: per group the offset ranges the table holds, and every gap,
+    /// overlap, batch committed twice, batch that differs from its plan and
+    /// live file missing from storage. Exits 1 on any finding.
+    Verify {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not ask the broker whether offsets no batch read hold records:
+        /// every such hole is then a finding.
+        #[arg(long)]
+        offline: bool,
     },
     /// Check table specs; print every problem as `file:line: field.path: message`
     /// and exit 1 if there is any. Column references are checked against the
@@ -232,8 +253,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             progress_json,
             admin_addr,
             admin_allow_remote,
-        } => run(specs, progress_json, admin_addr, admin_allow_remote).await,
+            verify_every,
+        } => {
+            run(
+                specs,
+                progress_json,
+                admin_addr,
+                admin_allow_remote,
+                verify_every,
+            )
+            .await
+        }
         Command::Status { spec, json } => status::run(&spec, json).await,
+        Command::Verify {
+            spec,
+            json,
+            offline,
+        } => verify::run(&spec, json, offline).await,
         Command::Compact { specs, no_vacuum } => compact(specs, !no_vacuum).await,
         Command::Republish {
             specs,
@@ -357,6 +393,7 @@ async fn run(
     progress_json: Option<PathBuf>,
     admin_addr: std::net::SocketAddr,
     admin_allow_remote: bool,
+    verify_every: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let Some(specs) = load_specs(&files)? else {
         return Ok(ExitCode::FAILURE);
@@ -380,11 +417,16 @@ async fn run(
         let bar = (spec.trigger.available_now && std::io::stderr().is_terminal())
             .then(|| progress_bar(spec.pipeline.clone()));
         let to_admin = admin.clone();
+        let verify_due = verify_every
+            .map(|every| verify::spawn_periodic(spec.clone(), every, admin.clone(), stop.clone()));
         let on_progress: Option<tributary_engine::ProgressCallback> =
             Some(Arc::new(move |p: &tributary_engine::BatchProgress| {
                 to_admin.record(p);
                 if let Some(bar) = &bar {
                     bar(p);
+                }
+                if let Some(due) = &verify_due {
+                    due();
                 }
             }));
         let options = PipelineOptions {
