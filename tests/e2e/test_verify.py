@@ -12,8 +12,10 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import run_spec
 from test_admin import admin_url
@@ -133,6 +135,9 @@ def test_run_verifies_every_n_batches_into_a_metric(binary, dev_stack, tmp_path)
         assert metric(text, "tributary_verify_findings", "eo") == 0
         assert metric(text, "tributary_verify_errors_total", "eo") == 0
         assert metric(text, "tributary_verify_last_timestamp_seconds", "eo") > time.time() - 120
+        rules = yaml.safe_load((Path(__file__).parents[2] / "docs/alerts.yaml").read_text())
+        named = {m for g in rules["groups"] for r in g["rules"] for m in re.findall(r"tributary_verify_[a-z_]+", r["expr"])}
+        assert named and all(metric(text, m, "eo") is not None for m in named), named
 
         # A fault appears under the running pipeline: the next verification reports it.
         table = tmp_path / "lake" / "eo"
