@@ -322,6 +322,35 @@ def test_lost_checkpoint_resumes_from_the_delta_log(binary, dev_stack, tmp_path)
     assert_exactly_once(tmp_path, range(6000))
 
 
+@pytest.mark.parametrize("dev_stack", [["eo:2"]], indirect=True)
+def test_lost_checkpoint_and_expired_log_refuse_to_start(binary, dev_stack, tmp_path):
+    """The table knows the group's last batch id (its txn, kept by a log
+    checkpoint) but no longer its offsets (the JSON commits expired) and the
+    checkpoint location is gone: starting over would skip every batch id the
+    table has as landed. The pipeline must refuse, saying what to do."""
+    import shutil
+
+    schema_id = produce_ids(dev_stack, "eo", 0, 3000)
+    spec = spec_for(dev_stack, tmp_path, max_offsets=1000)
+    done = run_spec(binary, spec)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = tmp_path / "lake" / "eo"
+    delta = DeltaTable(str(table))
+    delta.create_checkpoint()
+    checkpointed = delta.version()
+    for f in (table / "_delta_log").glob("*.json"):
+        if int(f.stem) <= checkpointed:
+            f.unlink()  # what log retention does once a checkpoint covers them
+    shutil.rmtree(tmp_path / "ckpt")
+    produce_ids(dev_stack, "eo", 3000, 1000, schema_id)
+
+    refused = run_spec(binary, spec)
+    assert refused.returncode != 0
+    assert "neither the checkpoint location" in refused.stderr, refused.stderr[-3000:]
+    assert "Restore the checkpoint location (offsets/topic/)" in refused.stderr
+    assert DeltaTable(str(table)).version() == checkpointed, "the refused start committed something"
+
+
 def lines(path):
     return path.read_text().splitlines() if path.exists() else []
 

@@ -165,6 +165,32 @@ pub fn reader_config(spec: &TableSpec) -> ReaderConfig {
     }
 }
 
+/// With no plan in the checkpoint, the table's log must still say where
+/// the group stands: a txn version without the commit record of that batch
+/// (its JSON expired while the checkpoint location was lost) would make the
+/// group start over at `starting_offsets` and skip every batch id the table
+/// has as "already landed", losing those records silently.
+async fn refuse_unknown_position(spec: &TableSpec, group: &Group, name: &str) -> Result<()> {
+    let Some(batch) = group.data.committed_batch(&group.app_id).await? else {
+        return Ok(());
+    };
+    if group.data.marker_of(&group.app_id, batch).await?.is_some() {
+        return Ok(());
+    }
+    Err(EngineError::Spec(format!(
+        "group {group} of pipeline {pipeline} committed batch {batch} to {table} (its txn \
+         version), but neither the checkpoint location {checkpoint} nor the table's log (its \
+         JSON commits expired) still records that batch's offsets: the pipeline cannot tell \
+         where to resume, and starting over would skip records. Restore the checkpoint \
+         location (offsets/{group}/); or, to start over on purpose, give the pipeline a new \
+         name and choose source.kafka.starting_offsets",
+        group = name,
+        pipeline = spec.pipeline,
+        table = spec.table.uri,
+        checkpoint = spec.checkpoint.location,
+    )))
+}
+
 /// Which records a group owns.
 pub(crate) struct GroupScope {
     /// `topic`, or `p<partition>`: part of the Delta app id and checkpoint paths.
@@ -321,6 +347,9 @@ impl Run<'_> {
             Some(plan) => Some(self.reconcile(&mut group, plan).await?),
             None => None,
         };
+        if last_plan.is_none() {
+            refuse_unknown_position(spec, &group, &self.scope.name).await?;
+        }
         // A stateful group's state may lag the table (a crash between the
         // commit and the state) or be gone: the batches it lacks are re-run
         // through the operators, their table commits skipped as landed.
