@@ -23,6 +23,15 @@ pub enum DeltaSinkError {
     },
     #[error("table {uri}: {message}")]
     Corrupt { uri: String, message: String },
+    #[error(
+        "table {uri}: log file {file} is unreadable ({message}); restore it from the \
+         bucket's versioning or a backup: a Delta log commit cannot be rebuilt from data files"
+    )]
+    CorruptLogFile {
+        uri: String,
+        file: String,
+        message: String,
+    },
     #[error("Arrow error: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
 }
@@ -42,6 +51,7 @@ impl Classify for DeltaSinkError {
                 _ => ErrorKind::External,
             },
             DeltaSinkError::ConcurrentWriter { .. } => ErrorKind::External,
+            DeltaSinkError::CorruptLogFile { .. } => ErrorKind::Corrupt,
             DeltaSinkError::Corrupt { .. } | DeltaSinkError::Arrow(_) => ErrorKind::Internal,
         }
     }

@@ -7,6 +7,7 @@ use deltalake::kernel::{Action, MetadataExt, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError, Path};
+use futures::TryStreamExt as _;
 use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,6 +29,18 @@ pub struct TableOptions {
     /// Partition column names (present in every batch written).
     pub partition_columns: Vec<String>,
     pub target_file_size: u64,
+}
+
+/// Errors deltalake gives for a log file it cannot parse.
+fn may_be_unreadable_log(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::KernelError(_)
+            | DeltaTableError::Kernel { .. }
+            | DeltaTableError::InvalidJsonLog { .. }
+            | DeltaTableError::SerializeLogJson { .. }
+            | DeltaTableError::Generic(_)
+    )
 }
 
 /// One micro-batch for one table.
@@ -130,6 +143,60 @@ impl DeltaTableSink {
 
     /// Reloads the table state from the log.
     pub async fn refresh(&mut self) -> Result<()> {
+        match self.load_or_update().await {
+            Err(DeltaSinkError::Delta { uri, source }) if may_be_unreadable_log(&source) => {
+                Err(self
+                    .unreadable_log_file()
+                    .await
+                    .unwrap_or(DeltaSinkError::Delta { uri, source }))
+            }
+            other => other,
+        }
+    }
+
+    /// The newest log commit that does not parse as JSON actions, if any:
+    /// deltalake's error names no file.
+    async fn unreadable_log_file(&self) -> Option<DeltaSinkError> {
+        // Enough to reach back past the last checkpoint of any table.
+        const NEWEST: usize = 1000;
+        let store =
+            crate::store::object_store_for(&self.options.uri, &self.options.storage_options)
+                .ok()?;
+        let log = Path::from("_delta_log");
+        let mut commits: Vec<Path> = store
+            .list(Some(&log))
+            .try_filter_map(|meta| async move {
+                let name = meta.location.filename().unwrap_or_default();
+                let is_commit = name.len() == 25
+                    && name.ends_with(".json")
+                    && name[..20].bytes().all(|b| b.is_ascii_digit());
+                Ok(is_commit.then_some(meta.location))
+            })
+            .try_collect()
+            .await
+            .ok()?;
+        commits.sort();
+        for path in commits.iter().rev().take(NEWEST) {
+            let bytes = store.get(path).await.ok()?.bytes().await.ok()?;
+            let unreadable = bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .find_map(|line| serde_json::from_slice::<Value>(line).err());
+            if let Some(e) = unreadable
+                .map(|e| e.to_string())
+                .or_else(|| bytes.is_empty().then(|| "the file is empty".to_string()))
+            {
+                return Some(DeltaSinkError::CorruptLogFile {
+                    uri: self.options.uri.clone(),
+                    file: path.to_string(),
+                    message: e,
+                });
+            }
+        }
+        None
+    }
+
+    async fn load_or_update(&mut self) -> Result<()> {
         if let Some(table) = &mut self.table {
             return table
                 .update_incremental(None)

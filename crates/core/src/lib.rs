@@ -29,6 +29,10 @@ pub enum ErrorKind {
     External,
     /// A bug or broken invariant in Tributary itself.
     Internal,
+    /// A stored file (an offsets-log plan, a Delta log commit) cannot be
+    /// read: retried a few times in case a writer is mid-way, then the
+    /// pipeline stops naming the file; retrying forever would hide it.
+    Corrupt,
 }
 
 impl ErrorKind {

@@ -14,6 +14,11 @@ pub enum EngineError {
     Stream(#[from] tributary_stream::StreamError),
     #[error("offsets log at {path}: {message}")]
     OffsetLog { path: String, message: String },
+    #[error(
+        "offsets log file {path} is unreadable ({message}); move it aside and start again: \
+         its batch is then adopted from the table if it landed there, or planned anew"
+    )]
+    CorruptPlan { path: String, message: String },
     #[error("spec problem: {0}")]
     Spec(String),
     #[error("records do not fit the table: {0}")]
@@ -36,6 +41,7 @@ impl Classify for EngineError {
                 ErrorKind::External
             }
             EngineError::Spec(_) | EngineError::Schema(_) => ErrorKind::User,
+            EngineError::CorruptPlan { .. } => ErrorKind::Corrupt,
             EngineError::Internal(_) => ErrorKind::Internal,
         }
     }

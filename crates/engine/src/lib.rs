@@ -15,8 +15,8 @@ mod verify;
 pub use error::{EngineError, Result};
 pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
 pub use pipeline::{
-    PipelineOptions, ProgressCallback, RunSummary, reader_config, registry_client, registry_config,
-    run_pipeline,
+    FailureCallback, GroupFailure, PipelineOptions, ProgressCallback, RunSummary, reader_config,
+    registry_client, registry_config, run_pipeline,
 };
 pub use progress::{BatchProgress, EventTimeProgress, progress_schema};
 pub use verify::{Finding, GroupReport, VerifyReport, verify};

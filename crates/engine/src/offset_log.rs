@@ -211,9 +211,9 @@ impl OffsetLog {
                 )
             }
         };
-        serde_json::from_slice(&body).map_err(|e| EngineError::OffsetLog {
+        serde_json::from_slice(&body).map_err(|e| EngineError::CorruptPlan {
             path: name,
-            message: format!("unreadable plan: {e}"),
+            message: e.to_string(),
         })
     }
 

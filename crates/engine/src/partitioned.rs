@@ -133,6 +133,7 @@ fn start(
         stop: stop.clone(),
         progress_json: options.progress_json.clone(),
         on_progress: options.on_progress.clone(),
+        on_failure: options.on_failure.clone(),
     };
     let (spec, registry, member) = (spec.clone(), registry.clone(), member.clone());
     let task = tokio::spawn(async move {

@@ -11,7 +11,7 @@ use tributary_avro::{
     KeyFormat, RecordColumns, RecordDecoder, RegistryAuth, RegistryClient, RegistryConfig,
     SchemaGate, SecretSource,
 };
-use tributary_core::{Classify, CrashPoint, TOPIC_GROUP, app_id, crash_point};
+use tributary_core::{Classify, CrashPoint, ErrorKind, TOPIC_GROUP, app_id, crash_point};
 use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, TableOptions, dead_letter_batch};
 use tributary_kafka::{GroupMember, KafkaReader, ReaderConfig, StartAt};
 use tributary_spec::{OnIncompatible, StartingOffsets, StateScope, TableSpec};
@@ -35,7 +35,29 @@ pub struct PipelineOptions {
     /// Appends each progress event as a JSON line.
     pub progress_json: Option<PathBuf>,
     pub on_progress: Option<ProgressCallback>,
+    /// Told of every failed attempt of a group: (pipeline, group, error,
+    /// attempts in a row, whether the pipeline stops on it).
+    pub on_failure: Option<FailureCallback>,
 }
+
+/// See `PipelineOptions::on_failure`.
+pub type FailureCallback = Arc<dyn Fn(&GroupFailure) + Send + Sync>;
+
+/// A failed attempt of a group's batch.
+#[derive(Debug, Clone)]
+pub struct GroupFailure {
+    pub pipeline: String,
+    pub group: String,
+    pub error: String,
+    pub kind: ErrorKind,
+    pub attempt: u32,
+    /// The pipeline stops: the error is not one a retry can cure.
+    pub fatal: bool,
+}
+
+/// Attempts at reading a stored file that does not parse before the
+/// pipeline stops: a writer that is mid-way finishes within them.
+const CORRUPT_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -232,25 +254,47 @@ pub(crate) async fn run_group(
         summary: RunSummary::default(),
     };
     let mut failures = 0u32;
+    // Failures on a file that does not parse, of `failures`.
+    let mut unreadable = 0u32;
     let mut batches_at_failure = 0;
     loop {
-        match run.once().await {
+        let e = match run.once().await {
             Ok(()) => return Ok(run.summary),
-            Err(e) if e.kind().is_retryable() && !options.stop.load(Ordering::Relaxed) => {
-                // Backoff grows only while no batch gets through.
-                if run.summary.batches > batches_at_failure {
-                    failures = 0;
-                    batches_at_failure = run.summary.batches;
-                }
-                failures += 1;
-                let backoff =
-                    Duration::from_millis(500 << failures.min(6)).min(Duration::from_secs(30));
-                tracing::warn!(pipeline = %spec.pipeline, group = %run.scope.name, error = %e, attempt = failures,
-                    "batch failed; nothing of it is committed; retrying from the last commit in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-            }
-            Err(e) => return Err(e),
+            Err(e) => e,
+        };
+        // Backoff grows only while no batch gets through.
+        if run.summary.batches > batches_at_failure {
+            failures = 0;
+            unreadable = 0;
+            batches_at_failure = run.summary.batches;
         }
+        failures += 1;
+        if e.kind() == ErrorKind::Corrupt {
+            unreadable += 1;
+        }
+        let retry = !options.stop.load(Ordering::Relaxed)
+            && match e.kind() {
+                ErrorKind::External => true,
+                ErrorKind::Corrupt => unreadable < CORRUPT_ATTEMPTS,
+                ErrorKind::User | ErrorKind::Internal => false,
+            };
+        if let Some(on_failure) = &options.on_failure {
+            on_failure(&GroupFailure {
+                pipeline: spec.pipeline.clone(),
+                group: run.scope.name.clone(),
+                error: e.to_string(),
+                kind: e.kind(),
+                attempt: failures,
+                fatal: !retry,
+            });
+        }
+        if !retry {
+            return Err(e);
+        }
+        let backoff = Duration::from_millis(500 << failures.min(6)).min(Duration::from_secs(30));
+        tracing::warn!(pipeline = %spec.pipeline, group = %run.scope.name, error = %e, attempt = failures,
+            "batch failed; nothing of it is committed; retrying from the last commit in {backoff:?}");
+        tokio::time::sleep(backoff).await;
     }
 }
 

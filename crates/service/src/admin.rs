@@ -61,7 +61,14 @@ struct GroupStats {
     steps: BTreeMap<String, Histogram>,
     last_batch: Option<Instant>,
     last_batch_unix: f64,
+    /// The group's batches fail (cleared by the next batch): the error, and
+    /// whether readiness should report it yet.
+    failing: Option<(String, bool)>,
 }
+
+/// Failed attempts in a row after which a retried failure makes the
+/// instance unready: one or two are routine (a broker restart).
+const UNREADY_AFTER_ATTEMPTS: u32 = 3;
 
 /// Totals of a pipeline's compaction passes.
 #[derive(Default)]
@@ -177,8 +184,28 @@ impl AdminState {
                 }
             }
         }
+        g.failing = None;
         g.last_batch = Some(Instant::now());
         g.last_batch_unix = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    }
+
+    /// Takes in one failed attempt of a group.
+    pub fn record_failure(&self, f: &tributary_engine::GroupFailure) {
+        let mut inner = self.lock();
+        let g = inner
+            .groups
+            .entry((f.pipeline.clone(), f.group.clone()))
+            .or_default();
+        // An unreadable file is reported at once: it stops the pipeline
+        // after a few attempts unless someone repairs it.
+        let report = f.fatal
+            || f.kind == tributary_core::ErrorKind::Corrupt
+            || f.attempt >= UNREADY_AFTER_ATTEMPTS;
+        let state = if f.fatal { "stopped" } else { "failing" };
+        g.failing = Some((
+            format!("{state} after {} attempts: {}", f.attempt, f.error),
+            report,
+        ));
     }
 
     /// Takes in one compaction pass's report.
@@ -242,6 +269,9 @@ impl AdminState {
         }
         let inner = self.lock();
         for ((pipeline, group), g) in &inner.groups {
+            if let Some((error, true)) = &g.failing {
+                return Err(format!("{pipeline}/{group}: {error}"));
+            }
             let lagging = g.lag_by_partition.values().any(|l| *l > 0);
             if lagging && g.last_batch.is_some_and(|t| t.elapsed() > self.stuck_after) {
                 return Err(format!(

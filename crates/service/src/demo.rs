@@ -166,6 +166,7 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
                 p.processed_rows_per_second
             );
         })),
+        on_failure: None,
     };
     let pipeline = tokio::spawn(run_pipeline(spec, options));
 

@@ -429,10 +429,14 @@ async fn run(
                     due();
                 }
             }));
+        let to_admin = admin.clone();
         let options = PipelineOptions {
             stop: stop.clone(),
             progress_json: progress_json.clone(),
             on_progress,
+            on_failure: Some(Arc::new(move |f: &tributary_engine::GroupFailure| {
+                to_admin.record_failure(f)
+            })),
         };
         let name = spec.pipeline.clone();
         if spec.compaction.enabled && !spec.trigger.available_now {
