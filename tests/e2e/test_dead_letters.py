@@ -3,6 +3,7 @@ raw bytes, and every good record arrives exactly once."""
 
 import io
 import json
+import subprocess
 
 import fastavro
 import pytest
@@ -72,3 +73,45 @@ def test_bad_records_become_dead_letters_and_the_rest_arrives(binary, dev_stack,
         assert row[4] == value, label
         assert reason in row[5], f"{label}: {row[5]!r} lacks {reason!r}"
         assert row[6] >= 0
+    report = json.loads(subprocess.run([binary, "verify", "--spec", str(spec), "--json"],
+                                       capture_output=True, text=True, timeout=120).stdout)
+    assert report["findings"] == [], report["findings"]
+    assert sum(e - s for g in report["groups"] for rs in g["offsets"].values() for s, e in rs) == len(messages)
+
+
+@pytest.mark.parametrize("dev_stack", [["late:1"]], indirect=True)
+def test_a_replay_keeps_the_dead_letters_its_plan_recorded(binary, dev_stack, tmp_path):
+    """Records whose schema id the registry did not know when their batch was
+    planned went to the dead-letter table; the process dies before the data
+    commit; the schema is registered meanwhile. The re-run must send the same
+    records to the dead-letter table (where they already are), not decode
+    them into the data table too."""
+    schema_id = dev_stack.register("late-value", SCHEMA)
+    later_schema = dict(SCHEMA, name="RowLater")
+    unknown_id = schema_id + 1  # the id the registry gives the next schema
+    messages = [(b"k", confluent(schema_id, SCHEMA, {"id": n, "name": f"n{n}"}), None) for n in range(50)]
+    messages += [(b"u", b"\x00" + unknown_id.to_bytes(4, "big") + body({"id": 1000 + n, "name": "u"}), None)
+                 for n in range(5)]
+    messages += [(b"k", confluent(schema_id, SCHEMA, {"id": n, "name": f"n{n}"}), None) for n in range(50, 100)]
+    dev_stack.produce("late", messages)
+    table, dead_table = tmp_path / "lake" / "late", tmp_path / "lake" / "late_dead_letters"
+    spec = write_spec(
+        tmp_path / "late.yaml", pipeline="late", bootstrap=dev_stack.bootstrap, topic="late",
+        registry=dev_stack.registry, table=table, checkpoint=tmp_path / "ckpt",
+    )
+    crashed = run_spec(binary, spec, env={"TRIBUTARY_CRASH_AT": "after_dead_letters@0"})
+    assert crashed.returncode != 0 and "aborting at after_dead_letters of batch 0" in crashed.stderr, crashed.stderr[-2000:]
+    assert dev_stack.register("late-value-later", later_schema) == unknown_id
+
+    done = run_spec(binary, spec)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "re-running a planned batch with its recorded offsets" in done.stderr
+    con = duck()
+    ids = [r[0] for r in con.execute(f"select id from delta_scan('{table}') order by id").fetchall()]
+    assert ids == list(range(100)), f"the data table holds {len(ids)} rows: {ids[-8:]}"
+    dead = con.execute(f"select \"offset\", error from delta_scan('{dead_table}') order by 1").fetchall()
+    assert [d[0] for d in dead] == list(range(50, 55))
+    assert all(f"unknown schema id {unknown_id}" in d[1] for d in dead), dead
+    report = json.loads(subprocess.run([binary, "verify", "--spec", str(spec), "--json"],
+                                       capture_output=True, text=True, timeout=120).stdout)
+    assert report["findings"] == [], report["findings"]

@@ -427,7 +427,7 @@ pub struct RecordDecoder {
     batch_rows: usize,
     decoders: HashMap<u32, SchemaDecoder>,
     /// Schema ids that cannot be decoded, with the reason their records get.
-    unusable: HashMap<u32, String>,
+    unusable: Unusable,
     out: DecodedChunk,
     columns: Arc<RecordColumns>,
     gate: Option<SchemaGate>,
@@ -439,7 +439,29 @@ pub struct RecordDecoder {
 struct AvroKeys {
     decoders: HashMap<u32, KeyDecoder>,
     /// Key schema ids that cannot be decoded, with the reason.
-    unusable: HashMap<u32, String>,
+    unusable: Unusable,
+}
+
+/// How long a schema id found unusable (unknown to the registry, above all)
+/// stays so before the registry is asked again: a schema registered after
+/// its first records were produced is then picked up by a running pipeline.
+const UNUSABLE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Schema ids found unusable, each with its reason and when it was found.
+#[derive(Default)]
+struct Unusable(HashMap<u32, (String, std::time::Instant)>);
+
+impl Unusable {
+    fn get(&self, id: &u32) -> Option<&String> {
+        self.0
+            .get(id)
+            .filter(|(_, found)| found.elapsed() < UNUSABLE_FOR)
+            .map(|(reason, _)| reason)
+    }
+
+    fn insert(&mut self, id: u32, reason: String) {
+        self.0.insert(id, (reason, std::time::Instant::now()));
+    }
 }
 
 /// The decoder of one key schema. Arrow batches need a record at the top:
@@ -542,7 +564,7 @@ impl RecordDecoder {
             runtime,
             batch_rows: DEFAULT_BATCH_ROWS,
             decoders: HashMap::new(),
-            unusable: HashMap::new(),
+            unusable: Unusable::default(),
             out: DecodedChunk::default(),
             columns: Arc::new(RecordColumns::default()),
             gate: None,
@@ -803,4 +825,25 @@ pub fn arrow_schema_of(schema_json: &str) -> Result<SchemaRef> {
     build_decoder(0, schema_json, 1)
         .map(|d| d.schema())
         .map_err(|message| AvroError::UnsupportedSchema { id: 0, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_schema_id_is_asked_again_after_a_while() {
+        let mut unusable = Unusable::default();
+        unusable.insert(7, "unknown schema id 7".into());
+        assert_eq!(
+            unusable.get(&7).map(String::as_str),
+            Some("unknown schema id 7")
+        );
+        let long_ago = std::time::Instant::now() - UNUSABLE_FOR;
+        unusable
+            .0
+            .insert(7, ("unknown schema id 7".into(), long_ago));
+        assert_eq!(unusable.get(&7), None);
+        assert_eq!(unusable.get(&8), None);
+    }
 }

@@ -12,6 +12,9 @@ pub enum CrashPoint {
     AfterRead,
     /// The plan is in the offsets log; nothing is written.
     AfterPlan,
+    /// The batch's dead letters are committed to their table (only for a
+    /// batch that has any); the data commit is not.
+    AfterDeadLetters,
     /// The data files are written; the Delta commit is not.
     AfterFiles,
     /// The Delta commits landed; offsets are not committed to Kafka.
@@ -21,9 +24,10 @@ pub enum CrashPoint {
 }
 
 impl CrashPoint {
-    const ALL: [(CrashPoint, &'static str); 5] = [
+    const ALL: [(CrashPoint, &'static str); 6] = [
         (CrashPoint::AfterRead, "after_read"),
         (CrashPoint::AfterPlan, "after_plan"),
+        (CrashPoint::AfterDeadLetters, "after_dead_letters"),
         (CrashPoint::AfterFiles, "after_files"),
         (CrashPoint::AfterCommit, "after_commit"),
         (CrashPoint::AfterOffsets, "after_offsets"),

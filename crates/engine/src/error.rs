@@ -19,6 +19,8 @@ pub enum EngineError {
          its batch is then adopted from the table if it landed there, or planned anew"
     )]
     CorruptPlan { path: String, message: String },
+    #[error("a re-run batch differs from its plan: {0}; retrying")]
+    ReplayDiffers(String),
     #[error("spec problem: {0}")]
     Spec(String),
     #[error("records do not fit the table: {0}")]
@@ -37,9 +39,9 @@ impl Classify for EngineError {
             EngineError::Delta(e) => e.kind(),
             EngineError::State(e) => e.kind(),
             EngineError::Stream(e) => e.kind(),
-            EngineError::OffsetLog { .. } | EngineError::ConcurrentInstance(_) => {
-                ErrorKind::External
-            }
+            EngineError::OffsetLog { .. }
+            | EngineError::ConcurrentInstance(_)
+            | EngineError::ReplayDiffers(_) => ErrorKind::External,
             EngineError::Spec(_) | EngineError::Schema(_) => ErrorKind::User,
             EngineError::CorruptPlan { .. } => ErrorKind::Corrupt,
             EngineError::Internal(_) => ErrorKind::Internal,

@@ -13,7 +13,7 @@ mod stateful;
 mod verify;
 
 pub use error::{EngineError, Result};
-pub use offset_log::{BatchPlan, FileIntents, OffsetLog};
+pub use offset_log::{BatchPlan, FileIntents, OffsetLog, RecordedDeadLetter};
 pub use pipeline::{
     FailureCallback, GroupFailure, PipelineOptions, ProgressCallback, RunSummary, reader_config,
     registry_client, registry_config, run_pipeline,

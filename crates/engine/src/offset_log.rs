@@ -33,6 +33,20 @@ pub struct BatchPlan {
     /// Records of this batch that went to the dead-letter table.
     #[serde(default)]
     pub dead_letters: u64,
+    /// Which records went to the dead-letter table, and why: a replay sends
+    /// exactly these there, whatever the registry answers by then. `None`
+    /// in plans that do not record them (older ones, or rebuilt from a
+    /// table commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_records: Option<Vec<RecordedDeadLetter>>,
+}
+
+/// A record a batch sent to the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedDeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
 }
 
 pub struct OffsetLog {
@@ -400,6 +414,7 @@ mod tests {
             ranges,
             end_offsets: BTreeMap::from([(0, end)]),
             dead_letters: 0,
+            dead_letter_records: None,
         }
     }
 

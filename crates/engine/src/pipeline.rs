@@ -18,7 +18,7 @@ use tributary_spec::{OnIncompatible, StartingOffsets, StateScope, TableSpec};
 
 use crate::encode::{Chunk, Converter, Payload, ReadyBatch, run_encoder};
 use crate::error::{EngineError, Result};
-use crate::offset_log::{BatchPlan, OffsetLog};
+use crate::offset_log::{BatchPlan, OffsetLog, RecordedDeadLetter};
 use crate::progress::{BatchProgress, EventTimeProgress, SinkProgress, SourceProgress};
 use crate::read::{PlanLimits, read_new_batch, replay_batch};
 use crate::stateful::{GroupState, add_operator_columns, operator_config};
@@ -587,6 +587,18 @@ impl Run<'_> {
                 ranges: batch.read.ranges.clone(),
                 end_offsets: batch.read.end_offsets.clone(),
                 dead_letters: batch.read.dead_letters.len() as u64,
+                dead_letter_records: Some(
+                    batch
+                        .read
+                        .dead_letters
+                        .iter()
+                        .map(|d| RecordedDeadLetter {
+                            partition: d.partition,
+                            offset: d.offset,
+                            reason: d.reason.clone(),
+                        })
+                        .collect(),
+                ),
             };
             let t = Instant::now();
             match group.log.record(&plan).await {
@@ -658,7 +670,7 @@ impl Run<'_> {
             Ok(())
         };
         let replayed =
-            blocking(|| replay_batch(reader, &mut decoder, &plan.ranges, &stopped, &mut collect))?;
+            blocking(|| replay_batch(reader, &mut decoder, plan, &stopped, &mut collect))?;
         let Some(read) = replayed else {
             return Ok(false);
         };
@@ -800,7 +812,12 @@ impl Run<'_> {
         if dead_letters > 0 {
             let letters =
                 dead_letter_batch(&plan.ranges.topic, plan.batch_id, &batch.dead_letters)?;
-            dead_version = g.dead.commit(side_commit(letters), &intent).await?.version;
+            let outcome = g.dead.commit(side_commit(letters), &intent).await?;
+            if outcome.already_landed && !replayed {
+                verify_landed_plan(&g.dead, &g.app_id, plan).await?;
+            }
+            dead_version = outcome.version;
+            crash_point(CrashPoint::AfterDeadLetters, plan.batch_id);
             tracing::warn!(pipeline = %spec.pipeline, batch = plan.batch_id, dead_letters, table = %g.dead.uri(), "records could not be decoded; kept in the dead-letter table");
         }
         let mut late_version = None;
@@ -808,7 +825,11 @@ impl Run<'_> {
             g.late.as_mut(),
             operated.as_ref().and_then(|o| o.late.clone()),
         ) {
-            late_version = sink.commit(side_commit(late), &intent).await?.version;
+            let outcome = sink.commit(side_commit(late), &intent).await?;
+            if outcome.already_landed && !replayed {
+                verify_landed_plan(sink, &g.app_id, plan).await?;
+            }
+            late_version = outcome.version;
         }
         let commit = BatchCommit {
             app_id,
@@ -827,7 +848,7 @@ impl Run<'_> {
             None => g.data.commit(commit, &intent).await?,
         };
         if outcome.already_landed && !replayed {
-            verify_landed_plan(g, plan).await?;
+            verify_landed_plan(&g.data, &g.app_id, plan).await?;
             tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id,
                 "another instance committed this batch with the same offsets; skipped");
         }
@@ -976,8 +997,8 @@ impl Run<'_> {
 /// A fresh plan found its batch id already in the table: another instance
 /// committed it. Harmless if that instance committed the same offsets; else
 /// this instance must stop writing and re-sync from the table.
-async fn verify_landed_plan(g: &Group, plan: &BatchPlan) -> Result<()> {
-    let marker = g.data.marker_of(&g.app_id, plan.batch_id).await?;
+async fn verify_landed_plan(table: &DeltaTableSink, app_id: &str, plan: &BatchPlan) -> Result<()> {
+    let marker = table.marker_of(app_id, plan.batch_id).await?;
     let same = match &marker {
         Some(m) => {
             let table_plan = plan_of_marker(m)?;
@@ -989,8 +1010,9 @@ async fn verify_landed_plan(g: &Group, plan: &BatchPlan) -> Result<()> {
         return Ok(());
     }
     Err(EngineError::ConcurrentInstance(format!(
-        "batch {} of {} is already in the table with other offsets",
-        plan.batch_id, g.app_id
+        "batch {} of {app_id} is already in {} with other offsets",
+        plan.batch_id,
+        table.uri()
     )))
 }
 
@@ -1052,6 +1074,7 @@ fn plan_of_marker(marker: &tributary_delta::CommitMarker) -> Result<BatchPlan> {
         end_offsets: serde_json::from_value(info["endOffsets"].clone())
             .map_err(|_| bad("endOffsets"))?,
         dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
+        dead_letter_records: None,
     })
 }
 

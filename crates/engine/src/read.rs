@@ -1,7 +1,7 @@
 //! Reading one batch from Kafka and decoding it on the reader thread: either a
 //! new batch within the trigger's limits, or the exact replay of a recorded plan.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
@@ -9,7 +9,8 @@ use tributary_avro::RecordDecoder;
 use tributary_core::{DeadLetter, OffsetRanges, RawRecord, RecordHeaders};
 use tributary_kafka::{KafkaHeaders, KafkaReader, Polled, headers_of, raw_record};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+use crate::offset_log::BatchPlan;
 
 /// When a new batch ends.
 pub(crate) struct PlanLimits {
@@ -179,14 +180,26 @@ pub(crate) fn read_new_batch(
 }
 
 /// Re-reads exactly the records of a recorded plan: `[start, end)` of each
-/// partition, nothing more, however the topic has grown since.
+/// partition, nothing more, however the topic has grown since. The records
+/// the plan sent to the dead-letter table go there again without decoding;
+/// any other record must decode as it did, or the replay fails (a registry
+/// answering differently now must not move a record between the tables).
 pub(crate) fn replay_batch(
     reader: &KafkaReader,
     decoder: &mut RecordDecoder,
-    ranges: &OffsetRanges,
+    plan: &BatchPlan,
     stop: &dyn Fn() -> bool,
     rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<Option<ReadBatch>> {
+    let ranges = &plan.ranges;
+    let recorded: Option<HashMap<(i32, i64), &str>> =
+        plan.dead_letter_records.as_ref().map(|records| {
+            records
+                .iter()
+                .map(|d| ((d.partition, d.offset), d.reason.as_str()))
+                .collect()
+        });
+    let mut kept_dead_letters = Vec::new();
     let started = Instant::now();
     let mut pending: BTreeMap<i32, (i64, i64)> = ranges
         .ranges
@@ -212,7 +225,17 @@ pub(crate) fn replay_batch(
                     continue;
                 }
                 replayed.record(raw.partition, raw.offset);
-                decode(decoder, &raw, rows, &mut counts)?;
+                match recorded
+                    .as_ref()
+                    .and_then(|r| r.get(&(raw.partition, raw.offset)))
+                {
+                    Some(reason) => {
+                        counts.records += 1;
+                        counts.bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+                        kept_dead_letters.push(DeadLetter::new(&raw, *reason));
+                    }
+                    None => decode(decoder, &raw, rows, &mut counts)?,
+                }
                 if raw.offset + 1 >= end {
                     pending.remove(&raw.partition);
                 }
@@ -228,11 +251,22 @@ pub(crate) fn replay_batch(
         }
     }
     let decoded = decoder.finish()?;
+    if recorded.is_some()
+        && let Some(d) = decoded.dead_letters.first()
+    {
+        return Err(EngineError::ReplayDiffers(format!(
+            "record {}/{} of batch {} was decoded when the batch was planned but is a dead \
+             letter now ({}); the schema registry may be answering differently",
+            d.partition, d.offset, plan.batch_id, d.reason
+        )));
+    }
     decoded.batches.into_iter().try_for_each(&mut *rows)?;
+    let mut dead_letters = decoded.dead_letters;
+    dead_letters.extend(kept_dead_letters);
     Ok(Some(ReadBatch {
         ranges: ranges.clone(),
         end_offsets: BTreeMap::new(),
-        dead_letters: decoded.dead_letters,
+        dead_letters,
         records: counts.records,
         bytes: counts.bytes,
         decode_time: counts.decode_time,

@@ -85,6 +85,15 @@ pub enum Finding {
         rows: u64,
         records: u64,
     },
+    /// A batch that sent records to the dead-letter table, which holds no
+    /// commit of it or another number of rows.
+    #[serde(rename_all = "camelCase")]
+    DeadLettersMissing {
+        group: String,
+        batch: u64,
+        expected: u64,
+        found: Option<u64>,
+    },
     /// A live file of the table that storage does not hold.
     #[serde(rename_all = "camelCase")]
     FileMissing { table: String, path: String },
@@ -340,6 +349,36 @@ pub fn check_group(
     (report, findings, holes)
 }
 
+/// Every batch with dead letters must have them in the dead-letter table,
+/// committed under the same batch id, as many as the data commit says.
+/// `whole_log`: the dead-letter table's log still starts at version 0, so a
+/// batch missing from it is missing, not expired.
+pub fn check_dead_letters(
+    group: &str,
+    data: &[GroupCommit],
+    dead: &[GroupCommit],
+    whole_log: bool,
+) -> Vec<Finding> {
+    let oldest_kept = dead.iter().map(|c| c.batch).min();
+    data.iter()
+        .filter(|c| c.dead_letters > 0)
+        .filter_map(|c| {
+            let found = dead.iter().find(|d| d.batch == c.batch).map(|d| d.rows);
+            let checkable = whole_log || oldest_kept.is_some_and(|o| o <= c.batch);
+            let wrong = match found {
+                Some(rows) => rows.is_some_and(|r| r != c.dead_letters),
+                None => checkable,
+            };
+            wrong.then(|| Finding::DeadLettersMissing {
+                group: group.to_string(),
+                batch: c.batch,
+                expected: c.dead_letters,
+                found: found.flatten(),
+            })
+        })
+        .collect()
+}
+
 /// Verifies the table of `spec`. `ask_broker`: offsets between batches that
 /// no batch read are looked up at the broker; without it they are findings.
 pub async fn verify(spec: &TableSpec, ask_broker: bool) -> Result<VerifyReport> {
@@ -367,6 +406,10 @@ pub async fn verify(spec: &TableSpec, ask_broker: bool) -> Result<VerifyReport> 
             path,
         })
         .collect();
+    let dead_commits = open(spec.dead_letter_uri(), Vec::new())
+        .await?
+        .logged_commits()
+        .await?;
     for uri in [
         Some(spec.dead_letter_uri()),
         spec.late_rows_uri().map(str::to_string),
@@ -405,14 +448,16 @@ pub async fn verify(spec: &TableSpec, ask_broker: bool) -> Result<VerifyReport> 
     for group in groups {
         let app = app_id(&spec.pipeline, &group);
         let plans = recorded_plans(spec, &group).await?;
-        let (report, found, group_holes) = check_group(
-            &group,
-            &app,
-            &group_commits(&commits, &app),
-            &plans,
-            per_record,
-        );
+        let data_commits = group_commits(&commits, &app);
+        let (report, found, group_holes) =
+            check_group(&group, &app, &data_commits, &plans, per_record);
         findings.extend(found);
+        findings.extend(check_dead_letters(
+            &group,
+            &data_commits,
+            &group_commits(&dead_commits, &app),
+            dead_commits.first().is_some_and(|c| c.version == 0),
+        ));
         holes.extend(group_holes.into_iter().map(|h| (reports.len(), h)));
         reports.push(report);
     }
@@ -575,6 +620,7 @@ mod tests {
             },
             end_offsets: c.end_offsets.clone(),
             dead_letters: 0,
+            dead_letter_records: None,
         }
     }
 
@@ -678,6 +724,38 @@ mod tests {
                 end: 17,
                 after_batch: 1
             }]
+        );
+    }
+
+    #[test]
+    fn dead_letters_must_be_in_their_table_under_the_batch_id() {
+        let mut with_dead = commit(1, 0, &[(0, 0, 10)], &[(0, 10)]);
+        with_dead.dead_letters = 2;
+        with_dead.rows = Some(8);
+        let mut dead = commit(1, 0, &[(0, 0, 10)], &[(0, 10)]);
+        dead.rows = Some(2);
+        assert_eq!(
+            check_dead_letters("topic", &[with_dead.clone()], &[dead.clone()], true),
+            vec![]
+        );
+        dead.rows = Some(3);
+        assert_eq!(
+            check_dead_letters("topic", &[with_dead.clone()], &[dead], true),
+            vec![Finding::DeadLettersMissing {
+                group: "topic".into(),
+                batch: 0,
+                expected: 2,
+                found: Some(3)
+            }]
+        );
+        assert_eq!(
+            check_dead_letters("topic", &[with_dead.clone()], &[], true).len(),
+            1
+        );
+        // An expired dead-letter log proves nothing missing.
+        assert_eq!(
+            check_dead_letters("topic", &[with_dead], &[], false),
+            vec![]
         );
     }
 

@@ -131,6 +131,19 @@ fn describe(f: &Finding) -> String {
             rows,
             records,
         } => format!("{group}: batch {batch} holds {rows} rows from {records} records"),
+        Finding::DeadLettersMissing {
+            group,
+            batch,
+            expected,
+            found,
+        } => match found {
+            Some(found) => format!(
+                "{group}: batch {batch} sent {expected} records to the dead-letter table, which holds {found} of it"
+            ),
+            None => format!(
+                "{group}: batch {batch} sent {expected} records to the dead-letter table, which has no commit of it"
+            ),
+        },
         Finding::FileMissing { table, path } => {
             format!("{table}: live file {path} is missing from storage")
         }
