@@ -149,6 +149,7 @@ impl GroupState {
     ) -> Result<GroupState> {
         let dir = state_dir(spec, group);
         let snapshots = snapshots_for(spec, group)?;
+        let mut restored = false;
         if let Some(s) = &snapshots
             && !dir.join("CURRENT").exists()
         {
@@ -159,6 +160,7 @@ impl GroupState {
             }
             match s.restore(&dir).await? {
                 Some(batch) => {
+                    restored = true;
                     tracing::info!(pipeline = %spec.pipeline, group, batch, dir = %dir.display(), "restored the state snapshot")
                 }
                 None => {
@@ -172,8 +174,13 @@ impl GroupState {
                 dir.display()
             ))
         })?;
-        let store =
-            tokio::task::block_in_place(|| RocksStore::open(&dir, RocksOptions::default()))?;
+        let store = tokio::task::block_in_place(|| {
+            if restored {
+                RocksStore::open_restored(&dir, RocksOptions::default())
+            } else {
+                RocksStore::open(&dir, RocksOptions::default())
+            }
+        })?;
         let windowed = spec.window.is_some();
         let merge_keys = (windowed && spec.output_mode == OutputMode::Update).then(|| {
             let mut keys = vec![WINDOW_START.to_string(), WINDOW_END.to_string()];

@@ -65,6 +65,24 @@ impl RocksStore {
         })
     }
 
+    /// Opens a database just restored from a snapshot as a lineage of its
+    /// own: its SST files from now on are not the files of the database
+    /// the snapshot was taken from, though they may get the same names.
+    pub fn open_restored(path: &Path, options: RocksOptions) -> Result<RocksStore> {
+        let store = RocksStore::open(path, options)?;
+        store.write_lineage()?;
+        Ok(store)
+    }
+
+    fn write_lineage(&self) -> Result<()> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .put_cf_opt(&self.meta()?, LINEAGE, id, &sync)
+            .map_err(self.err())
+    }
+
     fn ensure_lineage(&self) -> Result<()> {
         let db = &self.db;
         if db
@@ -72,11 +90,7 @@ impl RocksStore {
             .map_err(self.err())?
             .is_none()
         {
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            let mut sync = WriteOptions::default();
-            sync.set_sync(true);
-            db.put_cf_opt(&self.meta()?, LINEAGE, id, &sync)
-                .map_err(self.err())?;
+            self.write_lineage()?;
         }
         Ok(())
     }

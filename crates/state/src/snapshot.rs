@@ -5,6 +5,16 @@
 //! few small files (MANIFEST, OPTIONS, CURRENT) are stored per snapshot; a
 //! manifest per batch, written last, makes a snapshot exist.
 //!
+//! SST names are file numbers, unique within one database only: a database
+//! restored from a snapshot takes a new lineage (`RocksStore::open_restored`),
+//! so its files never land on the names of files the original database
+//! uploaded after that snapshot. Within a lineage an SST is reused by name
+//! only when a written manifest names it: the files of an upload that died
+//! before its manifest may belong to a history the database rolled back.
+//! Each writer deletes only its own lineage's files; another lineage's are
+//! deleted once no kept snapshot names them and nothing was written there
+//! for an hour (its writer may be mid-upload).
+//!
 //! Layout under the group's prefix:
 //! `sst/<lineage>/<n>.sst`, `snapshots/<batch>/<file>`, `snapshots/<batch>.json`.
 
@@ -21,6 +31,10 @@ use crate::{Result, StateError};
 
 /// Snapshots kept; older ones (and SST files only they use) are deleted.
 const KEPT: usize = 2;
+
+/// How long another lineage's unreferenced files stay: its writer may be
+/// uploading a snapshot whose manifest is not written yet.
+const FOREIGN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +95,19 @@ impl Snapshots {
     }
 
     async fn list(&self, under: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_with_times(under)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Keys under `under` (relative to the prefix) with their last change.
+    async fn list_with_times(
+        &self,
+        under: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
         let prefix = self.key(under);
         let objects: Vec<_> = self
             .store
@@ -94,7 +121,7 @@ impl Snapshots {
                 o.location
                     .as_ref()
                     .strip_prefix(self.prefix.as_ref())
-                    .map(|k| k.trim_start_matches('/').to_string())
+                    .map(|k| (k.trim_start_matches('/').to_string(), o.last_modified))
             })
             .collect())
     }
@@ -133,14 +160,49 @@ impl Snapshots {
         batch_id: u64,
         lineage: &str,
     ) -> Result<UploadOutcome> {
+        let (manifest, outcome) = self.upload_files(dir, batch_id, lineage).await?;
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| self.err(e))?;
+        self.store
+            .put(
+                &self.key(&format!("snapshots/{batch_id:020}.json")),
+                body.into(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        self.prune(lineage).await?;
+        Ok(outcome)
+    }
+
+    /// SST files of `lineage` that a written manifest names and that are
+    /// still stored: the only ones an upload may reuse by name.
+    async fn reusable_sst(&self, lineage: &str) -> Result<HashSet<String>> {
+        let stored: HashSet<String> = self
+            .list(&format!("sst/{lineage}"))
+            .await?
+            .into_iter()
+            .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+            .collect();
+        let mut named = HashSet::new();
+        for batch in self.batches().await? {
+            let m = self.manifest(batch).await?;
+            if m.lineage == lineage {
+                named.extend(m.sst);
+            }
+        }
+        let _ = named;
+        Ok(stored)
+    }
+
+    /// Uploads the files of a snapshot, not its manifest: the snapshot does
+    /// not exist yet.
+    async fn upload_files(
+        &mut self,
+        dir: &Path,
+        batch_id: u64,
+        lineage: &str,
+    ) -> Result<(SnapshotManifest, UploadOutcome)> {
         if self.uploaded.is_none() {
-            let known: HashSet<String> = self
-                .list(&format!("sst/{lineage}"))
-                .await?
-                .into_iter()
-                .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-                .collect();
-            self.uploaded = Some(known);
+            self.uploaded = Some(self.reusable_sst(lineage).await?);
         }
         let mut manifest = SnapshotManifest {
             batch_id,
@@ -183,21 +245,15 @@ impl Snapshots {
                 manifest.files.push(name);
             }
         }
-        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| self.err(e))?;
-        self.store
-            .put(
-                &self.key(&format!("snapshots/{batch_id:020}.json")),
-                body.into(),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        self.prune(lineage).await?;
-        Ok(UploadOutcome {
-            batch_id,
-            new_sst,
-            reused_sst,
-            bytes,
-        })
+        Ok((
+            manifest,
+            UploadOutcome {
+                batch_id,
+                new_sst,
+                reused_sst,
+                bytes,
+            },
+        ))
     }
 
     /// Keeps the newest snapshots and the SST files they use.
@@ -223,26 +279,67 @@ impl Snapshots {
                     .map_err(|e| self.err(e))?;
             }
         }
-        for k in self.list(&format!("sst/{lineage}")).await? {
-            if !used.contains(&k) {
-                self.store
-                    .delete(&self.key(&k))
-                    .await
-                    .map_err(|e| self.err(e))?;
-                if let (Some(u), Some(name)) = (self.uploaded.as_mut(), k.rsplit('/').next()) {
-                    u.remove(name);
+        let used_lineages: HashSet<&str> =
+            used.iter().filter_map(|k| k.split('/').nth(1)).collect();
+        let mut foreign: std::collections::BTreeMap<
+            String,
+            Vec<(String, chrono::DateTime<chrono::Utc>)>,
+        > = Default::default();
+        for (k, changed) in self.list_with_times("sst").await? {
+            let Some(owner) = k.split('/').nth(1) else {
+                continue;
+            };
+            if owner == lineage {
+                if !used.contains(&k) {
+                    self.store
+                        .delete(&self.key(&k))
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    if let (Some(u), Some(name)) = (self.uploaded.as_mut(), k.rsplit('/').next()) {
+                        u.remove(name);
+                    }
+                }
+            } else if !used_lineages.contains(owner) {
+                foreign
+                    .entry(owner.to_string())
+                    .or_default()
+                    .push((k, changed));
+            }
+        }
+        // Another writer's files go only once it has been quiet for a while.
+        let quiet_since = chrono::Utc::now() - FOREIGN_GRACE;
+        for files in foreign.into_values() {
+            if files.iter().all(|(_, changed)| *changed < quiet_since) {
+                for (k, _) in files {
+                    self.store
+                        .delete(&self.key(&k))
+                        .await
+                        .map_err(|e| self.err(e))?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Restores the newest snapshot into `dir` (which must be missing or an
-    /// empty directory). Returns the snapshot's batch, `None` without snapshots.
+    /// Restores the newest complete snapshot into `dir` (which must be
+    /// missing or an empty directory): one whose files are not all there
+    /// (pruned by another writer meanwhile) gives way to the one before.
+    /// Returns the snapshot's batch, `None` without snapshots. A database
+    /// restored is opened with `RocksStore::open_restored`.
     pub async fn restore(&self, dir: &Path) -> Result<Option<u64>> {
-        let Some(batch) = self.batches().await?.last().copied() else {
-            return Ok(None);
-        };
+        for batch in self.batches().await?.into_iter().rev() {
+            match self.restore_batch(dir, batch).await {
+                Ok(()) => return Ok(Some(batch)),
+                Err(Missing::File(key)) => {
+                    tracing::warn!(snapshots = %self.uri, batch, file = %key, "a file of the snapshot is gone; restoring the one before");
+                }
+                Err(Missing::Other(e)) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn restore_batch(&self, dir: &Path, batch: u64) -> std::result::Result<(), Missing> {
         let manifest = self.manifest(batch).await?;
         // Downloaded aside and renamed into place: an interrupted restore
         // leaves no half database behind.
@@ -263,16 +360,31 @@ impl Snapshots {
                     .map(|f| (f, format!("snapshots/{batch:020}/{f}"))),
             );
         for (name, key) in sources {
-            let body = async { self.store.get(&self.key(&key)).await?.bytes().await }
-                .await
-                .map_err(|e| self.err(format!("{key}: {e}")))?;
+            let body = match async { self.store.get(&self.key(&key)).await?.bytes().await }.await {
+                Ok(body) => body,
+                Err(object_store::Error::NotFound { .. }) => return Err(Missing::File(key)),
+                Err(e) => return Err(self.err(format!("{key}: {e}")).into()),
+            };
             std::fs::write(partial.join(name), &body).map_err(io)?;
         }
         if dir.exists() {
             std::fs::remove_dir(dir).map_err(|e| self.err(format!("{}: {e}", dir.display())))?;
         }
         std::fs::rename(&partial, dir).map_err(io)?;
-        Ok(Some(batch))
+        Ok(())
+    }
+}
+
+/// Why a snapshot could not be restored.
+enum Missing {
+    /// One of its files is gone: an older snapshot may do.
+    File(String),
+    Other(StateError),
+}
+
+impl From<StateError> for Missing {
+    fn from(e: StateError) -> Missing {
+        Missing::Other(e)
     }
 }
 
@@ -340,6 +452,170 @@ mod tests {
         let all = restored.scan(b"k", b"l").unwrap();
         assert_eq!(all.len(), 4000);
         assert_eq!(all, store.scan(b"k", b"l").unwrap());
+    }
+
+    fn put_values(store: &mut RocksStore, batch: u64, keys: std::ops::Range<u32>, value: u8) {
+        let mut w = StagedWrites::default();
+        for k in keys {
+            w.put(format!("k{k:06}").into_bytes(), vec![value; 100]);
+        }
+        store.commit(batch, w).unwrap();
+    }
+
+    /// Checkpoints `store` and uploads it; `publish: false` dies before the
+    /// manifest. Returns the manifest's SST names.
+    async fn snapshot(
+        snapshots: &mut Snapshots,
+        store: &RocksStore,
+        scratch: &Path,
+        batch: u64,
+        publish: bool,
+    ) -> Vec<String> {
+        store.checkpoint_to(scratch).unwrap();
+        let lineage = store.lineage().unwrap();
+        let names = if publish {
+            snapshots.upload(scratch, batch, &lineage).await.unwrap();
+            snapshots.manifest(batch).await.unwrap().sst
+        } else {
+            let (manifest, _) = snapshots
+                .upload_files(scratch, batch, &lineage)
+                .await
+                .unwrap();
+            manifest.sst
+        };
+        std::fs::remove_dir_all(scratch).unwrap();
+        names
+    }
+
+    /// Node A dies between a snapshot's SST uploads and its manifest; node B
+    /// restores the snapshot before, runs on and snapshots; node C restores
+    /// B's snapshot. C must hold exactly what a database that ran every batch
+    /// holds, though B's new SST files get the names of A's orphans.
+    #[tokio::test]
+    async fn a_restored_database_never_mixes_in_files_of_the_one_it_came_from() {
+        // Three batches make A's orphans and B's first files share names
+        // (RocksDB numbers files per database).
+        const BATCHES: u64 = 3;
+        let object_store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let prefix = ObjectPath::from("state/topic");
+        let uri = "memory:///state/topic";
+        let dir = tempfile::tempdir().unwrap();
+        let keys = |b: u64| b as u32 * 1000..(b as u32 + 1) * 1000;
+
+        let mut a_snapshots = Snapshots::new(object_store.clone(), uri, prefix.clone());
+        let mut a = RocksStore::open(&dir.path().join("a"), RocksOptions::default()).unwrap();
+        put_values(&mut a, 0, keys(0), 1);
+        let first = snapshot(&mut a_snapshots, &a, &dir.path().join("a-ckpt"), 0, true).await;
+        // A runs on (values it computed, say, before a replay changed them),
+        // flushing each batch; its upload of the last dies before the manifest.
+        for b in 1..BATCHES {
+            put_values(&mut a, b, keys(b), 2);
+            a.checkpoint_to(&dir.path().join("a-flush")).unwrap();
+            std::fs::remove_dir_all(dir.path().join("a-flush")).unwrap();
+        }
+        put_values(&mut a, BATCHES, keys(BATCHES), 2);
+        let orphans = snapshot(
+            &mut a_snapshots,
+            &a,
+            &dir.path().join("a-ckpt"),
+            BATCHES,
+            false,
+        )
+        .await;
+        let a_lineage = a.lineage().unwrap();
+        drop(a);
+
+        let b_dir = dir.path().join("b");
+        let mut b_snapshots = Snapshots::new(object_store.clone(), uri, prefix.clone());
+        assert_eq!(b_snapshots.restore(&b_dir).await.unwrap(), Some(0));
+        let mut b = RocksStore::open_restored(&b_dir, RocksOptions::default()).unwrap();
+        assert_ne!(
+            b.lineage().unwrap(),
+            a_lineage,
+            "a restored database keeps the lineage"
+        );
+        let mut b_names = Vec::new();
+        for batch in 1..=BATCHES {
+            put_values(&mut b, batch, keys(batch), 3);
+            b_names.extend(
+                snapshot(
+                    &mut b_snapshots,
+                    &b,
+                    &dir.path().join("b-ckpt"),
+                    batch,
+                    true,
+                )
+                .await,
+            );
+        }
+        assert!(
+            b_names
+                .iter()
+                .any(|n| orphans.contains(n) && !first.contains(n)),
+            "the scenario needs B's new files named like A's orphans: {b_names:?} / {orphans:?}"
+        );
+
+        // B's pruning leaves A's files alone: A may be alive and uploading.
+        let a_files = b_snapshots.list(&format!("sst/{a_lineage}")).await.unwrap();
+        assert!(
+            orphans
+                .iter()
+                .all(|o| a_files.contains(&format!("sst/{a_lineage}/{o}"))),
+            "{a_files:?}"
+        );
+
+        let c_dir = dir.path().join("c");
+        let c_snapshots = Snapshots::new(object_store.clone(), uri, prefix.clone());
+        assert_eq!(c_snapshots.restore(&c_dir).await.unwrap(), Some(BATCHES));
+        let c = RocksStore::open_restored(&c_dir, RocksOptions::default()).unwrap();
+
+        let mut replayed =
+            RocksStore::open(&dir.path().join("full"), RocksOptions::default()).unwrap();
+        put_values(&mut replayed, 0, keys(0), 1);
+        for batch in 1..=BATCHES {
+            put_values(&mut replayed, batch, keys(batch), 3);
+        }
+        assert_eq!(c.committed_batch().unwrap(), Some(BATCHES));
+        assert_eq!(
+            c.scan(b"k", b"l").unwrap(),
+            replayed.scan(b"k", b"l").unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_missing_a_file_gives_way_to_the_one_before() {
+        let object_store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let mut snapshots =
+            Snapshots::new(object_store.clone(), "memory:///s", ObjectPath::from("s"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(&dir.path().join("db"), RocksOptions::default()).unwrap();
+        put_values(&mut store, 0, 0..100, 1);
+        snapshot(&mut snapshots, &store, &dir.path().join("ckpt"), 0, true).await;
+        put_values(&mut store, 1, 100..200, 1);
+        let newest = snapshot(&mut snapshots, &store, &dir.path().join("ckpt"), 1, true).await;
+        let lineage = store.lineage().unwrap();
+        let only_newest = newest
+            .iter()
+            .find(|n| !snapshots_named(&snapshots, 0).contains(n))
+            .cloned();
+        let gone = only_newest.expect("the newest snapshot has a file of its own");
+        object_store
+            .delete(&ObjectPath::from(format!("s/sst/{lineage}/{gone}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            snapshots
+                .restore(&dir.path().join("restored"))
+                .await
+                .unwrap(),
+            Some(0)
+        );
+    }
+
+    fn snapshots_named(snapshots: &Snapshots, batch: u64) -> Vec<String> {
+        futures::executor::block_on(snapshots.manifest(batch))
+            .unwrap()
+            .sst
     }
 
     #[tokio::test]
