@@ -449,3 +449,38 @@ late_rows: 'file://{tmp_path}/lake/readings_late'
     assert columns == ["sensor", "seq", "value", "kafka_partition", "kafka_offset"]
     got_late = sorted(con.execute(f"select kafka_partition, kafka_offset from delta_scan('{tmp_path}/lake/readings_late')").fetchall())
     assert late and got_late == sorted((r["_p"], r["_o"]) for r in late)
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:1"]], indirect=True)
+def test_ambiguous_merge_commits_keep_their_files(binary, dev_stack, tmp_path, s3):
+    """Update mode's MERGE on S3 behind the fault proxy: every other MERGE
+    commit lands but is answered 503, and the retry is refused as a conflict
+    with itself. The upsert must recognise its own commit, keep its files,
+    and end with the table of an undisturbed run."""
+    from fault_proxy import LOG_COMMIT, FaultProxy, Rule
+    from test_s3 import logged_adds, s3_objects
+
+    example = EXAMPLES["card-activity"]
+    produce(dev_stack, "payments", payments(random.Random("ambiguous merge"), 1200), partitions=1)
+    spec = tmp_path / "card-activity.yaml"
+    spec.write_text((ROOT / "table-specs/card-activity.yaml").read_text())
+    straight = tmp_path / "straight"
+    result = run_spec(binary, spec, env=env_for(dev_stack, straight, 100))
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = table_rows(straight / "lake" / "card_activity", example)
+
+    moto_port = int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    proxy = FaultProxy(moto_port, [Rule("PUT", LOG_COMMIT, every=2, mode="after", body_contains=b'"operation":"MERGE"')])
+    env = dict(env_for(dev_stack, tmp_path / "node", 100), **dict(s3, AWS_ENDPOINT_URL=proxy.endpoint),
+               TRIBUTARY_LAKE=f"s3://{BUCKET}/lake", TRIBUTARY_CHECKPOINTS=f"s3://{BUCKET}/checkpoints")
+    try:
+        run = run_spec(binary, spec, env=env)
+    finally:
+        proxy.stop()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(proxy.rules[0].injected) >= 2, proxy.rules[0].injected
+    assert "the merge was answered with an error but had landed; kept" in run.stderr
+    _, keys = s3_objects(s3, "lake/card_activity/")
+    missing = logged_adds(s3, "lake/card_activity") - set(keys)
+    assert not missing, f"files of committed versions were deleted: {sorted(missing)[:5]}"
+    assert s3_rows(f"s3://{BUCKET}/lake/card_activity", s3, example) == want

@@ -128,15 +128,7 @@ def test_a_full_checkpoint_disk_fails_batches_cleanly_until_space_is_back(binary
         while not list((small_disk / "offsets" / "topic").glob("*.json")):
             assert time.time() < deadline and proc.poll() is None, log_of(proc)[-3000:]
             time.sleep(0.2)
-        # Fill the disk to the last byte.
-        fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 512)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill(small_disk)
         committed_when_full = DeltaTable(str(tmp_path / "lake" / "eo")).version()
         produce_ids(dev_stack, "eo", 2000, 3000, schema_id)
         deadline = time.time() + 60

@@ -332,23 +332,26 @@ pub(crate) async fn version_that_added(
 ) -> std::result::Result<Option<u64>, DeltaTableError> {
     let mut version = read_version.map_or(0, |v| v + 1);
     while let Some(bytes) = log_store.read_commit_entry(version).await? {
-        let adds_probe = bytes
-            .split(|b| *b == b'\n')
-            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
-            .filter_map(|action| {
-                action
-                    .get("add")
-                    .and_then(|a| a.get("path"))
-                    .and_then(Value::as_str)
-                    .map(decode_log_path)
-            })
-            .any(|path| path == probe.as_ref());
-        if adds_probe {
+        if added_paths(&bytes).any(|path| path == probe.as_ref()) {
             return Ok(Some(version));
         }
         version += 1;
     }
     Ok(None)
+}
+
+/// The data file paths (decoded) that a log commit's `add` actions name.
+pub(crate) fn added_paths(commit: &[u8]) -> impl Iterator<Item = String> + '_ {
+    commit
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .filter_map(|action| {
+            action
+                .get("add")
+                .and_then(|a| a.get("path"))
+                .and_then(Value::as_str)
+                .map(decode_log_path)
+        })
 }
 
 /// Deletes the files of an attempt that will never be committed: nobody

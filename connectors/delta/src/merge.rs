@@ -223,12 +223,19 @@ impl DeltaTableSink {
                 // (an ambiguous PUT whose retry was refused).
                 Err(DeltaTableError::Transaction {
                     source: TransactionError::MaxCommitAttempts(_),
-                }) => match added_paths.first() {
-                    Some(probe) => version_that_added(&table.log_store(), read_version, probe)
-                        .await
-                        .map_err(delta_err)?,
-                    None => None,
-                },
+                }) => {
+                    let own = match added_paths.first() {
+                        Some(probe) => version_that_added(&table.log_store(), read_version, probe)
+                            .await
+                            .map_err(delta_err)?,
+                        None => None,
+                    };
+                    if let Some(version) = own {
+                        tracing::warn!(table = %uri, version, batch = commit.batch_id,
+                            "the merge was answered with an error but had landed; kept");
+                    }
+                    own
+                }
                 Err(other) => return Err(delta_err(other)),
             };
             match landed {

@@ -533,17 +533,7 @@ impl DeltaTableSink {
             .await
             .map_err(self.delta_err())?
             .unwrap_or_default();
-        Ok(bytes
-            .split(|b| *b == b'\n')
-            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
-            .filter_map(|action| {
-                action
-                    .get("add")
-                    .and_then(|a| a.get("path"))
-                    .and_then(Value::as_str)
-                    .map(crate::files::decode_log_path)
-            })
-            .collect())
+        Ok(crate::files::added_paths(&bytes).collect())
     }
 
     async fn create(&mut self, schema: SchemaRef) -> Result<()> {

@@ -375,17 +375,25 @@ fn load_specs(paths: &[PathBuf]) -> anyhow::Result<Option<Vec<TableSpec>>> {
     let mut specs = Vec::new();
     let mut ok = true;
     for f in &files {
-        match parse_spec_file(f) {
-            Ok(s) => specs.push(s),
-            Err(e) => {
-                ok = false;
-                for line in e.report() {
-                    eprintln!("{line}");
-                }
-            }
+        match load_spec(f) {
+            Some(s) => specs.push(s),
+            None => ok = false,
         }
     }
     Ok(ok.then_some(specs))
+}
+
+/// Parses one spec, printing its problems; `None` when it has any.
+pub(crate) fn load_spec(path: &std::path::Path) -> Option<TableSpec> {
+    match parse_spec_file(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            for line in e.report() {
+                eprintln!("{line}");
+            }
+            None
+        }
+    }
 }
 
 async fn run(

@@ -11,19 +11,13 @@ use tributary_core::app_id;
 use tributary_delta::{DeltaTableSink, TableOptions};
 use tributary_engine::{OffsetLog, reader_config};
 use tributary_kafka::KafkaReader;
-use tributary_spec::{StateScope, TableSpec, parse_spec_file};
+use tributary_spec::{StateScope, TableSpec};
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(spec_path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
-    let spec = match parse_spec_file(spec_path) {
-        Ok(s) => s,
-        Err(e) => {
-            for line in e.report() {
-                eprintln!("{line}");
-            }
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(spec) = crate::load_spec(spec_path) else {
+        return Ok(ExitCode::FAILURE);
     };
     let report = collect(&spec).await?;
     if as_json {

@@ -7,19 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tributary_engine::{Finding, VerifyReport, verify};
-use tributary_spec::{TableSpec, parse_spec_file};
+use tributary_spec::TableSpec;
 
 use crate::admin::AdminState;
 
 pub async fn run(spec_path: &Path, as_json: bool, offline: bool) -> anyhow::Result<ExitCode> {
-    let spec = match parse_spec_file(spec_path) {
-        Ok(s) => s,
-        Err(e) => {
-            for line in e.report() {
-                eprintln!("{line}");
-            }
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(spec) = crate::load_spec(spec_path) else {
+        return Ok(ExitCode::FAILURE);
     };
     let report = verify(&spec, !offline).await?;
     if as_json {
