@@ -1,6 +1,7 @@
 """An HTTP proxy in front of moto's S3 server that injects the faults a real
 object store shows and moto never does: a request answered with a 5xx after
-it was carried out (an ambiguous commit), or before (a plain failure).
+it was carried out (an ambiguous commit), or before (a plain failure or
+throttling: `SlowDown`).
 
 Rules match a method and a path pattern; each rule faults every `every`-th
 matching request. Counters say what was injected, so a test can assert that
@@ -27,10 +28,15 @@ class Rule:
     # "before": answer `status` without forwarding (it did not).
     mode: str
     status: int = 503
+    # The S3 error code answered: SlowDown is how S3 throttles.
+    code: str = "ServiceUnavailable"
     # Only requests whose body contains this (e.g. an operation name).
     body_contains: bytes | None = None
     seen: int = 0
     injected: list = field(default_factory=list)
+
+    def error_body(self):
+        return f"<Error><Code>{self.code}</Code><Message>injected</Message></Error>".encode()
 
 
 class FaultProxy:
@@ -63,10 +69,10 @@ class FaultProxy:
                 body = self._body()
                 rule = proxy._fault_for(self.command, self.path, body)
                 if rule is not None and rule.mode == "before":
-                    return self._answer(rule.status, {}, b"<Error><Code>ServiceUnavailable</Code></Error>")
+                    return self._answer(rule.status, {}, rule.error_body())
                 status, headers, data = proxy._forward(self.command, self.path, self.headers, body)
                 if rule is not None:
-                    return self._answer(rule.status, {}, b"<Error><Code>ServiceUnavailable</Code></Error>")
+                    return self._answer(rule.status, {}, rule.error_body())
                 self._answer(status, headers, data)
 
             def _answer(self, status, headers, data):

@@ -226,12 +226,15 @@ def logged_adds(options, prefix):
 def test_ambiguous_commits_keep_their_files(binary, dev_stack, tmp_path, s3):
     """A log PUT that lands but is answered 503: object_store retries it, the
     retry is refused (412) as a conflict with the commit itself. Appends and
-    compactions must recognise their own commit instead of deleting its files."""
+    compactions must recognise their own commit instead of deleting its files.
+    Meanwhile S3 throttles (SlowDown) data-file uploads and log reads."""
     moto_port = int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
     proxy = FaultProxy(moto_port, [
         Rule("PUT", LOG_COMMIT, every=1, mode="after", body_contains=b'"operation":"OPTIMIZE"'),
         Rule("PUT", LOG_COMMIT, every=2, mode="after"),
         Rule("PUT", LOG_COMMIT, every=5, mode="before"),
+        Rule("PUT", r"\.parquet$", every=3, mode="before", code="SlowDown"),
+        Rule("GET", r"/_delta_log/", every=7, mode="before", code="SlowDown"),
     ])
     via_proxy = dict(s3, AWS_ENDPOINT_URL=proxy.endpoint)
     try:
@@ -249,9 +252,10 @@ def test_ambiguous_commits_keep_their_files(binary, dev_stack, tmp_path, s3):
         assert drained.returncode == 0, drained.stderr[-3000:]
     finally:
         proxy.stop()
-    optimize, appends = proxy.rules[0], proxy.rules[1]
+    optimize, appends, failed, throttled_puts, throttled_gets = proxy.rules
     assert len(appends.injected) >= 3, f"too few ambiguous appends: {appends.injected}"
     assert optimize.injected, "no compaction commit was made ambiguous"
+    assert failed.injected and throttled_puts.injected and throttled_gets.injected
     assert "answered with an error but had landed" in log_of(proc)
 
     # Every file any commit added is still there (nothing compaction replaced
