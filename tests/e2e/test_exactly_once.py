@@ -323,6 +323,22 @@ def test_lost_checkpoint_resumes_from_the_delta_log(binary, dev_stack, tmp_path)
 
 
 @pytest.mark.parametrize("dev_stack", [["eo:2"]], indirect=True)
+def test_a_panic_on_the_reader_thread_stops_the_pipeline_loudly(binary, dev_stack, tmp_path):
+    """A panicking reader thread (a decoder bug, say) closes its channel just
+    as a drained one does: the run must fail, not end as if the topic were
+    drained with its records unread."""
+    produce_ids(dev_stack, "eo", 0, 1000)
+    spec = spec_for(dev_stack, tmp_path, max_offsets=300)
+    panicked = run_spec(binary, spec, env={"TRIBUTARY_CRASH_AT": "panic_in_reader"})
+    assert panicked.returncode == 1, panicked.stderr[-3000:]
+    assert "the reader thread of the batch loop panicked: TRIBUTARY_CRASH_AT: panicking in the reader thread" \
+        in panicked.stderr, panicked.stderr[-3000:]
+    done = run_spec(binary, spec)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_exactly_once(tmp_path, range(1000))
+
+
+@pytest.mark.parametrize("dev_stack", [["eo:2"]], indirect=True)
 def test_lost_checkpoint_and_expired_log_refuse_to_start(binary, dev_stack, tmp_path):
     """The table knows the group's last batch id (its txn, kept by a log
     checkpoint) but no longer its offsets (the JSON commits expired) and the

@@ -21,16 +21,20 @@ pub enum CrashPoint {
     AfterCommit,
     /// Offsets are committed to the consumer group.
     AfterOffsets,
+    /// Not a step boundary: the reader thread panics when it starts reading
+    /// a new batch (a bug in a decoder, say). The batch id is not known there.
+    PanicInReader,
 }
 
 impl CrashPoint {
-    const ALL: [(CrashPoint, &'static str); 6] = [
+    const ALL: [(CrashPoint, &'static str); 7] = [
         (CrashPoint::AfterRead, "after_read"),
         (CrashPoint::AfterPlan, "after_plan"),
         (CrashPoint::AfterDeadLetters, "after_dead_letters"),
         (CrashPoint::AfterFiles, "after_files"),
         (CrashPoint::AfterCommit, "after_commit"),
         (CrashPoint::AfterOffsets, "after_offsets"),
+        (CrashPoint::PanicInReader, "panic_in_reader"),
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,12 +61,16 @@ fn parse(value: &str) -> Option<(CrashPoint, Option<u64>)> {
     Some((point, batch))
 }
 
-/// Aborts the process if the environment selected this point (and batch).
+/// Aborts the process if the environment selected this point (and batch);
+/// `PanicInReader` panics instead.
 pub fn crash_point(point: CrashPoint, batch: u64) {
     if let Some((p, b)) = selected()
         && p == point
         && b.is_none_or(|b| b == batch)
     {
+        if point == CrashPoint::PanicInReader {
+            panic!("TRIBUTARY_CRASH_AT: panicking in the reader thread");
+        }
         eprintln!(
             "TRIBUTARY_CRASH_AT: aborting at {} of batch {batch}",
             point.name()

@@ -536,6 +536,7 @@ impl Run<'_> {
                         .map_err(|_| EngineError::Internal("the encoder thread stopped".into()))
                 };
                 loop {
+                    crash_point(CrashPoint::PanicInReader, 0);
                     if let Some(discovery) = &mut discovery
                         && let Err(e) = discovery.add_new_partitions(&thread_reader, &mut positions)
                     {
@@ -630,11 +631,30 @@ impl Run<'_> {
         // The reader must not outlive its run: it would keep reading for nobody.
         abort.store(true, Ordering::Relaxed);
         drop(rx);
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = reader_thread.join();
-            let _ = encoder_thread.join();
+        let joined = tokio::task::spawn_blocking(move || {
+            [
+                ("reader", reader_thread.join()),
+                ("encoder", encoder_thread.join()),
+            ]
         })
-        .await;
+        .await
+        .map_err(|e| EngineError::Internal(format!("joining the batch loop's threads: {e}")))?;
+        // A thread that panicked closed its channel like one that finished:
+        // without this the run would end as if drained, its records unread.
+        for (thread, joined) in joined {
+            if let Err(panic) = joined
+                && outcome.is_ok()
+            {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                outcome = Err(EngineError::Internal(format!(
+                    "the {thread} thread of the batch loop panicked: {message}"
+                )));
+            }
+        }
         outcome
     }
 
