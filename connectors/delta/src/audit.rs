@@ -15,8 +15,6 @@ use crate::table::DeltaTableSink;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedCommit {
     pub version: u64,
-    /// `commitInfo.operation` (`WRITE`, `MERGE`, `OPTIMIZE`, ...).
-    pub operation: Option<String>,
     /// The commit's `txn` actions: (app id, version).
     pub txns: Vec<(String, i64)>,
     /// `commitInfo.tributary`: the batch a pipeline committed.
@@ -67,7 +65,6 @@ impl DeltaTableSink {
         };
         let mut commit = LoggedCommit {
             version,
-            operation: None,
             txns: Vec::new(),
             batch: None,
             rows_added: Some(0),
@@ -77,10 +74,6 @@ impl DeltaTableSink {
             let action: Value = serde_json::from_slice(line)
                 .map_err(|e| corrupt(format!("unreadable action: {e}")))?;
             if let Some(info) = action.get("commitInfo") {
-                commit.operation = info
-                    .get("operation")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
                 commit.batch = info.get(COMMIT_INFO_KEY).cloned();
             } else if let Some(txn) = action.get("txn") {
                 let app = txn.get("appId").and_then(Value::as_str);

@@ -319,17 +319,21 @@ pub(crate) fn object_paths<'a>(adds: impl IntoIterator<Item = &'a Add>) -> Vec<P
         .collect()
 }
 
-/// The version after `read_version` whose commit added `probe` (an object
-/// path of the attempt), if any. A commit answered with an error may have
-/// landed all the same: object_store retries the log PUT after a 5xx, and
-/// when the first try had been written the retry is refused as a conflict
-/// with that very commit. Attempts' file names are unique, so a commit that
-/// adds one of them is the attempt's own.
+/// The version after `read_version` whose commit added the files of an
+/// attempt (`attempt`: their object paths), if any; `None` for an attempt
+/// without files. A commit answered with an error may have landed all the
+/// same: object_store retries the log PUT after a 5xx, and when the first
+/// try had been written the retry is refused as a conflict with that very
+/// commit. Attempts' file names are unique, so a commit that adds one of
+/// them is the attempt's own.
 pub(crate) async fn version_that_added(
     log_store: &LogStoreRef,
     read_version: Option<u64>,
-    probe: &Path,
+    attempt: &[Path],
 ) -> std::result::Result<Option<u64>, DeltaTableError> {
+    let Some(probe) = attempt.first() else {
+        return Ok(None);
+    };
     let mut version = read_version.map_or(0, |v| v + 1);
     while let Some(bytes) = log_store.read_commit_entry(version).await? {
         if added_paths(&bytes).any(|path| path == probe.as_ref()) {

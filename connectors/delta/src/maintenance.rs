@@ -207,10 +207,11 @@ impl DeltaTableSink {
         let mut attempted_on: Option<Option<u64>> = None;
         for _ in 0..ATTEMPTS {
             table.update_incremental(None).await.map_err(delta_err)?;
-            if let (Some(read_version), Some(probe)) = (attempted_on, added_paths.first())
-                && let Some(version) = version_that_added(&table.log_store(), read_version, probe)
-                    .await
-                    .map_err(delta_err)?
+            if let Some(read_version) = attempted_on
+                && let Some(version) =
+                    version_that_added(&table.log_store(), read_version, &added_paths)
+                        .await
+                        .map_err(delta_err)?
             {
                 tracing::warn!(table = %uri, version, "the rewrite was answered with an error but had landed; kept");
                 return Ok(Some(RewriteOutcome {

@@ -224,12 +224,9 @@ impl DeltaTableSink {
                 Err(DeltaTableError::Transaction {
                     source: TransactionError::MaxCommitAttempts(_),
                 }) => {
-                    let own = match added_paths.first() {
-                        Some(probe) => version_that_added(&table.log_store(), read_version, probe)
-                            .await
-                            .map_err(delta_err)?,
-                        None => None,
-                    };
+                    let own = version_that_added(&table.log_store(), read_version, &added_paths)
+                        .await
+                        .map_err(delta_err)?;
                     if let Some(version) = own {
                         tracing::warn!(table = %uri, version, batch = commit.batch_id,
                             "the merge was answered with an error but had landed; kept");

@@ -442,12 +442,9 @@ impl DeltaTableSink {
                 // Either our own first try landed and its retry was refused
                 // (an ambiguous PUT), or another writer of this app id
                 // committed the batch first (this instance is a zombie).
-                let own = match uploaded.first() {
-                    Some(probe) => version_that_added(&table.log_store(), read_version, probe)
-                        .await
-                        .map_err(delta_err)?,
-                    None => None,
-                };
+                let own = version_that_added(&table.log_store(), read_version, &uploaded)
+                    .await
+                    .map_err(delta_err)?;
                 match own {
                     Some(version) => {
                         tracing::warn!(table = %uri, version, batch = commit.batch_id,

@@ -41,6 +41,33 @@ pub struct BatchPlan {
     pub dead_letter_records: Option<Vec<RecordedDeadLetter>>,
 }
 
+impl BatchPlan {
+    /// The plan a table commit records in `commitInfo.tributary` (`info`, of
+    /// table version `version`). Which records went to the dead-letter table
+    /// is not recorded there.
+    pub fn from_commit_info(version: u64, info: &serde_json::Value) -> Result<BatchPlan> {
+        let bad = |what: &str| {
+            EngineError::Internal(format!("table version {version} has an unreadable {what}"))
+        };
+        Ok(BatchPlan {
+            batch_id: info["batchId"].as_u64().ok_or_else(|| bad("batchId"))?,
+            group: info["group"]
+                .as_str()
+                .unwrap_or(tributary_core::TOPIC_GROUP)
+                .to_string(),
+            ranges: OffsetRanges {
+                topic: info["topic"].as_str().unwrap_or_default().to_string(),
+                ranges: serde_json::from_value(info["ranges"].clone())
+                    .map_err(|_| bad("ranges"))?,
+            },
+            end_offsets: serde_json::from_value(info["endOffsets"].clone())
+                .map_err(|_| bad("endOffsets"))?,
+            dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
+            dead_letter_records: None,
+        })
+    }
+}
+
 /// A record a batch sent to the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedDeadLetter {
@@ -69,6 +96,24 @@ enum Backend {
 }
 
 impl OffsetLog {
+    /// Opens the log for reading only: a local checkpoint without the
+    /// group's log is no log (nothing is created); opening one on an object
+    /// store creates nothing either.
+    pub async fn open_existing(
+        checkpoint: &str,
+        storage_options: &BTreeMap<String, String>,
+        group: &str,
+    ) -> Result<Option<OffsetLog>> {
+        let on_object_store = checkpoint.starts_with("s3://") || checkpoint.starts_with("s3a://");
+        let local = Path::new(checkpoint.strip_prefix("file://").unwrap_or(checkpoint));
+        if !on_object_store && !local.join("offsets").join(group).is_dir() {
+            return Ok(None);
+        }
+        Self::open(checkpoint, storage_options, group)
+            .await
+            .map(Some)
+    }
+
     /// `checkpoint` is the spec's checkpoint location (`file://` URI, path
     /// or `s3://` URI); `storage_options` configure an object store.
     pub async fn open(

@@ -1077,25 +1077,7 @@ async fn remove_failed_attempts(
 
 /// The plan a committed batch recorded in `commitInfo.tributary`.
 fn plan_of_marker(marker: &tributary_delta::CommitMarker) -> Result<BatchPlan> {
-    let bad = |what: &str| {
-        EngineError::Internal(format!(
-            "table version {} has an unreadable {what}",
-            marker.version
-        ))
-    };
-    let info = &marker.info;
-    Ok(BatchPlan {
-        batch_id: info["batchId"].as_u64().ok_or_else(|| bad("batchId"))?,
-        group: info["group"].as_str().unwrap_or(TOPIC_GROUP).to_string(),
-        ranges: tributary_core::OffsetRanges {
-            topic: info["topic"].as_str().unwrap_or_default().to_string(),
-            ranges: serde_json::from_value(info["ranges"].clone()).map_err(|_| bad("ranges"))?,
-        },
-        end_offsets: serde_json::from_value(info["endOffsets"].clone())
-            .map_err(|_| bad("endOffsets"))?,
-        dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
-        dead_letter_records: None,
-    })
+    BatchPlan::from_commit_info(marker.version, &marker.info)
 }
 
 /// A time in microseconds since the epoch as RFC 3339 (UTC).

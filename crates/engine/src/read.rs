@@ -51,6 +51,13 @@ struct Counts {
 
 const DECODE_SAMPLE: u64 = 64;
 
+impl Counts {
+    fn count(&mut self, raw: &RawRecord<'_>) {
+        self.records += 1;
+        self.bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+    }
+}
+
 /// `raw` with `headers` attached. They are read only for tables that store
 /// them: librdkafka parses a message's headers on first access.
 fn with_headers<'a>(
@@ -68,8 +75,7 @@ fn decode(
     rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
     counts: &mut Counts,
 ) -> Result<()> {
-    counts.records += 1;
-    counts.bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+    counts.count(raw);
     if counts.records.is_multiple_of(DECODE_SAMPLE) {
         let started = Instant::now();
         decoder.push(raw)?;
@@ -230,8 +236,7 @@ pub(crate) fn replay_batch(
                     .and_then(|r| r.get(&(raw.partition, raw.offset)))
                 {
                     Some(reason) => {
-                        counts.records += 1;
-                        counts.bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+                        counts.count(&raw);
                         kept_dead_letters.push(DeadLetter::new(&raw, *reason));
                     }
                     None => decode(decoder, &raw, rows, &mut counts)?,

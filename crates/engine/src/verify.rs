@@ -10,7 +10,6 @@
 //! compacted away), and each batch equal to its recorded plan.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -166,21 +165,22 @@ impl VerifyReport {
 }
 
 /// The commits of `app` among `commits`, oldest first.
-pub fn group_commits(commits: &[LoggedCommit], app: &str) -> Vec<GroupCommit> {
+pub fn group_commits(commits: &[LoggedCommit], app: &str) -> Result<Vec<GroupCommit>> {
     commits
         .iter()
         .filter_map(|c| {
             let info = c.batch.as_ref()?;
-            if info.get("appId").and_then(Value::as_str) != Some(app) {
-                return None;
-            }
-            Some(GroupCommit {
+            (info.get("appId").and_then(Value::as_str) == Some(app)).then_some((c, info))
+        })
+        .map(|(c, info)| {
+            let plan = BatchPlan::from_commit_info(c.version, info)?;
+            Ok(GroupCommit {
                 version: c.version,
-                batch: info.get("batchId").and_then(Value::as_u64)?,
-                ranges: serde_json::from_value(info["ranges"].clone()).unwrap_or_default(),
-                end_offsets: serde_json::from_value(info["endOffsets"].clone()).unwrap_or_default(),
+                batch: plan.batch_id,
+                ranges: plan.ranges.ranges,
+                end_offsets: plan.end_offsets,
                 rows: c.rows_added,
-                dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
+                dead_letters: plan.dead_letters,
                 txn: c.txns.iter().find(|(a, _)| a == app).map(|(_, v)| *v),
                 replaces_rows: c.data_removed,
             })
@@ -397,36 +397,21 @@ pub async fn verify(spec: &TableSpec, ask_broker: bool) -> Result<VerifyReport> 
     };
     let data = open(spec.table.uri.clone(), partitions).await?;
     let commits = data.logged_commits().await?;
-    let mut findings: Vec<Finding> = data
-        .missing_files()
-        .await?
-        .into_iter()
-        .map(|path| Finding::FileMissing {
-            table: spec.table.uri.clone(),
-            path,
-        })
-        .collect();
-    let dead_commits = open(spec.dead_letter_uri(), Vec::new())
-        .await?
-        .logged_commits()
-        .await?;
-    for uri in [
-        Some(spec.dead_letter_uri()),
-        spec.late_rows_uri().map(str::to_string),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let side = open(uri.clone(), Vec::new()).await?;
-        findings.extend(
-            side.missing_files()
-                .await?
-                .into_iter()
-                .map(|path| Finding::FileMissing {
-                    table: uri.clone(),
-                    path,
-                }),
-        );
+    let dead = open(spec.dead_letter_uri(), Vec::new()).await?;
+    let dead_commits = dead.logged_commits().await?;
+    let late = match spec.late_rows_uri() {
+        Some(uri) => Some(open(uri.to_string(), Vec::new()).await?),
+        None => None,
+    };
+    let mut findings = Vec::new();
+    for table in [&data, &dead].into_iter().chain(late.as_ref()) {
+        let uri = table.uri().to_string();
+        findings.extend(table.missing_files().await?.into_iter().map(|path| {
+            Finding::FileMissing {
+                table: uri.clone(),
+                path,
+            }
+        }));
     }
 
     let mut groups: BTreeSet<String> = commits
@@ -448,14 +433,14 @@ pub async fn verify(spec: &TableSpec, ask_broker: bool) -> Result<VerifyReport> 
     for group in groups {
         let app = app_id(&spec.pipeline, &group);
         let plans = recorded_plans(spec, &group).await?;
-        let data_commits = group_commits(&commits, &app);
+        let data_commits = group_commits(&commits, &app)?;
         let (report, found, group_holes) =
             check_group(&group, &app, &data_commits, &plans, per_record);
         findings.extend(found);
         findings.extend(check_dead_letters(
             &group,
             &data_commits,
-            &group_commits(&dead_commits, &app),
+            &group_commits(&dead_commits, &app)?,
             dead_commits.first().is_some_and(|c| c.version == 0),
         ));
         holes.extend(group_holes.into_iter().map(|h| (reports.len(), h)));
@@ -526,13 +511,15 @@ pub async fn verify(spec: &TableSpec, ask_broker: bool) -> Result<VerifyReport> 
 /// The plans the offsets log of `group` still holds (read only: a local
 /// checkpoint that does not exist is not created).
 async fn recorded_plans(spec: &TableSpec, group: &str) -> Result<Vec<BatchPlan>> {
-    let location = &spec.checkpoint.location;
-    let on_object_store = location.starts_with("s3://") || location.starts_with("s3a://");
-    let local = Path::new(location.strip_prefix("file://").unwrap_or(location));
-    if !on_object_store && !local.join("offsets").join(group).is_dir() {
+    let opened = OffsetLog::open_existing(
+        &spec.checkpoint.location,
+        spec.checkpoint_storage_options(),
+        group,
+    )
+    .await?;
+    let Some(log) = opened else {
         return Ok(Vec::new());
-    }
-    let log = OffsetLog::open(location, spec.checkpoint_storage_options(), group).await?;
+    };
     let mut plans = Vec::new();
     for id in log.recorded_batches().await? {
         plans.extend(log.plan(id).await?);

@@ -79,18 +79,15 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
         let app = app_id(&spec.pipeline, &group);
         let marker = data.last_marker(&app).await?;
         let committed = data.committed_batch(&app).await?;
-        // Read only: a local checkpoint that does not exist is not created
-        // (opening one on an object store creates nothing).
-        let location = &spec.checkpoint.location;
-        let on_object_store = location.starts_with("s3://") || location.starts_with("s3a://");
-        let local = Path::new(location.strip_prefix("file://").unwrap_or(location));
-        let planned = if on_object_store || local.join("offsets").join(&group).is_dir() {
-            match OffsetLog::open(location, spec.checkpoint_storage_options(), &group).await {
-                Ok(log) => log.latest().await.ok().flatten(),
-                Err(_) => None,
-            }
-        } else {
-            None
+        let planned = match OffsetLog::open_existing(
+            &spec.checkpoint.location,
+            spec.checkpoint_storage_options(),
+            &group,
+        )
+        .await
+        {
+            Ok(Some(log)) => log.latest().await.ok().flatten(),
+            _ => None,
         };
         let end_offsets: BTreeMap<i32, i64> = marker
             .as_ref()
