@@ -1,17 +1,15 @@
-//! Kafka source: a blocking reader over librdkafka's `BaseConsumer`, which
-//! polls without an async hop per message (the hot loop runs on its own
-//! thread), and commits offsets to the consumer group after each Delta commit.
-//! Also the republish sink's transactional producer.
+//! Kafka in two roles, one folder each: `source` (a blocking reader over
+//! librdkafka's `BaseConsumer` and the consumer-group member; offsets are
+//! committed to the group after each Delta commit) and `producer` (the
+//! republish sink's transactional producer).
 
-mod callbacks;
 mod error;
-mod member;
-mod publisher;
-mod reader;
+mod producer;
+mod source;
 
 pub use error::{KafkaSourceError, Result};
-pub use member::{GroupMember, Membership};
-pub use publisher::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
-pub use reader::{
+pub use producer::publisher::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
+pub use source::member::{GroupMember, Membership};
+pub use source::reader::{
     KafkaHeaders, KafkaReader, Polled, ReaderConfig, StartAt, headers_of, raw_record,
 };

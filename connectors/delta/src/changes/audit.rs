@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::table::DeltaTableSink;
+use crate::sink::table::DeltaTableSink;
 
 /// One commit of the log.
 #[derive(Debug, Clone, PartialEq)]

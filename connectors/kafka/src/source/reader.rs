@@ -11,8 +11,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tributary_core::{RawRecord, RecordHeaders};
 
-use crate::callbacks;
 use crate::error::{KafkaSourceError, Result};
+use crate::source::callbacks;
 
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {

@@ -13,9 +13,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use crate::callbacks;
 use crate::error::{KafkaSourceError, Result};
-use crate::reader::ReaderConfig;
+use crate::source::callbacks;
+use crate::source::reader::ReaderConfig;
 
 /// A change of the partitions this instance owns.
 pub enum Membership {

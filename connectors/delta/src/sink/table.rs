@@ -15,7 +15,7 @@ use url::Url;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{
+use crate::sink::files::{
     EncodedBatch, FileIntent, delete_attempt, encode, object_paths, upload_files,
     version_that_added,
 };
@@ -530,7 +530,7 @@ impl DeltaTableSink {
             .await
             .map_err(self.delta_err())?
             .unwrap_or_default();
-        Ok(crate::files::added_paths(&bytes).collect())
+        Ok(crate::sink::files::added_paths(&bytes).collect())
     }
 
     async fn create(&mut self, schema: SchemaRef) -> Result<()> {

@@ -59,7 +59,7 @@ pub fn dead_letter_batch(
                 .collect::<Vec<_>>(),
         )),
         Arc::new(StringArray::from_iter_values(
-            letters.iter().map(|d| d.reason.as_str()),
+            letters.iter().map(|d| d.reason.to_string()),
         )),
         Arc::new(Int64Array::from(vec![batch_id as i64; letters.len()])),
     ];

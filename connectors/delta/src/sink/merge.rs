@@ -16,12 +16,12 @@ use tributary_spec::PartitionColumn;
 
 use crate::COMMIT_INFO_KEY;
 use crate::error::{DeltaSinkError, Result};
-use crate::files::{
+use crate::sink::files::{
     BatchEncoder, FileIntent, delete_attempt, object_paths, upload_files, version_that_added,
 };
-use crate::maintenance::DataFile;
-use crate::partitioning::add_partition_columns;
-use crate::table::{BatchCommit, BatchRows, CommitOutcome, DeltaTableSink};
+use crate::sink::live_files::{DataFile, conform};
+use crate::sink::partitioning::add_partition_columns;
+use crate::sink::table::{BatchCommit, BatchRows, CommitOutcome, DeltaTableSink};
 
 /// Commit attempts before giving up on a table that keeps moving.
 const ATTEMPTS: usize = 20;
@@ -157,7 +157,7 @@ impl DeltaTableSink {
                 self.options.target_file_size,
             );
             for b in kept.iter().chain(&rows) {
-                encoder.push(&crate::maintenance::conform(b, &schema)?)?;
+                encoder.push(&conform(b, &schema)?)?;
             }
             let encoded = encoder.finish()?;
             let written = encoded.rows;
