@@ -16,7 +16,7 @@ use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
 use deltalake::arrow::datatypes::SchemaRef;
-use tributary_core::{DeadLetter, RawRecord};
+use tributary_core::{DeadLetter, DeadLetterReason, RawRecord};
 
 use crate::error::{AvroError, Result};
 use crate::registry::RegistryClient;
@@ -308,7 +308,8 @@ impl SchemaDecoder {
     /// Feeds a record, turning a bad one into a dead letter without losing the others.
     fn push(&mut self, record: &RawRecord<'_>, value: &[u8], out: &mut DecodedChunk) -> Result<()> {
         if let Some(reason) = self.columns.refuse(record) {
-            out.dead_letters.push(DeadLetter::new(record, reason));
+            out.dead_letters
+                .push(DeadLetter::new(record, DeadLetterReason::Column(reason)));
             return Ok(());
         }
         match self.feed(value) {
@@ -321,7 +322,8 @@ impl SchemaDecoder {
                 Ok(())
             }
             Err(reason) => {
-                out.dead_letters.push(DeadLetter::new(record, reason));
+                out.dead_letters
+                    .push(DeadLetter::new(record, DeadLetterReason::Body(reason)));
                 self.refeed()
             }
         }
@@ -383,9 +385,10 @@ impl SchemaDecoder {
                     good_rows.push(i);
                 }
                 Ok(None) => {}
-                Err(reason) => out
-                    .dead_letters
-                    .push(DeadLetter::new(&self.pending.raw(i), reason)),
+                Err(reason) => out.dead_letters.push(DeadLetter::new(
+                    &self.pending.raw(i),
+                    DeadLetterReason::Body(reason),
+                )),
             }
         }
         self.rebuild()?;
@@ -594,15 +597,15 @@ impl RecordDecoder {
     /// discard this decoder and read the batch again.
     pub fn push(&mut self, record: &RawRecord<'_>) -> Result<()> {
         let Some(value) = record.value else {
-            self.out.dead_letters.push(DeadLetter::new(
-                record,
-                "tombstone: the record has no value",
-            ));
+            self.out
+                .dead_letters
+                .push(DeadLetter::new(record, DeadLetterReason::Tombstone));
             return Ok(());
         };
         let id = match split_frame(value) {
             Ok((id, _)) => id,
             Err(reason) => {
+                let reason = DeadLetterReason::Framing(reason);
                 self.out.dead_letters.push(DeadLetter::new(record, reason));
                 return Ok(());
             }
@@ -611,20 +614,19 @@ impl RecordDecoder {
             && let Some(key) = record.key
             && let Err(reason) = self.check_key(key)?
         {
+            let reason = DeadLetterReason::Key(reason);
             self.out.dead_letters.push(DeadLetter::new(record, reason));
             return Ok(());
         }
         if !self.decoders.contains_key(&id) {
             if let Some(reason) = self.unusable.get(&id) {
-                self.out
-                    .dead_letters
-                    .push(DeadLetter::new(record, reason.clone()));
+                let reason = DeadLetterReason::Schema(reason.clone());
+                self.out.dead_letters.push(DeadLetter::new(record, reason));
                 return Ok(());
             }
             if let Err(reason) = self.load(id)? {
-                self.out
-                    .dead_letters
-                    .push(DeadLetter::new(record, reason.clone()));
+                let dead = DeadLetter::new(record, DeadLetterReason::Schema(reason.clone()));
+                self.out.dead_letters.push(dead);
                 self.unusable.insert(id, reason);
                 return Ok(());
             }

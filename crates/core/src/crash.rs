@@ -37,6 +37,11 @@ impl CrashPoint {
         (CrashPoint::PanicInReader, "panic_in_reader"),
     ];
 
+    /// Every point, in protocol order.
+    pub fn all() -> impl Iterator<Item = CrashPoint> {
+        Self::ALL.iter().map(|(p, _)| *p)
+    }
+
     pub fn name(self) -> &'static str {
         Self::ALL
             .iter()

@@ -3,11 +3,19 @@
 
 mod crash;
 mod offsets;
+mod state;
 
 pub use crash::{CrashPoint, crash_point};
 pub use offsets::{OffsetRanges, PartitionRange};
+pub use state::{
+    StagedWrites, StateError, StateResult, StateStore, Write, decode_time, encode_time,
+};
 
 use serde::Serialize;
+
+/// The columns a window row starts with: the window's bounds.
+pub const WINDOW_START: &str = "window_start";
+pub const WINDOW_END: &str = "window_end";
 
 /// The state group every batch belongs to when the whole topic is one group
 /// (`state_scope: topic`, Spark's semantics).
@@ -74,18 +82,55 @@ pub struct DeadLetter {
     pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub reason: String,
+    pub reason: DeadLetterReason,
 }
 
 impl DeadLetter {
-    pub fn new(record: &RawRecord<'_>, reason: impl Into<String>) -> DeadLetter {
+    pub fn new(record: &RawRecord<'_>, reason: DeadLetterReason) -> DeadLetter {
         DeadLetter {
             partition: record.partition,
             offset: record.offset,
             timestamp_ms: record.timestamp_ms,
             key: record.key.map(<[u8]>::to_vec),
             value: record.value.map(<[u8]>::to_vec),
-            reason: reason.into(),
+            reason,
+        }
+    }
+}
+
+/// Why a record is a dead letter. It is written to the dead-letter table as
+/// its text (the `reason` column): each variant holds the whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The record has no value (a tombstone).
+    Tombstone,
+    /// The value is not in the Confluent wire format (magic byte, schema id).
+    Framing(String),
+    /// The writer schema cannot be had or used: unknown to the registry,
+    /// unsupported, or refused by `schema_evolution.on_incompatible`.
+    Schema(String),
+    /// The Avro body does not match its writer schema.
+    Body(String),
+    /// The record's Avro key cannot be decoded.
+    Key(String),
+    /// A Kafka column the table stores cannot be filled from the record.
+    Column(String),
+    /// An earlier attempt at the batch sent the record here for this
+    /// reason (recorded in its plan); a replay keeps it, whatever the
+    /// registry answers by then.
+    Recorded(String),
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterReason::Tombstone => f.write_str("tombstone: the record has no value"),
+            DeadLetterReason::Framing(m)
+            | DeadLetterReason::Schema(m)
+            | DeadLetterReason::Body(m)
+            | DeadLetterReason::Key(m)
+            | DeadLetterReason::Column(m)
+            | DeadLetterReason::Recorded(m) => f.write_str(m),
         }
     }
 }

@@ -12,9 +12,9 @@ use tributary_avro::{delta_schema, to_delta_batch};
 use tributary_delta::{BatchEncoder, EncodedBatch, add_partition_columns};
 use tributary_spec::{PartitionColumn, TableSpec};
 
+use crate::contracts::ReadBatch;
 use crate::error::{EngineError, Result};
 use crate::evolve::evolve;
-use crate::read::ReadBatch;
 
 /// What the reader hands to the encoder.
 pub(crate) enum Chunk {

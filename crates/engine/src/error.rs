@@ -12,13 +12,24 @@ pub enum EngineError {
     State(#[from] tributary_state::StateError),
     #[error("event-time operators: {0}")]
     Stream(#[from] tributary_stream::StreamError),
-    #[error("offsets log at {path}: {message}")]
-    OffsetLog { path: String, message: String },
+    #[error("offsets log at {path}: {source}")]
+    OffsetLogFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("offsets log at {path}: {source}")]
+    OffsetLogObject {
+        path: String,
+        source: object_store::Error,
+    },
     #[error(
-        "offsets log file {path} is unreadable ({message}); move it aside and start again: \
+        "offsets log file {path} is unreadable ({source}); move it aside and start again: \
          its batch is then adopted from the table if it landed there, or planned anew"
     )]
-    CorruptPlan { path: String, message: String },
+    CorruptPlan {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("a re-run batch differs from its plan: {0}; retrying")]
     ReplayDiffers(String),
     #[error("spec problem: {0}")]
@@ -27,6 +38,21 @@ pub enum EngineError {
     Schema(String),
     #[error("another instance is writing this group: {0}; re-syncing from the table")]
     ConcurrentInstance(String),
+    #[error(
+        "{app_id} committed batch {batch} to {table} (its txn version), but neither the \
+         checkpoint location {checkpoint} nor the table's log (its JSON commits expired) still \
+         records that batch's offsets: the pipeline cannot tell where to resume, and starting \
+         over would skip records. Restore the checkpoint location (offsets/<group>/); or, to \
+         start over on purpose, give the pipeline a new name and choose \
+         source.kafka.starting_offsets"
+    )]
+    UnknownPosition {
+        /// `<pipeline>/<group>`.
+        app_id: String,
+        batch: u64,
+        table: String,
+        checkpoint: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -39,10 +65,13 @@ impl Classify for EngineError {
             EngineError::Delta(e) => e.kind(),
             EngineError::State(e) => e.kind(),
             EngineError::Stream(e) => e.kind(),
-            EngineError::OffsetLog { .. }
+            EngineError::OffsetLogFile { .. }
+            | EngineError::OffsetLogObject { .. }
             | EngineError::ConcurrentInstance(_)
             | EngineError::ReplayDiffers(_) => ErrorKind::External,
-            EngineError::Spec(_) | EngineError::Schema(_) => ErrorKind::User,
+            EngineError::Spec(_) | EngineError::Schema(_) | EngineError::UnknownPosition { .. } => {
+                ErrorKind::User
+            }
             EngineError::CorruptPlan { .. } => ErrorKind::Corrupt,
             EngineError::Internal(_) => ErrorKind::Internal,
         }

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tributary_avro::RegistryClient;
 use tributary_kafka::{GroupMember, Membership};
 use tributary_spec::TableSpec;
 
 use crate::error::{EngineError, Result};
-use crate::pipeline::{GroupScope, PipelineOptions, RunSummary, reader_config, run_group};
+use crate::group::run_group;
+use crate::open::{GroupScope, reader_config};
+use crate::options::{Components, PipelineOptions, RunSummary};
 
 struct RunningGroup {
     stop: Arc<AtomicBool>,
@@ -24,31 +25,13 @@ struct RunningGroup {
 pub(crate) async fn run_partitioned(
     spec: TableSpec,
     options: PipelineOptions,
-    registry: Arc<RegistryClient>,
+    components: Components,
 ) -> Result<RunSummary> {
     let config = reader_config(&spec);
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let member = Arc::new(GroupMember::join(&config, events_tx)?);
-    // The member's own thread serves the group protocol (heartbeats, rebalances).
     let member_stop = Arc::new(AtomicBool::new(false));
-    let member_thread = {
-        let (member, stop) = (member.clone(), member_stop.clone());
-        std::thread::Builder::new()
-            .name(format!("group-{}", spec.pipeline))
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    member.poll(Duration::from_millis(100));
-                }
-                member.leave();
-                // Serve the revocation that leaving causes.
-                for _ in 0..20 {
-                    member.poll(Duration::from_millis(50));
-                }
-            })
-            .map_err(|e| {
-                EngineError::Internal(format!("cannot start the group member thread: {e}"))
-            })?
-    };
+    let member_thread = serve_membership(&spec.pipeline, member.clone(), member_stop.clone())?;
 
     let spec = Arc::new(spec);
     let mut groups: HashMap<i32, RunningGroup> = HashMap::new();
@@ -62,7 +45,7 @@ pub(crate) async fn run_partitioned(
                     assigned_once = true;
                     tracing::info!(pipeline = %spec.pipeline, partitions = ?parts, "partitions assigned");
                     for p in parts {
-                        groups.entry(p).or_insert_with(|| start(&spec, &options, &registry, &member, p));
+                        groups.entry(p).or_insert_with(|| start(&spec, &options, &components, &member, p));
                     }
                 }
                 Some(Membership::Revoked(parts, ack)) => {
@@ -121,10 +104,32 @@ pub(crate) async fn run_partitioned(
     outcome.map(|()| total)
 }
 
+/// The member's own thread serves the group protocol (heartbeats,
+/// rebalances) until `stop`, then leaves the group.
+fn serve_membership(
+    pipeline: &str,
+    member: Arc<GroupMember>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("group-{pipeline}"))
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                member.poll(Duration::from_millis(100));
+            }
+            member.leave();
+            // Serve the revocation that leaving causes.
+            for _ in 0..20 {
+                member.poll(Duration::from_millis(50));
+            }
+        })
+        .map_err(|e| EngineError::Internal(format!("cannot start the group member thread: {e}")))
+}
+
 fn start(
     spec: &Arc<TableSpec>,
     options: &PipelineOptions,
-    registry: &Arc<RegistryClient>,
+    components: &Components,
     member: &Arc<GroupMember>,
     partition: i32,
 ) -> RunningGroup {
@@ -135,12 +140,12 @@ fn start(
         on_progress: options.on_progress.clone(),
         on_failure: options.on_failure.clone(),
     };
-    let (spec, registry, member) = (spec.clone(), registry.clone(), member.clone());
+    let (spec, components, member) = (spec.clone(), components.clone(), member.clone());
     let task = tokio::spawn(async move {
         run_group(
             &spec,
             &group_options,
-            registry,
+            components,
             GroupScope::partition(partition),
             Some(member),
         )

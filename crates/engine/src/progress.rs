@@ -76,6 +76,13 @@ pub struct SinkProgress {
     pub dead_letter_table_version: Option<u64>,
 }
 
+/// A time in microseconds since the epoch as RFC 3339 (UTC).
+pub(crate) fn format_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| micros.to_string())
+}
+
 /// JSON Schema of a progress event (docs/progress-schema.json is generated from it).
 pub fn progress_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(BatchProgress)).unwrap_or(serde_json::Value::Null)

@@ -6,34 +6,15 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
 use tributary_avro::RecordDecoder;
-use tributary_core::{DeadLetter, OffsetRanges, RawRecord, RecordHeaders};
-use tributary_kafka::{KafkaHeaders, KafkaReader, Polled, headers_of, raw_record};
+use tributary_core::{DeadLetter, DeadLetterReason, OffsetRanges, RawRecord, RecordHeaders};
+use tributary_kafka::{KafkaHeaders, KafkaReader, Polled, StartAt, headers_of, raw_record};
 
+use crate::contracts::{ReadBatch, Source};
 use crate::error::{EngineError, Result};
-use crate::offset_log::BatchPlan;
+use crate::plan::{BatchPlan, PlanLimits};
 
-/// When a new batch ends.
-pub(crate) struct PlanLimits {
-    pub max_offsets: u64,
-    pub max_bytes: u64,
-    pub interval: Duration,
-    /// `available_now`: the high watermark of each partition at start.
-    pub drain_targets: Option<BTreeMap<i32, i64>>,
-}
-
-pub(crate) struct ReadBatch {
-    pub ranges: OffsetRanges,
-    /// Where every partition stands after this batch.
-    pub end_offsets: BTreeMap<i32, i64>,
-    pub dead_letters: Vec<DeadLetter>,
-    pub records: u64,
-    pub bytes: u64,
-    /// Of `read_time`, decoding (estimated by sampling).
-    pub decode_time: Duration,
-    pub read_time: Duration,
-    /// `available_now` and every partition reached its target.
-    pub drained: bool,
-}
+/// Bounds a call to the broker's metadata.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -91,7 +72,7 @@ fn decode(
 
 /// Reads a new batch starting at `positions` (updated in place). Returns a
 /// batch with no records only when draining is complete or a stop was requested.
-pub(crate) fn read_new_batch(
+fn read_new_batch(
     reader: &KafkaReader,
     decoder: &mut RecordDecoder,
     positions: &mut BTreeMap<i32, i64>,
@@ -190,7 +171,19 @@ pub(crate) fn read_new_batch(
 /// the plan sent to the dead-letter table go there again without decoding;
 /// any other record must decode as it did, or the replay fails (a registry
 /// answering differently now must not move a record between the tables).
-pub(crate) fn replay_batch(
+/// The reason of each record the plan sent to the dead letters, by
+/// (partition, offset), when the plan recorded them.
+fn recorded_dead_letters(plan: &BatchPlan) -> Option<HashMap<(i32, i64), &str>> {
+    let records = plan.dead_letter_records.as_ref()?;
+    Some(
+        records
+            .iter()
+            .map(|d| ((d.partition, d.offset), d.reason.as_str()))
+            .collect(),
+    )
+}
+
+fn replay_batch(
     reader: &KafkaReader,
     decoder: &mut RecordDecoder,
     plan: &BatchPlan,
@@ -198,13 +191,7 @@ pub(crate) fn replay_batch(
     rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<Option<ReadBatch>> {
     let ranges = &plan.ranges;
-    let recorded: Option<HashMap<(i32, i64), &str>> =
-        plan.dead_letter_records.as_ref().map(|records| {
-            records
-                .iter()
-                .map(|d| ((d.partition, d.offset), d.reason.as_str()))
-                .collect()
-        });
+    let recorded = recorded_dead_letters(plan);
     let mut kept_dead_letters = Vec::new();
     let started = Instant::now();
     let mut pending: BTreeMap<i32, (i64, i64)> = ranges
@@ -237,7 +224,8 @@ pub(crate) fn replay_batch(
                 {
                     Some(reason) => {
                         counts.count(&raw);
-                        kept_dead_letters.push(DeadLetter::new(&raw, *reason));
+                        let reason = DeadLetterReason::Recorded((*reason).to_string());
+                        kept_dead_letters.push(DeadLetter::new(&raw, reason));
                     }
                     None => decode(decoder, &raw, rows, &mut counts)?,
                 }
@@ -278,4 +266,70 @@ pub(crate) fn replay_batch(
         read_time: started.elapsed(),
         drained: false,
     }))
+}
+
+fn starts(positions: &BTreeMap<i32, i64>) -> Vec<(i32, StartAt)> {
+    positions
+        .iter()
+        .map(|(p, o)| (*p, StartAt::Offset(*o)))
+        .collect()
+}
+
+impl Source for KafkaReader {
+    fn partitions(&self) -> Result<Vec<i32>> {
+        Ok(KafkaReader::partitions(self, KAFKA_TIMEOUT)?)
+    }
+
+    fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        Ok(KafkaReader::watermarks(self, partition, KAFKA_TIMEOUT)?)
+    }
+
+    fn check_positions(&self, positions: &BTreeMap<i32, i64>) -> Result<()> {
+        Ok(self.check_resume_offsets(positions, KAFKA_TIMEOUT)?)
+    }
+
+    fn seek(&self, positions: &BTreeMap<i32, i64>) -> Result<()> {
+        Ok(self.assign(&starts(positions))?)
+    }
+
+    fn add(&self, positions: &BTreeMap<i32, i64>) -> Result<()> {
+        Ok(self.add_partitions(&starts(positions))?)
+    }
+
+    fn read_new(
+        &self,
+        decoder: &mut RecordDecoder,
+        positions: &mut BTreeMap<i32, i64>,
+        limits: &PlanLimits,
+        undrained: &mut BTreeSet<i32>,
+        stop: &dyn Fn() -> bool,
+        rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<ReadBatch> {
+        read_new_batch(self, decoder, positions, limits, undrained, stop, rows)
+    }
+
+    fn replay(
+        &self,
+        decoder: &mut RecordDecoder,
+        plan: &BatchPlan,
+        stop: &dyn Fn() -> bool,
+        rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<Option<ReadBatch>> {
+        let starts: BTreeMap<i32, i64> = plan
+            .ranges
+            .ranges
+            .iter()
+            .map(|r| (r.partition, r.start))
+            .collect();
+        self.seek(&starts)?;
+        replay_batch(self, decoder, plan, stop, rows)
+    }
+
+    fn latest_offsets(&self) -> BTreeMap<i32, i64> {
+        KafkaReader::latest_offsets(self)
+    }
+
+    fn commit_positions(&self, next_offsets: &[(i32, i64)]) -> Result<()> {
+        Ok(self.commit(next_offsets)?)
+    }
 }

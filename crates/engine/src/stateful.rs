@@ -1,5 +1,5 @@
-//! Event-time pipelines: the operators of `tributary-stream` over a RocksDB
-//! state store, wired into the micro-batch loop. A batch is operated on the
+//! Operating and state application: the operators of `tributary-stream`
+//! over a RocksDB state store, wired into the micro-batch loop. A batch is operated on the
 //! state left by the batch before; its output and late rows are committed
 //! with the batch's txn, and only then is its state change applied, marked
 //! with its batch id. After a crash the state is at most one batch behind
@@ -11,13 +11,85 @@ use std::path::PathBuf;
 use deltalake::arrow::array::RecordBatch;
 use object_store::path::Path as ObjectPath;
 use tributary_avro::RecordColumns;
+use tributary_delta::BatchRows;
 use tributary_spec::{
-    OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START, WindowKind, WindowSpec,
+    AggregationSpec, OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START, WindowKind,
+    WindowSpec,
 };
 use tributary_state::{RocksOptions, RocksStore, Snapshots, StateStore};
-use tributary_stream::{Operated, Operator, OperatorConfig, Window};
+use tributary_stream::{Aggregation, Operated, Operator, OperatorConfig, Window};
 
+use crate::contracts::CommitMode;
+use crate::encode::Payload;
 use crate::error::{EngineError, Result};
+use crate::options::CheckpointStore;
+use crate::progress::{EventTimeProgress, format_micros};
+
+/// The rows of a batch, by table.
+pub(crate) struct BatchOutput {
+    pub data: BatchRows,
+    pub mode: CommitMode,
+    pub late: Option<RecordBatch>,
+    /// The watermark the batch ran with, in microseconds.
+    pub watermark: Option<i64>,
+}
+
+/// Runs a stateful group's operators on a batch's rows, on the state the
+/// previous batch left (nothing is applied); a stateless group's encoded
+/// rows pass through. Returns the rows for each table and, for a stateful
+/// group, the staged state change.
+pub(crate) fn operate(
+    state: Option<&GroupState>,
+    batch_id: u64,
+    payload: Payload,
+) -> Result<(BatchOutput, Option<Operated>)> {
+    let rows = match payload {
+        Payload::Encoded(encoded) => {
+            let output = BatchOutput {
+                data: BatchRows::Encoded(encoded),
+                mode: CommitMode::Append,
+                late: None,
+                watermark: None,
+            };
+            return Ok((output, None));
+        }
+        Payload::Rows(rows) => rows,
+    };
+    let state = state
+        .ok_or_else(|| EngineError::Internal("rows for operators without their state".into()))?;
+    let mut operated = tokio::task::block_in_place(|| state.operate(batch_id, &rows))?;
+    let output = BatchOutput {
+        data: BatchRows::Arrow(state.table_rows(&operated)?),
+        mode: state.commit_mode(),
+        late: operated.late.take(),
+        watermark: operated.watermark,
+    };
+    Ok((output, Some(operated)))
+}
+
+/// Applies a committed batch's state change, and takes a snapshot when one
+/// is due. Returns what the operators did, for the progress event.
+pub(crate) async fn apply_state(
+    state: Option<&mut GroupState>,
+    batch_id: u64,
+    operated: Option<Operated>,
+    late_rows_table_version: Option<u64>,
+) -> Result<Option<EventTimeProgress>> {
+    let Some(operated) = operated else {
+        return Ok(None);
+    };
+    let state =
+        state.ok_or_else(|| EngineError::Internal("operated rows without their state".into()))?;
+    let progress = EventTimeProgress {
+        watermark: operated.watermark.map(format_micros),
+        num_late_rows: operated.late_rows,
+        num_duplicate_rows: operated.duplicates,
+        late_rows_table_version,
+    };
+    tokio::task::block_in_place(|| state.apply(batch_id, operated))?;
+    state.snapshot_if_due(batch_id).await;
+    Ok(Some(progress))
+}
 
 /// Columns the decoder adds for the operators only, left out of the table.
 const HIDDEN_PARTITION: &str = "__tributary_partition";
@@ -96,9 +168,32 @@ pub(crate) fn operator_config(
                 WindowKind::Session { gap } => Window::Session { gap: micros(gap) },
             }),
         group_by: spec.group_by.clone(),
-        aggregations: spec.aggregations.clone(),
-        output_mode: spec.output_mode,
+        aggregations: spec.aggregations.iter().map(aggregation).collect(),
+        output_mode: match spec.output_mode {
+            OutputMode::Append => tributary_stream::OutputMode::Append,
+            OutputMode::Update => tributary_stream::OutputMode::Update,
+        },
     })
+}
+
+/// A spec's aggregate column in the operators' terms.
+fn aggregation(spec: &AggregationSpec) -> Aggregation {
+    use tributary_spec::AggregateFunction as Spec;
+    use tributary_stream::AggregateFunction as Op;
+    Aggregation {
+        name: spec.name.clone(),
+        function: match spec.function {
+            Spec::Count => Op::Count,
+            Spec::CountDistinct => Op::CountDistinct,
+            Spec::Sum => Op::Sum,
+            Spec::Min => Op::Min,
+            Spec::Max => Op::Max,
+            Spec::Avg => Op::Avg,
+            Spec::First => Op::First,
+            Spec::Last => Op::Last,
+        },
+        column: spec.column.clone(),
+    }
 }
 
 /// Where a group's RocksDB state lives.
@@ -115,28 +210,28 @@ pub(crate) fn state_dir(spec: &TableSpec, group: &str) -> PathBuf {
 
 /// The operators and state of one group.
 pub(crate) struct GroupState {
-    pub operator: Operator,
-    pub store: RocksStore,
+    operator: Operator,
+    store: RocksStore,
     snapshots: Option<Snapshots>,
     snapshot_every: u64,
     /// Partition columns of a windowed table, derived from its output.
-    pub output_partitions: Option<Vec<PartitionColumn>>,
+    output_partitions: Option<Vec<PartitionColumn>>,
     /// The columns identifying a window row, for update mode's MERGE.
-    pub merge_keys: Option<Vec<String>>,
+    merge_keys: Option<Vec<String>>,
 }
 
 /// The state snapshots of a group, when its checkpoint is in object storage.
-fn snapshots_for(spec: &TableSpec, group: &str) -> Result<Option<Snapshots>> {
-    if spec.checkpoint_is_local() || spec.checkpoint.state_snapshot_every == 0 {
-        return Ok(None);
-    }
-    let location = &spec.checkpoint.location;
-    let store = tributary_delta::object_store_for(location, spec.checkpoint_storage_options())?;
-    Ok(Some(Snapshots::new(
-        store,
-        &format!("{}/state/{group}", location.trim_end_matches('/')),
-        ObjectPath::from(format!("state/{group}")),
-    )))
+fn snapshots_for(spec: &TableSpec, checkpoint: &CheckpointStore, group: &str) -> Option<Snapshots> {
+    let CheckpointStore::Object { store, uri } = checkpoint else {
+        return None;
+    };
+    (spec.checkpoint.state_snapshot_every > 0).then(|| {
+        Snapshots::new(
+            store.clone(),
+            &format!("{}/state/{group}", uri.trim_end_matches('/')),
+            ObjectPath::from(format!("state/{group}")),
+        )
+    })
 }
 
 impl GroupState {
@@ -144,11 +239,12 @@ impl GroupState {
     /// snapshot first, when there is one.
     pub(crate) async fn open(
         spec: &TableSpec,
+        checkpoint: &CheckpointStore,
         group: &str,
         config: OperatorConfig,
     ) -> Result<GroupState> {
         let dir = state_dir(spec, group);
-        let snapshots = snapshots_for(spec, group)?;
+        let snapshots = snapshots_for(spec, checkpoint, group);
         let mut restored = false;
         if let Some(s) = &snapshots
             && !dir.join("CURRENT").exists()
@@ -216,6 +312,17 @@ impl GroupState {
             Some(p) => vec![tributary_delta::add_partition_columns(rows, p)?],
             None => vec![rows.clone()],
         })
+    }
+
+    /// How the group's output meets its table: update mode upserts windows.
+    fn commit_mode(&self) -> CommitMode {
+        match &self.merge_keys {
+            Some(keys) => CommitMode::Upsert {
+                keys: keys.clone(),
+                partitions: self.output_partitions.clone().unwrap_or_default(),
+            },
+            None => CommitMode::Append,
+        }
     }
 
     /// Applies a committed batch's state changes.

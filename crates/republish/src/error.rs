@@ -8,8 +8,6 @@ pub enum RepublishError {
     Kafka(#[from] tributary_kafka::KafkaSourceError),
     #[error(transparent)]
     Registry(#[from] tributary_avro::AvroError),
-    #[error(transparent)]
-    Engine(#[from] tributary_engine::EngineError),
     #[error("republish.filter: {0}")]
     Filter(String),
     #[error("republish: {0}")]
@@ -32,7 +30,6 @@ impl Classify for RepublishError {
             RepublishError::Delta(e) => e.kind(),
             RepublishError::Kafka(e) => e.kind(),
             RepublishError::Registry(e) => e.kind(),
-            RepublishError::Engine(e) => e.kind(),
             RepublishError::Filter(_)
             | RepublishError::Columns(_)
             | RepublishError::VersionGone { .. } => ErrorKind::User,

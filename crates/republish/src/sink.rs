@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::datatypes::SchemaRef;
 use serde::Serialize;
+use tributary_avro::RegistryClient;
 use tributary_core::{Classify, ErrorKind};
 use tributary_delta::{DeltaTableSink, TableOptions};
 use tributary_kafka::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
@@ -49,13 +50,15 @@ pub type RepublishCallback = Arc<dyn Fn(&RepublishProgress) + Send + Sync>;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs the republish sink of `spec` until `stop` is set (between two
-/// transactions). Errors a retry can cure (broker, storage, registry) are
+/// transactions), registering an Avro value schema with `registry`.
+/// Errors a retry can cure (broker, storage, registry) are
 /// retried with backoff; a fenced sink, a version lost to log retention or a
 /// filter that cannot be evaluated end it.
 pub async fn run_republisher(
     spec: TableSpec,
     stop: Arc<AtomicBool>,
     on_progress: Option<RepublishCallback>,
+    registry: Arc<RegistryClient>,
 ) -> Result<()> {
     let Some(republish) = spec.republish.clone() else {
         return Err(RepublishError::Columns(format!(
@@ -75,6 +78,7 @@ pub async fn run_republisher(
         republish,
         filter,
         publisher,
+        registry,
         encoder: None,
         on_progress,
         next: None,
@@ -128,6 +132,8 @@ struct Sink {
     republish: RepublishSpec,
     filter: Option<Filter>,
     publisher: Arc<TransactionalPublisher>,
+    /// Where an Avro value schema is registered.
+    registry: Arc<RegistryClient>,
     /// The encoder, for the table schema it was made for.
     encoder: Option<(SchemaRef, Arc<RowEncoder>)>,
     on_progress: Option<RepublishCallback>,
@@ -271,10 +277,9 @@ impl Sink {
         let value = match self.republish.format {
             RepublishFormat::Json => ValueFormat::Json,
             RepublishFormat::Avro => {
-                let registry =
-                    tributary_engine::registry_client(&self.spec.source.schema_registry)?;
                 let subject = format!("{}-value", self.republish.topic);
-                let schema_id = registry
+                let schema_id = self
+                    .registry
                     .register(&subject, &RowEncoder::avro_schema(&value_schema)?)
                     .await?;
                 ValueFormat::Avro { schema_id }

@@ -6,15 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tributary_devstack as dev;
+use tributary_devstack::generator::{CLICK_SCHEMA, ClickStream, frame};
+use tributary_devstack::kafka::ensure_topic;
 use tributary_engine::{BatchProgress, PipelineOptions, run_pipeline};
 
-use crate::dev;
-use crate::dev::generator::{CLICK_SCHEMA, ClickStream, frame};
 use crate::readback;
 
 const TOPIC: &str = "clicks";
@@ -76,45 +74,6 @@ pub async fn produce_only(
     Ok(())
 }
 
-/// Creates the topic unless it exists, so the stream is spread over
-/// `partitions` partitions rather than the broker's auto-create default.
-pub(crate) async fn ensure_topic(
-    bootstrap_servers: &str,
-    name: &str,
-    partitions: i32,
-) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .create()
-        .context("creating the Kafka admin client")?;
-    // All topics: a metadata request naming a missing topic makes a broker
-    // with auto-creation on create it, with its default partition count.
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(30))
-        .with_context(|| format!("reading metadata from {bootstrap_servers}"))?;
-    if metadata
-        .topics()
-        .iter()
-        .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
-    {
-        return Ok(());
-    }
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics([&topic], &options)
-        .await
-        .with_context(|| format!("creating topic {name} on {bootstrap_servers}"))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
-        }
-    }
-    Ok(())
-}
-
 pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
@@ -168,7 +127,8 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
         })),
         on_failure: None,
     };
-    let pipeline = tokio::spawn(run_pipeline(spec, options));
+    let components = crate::components::components(&spec)?;
+    let pipeline = tokio::spawn(run_pipeline(spec, options, components));
 
     println!(
         "Producing about {rate} click events/s for {duration:?} (out of order, late, duplicated, and a few malformed)..."

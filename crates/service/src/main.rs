@@ -2,9 +2,8 @@
 
 mod admin;
 mod bench;
-mod bench_state;
+mod components;
 mod demo;
-mod dev;
 mod readback;
 mod status;
 mod verify;
@@ -18,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tributary_devstack as dev;
 use tributary_engine::{PipelineOptions, run_pipeline};
 use tributary_spec::{TableSpec, parse_spec_file};
 
@@ -424,9 +424,12 @@ async fn run(
         // A backfill on a terminal shows how far it has come.
         let bar = (spec.trigger.available_now && std::io::stderr().is_terminal())
             .then(|| progress_bar(spec.pipeline.clone()));
+        let components = components::components(&spec)?;
         let to_admin = admin.clone();
-        let verify_due = verify_every
-            .map(|every| verify::spawn_periodic(spec.clone(), every, admin.clone(), stop.clone()));
+        let verify_due = verify_every.map(|every| {
+            let checkpoint = components.checkpoint.clone();
+            verify::spawn_periodic(spec.clone(), checkpoint, every, admin.clone(), stop.clone())
+        });
         let on_progress: Option<tributary_engine::ProgressCallback> =
             Some(Arc::new(move |p: &tributary_engine::BatchProgress| {
                 to_admin.record(p);
@@ -456,9 +459,10 @@ async fn run(
             ));
         }
         if spec.republish.as_ref().is_some_and(|r| r.enabled) && !spec.trigger.available_now {
-            spawn_republisher(spec.clone(), stop.clone(), admin.clone());
+            let registry = components.registry.clone();
+            spawn_republisher(spec.clone(), stop.clone(), admin.clone(), registry);
         }
-        tasks.spawn(async move { (name, run_pipeline(spec, options).await) });
+        tasks.spawn(async move { (name, run_pipeline(spec, options, components).await) });
     }
     admin.mark_started();
     let mut failed = false;
@@ -490,7 +494,12 @@ fn exit_code(failed: bool) -> ExitCode {
 
 /// The republish sink beside ingest. Its failure (a fenced sink, a version
 /// lost to log retention) is logged and counted; ingest goes on.
-fn spawn_republisher(spec: TableSpec, stop: Arc<AtomicBool>, admin: Arc<admin::AdminState>) {
+fn spawn_republisher(
+    spec: TableSpec,
+    stop: Arc<AtomicBool>,
+    admin: Arc<admin::AdminState>,
+    registry: Arc<tributary_avro::RegistryClient>,
+) {
     tokio::spawn(async move {
         let to_admin = admin.clone();
         let on_progress: tributary_republish::RepublishCallback =
@@ -498,7 +507,8 @@ fn spawn_republisher(spec: TableSpec, stop: Arc<AtomicBool>, admin: Arc<admin::A
                 to_admin.record_republish(p)
             });
         if let Err(e) =
-            tributary_republish::run_republisher(spec.clone(), stop, Some(on_progress)).await
+            tributary_republish::run_republisher(spec.clone(), stop, Some(on_progress), registry)
+                .await
         {
             tracing::error!(pipeline = %spec.pipeline, error = %e, "the republish sink stopped");
             admin.record_republish_failure(&spec.pipeline);
@@ -542,11 +552,11 @@ async fn republish(
         });
         let name = spec.pipeline.clone();
         let stop = stop.clone();
+        let registry = components::registry_client(&spec.source.schema_registry)?;
         tasks.spawn(async move {
-            (
-                name,
-                tributary_republish::run_republisher(spec, stop, on_progress).await,
-            )
+            let republished =
+                tributary_republish::run_republisher(spec, stop, on_progress, registry).await;
+            (name, republished)
         });
     }
     let mut failed = false;
@@ -685,7 +695,7 @@ async fn registry_columns(spec: &TableSpec) -> anyhow::Result<Option<Vec<(String
     let client = tributary_avro::RegistryClient::new(tributary_avro::RegistryConfig {
         timeout: Duration::from_secs(3),
         max_retries: 0,
-        ..tributary_engine::registry_config(&spec.source.schema_registry)?
+        ..components::registry_config(&spec.source.schema_registry)?
     })?;
     let Some(latest) = client.latest(&spec.value_subject()).await? else {
         return Ok(None);

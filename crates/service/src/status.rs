@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tributary_core::app_id;
 use tributary_delta::{DeltaTableSink, TableOptions};
-use tributary_engine::{OffsetLog, reader_config};
+use tributary_engine::{OffsetLog, PlanLog, reader_config};
 use tributary_kafka::KafkaReader;
 use tributary_spec::{StateScope, TableSpec};
 
@@ -43,6 +43,7 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
         .map(|p| p.name().to_string())
         .collect();
     let data = open(spec.table.uri.clone(), partition_names).await?;
+    let checkpoint = crate::components::checkpoint_store(spec)?;
     let dead = open(spec.dead_letter_uri(), vec![]).await?;
 
     // The broker's view; the status is still useful without it.
@@ -79,13 +80,7 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
         let app = app_id(&spec.pipeline, &group);
         let marker = data.last_marker(&app).await?;
         let committed = data.committed_batch(&app).await?;
-        let planned = match OffsetLog::open_existing(
-            &spec.checkpoint.location,
-            spec.checkpoint_storage_options(),
-            &group,
-        )
-        .await
-        {
+        let planned = match OffsetLog::open_existing(&checkpoint, &group) {
             Ok(Some(log)) => log.latest().await.ok().flatten(),
             _ => None,
         };

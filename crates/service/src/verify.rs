@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tributary_engine::{Finding, VerifyReport, verify};
+use tributary_engine::{CheckpointStore, Finding, VerifyReport, verify};
 use tributary_spec::TableSpec;
 
 use crate::admin::AdminState;
@@ -15,7 +15,8 @@ pub async fn run(spec_path: &Path, as_json: bool, offline: bool) -> anyhow::Resu
     let Some(spec) = crate::load_spec(spec_path) else {
         return Ok(ExitCode::FAILURE);
     };
-    let report = verify(&spec, !offline).await?;
+    let checkpoint = crate::components::checkpoint_store(&spec)?;
+    let report = verify(&spec, &checkpoint, !offline).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -149,6 +150,7 @@ fn describe(f: &Finding) -> String {
 /// the metrics and, with findings, to the log as an error.
 pub fn spawn_periodic(
     spec: TableSpec,
+    checkpoint: CheckpointStore,
     every: u64,
     admin: Arc<AdminState>,
     stop: Arc<AtomicBool>,
@@ -159,7 +161,7 @@ pub fn spawn_periodic(
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            match verify(&spec, true).await {
+            match verify(&spec, &checkpoint, true).await {
                 Ok(report) => {
                     if !report.ok() {
                         for f in &report.findings {

@@ -4,6 +4,7 @@
 
 mod error;
 mod event_time;
+mod event_time_rules;
 mod filter;
 mod lines;
 mod model;

@@ -1,89 +1,23 @@
-//! Operator state behind one contract, [`StateStore`], with two
-//! implementations: [`RocksStore`] (RocksDB on local disk, what pipelines
+//! The implementations of operator state's contract,
+//! [`tributary_core::StateStore`]: [`RocksStore`] (RocksDB on local disk, what pipelines
 //! run on) and [`MemoryStore`] (tests and property checks). One conformance
 //! suite (`conformance` below) runs against both.
 //!
-//! Keys are plain bytes ordered bytewise. Operators put the time first in a
-//! key, encoded with [`encode_time`] so byte order is time order: expiring
-//! everything older than a watermark is then a single range delete.
+//! The contract and the key codec live in `tributary-core`, so the
+//! operators build without RocksDB; they are re-exported here.
 
-mod error;
 mod memory;
 mod rocks;
 mod snapshot;
 
-pub use error::{Result, StateError};
+pub use tributary_core::{StagedWrites, StateError, StateStore, Write, decode_time, encode_time};
+
 pub use memory::MemoryStore;
 pub use rocks::{RocksOptions, RocksStore};
 pub use snapshot::{SnapshotManifest, Snapshots, UploadOutcome};
 
-/// One staged change to the state. Changes of a batch are collected while
-/// the batch is operated and applied by [`StateStore::commit`], in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-    /// Deletes every key in `[start, end)`.
-    DeleteRange(Vec<u8>, Vec<u8>),
-}
-
-/// The state changes of one batch, applied together or not at all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StagedWrites {
-    pub writes: Vec<Write>,
-}
-
-impl StagedWrites {
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.push(Write::Put(key, value));
-    }
-
-    pub fn delete(&mut self, key: Vec<u8>) {
-        self.writes.push(Write::Delete(key));
-    }
-
-    pub fn delete_range(&mut self, start: Vec<u8>, end: Vec<u8>) {
-        self.writes.push(Write::DeleteRange(start, end));
-    }
-}
-
-/// The state of one group of one pipeline.
-///
-/// Contract:
-/// - Reads see committed state only; a batch's own changes are staged in a
-///   [`StagedWrites`] and become visible at [`StateStore::commit`].
-/// - `commit(n, writes)` applies `writes` in order and records `n` as the
-///   last committed batch *atomically*: after a crash the store holds either
-///   all of batch `n` or none of it. Batch ids only grow: committing a batch
-///   id at or below the committed one is refused, so a replay cannot apply
-///   twice.
-/// - Keys are ordered bytewise; `scan(start, end)` returns `[start, end)` in
-///   that order.
-pub trait StateStore: Send {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
-
-    /// Several point reads at once (RocksDB batches them).
-    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
-
-    /// Key-value pairs in `[start, end)`, in key order.
-    fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
-
-    fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()>;
-
-    /// The last committed batch, `None` for an empty store.
-    fn committed_batch(&self) -> Result<Option<u64>>;
-}
-
-/// Order-preserving encoding of a signed timestamp: byte order of the
-/// encodings is numeric order of the values.
-pub fn encode_time(t: i64) -> [u8; 8] {
-    ((t as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// The inverse of [`encode_time`].
-pub fn decode_time(bytes: [u8; 8]) -> i64 {
-    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
-}
+/// What this crate's functions return.
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 /// Refuses a batch id that does not follow the committed one.
 fn check_order(committed: Option<u64>, batch_id: u64) -> Result<()> {

@@ -124,9 +124,9 @@ impl RocksStore {
     }
 
     fn err(&self) -> impl Fn(rocksdb::Error) -> StateError + '_ {
-        |e| StateError::Rocks {
+        |e| StateError::Store {
             path: self.path.display().to_string(),
-            message: e.into_string(),
+            source: Box::new(e),
         }
     }
 }
@@ -162,9 +162,9 @@ fn open_db(path: &Path, options: &RocksOptions) -> Result<DB> {
     let o = db_options(options);
     let meta = ColumnFamilyDescriptor::new(META, Options::default());
     let data = ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, o.clone());
-    DB::open_cf_descriptors(&o, path, vec![data, meta]).map_err(|e| StateError::Rocks {
+    DB::open_cf_descriptors(&o, path, vec![data, meta]).map_err(|e| StateError::Store {
         path: path.display().to_string(),
-        message: e.into_string(),
+        source: Box::new(e),
     })
 }
 

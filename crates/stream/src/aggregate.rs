@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use tributary_spec::AggregateFunction;
+use crate::config::AggregateFunction;
 
 use crate::error::{Result, StreamError};
 

@@ -3,7 +3,7 @@ use tributary_core::{Classify, ErrorKind};
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error(transparent)]
-    State(#[from] tributary_state::StateError),
+    State(#[from] tributary_core::StateError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     /// The spec asks for something the records cannot give.

@@ -2,7 +2,7 @@
 //! that expire start with their time, encoded so byte order is time order,
 //! which makes "everything older than the watermark" one key range.
 
-use tributary_state::encode_time;
+use tributary_core::encode_time;
 
 /// The greatest event time seen in committed batches.
 pub(crate) const MAX_EVENT_TIME: &[u8] = &[0x01, b'M'];
@@ -58,7 +58,7 @@ pub(crate) fn older_than(tag: u8, time: i64) -> (Vec<u8>, Vec<u8>) {
 /// The leading time of a timed key.
 pub(crate) fn time_of(key: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(tributary_state::decode_time(bytes))
+    Some(tributary_core::decode_time(bytes))
 }
 
 /// A window key: (end, start, group).
@@ -69,7 +69,7 @@ pub(crate) fn window_key(start: i64, end: i64, group: &[u8]) -> Vec<u8> {
 /// The window of a window key: (start, end, group).
 pub(crate) fn parse_window_key(key: &[u8]) -> Option<(i64, i64, &[u8])> {
     let end = time_of(key)?;
-    let start = tributary_state::decode_time(key.get(9..17)?.try_into().ok()?);
+    let start = tributary_core::decode_time(key.get(9..17)?.try_into().ok()?);
     Some((start, end, key.get(17..)?))
 }
 

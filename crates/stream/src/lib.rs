@@ -7,6 +7,7 @@
 //! docs/event-time.md.
 
 mod aggregate;
+mod config;
 mod error;
 mod key_filter;
 mod keys;
@@ -16,5 +17,6 @@ mod prepare;
 #[cfg(test)]
 mod oracle_tests;
 
+pub use config::{AggregateFunction, Aggregation, OutputMode, WINDOW_END, WINDOW_START};
 pub use error::{Result, StreamError};
 pub use operator::{Operated, Operator, OperatorConfig, Window};

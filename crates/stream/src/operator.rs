@@ -1,6 +1,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use crate::config::{AggregateFunction, Aggregation, OutputMode, WINDOW_END, WINDOW_START};
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
     UInt32Array, new_null_array,
@@ -8,8 +9,7 @@ use arrow::array::{
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, TimeUnit};
 use arrow::row::{RowConverter, SortField};
-use tributary_spec::{AggregationSpec, OutputMode, WINDOW_END, WINDOW_START};
-use tributary_state::{StagedWrites, StateStore};
+use tributary_core::{StagedWrites, StateStore};
 
 use crate::aggregate::{Acc, Arrival, Reader, encode_accs};
 use crate::error::{Result, StreamError};
@@ -46,7 +46,7 @@ pub struct OperatorConfig {
     pub dedup_keys: Vec<String>,
     pub window: Option<Window>,
     pub group_by: Vec<String>,
-    pub aggregations: Vec<AggregationSpec>,
+    pub aggregations: Vec<Aggregation>,
     pub output_mode: OutputMode,
 }
 
@@ -463,7 +463,7 @@ impl Operator {
             .aggregations
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.function == tributary_spec::AggregateFunction::CountDistinct)
+            .filter(|(_, a)| a.function == AggregateFunction::CountDistinct)
             .map(|(a, _)| a)
             .collect();
         if !distinct.is_empty() {
@@ -689,10 +689,10 @@ impl Operator {
                     })))
                 }
                 DataType::Float64
-                    if spec.function != tributary_spec::AggregateFunction::Min
-                        && spec.function != tributary_spec::AggregateFunction::Max
-                        && spec.function != tributary_spec::AggregateFunction::First
-                        && spec.function != tributary_spec::AggregateFunction::Last =>
+                    if spec.function != AggregateFunction::Min
+                        && spec.function != AggregateFunction::Max
+                        && spec.function != AggregateFunction::First
+                        && spec.function != AggregateFunction::Last =>
                 {
                     Arc::new(Float64Array::from_iter(rows.iter().map(
                         |r| match &r.accs[a] {

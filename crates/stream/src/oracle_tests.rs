@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::config::{AggregateFunction as F, Aggregation, OutputMode};
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -13,7 +14,6 @@ use arrow::array::{
 use arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
 };
-use tributary_spec::{AggregateFunction as F, AggregationSpec, OutputMode};
 use tributary_state::{MemoryStore, RocksOptions, RocksStore, StateStore};
 
 use crate::{Operator, OperatorConfig, Window};
@@ -171,8 +171,8 @@ fn to_batch(events: &[Event]) -> RecordBatch {
     RecordBatch::try_new(schema(), columns).unwrap()
 }
 
-fn aggregations() -> Vec<AggregationSpec> {
-    let agg = |name: &str, function, column: Option<&str>| AggregationSpec {
+fn aggregations() -> Vec<Aggregation> {
+    let agg = |name: &str, function, column: Option<&str>| Aggregation {
         name: name.into(),
         function,
         column: column.map(Into::into),

@@ -7,8 +7,8 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 
 use crate::aggregate::Input;
+use crate::config::{AggregateFunction, Aggregation};
 use crate::error::{Result, StreamError};
-use tributary_spec::{AggregateFunction, AggregationSpec};
 
 pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
@@ -152,7 +152,7 @@ pub(crate) enum AggInput {
 }
 
 impl AggInput {
-    pub(crate) fn prepare(spec: &AggregationSpec, batch: &RecordBatch) -> Result<AggInput> {
+    pub(crate) fn prepare(spec: &Aggregation, batch: &RecordBatch) -> Result<AggInput> {
         use AggregateFunction as F;
         let Some(name) = &spec.column else {
             return Ok(AggInput::Rows);
@@ -209,7 +209,7 @@ impl AggInput {
 }
 
 /// The output type of an aggregate over a column of `input` type.
-pub(crate) fn output_type(spec: &AggregationSpec, input: Option<&DataType>) -> DataType {
+pub(crate) fn output_type(spec: &Aggregation, input: Option<&DataType>) -> DataType {
     use AggregateFunction as F;
     match (spec.function, input) {
         (F::Count | F::CountDistinct, _) => DataType::Int64,

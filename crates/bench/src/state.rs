@@ -10,11 +10,15 @@ use deltalake::arrow::array::{
     TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use tributary_spec::{AggregateFunction, AggregationSpec, OutputMode};
-use tributary_state::{RocksOptions, RocksStore, StateStore};
-use tributary_stream::{Operator, OperatorConfig, Window};
 
-use crate::dev::generator::Rng;
+use tributary_state::{RocksOptions, RocksStore, StateStore};
+use tributary_stream::{
+    AggregateFunction, Aggregation, Operator, OperatorConfig, OutputMode, Window,
+};
+
+use tributary_devstack::generator::Rng;
+
+use crate::{Result, ensure};
 
 const MINUTE: i64 = 60_000_000;
 
@@ -113,7 +117,7 @@ fn drive(
     total: u64,
     batch_rows: usize,
     cards: u64,
-) -> anyhow::Result<(Duration, Duration, u64, u64)> {
+) -> Result<(Duration, Duration, u64, u64)> {
     let mut rng = Rng::new(5);
     let (mut operate, mut commit) = (Duration::ZERO, Duration::ZERO);
     let (mut out_rows, mut dropped) = (0u64, 0u64);
@@ -136,7 +140,7 @@ fn drive(
     Ok((operate, commit, out_rows, dropped))
 }
 
-pub fn dedup(keys: u64, batch_rows: usize) -> anyhow::Result<()> {
+pub fn dedup(keys: u64, batch_rows: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut store = RocksStore::open(dir.path(), RocksOptions::default())?;
     // A watermark delay longer than the stream: every key stays in state.
@@ -146,7 +150,7 @@ pub fn dedup(keys: u64, batch_rows: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let (operate, commit, kept, dropped) = drive(&operator, &mut store, keys, batch_rows, 1)?;
     let total = started.elapsed();
-    anyhow::ensure!(
+    ensure!(
         kept == keys && dropped == 0,
         "kept {kept} and dropped {dropped} of {keys} distinct keys"
     );
@@ -156,7 +160,7 @@ pub fn dedup(keys: u64, batch_rows: usize) -> anyhow::Result<()> {
         keys,
         &[rows(&mut Rng::new(5), 0, batch_rows.min(keys as usize), 1)],
     )?;
-    anyhow::ensure!(
+    ensure!(
         again.rows.is_none() && again.duplicates as usize == batch_rows.min(keys as usize),
         "replayed keys were not recognised as duplicates"
     );
@@ -175,7 +179,7 @@ pub fn dedup(keys: u64, batch_rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> anyhow::Result<()> {
+pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut store = RocksStore::open(dir.path(), RocksOptions::default())?;
     let mut config = config(15 * MINUTE);
@@ -184,7 +188,7 @@ pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> anyhow::Result
         slide: 2 * MINUTE,
     });
     config.group_by = vec!["card_id".into()];
-    let agg = |name: &str, function, column: Option<&str>| AggregationSpec {
+    let agg = |name: &str, function, column: Option<&str>| Aggregation {
         name: name.into(),
         function,
         column: column.map(Into::into),

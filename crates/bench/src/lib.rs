@@ -1,0 +1,340 @@
+//! The throughput benchmarks of `tributary bench` (docs/benchmarks.md):
+//! decoding and encoding alone, a drain from Kafka into Delta end to end,
+//! and the dedup and sliding-window operators over RocksDB state.
+
+mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::parquet::arrow::ArrowWriter;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tributary_core::RawRecord;
+use tributary_devstack as dev;
+use tributary_devstack::generator::{BENCH_SCHEMA, Rng, bench_event, frame};
+use tributary_engine::{CheckpointStore, Components, PipelineOptions, run_pipeline};
+
+pub use state::{dedup, windows};
+
+/// Upper bound of a framed benchmark record's size.
+pub const BENCH_RECORD_BYTES: u64 = 110;
+
+/// Why a benchmark could not run, or found a wrong result.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    DevStack(#[from] tributary_devstack::DevError),
+    #[error(transparent)]
+    Avro(#[from] tributary_avro::AvroError),
+    #[error("ingest failed: {0}")]
+    Engine(#[from] tributary_engine::EngineError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] deltalake::parquet::errors::ParquetError),
+    #[error(transparent)]
+    State(#[from] tributary_core::StateError),
+    #[error(transparent)]
+    Stream(#[from] tributary_stream::StreamError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("a benchmark thread failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// The benchmark ran but its result is wrong (lost records, say).
+    #[error("{0}")]
+    Check(String),
+}
+
+pub type Result<T, E = BenchError> = std::result::Result<T, E>;
+
+/// Fails the benchmark with a message unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($message:tt)+) => {
+        if !$cond {
+            return Err($crate::BenchError::Check(format!($($message)+)));
+        }
+    };
+}
+pub(crate) use ensure;
+
+async fn registry_with_schema(
+    subject: &str,
+) -> Result<(
+    dev::registry::DevRegistry,
+    Arc<tributary_avro::RegistryClient>,
+    u32,
+)> {
+    let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None, None).await?;
+    let client = Arc::new(tributary_avro::RegistryClient::new(
+        tributary_avro::RegistryConfig {
+            url: registry.url.clone(),
+            auth: tributary_avro::RegistryAuth::None,
+            timeout: Duration::from_secs(5),
+            max_retries: 3,
+            ..Default::default()
+        },
+    )?);
+    let id = client.register(subject, BENCH_SCHEMA).await?;
+    Ok((registry, client, id))
+}
+
+pub async fn decode(rows: u64) -> Result<()> {
+    let (_registry, client, id) = registry_with_schema("bench-value").await?;
+    let mut rng = Rng::new(7);
+    let mut body = Vec::new();
+    let mut buffer = Vec::new();
+    let mut bounds = Vec::with_capacity(rows as usize);
+    for seq in 0..rows {
+        bench_event(&mut rng, seq, &mut body);
+        let start = buffer.len();
+        buffer.extend_from_slice(&frame(id, &body));
+        bounds.push((start, buffer.len()));
+    }
+    let bytes = buffer.len();
+    let handle = tokio::runtime::Handle::current();
+    let report = tokio::task::spawn_blocking(move || -> Result<String> {
+        let mut decoder = tributary_avro::RecordDecoder::new(client, handle);
+        // Warm the schema cache so the timing holds decoding only.
+        let first = bounds[0];
+        decoder.push(&record(&buffer[first.0..first.1], 0))?;
+        decoder.finish()?;
+        let started = Instant::now();
+        for (i, (s, e)) in bounds.iter().enumerate() {
+            decoder.push(&record(&buffer[*s..*e], i as i64))?;
+        }
+        let decoded = decoder.finish()?;
+        let decode_time = started.elapsed();
+        ensure!(
+            decoded.dead_letters.is_empty(),
+            "unexpected dead letters: {:?}",
+            decoded.dead_letters.first()
+        );
+        let decoded_rows: usize = decoded.batches.iter().map(|b| b.num_rows()).sum();
+        ensure!(
+            decoded_rows as u64 == rows,
+            "decoded {decoded_rows} of {rows} rows"
+        );
+
+        let started = Instant::now();
+        let target = tributary_avro::delta_schema(&decoded.batches[0].schema())?;
+        let converted = decoded
+            .batches
+            .iter()
+            .map(|b| tributary_avro::to_delta_batch(b, &target))
+            .collect::<Result<Vec<_>, _>>()?;
+        let convert_time = started.elapsed();
+        let started = Instant::now();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), target.clone(), Some(props))?;
+        for b in &converted {
+            writer.write(b)?;
+        }
+        let parquet = writer.into_inner()?;
+        let encode_time = started.elapsed() + convert_time;
+        let per_sec = |d: Duration| rows as f64 / d.as_secs_f64();
+        Ok(format!(
+            "bench decode: {rows} rows, {:.1} MB of Confluent-framed Avro (10 fields)\n  \
+             decode to Arrow:              {:>10.0} rows/s  {:>7.1} MB/s\n  \
+             Delta type conversion:        {:>10.0} rows/s\n  \
+             Delta types + Parquet encode: {:>10.0} rows/s  ({:.1} MB of Parquet)\n  \
+             decode + encode on one core:  {:>10.0} rows/s\n  \
+             ratio decode : (decode+encode) = {:.2}",
+            bytes as f64 / 1e6,
+            per_sec(decode_time),
+            bytes as f64 / 1e6 / decode_time.as_secs_f64(),
+            per_sec(convert_time),
+            per_sec(encode_time),
+            parquet.len() as f64 / 1e6,
+            per_sec(decode_time + encode_time),
+            per_sec(decode_time) / per_sec(decode_time + encode_time),
+        ))
+    })
+    .await??;
+    println!("{report}");
+    Ok(())
+}
+
+fn record(value: &[u8], offset: i64) -> RawRecord<'_> {
+    RawRecord {
+        partition: 0,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        value: Some(value),
+        headers: None,
+    }
+}
+
+/// Where the backlog is.
+pub struct Broker {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    /// A broker in another process, whose CPU is reported.
+    pub pid: Option<u32>,
+    /// The mock cluster, whose CPU counts as this process's.
+    pub in_process: bool,
+}
+
+pub async fn ingest(rows: u64, partitions: i32, broker: Broker) -> Result<()> {
+    let Broker {
+        bootstrap_servers: bootstrap,
+        topic,
+        pid: broker_pid,
+        in_process,
+    } = broker;
+    let (registry, client, id) = registry_with_schema(&format!("{topic}-value")).await?;
+    let produce_started = Instant::now();
+    let (boot, produce_topic) = (bootstrap.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &boot)
+            .set("linger.ms", "50")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        // A topic just created may not be in every broker's metadata yet.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while partitions_of(&producer, &produce_topic) < partitions {
+            ensure!(
+                Instant::now() < deadline,
+                "topic {produce_topic} did not get {partitions} partitions"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut rng = Rng::new(11);
+        let mut body = Vec::new();
+        for seq in 0..rows {
+            bench_event(&mut rng, seq, &mut body);
+            let payload = frame(id, &body);
+            let mut record = BaseRecord::<(), _>::to(&produce_topic)
+                .payload(&payload)
+                .partition((seq % partitions as u64) as i32);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => {
+                        return Err(BenchError::Check(format!("producing the backlog: {e}")));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+        // Delivery failures are not reported per record here: count what
+        // the broker holds, so that a loss is not blamed on the drain.
+        let mut held = 0;
+        for p in 0..partitions {
+            let (low, high) =
+                producer
+                    .client()
+                    .fetch_watermarks(&produce_topic, p, Duration::from_secs(30))?;
+            held += high - low;
+        }
+        ensure!(
+            held as u64 == rows,
+            "the broker holds {held} of the {rows} records produced"
+        );
+        Ok(())
+    })
+    .await??;
+    let produce_time = produce_started.elapsed();
+
+    let dir = tempfile::tempdir()?;
+    let spec_text = format!(
+        "pipeline: bench
+source:
+  kafka: {{bootstrap_servers: '{bootstrap}', topic: {topic}}}
+  schema_registry: {{url: '{}'}}
+table: {{uri: 'file://{d}/lake/bench', target_file_size: 128MiB}}
+trigger: {{available_now: true}}
+checkpoint: {{location: 'file://{d}/checkpoint'}}
+",
+        registry.url,
+        d = dir.path().display()
+    );
+    let spec = tributary_spec::parse_spec("bench.yaml", &spec_text)
+        .map_err(|e| BenchError::Check(e.report().join("\n")))?;
+    let started = Instant::now();
+    let cpu_before = process_cpu_seconds("self");
+    let broker_before = broker_pid.and_then(|p| process_cpu_seconds(&p.to_string()));
+    let components = Components {
+        registry: client,
+        checkpoint: CheckpointStore::local(&spec.checkpoint.location),
+    };
+    let summary = run_pipeline(spec, PipelineOptions::default(), components).await?;
+    let elapsed = started.elapsed();
+    let cpu = process_cpu_seconds("self")
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let broker_cpu = broker_pid
+        .and_then(|p| process_cpu_seconds(&p.to_string()))
+        .zip(broker_before)
+        .map(|(after, before)| after - before);
+    let share = |c: f64| {
+        format!(
+            "{c:.2} core-seconds, {:.0} % of one core",
+            100.0 * c / elapsed.as_secs_f64()
+        )
+    };
+    let whose = if in_process {
+        "the in-process mock broker included"
+    } else {
+        "Tributary alone"
+    };
+    ensure!(
+        summary.rows == rows && summary.dead_letters == 0,
+        "lost records: {summary:?} for {rows} produced"
+    );
+    println!(
+        "bench ingest: {rows} rows over {partitions} partitions (produced in {:.1}s, not timed)\n  \
+         drained into Delta in {:.2}s: {:.0} rows/s end to end, {} batches, {} files, {:.1} MB of Parquet, zero loss\n  \
+         CPU during the drain: {} ({whose}){}",
+        produce_time.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        rows as f64 / elapsed.as_secs_f64(),
+        summary.batches,
+        summary.files,
+        summary.bytes as f64 / 1e6,
+        cpu.map_or("unknown".to_string(), share),
+        broker_cpu.map_or(String::new(), |c| format!(
+            "\n  broker CPU during the drain: {}",
+            share(c)
+        )),
+    );
+    Ok(())
+}
+
+fn partitions_of(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str) -> i32 {
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()
+        .and_then(|md| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().iter().filter(|p| p.leader() >= 0).count() as i32)
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process (`self` or a pid), from /proc (Linux).
+fn process_cpu_seconds(process: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).ok()?;
+    // Fields after the command name, which is parenthesised and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
+}

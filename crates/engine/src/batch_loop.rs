@@ -1,0 +1,248 @@
+//! The batch loop of one group: open, recover, then plan -> read -> encode
+//! -> commit -> apply state -> clean up, batch after batch, until drained,
+//! stopped or failed.
+//!
+//! Invariants: a batch's plan is recorded in the offsets log before
+//! anything of it is written; a plan another instance recorded first for
+//! the same id with other ranges stops this run (it re-syncs on retry); a
+//! recorded batch is re-run only with exactly its ranges.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tributary_core::{CrashPoint, crash_point};
+use tributary_kafka::{GroupMember, KafkaReader};
+use tributary_spec::{StartingOffsets, TableSpec};
+
+use crate::batch::BatchWriter;
+use crate::cleanup::remove_failed_attempts;
+use crate::contracts::Source;
+use crate::discovery::PartitionDiscovery;
+use crate::encode::{Converter, ReadyBatch};
+use crate::error::{EngineError, Result};
+use crate::open::{Group, GroupScope, reader_config};
+use crate::options::{Components, PipelineOptions, RunSummary};
+use crate::plan::{BatchPlan, PlanLimits, RecordedDeadLetter};
+use crate::recovery::{Recovery, recover};
+use crate::stages::{ReaderInput, Stages};
+
+/// One group's runs: what they share across retries.
+pub(crate) struct Run<'a> {
+    spec: &'a TableSpec,
+    options: &'a PipelineOptions,
+    components: Components,
+    pub scope: GroupScope,
+    pub writer: BatchWriter<'a>,
+}
+
+impl<'a> Run<'a> {
+    pub(crate) fn new(
+        spec: &'a TableSpec,
+        options: &'a PipelineOptions,
+        components: Components,
+        scope: GroupScope,
+        member: Option<Arc<GroupMember>>,
+    ) -> Run<'a> {
+        Run {
+            spec,
+            options,
+            components,
+            scope,
+            writer: BatchWriter {
+                spec,
+                options,
+                member,
+                summary: RunSummary::default(),
+            },
+        }
+    }
+
+    /// One run: recovery, then new batches until drained or stopped.
+    pub(crate) async fn once(&mut self) -> Result<()> {
+        let spec = self.spec;
+        let mut group = Group::open(spec, &self.components.checkpoint, &self.scope.name).await?;
+        let source: Arc<dyn Source> = Arc::new(KafkaReader::connect(&reader_config(spec))?);
+        let state = match &group.state {
+            Some(s) => Some(s.committed_batch()?),
+            None => None,
+        };
+        let recovery = recover(&group.tables(spec), group.log.as_ref(), state).await?;
+        for plan in &recovery.rerun {
+            if !self.rerun(&mut group, source.as_ref(), plan).await? {
+                return Ok(());
+            }
+        }
+        if let Some(plan) = &recovery.landed {
+            remove_failed_attempts(&mut group, plan, 0).await?;
+        }
+        let next_batch = recovery.next_batch;
+        let input = self.reader_input(&mut group, source.clone(), recovery)?;
+        let converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone());
+        let mut stages = Stages::start(
+            &spec.pipeline,
+            converter,
+            spec.table.target_file_size.0,
+            input,
+        )?;
+        let outcome = self
+            .commit_batches(&mut group, source.as_ref(), &mut stages, next_batch)
+            .await;
+        stages.finish(outcome).await
+    }
+
+    /// Assigns the partitions at their resume positions, and sets what the
+    /// reader thread reads and when a batch ends.
+    fn reader_input(
+        &self,
+        group: &mut Group,
+        source: Arc<dyn Source>,
+        recovery: Recovery,
+    ) -> Result<ReaderInput> {
+        let spec = self.spec;
+        let partitions = match &self.scope.partitions {
+            Some(own) => own.clone(),
+            None => blocking(|| source.partitions())?,
+        };
+        let mut positions = recovery.positions;
+        // Partitions without a position: new partitions of a running pipeline
+        // start at the beginning (as in Spark); a new pipeline obeys starting_offsets.
+        let earliest =
+            recovery.resumed || spec.source.kafka.starting_offsets == StartingOffsets::Earliest;
+        for p in &partitions {
+            if !positions.contains_key(p) {
+                let (low, high) = blocking(|| source.watermarks(*p))?;
+                positions.insert(*p, if earliest { low } else { high });
+            }
+        }
+        blocking(|| source.check_positions(&positions))?;
+        blocking(|| source.seek(&positions))?;
+
+        let drain_targets = if spec.trigger.available_now {
+            let mut targets = BTreeMap::new();
+            for p in &partitions {
+                targets.insert(*p, blocking(|| source.watermarks(*p))?.1);
+            }
+            group.known_latest = targets.clone();
+            Some(targets)
+        } else {
+            None
+        };
+        // A group of the whole topic takes partitions added to it while it
+        // runs (a drain with `available_now` keeps the partitions it started with).
+        let discovery = (self.scope.partitions.is_none() && drain_targets.is_none())
+            .then(|| PartitionDiscovery::new(spec.pipeline.clone()));
+        Ok(ReaderInput {
+            source,
+            decoder: group.decoder(spec, self.components.registry.clone()),
+            positions,
+            limits: PlanLimits {
+                max_offsets: spec.trigger.max_offsets_per_trigger.unwrap_or(u64::MAX),
+                max_bytes: spec.table.target_file_size.0,
+                interval: spec.trigger.interval.0,
+                drain_targets,
+            },
+            discovery,
+            stop: self.options.stop.clone(),
+        })
+    }
+
+    /// Plans and commits each batch the stages hand over.
+    async fn commit_batches(
+        &mut self,
+        group: &mut Group,
+        source: &dyn Source,
+        stages: &mut Stages,
+        mut next_batch: u64,
+    ) -> Result<()> {
+        while let Some(ready) = stages.ready.recv().await {
+            let batch = ready?;
+            crash_point(CrashPoint::AfterRead, next_batch);
+            let plan = plan_of(next_batch, &self.scope.name, &batch);
+            let started = Instant::now();
+            match group.log.record(&plan).await? {
+                None => {}
+                Some(recorded) if recorded.ranges == plan.ranges => {}
+                Some(_) => {
+                    return Err(EngineError::ConcurrentInstance(format!(
+                        "batch {} of group {} was planned by another instance sharing this checkpoint",
+                        plan.batch_id, plan.group
+                    )));
+                }
+            }
+            let plan_ms = started.elapsed().as_millis() as u64;
+            crash_point(CrashPoint::AfterPlan, plan.batch_id);
+            self.writer
+                .write(group, source, &plan, batch, false, plan_ms)
+                .await?;
+            next_batch += 1;
+        }
+        Ok(())
+    }
+
+    /// Re-runs a recorded batch with exactly its offsets: read, decode,
+    /// operate and write, each table commit skipped where it landed.
+    /// Returns false when the pipeline was stopped meanwhile.
+    async fn rerun(
+        &mut self,
+        group: &mut Group,
+        source: &dyn Source,
+        plan: &BatchPlan,
+    ) -> Result<bool> {
+        let spec = self.spec;
+        tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id, "re-running a planned batch with its recorded offsets");
+        let mut decoder = group.decoder(spec, self.components.registry.clone());
+        let stop = self.options.stop.clone();
+        let stopped = || stop.load(Ordering::Relaxed);
+        let mut rows = Vec::new();
+        let mut collect = |b| {
+            rows.push(b);
+            Ok(())
+        };
+        let replayed = blocking(|| source.replay(&mut decoder, plan, &stopped, &mut collect))?;
+        let Some(read) = replayed else {
+            return Ok(false);
+        };
+        let started = Instant::now();
+        let mut converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone());
+        let payload = blocking(|| converter.payload_of(&rows, spec.table.target_file_size.0))?;
+        let batch = ReadyBatch {
+            read,
+            payload,
+            encode_time: started.elapsed(),
+        };
+        self.writer
+            .write(group, source, plan, batch, true, 0)
+            .await?;
+        Ok(true)
+    }
+}
+
+/// The plan of a batch as read: its ranges, where it leaves every
+/// partition, and its dead letters.
+fn plan_of(batch_id: u64, group: &str, batch: &ReadyBatch) -> BatchPlan {
+    let letters = &batch.read.dead_letters;
+    BatchPlan {
+        batch_id,
+        group: group.to_string(),
+        ranges: batch.read.ranges.clone(),
+        end_offsets: batch.read.end_offsets.clone(),
+        dead_letters: letters.len() as u64,
+        dead_letter_records: Some(
+            letters
+                .iter()
+                .map(|d| RecordedDeadLetter {
+                    partition: d.partition,
+                    offset: d.offset,
+                    reason: d.reason.to_string(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Runs a short blocking client call without stalling the async workers.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}

@@ -1,0 +1,126 @@
+use super::*;
+use object_store::memory::InMemory;
+use tributary_core::OffsetRanges;
+
+fn plan(id: u64, end: i64) -> BatchPlan {
+    let mut ranges = OffsetRanges::new("t");
+    ranges.record(0, end - 1);
+    BatchPlan {
+        batch_id: id,
+        group: "topic".into(),
+        ranges,
+        end_offsets: BTreeMap::from([(0, end)]),
+        dead_letters: 0,
+        dead_letter_records: None,
+    }
+}
+
+/// The contract both backends keep; `reopen` gives a second handle on
+/// the same log, as a restarted or a rival instance has.
+async fn plans_are_recorded_once_and_survive_reopen(
+    log: OffsetLog,
+    reopen: impl AsyncFn() -> OffsetLog,
+) {
+    assert_eq!(log.latest().await.unwrap(), None);
+    for id in 0..3 {
+        assert_eq!(
+            log.record(&plan(id, id as i64 * 10 + 1)).await.unwrap(),
+            None
+        );
+    }
+    let again = reopen().await;
+    let latest = again.latest().await.unwrap().unwrap();
+    assert_eq!(latest.batch_id, 2);
+    assert_eq!(latest.end_offsets[&0], 21);
+    // Another plan for batch 2 is refused, and the recorded one returned.
+    let rival = plan(2, 99);
+    assert_eq!(again.record(&rival).await.unwrap(), Some(latest));
+    assert_eq!(again.latest().await.unwrap().unwrap().end_offsets[&0], 21);
+    again.adopt(&rival).await.unwrap();
+    assert_eq!(log.latest().await.unwrap().unwrap().end_offsets[&0], 99);
+}
+
+async fn announcements_are_kept_per_batch_and_forgotten_with_it(log: OffsetLog) {
+    let intent = log.intent(7);
+    intent
+        .announce("file:///t", "date=2026-01-01/part-a.parquet")
+        .await
+        .unwrap();
+    intent
+        .announce("file:///d", "part-b.parquet")
+        .await
+        .unwrap();
+    let announced = log.announced(7).await.unwrap();
+    assert_eq!(
+        announced["file:///t"],
+        vec!["date=2026-01-01/part-a.parquet".to_string()]
+    );
+    assert_eq!(announced["file:///d"], vec!["part-b.parquet".to_string()]);
+    assert!(log.announced(8).await.unwrap().is_empty());
+    // Recording batch 7 + RETAINED forgets batch 7's plan and intents.
+    log.record(&plan(7, 1)).await.unwrap();
+    log.record(&plan(7 + RETAINED, 2)).await.unwrap();
+    assert!(log.announced(7).await.unwrap().is_empty());
+    assert_eq!(log.latest().await.unwrap().unwrap().batch_id, 7 + RETAINED);
+}
+
+#[tokio::test]
+async fn local_plans_are_recorded_once_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = CheckpointStore::local(&format!("file://{}", dir.path().display()));
+    let log = OffsetLog::open(&loc, "topic").unwrap();
+    plans_are_recorded_once_and_survive_reopen(log, async || {
+        OffsetLog::open(&loc, "topic").unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn object_store_plans_are_recorded_once_and_survive_reopen() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let log = OffsetLog::on_store(store.clone(), "s3://b/c", "topic");
+    plans_are_recorded_once_and_survive_reopen(log, async || {
+        OffsetLog::on_store(store.clone(), "s3://b/c", "topic")
+    })
+    .await;
+    let keys: Vec<String> = store
+        .list(None)
+        .map(|m| m.unwrap().location.to_string())
+        .collect()
+        .await;
+    assert!(keys.contains(&"offsets/topic/00000000000000000002.json".to_string()));
+}
+
+#[tokio::test]
+async fn local_announcements_are_kept_per_batch_and_forgotten_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = OffsetLog::open(&CheckpointStore::Local(dir.path().to_path_buf()), "topic").unwrap();
+    announcements_are_kept_per_batch_and_forgotten_with_it(log).await;
+}
+
+#[tokio::test]
+async fn object_store_announcements_are_kept_per_batch_and_forgotten_with_it() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    announcements_are_kept_per_batch_and_forgotten_with_it(OffsetLog::on_store(
+        store, "s3://b/c", "topic",
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_local_announcement_cut_short_by_a_crash_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = OffsetLog::open(&CheckpointStore::Local(dir.path().to_path_buf()), "topic").unwrap();
+    log.intent(7)
+        .announce("file:///t", "part-a.parquet")
+        .await
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("offsets/topic/00000000000000000007.files"))
+        .unwrap();
+    f.write_all(b"file:///t").unwrap();
+    let announced = log.announced(7).await.unwrap();
+    assert_eq!(announced.len(), 1);
+    assert_eq!(announced["file:///t"], vec!["part-a.parquet".to_string()]);
+}

@@ -1,0 +1,87 @@
+//! What the caller of a pipeline chooses and gets back: the implementations
+//! it runs on, the stop flag, progress and failure callbacks, and the run's
+//! totals.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use object_store::ObjectStore;
+use tributary_avro::RegistryClient;
+use tributary_core::ErrorKind;
+
+use crate::progress::BatchProgress;
+
+/// Called with each batch's progress (the demo prints them).
+pub type ProgressCallback = Arc<dyn Fn(&BatchProgress) + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct PipelineOptions {
+    /// Set to stop after the batch in flight commits.
+    pub stop: Arc<AtomicBool>,
+    /// Appends each progress event as a JSON line.
+    pub progress_json: Option<PathBuf>,
+    pub on_progress: Option<ProgressCallback>,
+    /// Told of every failed attempt of a group: (pipeline, group, error,
+    /// attempts in a row, whether the pipeline stops on it).
+    pub on_failure: Option<FailureCallback>,
+}
+
+/// See `PipelineOptions::on_failure`.
+pub type FailureCallback = Arc<dyn Fn(&GroupFailure) + Send + Sync>;
+
+/// A failed attempt of a group's batch.
+#[derive(Debug, Clone)]
+pub struct GroupFailure {
+    pub pipeline: String,
+    pub group: String,
+    pub error: String,
+    pub kind: ErrorKind,
+    pub attempt: u32,
+    /// The pipeline stops: the error is not one a retry can cure.
+    pub fatal: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub batches: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub table_version: Option<u64>,
+}
+
+/// The implementations a pipeline runs on, picked by the caller (the
+/// `tributary` binary builds them from the spec).
+#[derive(Clone)]
+pub struct Components {
+    /// Where writer schemas are fetched.
+    pub registry: Arc<RegistryClient>,
+    /// Where the offsets log and state snapshots live.
+    pub checkpoint: CheckpointStore,
+}
+
+/// A pipeline's checkpoint location.
+#[derive(Clone)]
+pub enum CheckpointStore {
+    /// A local directory: plans are fsynced files; state snapshots are not
+    /// taken (the state directory is beside them).
+    Local(PathBuf),
+    /// An object store rooted at the location (`s3://…`): plans are created
+    /// with put-if-absent, and state snapshots are uploaded there.
+    Object {
+        store: Arc<dyn ObjectStore>,
+        /// The location's URI, for messages.
+        uri: String,
+    },
+}
+
+impl CheckpointStore {
+    /// The local directory of a `file://` URI or path.
+    pub fn local(location: &str) -> CheckpointStore {
+        CheckpointStore::Local(PathBuf::from(
+            location.strip_prefix("file://").unwrap_or(location),
+        ))
+    }
+}
