@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use tributary_core::RawRecord;
 use tributary_devstack as dev;
 use tributary_devstack::generator::{BENCH_SCHEMA, Rng, bench_event, frame};
-use tributary_engine::{CheckpointStore, Components, PipelineOptions, run_pipeline};
+use tributary_engine::{CheckpointStore, Components, PipelineOptions, StateBackend, run_pipeline};
 
 pub use state::{dedup, windows};
 
@@ -271,6 +271,7 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
     let components = Components {
         registry: client,
         checkpoint: CheckpointStore::local(&spec.checkpoint.location),
+        state: StateBackend::RocksDb(Default::default()),
     };
     let summary = run_pipeline(spec, PipelineOptions::default(), components).await?;
     let elapsed = started.elapsed();

@@ -62,7 +62,7 @@ impl<'a> Run<'a> {
     /// One run: recovery, then new batches until drained or stopped.
     pub(crate) async fn once(&mut self) -> Result<()> {
         let spec = self.spec;
-        let mut group = Group::open(spec, &self.components.checkpoint, &self.scope.name).await?;
+        let mut group = Group::open(spec, &self.components, &self.scope.name).await?;
         let source: Arc<dyn Source> = Arc::new(KafkaReader::connect(&reader_config(spec))?);
         let state = match &group.state {
             Some(s) => Some(s.committed_batch()?),

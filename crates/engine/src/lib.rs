@@ -29,6 +29,7 @@ mod evolve;
 mod group;
 mod offset_log;
 mod open;
+mod operator_config;
 mod options;
 mod partitioned;
 mod plan;
@@ -48,7 +49,7 @@ pub use offset_log::OffsetLog;
 pub use open::reader_config;
 pub use options::{
     CheckpointStore, Components, FailureCallback, GroupFailure, PipelineOptions, ProgressCallback,
-    RunSummary,
+    RunSummary, StateBackend,
 };
 pub use plan::{BatchPlan, RecordedDeadLetter};
 pub use progress::{BatchProgress, EventTimeProgress, progress_schema};

@@ -14,9 +14,10 @@ use tributary_spec::{OnIncompatible, TableSpec};
 use crate::contracts::{PlanLog, TableSink};
 use crate::error::Result;
 use crate::offset_log::OffsetLog;
-use crate::options::CheckpointStore;
+use crate::operator_config::{add_operator_columns, operator_config};
+use crate::options::Components;
 use crate::recovery::GroupTables;
-use crate::stateful::{GroupState, add_operator_columns, operator_config};
+use crate::stateful::GroupState;
 
 /// Which records a group owns.
 pub(crate) struct GroupScope {
@@ -64,14 +65,14 @@ impl Group {
     /// and, for a stateful pipeline, the operator state of group `name`.
     pub(crate) async fn open(
         spec: &TableSpec,
-        checkpoint: &CheckpointStore,
+        components: &Components,
         name: &str,
     ) -> Result<Group> {
         let mut columns = record_columns(spec);
         let hidden = add_operator_columns(spec, &mut columns);
         let state = if spec.is_stateful() {
             let config = operator_config(spec, &columns, hidden.clone())?;
-            Some(GroupState::open(spec, checkpoint, name, config).await?)
+            Some(GroupState::open(spec, components, name, config).await?)
         } else {
             None
         };
@@ -90,7 +91,7 @@ impl Group {
             Some(uri) => Some(Box::new(DeltaTableSink::open(table(uri, vec![])).await?)),
             None => None,
         };
-        let log = OffsetLog::open(checkpoint, name)?;
+        let log = OffsetLog::open(&components.checkpoint, name)?;
         Ok(Group {
             app_id: app_id(&spec.pipeline, name),
             data: Box::new(DeltaTableSink::open(data).await?),

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use object_store::ObjectStore;
 use tributary_avro::RegistryClient;
 use tributary_core::ErrorKind;
+use tributary_state::RocksOptions;
 
 use crate::progress::BatchProgress;
 
@@ -60,6 +61,20 @@ pub struct Components {
     pub registry: Arc<RegistryClient>,
     /// Where the offsets log and state snapshots live.
     pub checkpoint: CheckpointStore,
+    /// Where operator state is kept.
+    pub state: StateBackend,
+}
+
+/// Where a stateful pipeline keeps its operator state.
+#[derive(Debug, Clone)]
+pub enum StateBackend {
+    /// RocksDB under the spec's state directory: survives restarts, and
+    /// snapshots go to an object-store checkpoint for other nodes.
+    RocksDb(RocksOptions),
+    /// In memory: lost with the process. After a restart the state is
+    /// rebuilt by re-running the group's batches from the table's commits,
+    /// which works while the Delta log still holds them (tests, short jobs).
+    Memory,
 }
 
 /// A pipeline's checkpoint location.

@@ -10,19 +10,15 @@ use std::path::PathBuf;
 
 use deltalake::arrow::array::RecordBatch;
 use object_store::path::Path as ObjectPath;
-use tributary_avro::RecordColumns;
 use tributary_delta::BatchRows;
-use tributary_spec::{
-    AggregationSpec, OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START, WindowKind,
-    WindowSpec,
-};
-use tributary_state::{RocksOptions, RocksStore, Snapshots, StateStore};
-use tributary_stream::{Aggregation, Operated, Operator, OperatorConfig, Window};
+use tributary_spec::{OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START};
+use tributary_state::{MemoryStore, RocksOptions, RocksStore, Snapshots, StateStore};
+use tributary_stream::{Operated, Operator, OperatorConfig};
 
 use crate::contracts::CommitMode;
 use crate::encode::Payload;
 use crate::error::{EngineError, Result};
-use crate::options::CheckpointStore;
+use crate::options::{CheckpointStore, Components, StateBackend};
 use crate::progress::{EventTimeProgress, format_micros};
 
 /// The rows of a batch, by table.
@@ -91,111 +87,6 @@ pub(crate) async fn apply_state(
     Ok(Some(progress))
 }
 
-/// Columns the decoder adds for the operators only, left out of the table.
-const HIDDEN_PARTITION: &str = "__tributary_partition";
-const HIDDEN_OFFSET: &str = "__tributary_offset";
-const HIDDEN_TIMESTAMP: &str = "__tributary_kafka_timestamp";
-
-/// The Kafka columns an event-time pipeline needs: partition and offset
-/// (a batch's canonical row order) and the Kafka timestamp when it is the
-/// event time. The spec's own names are used when it has them; hidden
-/// columns otherwise. Returns the columns to hide from the table.
-pub(crate) fn add_operator_columns(spec: &TableSpec, columns: &mut RecordColumns) -> Vec<String> {
-    let mut hidden = Vec::new();
-    if !spec.is_stateful() {
-        return hidden;
-    }
-    let mut need = |slot: &mut Option<String>, name: &str| {
-        if slot.is_none() {
-            *slot = Some(name.to_string());
-            hidden.push(name.to_string());
-        }
-    };
-    need(&mut columns.partition, HIDDEN_PARTITION);
-    need(&mut columns.offset, HIDDEN_OFFSET);
-    if spec.event_time.as_ref().is_some_and(|e| e.column.is_none()) {
-        need(&mut columns.timestamp, HIDDEN_TIMESTAMP);
-    }
-    hidden
-}
-
-fn micros(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// The operators a spec describes, over rows with `columns`' names.
-pub(crate) fn operator_config(
-    spec: &TableSpec,
-    columns: &RecordColumns,
-    hidden: Vec<String>,
-) -> Result<OperatorConfig> {
-    let event_time = spec
-        .event_time
-        .as_ref()
-        .ok_or_else(|| EngineError::Spec("event-time operators need event_time".into()))?;
-    let kafka_column = |c: &Option<String>| {
-        c.clone()
-            .ok_or_else(|| EngineError::Internal("operator columns were not added".into()))
-    };
-    let time_column = match &event_time.column {
-        Some(c) => c.clone(),
-        None => kafka_column(&columns.timestamp)?,
-    };
-    Ok(OperatorConfig {
-        time_column,
-        partition_column: kafka_column(&columns.partition)?,
-        offset_column: kafka_column(&columns.offset)?,
-        hidden_columns: hidden,
-        watermark_delay: micros(event_time.watermark_delay.0),
-        dedup_keys: spec
-            .dedup
-            .as_ref()
-            .map(|d| d.keys.clone())
-            .unwrap_or_default(),
-        window: spec
-            .window
-            .as_ref()
-            .and_then(WindowSpec::kind)
-            .map(|w| match w {
-                WindowKind::Tumbling { size } => Window::Sliding {
-                    size: micros(size),
-                    slide: micros(size),
-                },
-                WindowKind::Sliding { size, slide } => Window::Sliding {
-                    size: micros(size),
-                    slide: micros(slide),
-                },
-                WindowKind::Session { gap } => Window::Session { gap: micros(gap) },
-            }),
-        group_by: spec.group_by.clone(),
-        aggregations: spec.aggregations.iter().map(aggregation).collect(),
-        output_mode: match spec.output_mode {
-            OutputMode::Append => tributary_stream::OutputMode::Append,
-            OutputMode::Update => tributary_stream::OutputMode::Update,
-        },
-    })
-}
-
-/// A spec's aggregate column in the operators' terms.
-fn aggregation(spec: &AggregationSpec) -> Aggregation {
-    use tributary_spec::AggregateFunction as Spec;
-    use tributary_stream::AggregateFunction as Op;
-    Aggregation {
-        name: spec.name.clone(),
-        function: match spec.function {
-            Spec::Count => Op::Count,
-            Spec::CountDistinct => Op::CountDistinct,
-            Spec::Sum => Op::Sum,
-            Spec::Min => Op::Min,
-            Spec::Max => Op::Max,
-            Spec::Avg => Op::Avg,
-            Spec::First => Op::First,
-            Spec::Last => Op::Last,
-        },
-        column: spec.column.clone(),
-    }
-}
-
 /// Where a group's RocksDB state lives.
 pub(crate) fn state_dir(spec: &TableSpec, group: &str) -> PathBuf {
     match &spec.checkpoint.state_dir {
@@ -211,13 +102,35 @@ pub(crate) fn state_dir(spec: &TableSpec, group: &str) -> PathBuf {
 /// The operators and state of one group.
 pub(crate) struct GroupState {
     operator: Operator,
-    store: RocksStore,
-    snapshots: Option<Snapshots>,
+    store: Store,
     snapshot_every: u64,
     /// Partition columns of a windowed table, derived from its output.
     output_partitions: Option<Vec<PartitionColumn>>,
     /// The columns identifying a window row, for update mode's MERGE.
     merge_keys: Option<Vec<String>>,
+}
+
+/// A group's state store, of the backend the caller picked.
+enum Store {
+    /// With the snapshots of an object-store checkpoint.
+    Rocks(RocksStore, Option<Snapshots>),
+    Memory(MemoryStore),
+}
+
+impl Store {
+    fn contract(&self) -> &dyn StateStore {
+        match self {
+            Store::Rocks(store, _) => store,
+            Store::Memory(store) => store,
+        }
+    }
+
+    fn contract_mut(&mut self) -> &mut dyn StateStore {
+        match self {
+            Store::Rocks(store, _) => store,
+            Store::Memory(store) => store,
+        }
+    }
 }
 
 /// The state snapshots of a group, when its checkpoint is in object storage.
@@ -234,49 +147,64 @@ fn snapshots_for(spec: &TableSpec, checkpoint: &CheckpointStore, group: &str) ->
     })
 }
 
+/// Opens the group's RocksDB state; a node without it restores the newest
+/// snapshot first, when there is one.
+async fn open_rocks(
+    spec: &TableSpec,
+    checkpoint: &CheckpointStore,
+    group: &str,
+    options: &RocksOptions,
+) -> Result<Store> {
+    let dir = state_dir(spec, group);
+    let snapshots = snapshots_for(spec, checkpoint, group);
+    let mut restored = false;
+    if let Some(s) = &snapshots
+        && !dir.join("CURRENT").exists()
+    {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| EngineError::Spec(format!("cannot clear {}: {e}", dir.display())))?;
+        }
+        match s.restore(&dir).await? {
+            Some(batch) => {
+                restored = true;
+                tracing::info!(pipeline = %spec.pipeline, group, batch, dir = %dir.display(), "restored the state snapshot")
+            }
+            None => {
+                tracing::info!(pipeline = %spec.pipeline, group, "no state snapshot to restore")
+            }
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        EngineError::Spec(format!(
+            "cannot create the state directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let store = tokio::task::block_in_place(|| {
+        if restored {
+            RocksStore::open_restored(&dir, options.clone())
+        } else {
+            RocksStore::open(&dir, options.clone())
+        }
+    })?;
+    Ok(Store::Rocks(store, snapshots))
+}
+
 impl GroupState {
-    /// Opens the group's state; a node without it restores the newest
-    /// snapshot first, when there is one.
+    /// Opens the group's state in the picked backend.
     pub(crate) async fn open(
         spec: &TableSpec,
-        checkpoint: &CheckpointStore,
+        components: &Components,
         group: &str,
         config: OperatorConfig,
     ) -> Result<GroupState> {
-        let dir = state_dir(spec, group);
-        let snapshots = snapshots_for(spec, checkpoint, group);
-        let mut restored = false;
-        if let Some(s) = &snapshots
-            && !dir.join("CURRENT").exists()
-        {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| {
-                    EngineError::Spec(format!("cannot clear {}: {e}", dir.display()))
-                })?;
+        let store = match &components.state {
+            StateBackend::RocksDb(options) => {
+                open_rocks(spec, &components.checkpoint, group, options).await?
             }
-            match s.restore(&dir).await? {
-                Some(batch) => {
-                    restored = true;
-                    tracing::info!(pipeline = %spec.pipeline, group, batch, dir = %dir.display(), "restored the state snapshot")
-                }
-                None => {
-                    tracing::info!(pipeline = %spec.pipeline, group, "no state snapshot to restore")
-                }
-            }
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            EngineError::Spec(format!(
-                "cannot create the state directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let store = tokio::task::block_in_place(|| {
-            if restored {
-                RocksStore::open_restored(&dir, RocksOptions::default())
-            } else {
-                RocksStore::open(&dir, RocksOptions::default())
-            }
-        })?;
+            StateBackend::Memory => Store::Memory(MemoryStore::new()),
+        };
         let windowed = spec.window.is_some();
         let merge_keys = (windowed && spec.output_mode == OutputMode::Update).then(|| {
             let mut keys = vec![WINDOW_START.to_string(), WINDOW_END.to_string()];
@@ -286,7 +214,6 @@ impl GroupState {
         Ok(GroupState {
             operator: Operator::new(config),
             store,
-            snapshots,
             snapshot_every: spec.checkpoint.state_snapshot_every,
             output_partitions: windowed.then(|| spec.partition_columns()),
             merge_keys,
@@ -295,12 +222,14 @@ impl GroupState {
 
     /// The last batch whose state is applied.
     pub(crate) fn committed_batch(&self) -> Result<Option<u64>> {
-        Ok(self.store.committed_batch()?)
+        Ok(self.store.contract().committed_batch()?)
     }
 
     /// Operates one batch on the committed state (nothing is applied).
     pub(crate) fn operate(&self, batch_id: u64, rows: &[RecordBatch]) -> Result<Operated> {
-        Ok(self.operator.process(&self.store, batch_id, rows)?)
+        Ok(self
+            .operator
+            .process(self.store.contract(), batch_id, rows)?)
     }
 
     /// The table rows of an operated batch, partition columns included.
@@ -327,7 +256,10 @@ impl GroupState {
 
     /// Applies a committed batch's state changes.
     pub(crate) fn apply(&mut self, batch_id: u64, operated: Operated) -> Result<()> {
-        Ok(self.store.commit(batch_id, operated.writes)?)
+        Ok(self
+            .store
+            .contract_mut()
+            .commit(batch_id, operated.writes)?)
     }
 
     /// Uploads a snapshot when `batch_id` is due for one. A failed upload
@@ -335,14 +267,14 @@ impl GroupState {
     /// tries again.
     pub(crate) async fn snapshot_if_due(&mut self, batch_id: u64) {
         let every = self.snapshot_every;
-        let Some(snapshots) = self.snapshots.as_mut() else {
+        let Store::Rocks(store, Some(snapshots)) = &mut self.store else {
             return;
         };
         if every == 0 || !(batch_id + 1).is_multiple_of(every) {
             return;
         }
-        let scratch = self.store.path().with_extension("snapshot");
-        let store = &self.store;
+        let scratch = store.path().with_extension("snapshot");
+        let store = &*store;
         let taken = tokio::task::block_in_place(|| -> Result<String> {
             if scratch.exists() {
                 std::fs::remove_dir_all(&scratch).map_err(|e| {
@@ -374,3 +306,6 @@ impl GroupState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,14 +5,16 @@
 use std::sync::Arc;
 
 use tributary_avro::{RegistryAuth, RegistryClient, RegistryConfig, Result, SecretSource};
-use tributary_engine::{CheckpointStore, Components};
+use tributary_engine::{CheckpointStore, Components, StateBackend};
 use tributary_spec::{RegistrySpec, TableSpec};
+use tributary_state::RocksOptions;
 
 /// Everything `spec`'s pipeline runs on.
 pub fn components(spec: &TableSpec) -> anyhow::Result<Components> {
     Ok(Components {
         registry: registry_client(&spec.source.schema_registry)?,
         checkpoint: checkpoint_store(spec)?,
+        state: StateBackend::RocksDb(RocksOptions::default()),
     })
 }
 

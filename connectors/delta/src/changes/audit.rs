@@ -2,6 +2,7 @@
 //! still kept as JSON, and the live files storage no longer holds.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 
 use deltalake::Path;
 use futures::TryStreamExt;
@@ -31,29 +32,12 @@ impl DeltaTableSink {
     /// file, oldest first. Older ones survive only in a checkpoint, which
     /// keeps no `commitInfo`.
     pub async fn logged_commits(&self) -> Result<Vec<LoggedCommit>> {
-        let Some(table) = &self.table else {
-            return Ok(Vec::new());
-        };
-        let Some(latest) = table.version() else {
-            return Ok(Vec::new());
-        };
-        let log_store = table.log_store();
         let mut commits = Vec::new();
-        let mut version = latest;
-        loop {
-            let Some(bytes) = log_store
-                .read_commit_entry(version)
-                .await
-                .map_err(self.delta_err())?
-            else {
-                break;
-            };
-            commits.push(self.parse_commit(version, &bytes)?);
-            if version == 0 {
-                break;
-            }
-            version -= 1;
-        }
+        self.walk_log_back(|version, bytes| {
+            commits.push(self.parse_commit(version, bytes)?);
+            Ok(ControlFlow::<()>::Continue(()))
+        })
+        .await?;
         commits.reverse();
         Ok(commits)
     }

@@ -11,6 +11,7 @@ use futures::TryStreamExt as _;
 use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::ControlFlow;
 use url::Url;
 
 use crate::COMMIT_INFO_KEY;
@@ -269,21 +270,7 @@ impl DeltaTableSink {
     }
 
     async fn find_marker(&self, app_id: &str, batch: Option<u64>) -> Result<Option<CommitMarker>> {
-        let Some(table) = &self.table else {
-            return Ok(None);
-        };
-        let log_store = table.log_store();
-        let Some(mut version) = table.version() else {
-            return Ok(None);
-        };
-        loop {
-            let Some(bytes) = log_store
-                .read_commit_entry(version)
-                .await
-                .map_err(self.delta_err())?
-            else {
-                break;
-            };
+        self.walk_log_back(|version, bytes| {
             for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let Ok(action) = serde_json::from_slice::<Value>(line) else {
                     continue;
@@ -296,22 +283,52 @@ impl DeltaTableSink {
                     let id = info.get("batchId").and_then(Value::as_u64);
                     match batch {
                         Some(wanted) if id.is_some_and(|id| id > wanted) => {}
-                        Some(wanted) if id != Some(wanted) => return Ok(None),
+                        Some(wanted) if id != Some(wanted) => return Ok(ControlFlow::Break(None)),
                         _ => {
-                            return Ok(Some(CommitMarker {
+                            let marker = CommitMarker {
                                 version,
                                 info: info.clone(),
-                            }));
+                            };
+                            return Ok(ControlFlow::Break(Some(marker)));
                         }
                     }
                 }
             }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await
+        .map(Option::flatten)
+    }
+
+    /// Hands the log's JSON commits to `visit`, from the loaded version back
+    /// to the oldest one still kept, until it breaks with a value.
+    pub(crate) async fn walk_log_back<T>(
+        &self,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<ControlFlow<T>>,
+    ) -> Result<Option<T>> {
+        let Some(table) = &self.table else {
+            return Ok(None);
+        };
+        let Some(mut version) = table.version() else {
+            return Ok(None);
+        };
+        let log_store = table.log_store();
+        loop {
+            let Some(bytes) = log_store
+                .read_commit_entry(version)
+                .await
+                .map_err(self.delta_err())?
+            else {
+                return Ok(None);
+            };
+            if let ControlFlow::Break(found) = visit(version, &bytes)? {
+                return Ok(Some(found));
+            }
             if version == 0 {
-                break;
+                return Ok(None);
             }
             version -= 1;
         }
-        Ok(None)
     }
 
     /// Commits one batch as one Delta transaction tagged `txn {app_id, batch_id}`.
