@@ -101,14 +101,16 @@ impl Converter {
                 visible.push(i);
             }
         }
-        let arrow = |e: deltalake::arrow::error::ArrowError| EngineError::Internal(e.to_string());
-        let converted = self.convert_visible(&decoded.project(&visible).map_err(arrow)?)?;
-        let aside = decoded.project(&hidden).map_err(arrow)?;
+        let converted = self.convert_visible(&decoded.project(&visible)?)?;
+        let aside = decoded.project(&hidden)?;
         let mut fields: Vec<_> = converted.schema().fields().iter().cloned().collect();
         fields.extend(aside.schema().fields().iter().cloned());
         let mut columns = converted.columns().to_vec();
         columns.extend(aside.columns().iter().cloned());
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
     }
 
     /// All rows of a batch in the schema of its last rows (a batch may

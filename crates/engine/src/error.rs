@@ -1,3 +1,6 @@
+//! The engine's one error enum: each variant knows whose the problem is
+//! (`Classify`), which decides between retrying, stopping and refusing.
+
 use tributary_core::{Classify, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,25 @@ pub enum EngineError {
         table: String,
         checkpoint: String,
     },
+    #[error("cannot start the {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{task} failed: {source}")]
+    Task {
+        task: &'static str,
+        source: tokio::task::JoinError,
+    },
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Arrow: {0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,7 +95,14 @@ impl Classify for EngineError {
                 ErrorKind::User
             }
             EngineError::CorruptPlan { .. } => ErrorKind::Corrupt,
-            EngineError::Internal(_) => ErrorKind::Internal,
+            // The state directory the spec names cannot be used: the
+            // operator must act (as for a spec problem).
+            EngineError::StateDir { .. } => ErrorKind::User,
+            EngineError::Thread { .. }
+            | EngineError::Task { .. }
+            | EngineError::Arrow(_)
+            | EngineError::Json(_)
+            | EngineError::Internal(_) => ErrorKind::Internal,
         }
     }
 }

@@ -310,7 +310,7 @@ fn intents_prefix(prefix: &ObjectPath, batch: u64) -> ObjectPath {
 }
 
 fn plan_body(plan: &BatchPlan) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(plan).map_err(|e| EngineError::Internal(e.to_string()))
+    Ok(serde_json::to_vec_pretty(plan)?)
 }
 
 fn write_aside(dir: &Path, plan: &BatchPlan) -> Result<PathBuf> {

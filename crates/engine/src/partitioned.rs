@@ -123,7 +123,10 @@ fn serve_membership(
                 member.poll(Duration::from_millis(50));
             }
         })
-        .map_err(|e| EngineError::Internal(format!("cannot start the group member thread: {e}")))
+        .map_err(|source| EngineError::Thread {
+            thread: "group member",
+            source,
+        })
 }
 
 fn start(
@@ -155,10 +158,10 @@ fn start(
 }
 
 async fn finish(group: RunningGroup, total: &mut RunSummary) -> Result<()> {
-    let summary = group
-        .task
-        .await
-        .map_err(|e| EngineError::Internal(format!("a group's task failed: {e}")))??;
+    let summary = group.task.await.map_err(|source| EngineError::Task {
+        task: "a group's task",
+        source,
+    })??;
     total.batches += summary.batches;
     total.rows += summary.rows;
     total.dead_letters += summary.dead_letters;

@@ -55,13 +55,19 @@ impl Stages {
         let encoder = std::thread::Builder::new()
             .name(format!("encode-{pipeline}"))
             .spawn(move || run_encoder(chunk_rx, ready_tx, converter, target_file_size))
-            .map_err(|e| EngineError::Internal(format!("cannot start encoder thread: {e}")))?;
+            .map_err(|source| EngineError::Thread {
+                thread: "encoder",
+                source,
+            })?;
         let abort = Arc::new(AtomicBool::new(false));
         let reader_abort = abort.clone();
         let reader = std::thread::Builder::new()
             .name(format!("read-{pipeline}"))
             .spawn(move || read_batches(input, &reader_abort, &chunk_tx))
-            .map_err(|e| EngineError::Internal(format!("cannot start reader thread: {e}")))?;
+            .map_err(|source| EngineError::Thread {
+                thread: "reader",
+                source,
+            })?;
         Ok(Stages {
             ready,
             abort,
@@ -81,7 +87,10 @@ impl Stages {
             [("reader", reader.join()), ("encoder", encoder.join())]
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("joining the batch loop's threads: {e}")))?;
+        .map_err(|source| EngineError::Task {
+            task: "joining the batch loop's threads",
+            source,
+        })?;
         for (thread, joined) in joined {
             if let Err(panic) = joined
                 && outcome.is_ok()

@@ -147,6 +147,13 @@ fn snapshots_for(spec: &TableSpec, checkpoint: &CheckpointStore, group: &str) ->
     })
 }
 
+fn state_dir_err(path: &std::path::Path, source: std::io::Error) -> EngineError {
+    EngineError::StateDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// Opens the group's RocksDB state; a node without it restores the newest
 /// snapshot first, when there is one.
 async fn open_rocks(
@@ -162,8 +169,7 @@ async fn open_rocks(
         && !dir.join("CURRENT").exists()
     {
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| EngineError::Spec(format!("cannot clear {}: {e}", dir.display())))?;
+            std::fs::remove_dir_all(&dir).map_err(|source| state_dir_err(&dir, source))?;
         }
         match s.restore(&dir).await? {
             Some(batch) => {
@@ -175,12 +181,7 @@ async fn open_rocks(
             }
         }
     }
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        EngineError::Spec(format!(
-            "cannot create the state directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|source| state_dir_err(&dir, source))?;
     let store = tokio::task::block_in_place(|| {
         if restored {
             RocksStore::open_restored(&dir, options.clone())
@@ -277,9 +278,8 @@ impl GroupState {
         let store = &*store;
         let taken = tokio::task::block_in_place(|| -> Result<String> {
             if scratch.exists() {
-                std::fs::remove_dir_all(&scratch).map_err(|e| {
-                    EngineError::Internal(format!("cannot clear {}: {e}", scratch.display()))
-                })?;
+                std::fs::remove_dir_all(&scratch)
+                    .map_err(|source| state_dir_err(&scratch, source))?;
             }
             store.checkpoint_to(&scratch)?;
             Ok(store.lineage()?)

@@ -150,7 +150,10 @@ async fn ask_the_broker(
             .collect())
     })
     .await
-    .map_err(|e| crate::EngineError::Internal(e.to_string()))??;
+    .map_err(|source| crate::EngineError::Task {
+        task: "asking the broker",
+        source,
+    })??;
     let mut gaps = Vec::new();
     for (g, found, hole) in answers {
         let group = &reports[g].group;

@@ -1,3 +1,6 @@
+//! The offsets log on both backends: plans recorded once, announcements
+//! kept per batch, a line cut short by a crash ignored.
+
 use super::*;
 use object_store::memory::InMemory;
 use tributary_core::OffsetRanges;

@@ -1,3 +1,5 @@
+//! The checks of `tributary verify` on hand-made commit chains.
+
 use tributary_core::{OffsetRanges, PartitionRange};
 
 use super::findings::GroupCommit;
