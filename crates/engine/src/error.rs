@@ -42,16 +42,16 @@ pub enum EngineError {
     #[error("another instance is writing this group: {0}; re-syncing from the table")]
     ConcurrentInstance(String),
     #[error(
-        "{app_id} committed batch {batch} to {table} (its txn version), but neither the \
-         checkpoint location {checkpoint} nor the table's log (its JSON commits expired) still \
-         records that batch's offsets: the pipeline cannot tell where to resume, and starting \
-         over would skip records. Restore the checkpoint location (offsets/<group>/); or, to \
-         start over on purpose, give the pipeline a new name and choose \
-         source.kafka.starting_offsets"
+        "group {group} of pipeline {pipeline} committed batch {batch} to {table} (its txn \
+         version), but neither the checkpoint location {checkpoint} nor the table's log (its \
+         JSON commits expired) still records that batch's offsets: the pipeline cannot tell \
+         where to resume, and starting over would skip records. Restore the checkpoint \
+         location (offsets/{group}/); or, to start over on purpose, give the pipeline a new \
+         name and choose source.kafka.starting_offsets"
     )]
     UnknownPosition {
-        /// `<pipeline>/<group>`.
-        app_id: String,
+        pipeline: String,
+        group: String,
         batch: u64,
         table: String,
         checkpoint: String,
@@ -77,6 +77,17 @@ pub enum EngineError {
     Json(#[from] serde_json::Error),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl EngineError {
+    /// Another instance wrote the batch first: this one wrote nothing of it.
+    pub fn lost_to_another_writer(&self) -> bool {
+        matches!(
+            self,
+            EngineError::ConcurrentInstance(_)
+                | EngineError::Delta(tributary_delta::DeltaSinkError::ConcurrentWriter { .. })
+        )
+    }
 }
 
 impl Classify for EngineError {

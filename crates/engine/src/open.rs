@@ -45,6 +45,8 @@ impl GroupScope {
 
 /// Tables, offsets log and state of one group.
 pub(crate) struct Group {
+    /// `topic`, or `p<partition>`.
+    pub name: String,
     pub app_id: String,
     pub data: Box<dyn TableSink>,
     pub dead_letters: Box<dyn TableSink>,
@@ -93,6 +95,7 @@ impl Group {
         };
         let log = OffsetLog::open(&components.checkpoint, name)?;
         Ok(Group {
+            name: name.to_string(),
             app_id: app_id(&spec.pipeline, name),
             data: Box::new(DeltaTableSink::open(data).await?),
             dead_letters: Box::new(
@@ -111,6 +114,8 @@ impl Group {
     pub(crate) fn tables<'a>(&'a self, spec: &'a TableSpec) -> GroupTables<'a> {
         GroupTables {
             app_id: &self.app_id,
+            pipeline: &spec.pipeline,
+            group: &self.name,
             data: self.data.as_ref(),
             dead_letters: self.dead_letters.as_ref(),
             checkpoint: &spec.checkpoint.location,

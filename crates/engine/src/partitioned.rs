@@ -53,8 +53,16 @@ pub(crate) async fn run_partitioned(
                     for p in parts {
                         if let Some(g) = groups.remove(&p) {
                             g.stop.store(true, Ordering::Relaxed);
-                            if let Err(e) = finish(g, &mut total).await {
-                                outcome = Err(e);
+                            match finish(g, &mut total).await {
+                                Ok(()) => {}
+                                // The new owner committed the batch first (the
+                                // revocation outlasted the wait): nothing was
+                                // written twice, and the partition is not ours.
+                                Err(e) if e.lost_to_another_writer() => tracing::info!(
+                                    pipeline = %spec.pipeline, partition = p, error = %e,
+                                    "the revoked partition's batch in flight was committed by its new owner first"
+                                ),
+                                Err(e) => outcome = Err(e),
                             }
                         }
                     }

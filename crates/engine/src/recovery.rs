@@ -42,6 +42,9 @@ pub(crate) struct Recovery {
 pub(crate) struct GroupTables<'a> {
     /// `<pipeline>/<group>`, the txn app id of the group's commits.
     pub app_id: &'a str,
+    /// For messages.
+    pub pipeline: &'a str,
+    pub group: &'a str,
     pub data: &'a dyn CommittedBatches,
     pub dead_letters: &'a dyn CommittedBatches,
     /// Where the offsets log lives, for messages.
@@ -207,7 +210,8 @@ async fn refuse_unknown_position(tables: &GroupTables<'_>) -> Result<()> {
         return Ok(());
     }
     Err(EngineError::UnknownPosition {
-        app_id: tables.app_id.to_string(),
+        pipeline: tables.pipeline.to_string(),
+        group: tables.group.to_string(),
         batch,
         table: tables.data.uri().to_string(),
         checkpoint: tables.checkpoint.to_string(),

@@ -172,6 +172,8 @@ impl World {
     pub async fn recover(&self) -> Result<Recovery> {
         let tables = GroupTables {
             app_id: APP,
+            pipeline: "p",
+            group: "topic",
             data: &self.data,
             dead_letters: &self.dead_letters,
             checkpoint: "memory://checkpoint",

@@ -193,6 +193,16 @@ async fn a_txn_version_without_its_commit_record_refuses_to_start() {
             .to_string()
             .contains("neither the checkpoint location")
     );
+    assert!(
+        refused
+            .to_string()
+            .contains("group topic of pipeline p committed batch 2")
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("Restore the checkpoint location (offsets/topic/)")
+    );
 }
 
 #[tokio::test]
