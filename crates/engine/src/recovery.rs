@@ -59,9 +59,13 @@ pub(crate) async fn recover(
     log: &dyn PlanLog,
     state: Option<Option<u64>>,
 ) -> Result<Recovery> {
-    let last_plan = match log.latest().await? {
-        Some(plan) => Some(reconcile(tables, log, plan).await?),
-        None => None,
+    // Adopted: another instance committed batches this log did not plan.
+    let (last_plan, adopted) = match log.latest().await? {
+        Some(plan) => {
+            let (plan, adopted) = reconcile(tables, log, plan).await?;
+            (Some(plan), adopted)
+        }
+        None => (None, false),
     };
     let resume_from = match &last_plan {
         Some(plan) => Some(plan.clone()),
@@ -95,7 +99,7 @@ pub(crate) async fn recover(
     };
     match (state, resume_from) {
         (Some(applied), Some(last)) => {
-            recovery.rerun = state_catch_up(tables, log, applied, last).await?;
+            recovery.rerun = state_catch_up(tables, log, applied, last, adopted).await?;
         }
         (None, Some(last)) if last_plan.is_some() => {
             if landed(tables, &last).await? {
@@ -109,12 +113,15 @@ pub(crate) async fn recover(
     Ok(recovery)
 }
 
-/// The batches after `applied` up to `last`, which the operator state lacks.
+/// The batches after `applied` up to `last`, which the operator state
+/// lacks. `table_first`: another instance committed batches this log did
+/// not plan, so the table's record of each batch wins over the log's.
 async fn state_catch_up(
     tables: &GroupTables<'_>,
     log: &dyn PlanLog,
     applied: Option<u64>,
     last: BatchPlan,
+    table_first: bool,
 ) -> Result<Vec<BatchPlan>> {
     let from = applied.map_or(0, |m| m + 1);
     if from > last.batch_id {
@@ -128,7 +135,7 @@ async fn state_catch_up(
     );
     let mut plans = Vec::new();
     for batch in from..last.batch_id {
-        plans.push(recorded_plan(tables, log, batch).await?);
+        plans.push(recorded_plan(tables, log, batch, table_first).await?);
     }
     plans.push(last);
     Ok(plans)
@@ -136,21 +143,22 @@ async fn state_catch_up(
 
 /// The table is the arbiter of what a batch holds: when it has the newest
 /// planned batch, or a later one, with other offsets than the log recorded
-/// (another instance committed it), the table's record is adopted.
+/// (another instance committed it), the table's record is adopted. Returns
+/// the plan to resume from, and whether it was adopted.
 async fn reconcile(
     tables: &GroupTables<'_>,
     log: &dyn PlanLog,
     plan: BatchPlan,
-) -> Result<BatchPlan> {
+) -> Result<(BatchPlan, bool)> {
     let landed = tables.data.committed_batch(tables.app_id).await?;
     if landed.is_none_or(|v| v < plan.batch_id) {
-        return Ok(plan);
+        return Ok((plan, false));
     }
     let Some(table_plan) = tables.data.last_committed_plan(tables.app_id).await? else {
-        return Ok(plan);
+        return Ok((plan, false));
     };
     if table_plan.batch_id == plan.batch_id && table_plan.ranges == plan.ranges {
-        return Ok(plan);
+        return Ok((plan, false));
     }
     tracing::warn!(
         app_id = tables.app_id,
@@ -159,7 +167,7 @@ async fn reconcile(
         "another instance committed batches this checkpoint did not plan; adopting the table's record"
     );
     log.adopt(&table_plan).await?;
-    Ok(table_plan)
+    Ok((table_plan, true))
 }
 
 /// Whether every table the plan touches has committed it.
@@ -171,18 +179,29 @@ async fn landed(tables: &GroupTables<'_>, plan: &BatchPlan) -> Result<bool> {
     Ok(data && dead_letters)
 }
 
-/// The plan of an earlier batch: the table's commit of it, which wins over
-/// the offsets log (another instance may have committed that batch), or
-/// the log's plan of a batch the table does not hold.
+/// The plan of an earlier batch: the log's, or the table's commit of it
+/// when the log no longer has it. With `table_first` (another instance
+/// committed batches this log did not plan) the table's commit wins. The
+/// log comes first otherwise: each table lookup walks its log back.
 async fn recorded_plan(
     tables: &GroupTables<'_>,
     log: &dyn PlanLog,
     batch: u64,
+    table_first: bool,
 ) -> Result<BatchPlan> {
-    if let Some(plan) = tables.data.committed_plan(tables.app_id, batch).await? {
-        return Ok(plan);
-    }
-    match log.plan(batch).await? {
+    let from_table = async || tables.data.committed_plan(tables.app_id, batch).await;
+    let found = if table_first {
+        match from_table().await? {
+            Some(plan) => Some(plan),
+            None => log.plan(batch).await?,
+        }
+    } else {
+        match log.plan(batch).await? {
+            Some(plan) => Some(plan),
+            None => from_table().await?,
+        }
+    };
+    match found {
         Some(plan) => Ok(plan),
         None => Err(EngineError::Spec(format!(
             "the operator state needs batch {batch} re-run, but neither the offsets log nor \
