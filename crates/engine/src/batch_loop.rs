@@ -30,8 +30,6 @@ use crate::stages::{ReaderInput, Stages};
 
 /// One group's runs: what they share across retries.
 pub(crate) struct Run<'a> {
-    spec: &'a TableSpec,
-    options: &'a PipelineOptions,
     components: Components,
     pub scope: GroupScope,
     pub writer: BatchWriter<'a>,
@@ -46,8 +44,6 @@ impl<'a> Run<'a> {
         member: Option<Arc<GroupMember>>,
     ) -> Run<'a> {
         Run {
-            spec,
-            options,
             components,
             scope,
             writer: BatchWriter {
@@ -61,7 +57,7 @@ impl<'a> Run<'a> {
 
     /// One run: recovery, then new batches until drained or stopped.
     pub(crate) async fn once(&mut self) -> Result<()> {
-        let spec = self.spec;
+        let spec = self.writer.spec;
         let mut group = Group::open(spec, &self.components, &self.scope.name).await?;
         let source: Arc<dyn Source> = Arc::new(KafkaReader::connect(&reader_config(spec))?);
         let state = match &group.state {
@@ -100,7 +96,7 @@ impl<'a> Run<'a> {
         source: Arc<dyn Source>,
         recovery: Recovery,
     ) -> Result<ReaderInput> {
-        let spec = self.spec;
+        let spec = self.writer.spec;
         let partitions = match &self.scope.partitions {
             Some(own) => own.clone(),
             None => blocking(|| source.partitions())?,
@@ -144,7 +140,7 @@ impl<'a> Run<'a> {
                 drain_targets,
             },
             discovery,
-            stop: self.options.stop.clone(),
+            stop: self.writer.options.stop.clone(),
         })
     }
 
@@ -190,10 +186,10 @@ impl<'a> Run<'a> {
         source: &dyn Source,
         plan: &BatchPlan,
     ) -> Result<bool> {
-        let spec = self.spec;
+        let spec = self.writer.spec;
         tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id, "re-running a planned batch with its recorded offsets");
         let mut decoder = group.decoder(spec, self.components.registry.clone());
-        let stop = self.options.stop.clone();
+        let stop = self.writer.options.stop.clone();
         let stopped = || stop.load(Ordering::Relaxed);
         let mut rows = Vec::new();
         let mut collect = |b| {

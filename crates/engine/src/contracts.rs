@@ -13,7 +13,7 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use tributary_avro::RecordDecoder;
 use tributary_core::{DeadLetter, OffsetRanges};
-use tributary_delta::{BatchCommit, CommitOutcome, DeltaTableSink, FileIntent};
+use tributary_delta::{BatchCommit, CommitMarker, CommitOutcome, DeltaTableSink, FileIntent};
 use tributary_spec::PartitionColumn;
 
 use crate::error::Result;
@@ -192,18 +192,19 @@ impl CommittedBatches for DeltaTableSink {
     }
 
     async fn committed_plan(&self, app_id: &str, batch: u64) -> Result<Option<BatchPlan>> {
-        match self.marker_of(app_id, batch).await? {
-            Some(m) => BatchPlan::from_commit_info(m.version, &m.info).map(Some),
-            None => Ok(None),
-        }
+        plan_of(self.marker_of(app_id, batch).await?)
     }
 
     async fn last_committed_plan(&self, app_id: &str) -> Result<Option<BatchPlan>> {
-        match self.last_marker(app_id).await? {
-            Some(m) => BatchPlan::from_commit_info(m.version, &m.info).map(Some),
-            None => Ok(None),
-        }
+        plan_of(self.last_marker(app_id).await?)
     }
+}
+
+/// The plan a commit recorded in `commitInfo.tributary`.
+fn plan_of(marker: Option<CommitMarker>) -> Result<Option<BatchPlan>> {
+    marker
+        .map(|m| BatchPlan::from_commit_info(m.version, &m.info))
+        .transpose()
 }
 
 #[async_trait::async_trait]

@@ -166,11 +166,6 @@ fn read_new_batch(
     })
 }
 
-/// Re-reads exactly the records of a recorded plan: `[start, end)` of each
-/// partition, nothing more, however the topic has grown since. The records
-/// the plan sent to the dead-letter table go there again without decoding;
-/// any other record must decode as it did, or the replay fails (a registry
-/// answering differently now must not move a record between the tables).
 /// The reason of each record the plan sent to the dead letters, by
 /// (partition, offset), when the plan recorded them.
 fn recorded_dead_letters(plan: &BatchPlan) -> Option<HashMap<(i32, i64), &str>> {
@@ -183,6 +178,11 @@ fn recorded_dead_letters(plan: &BatchPlan) -> Option<HashMap<(i32, i64), &str>> 
     )
 }
 
+/// Re-reads exactly the records of a recorded plan: `[start, end)` of each
+/// partition, nothing more, however the topic has grown since. The records
+/// the plan sent to the dead-letter table go there again without decoding;
+/// any other record must decode as it did, or the replay fails (a registry
+/// answering differently now must not move a record between the tables).
 fn replay_batch(
     reader: &KafkaReader,
     decoder: &mut RecordDecoder,

@@ -70,8 +70,8 @@ pub(crate) async fn recover(
     let resume_from = match &last_plan {
         Some(plan) => Some(plan.clone()),
         None => {
-            refuse_unknown_position(tables).await?;
             let from_table = tables.data.last_committed_plan(tables.app_id).await?;
+            refuse_unknown_position(tables, from_table.as_ref()).await?;
             if from_table.is_some() {
                 tracing::warn!(
                     app_id = tables.app_id,
@@ -216,16 +216,16 @@ async fn recorded_plan(
 /// (its JSON expired while the checkpoint location was lost) would make the
 /// group start over at `starting_offsets` and skip every batch id the table
 /// has as "already landed", losing those records silently.
-async fn refuse_unknown_position(tables: &GroupTables<'_>) -> Result<()> {
+/// `newest`: the plan of the newest commit of the group the log still holds,
+/// which is the txn version's batch unless that commit's JSON expired.
+async fn refuse_unknown_position(
+    tables: &GroupTables<'_>,
+    newest: Option<&BatchPlan>,
+) -> Result<()> {
     let Some(batch) = tables.data.committed_batch(tables.app_id).await? else {
         return Ok(());
     };
-    if tables
-        .data
-        .committed_plan(tables.app_id, batch)
-        .await?
-        .is_some()
-    {
+    if newest.is_some_and(|plan| plan.batch_id == batch) {
         return Ok(());
     }
     Err(EngineError::UnknownPosition {
