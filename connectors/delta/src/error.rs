@@ -5,6 +5,8 @@ use tributary_core::{Classify, ErrorKind};
 pub enum DeltaSinkError {
     #[error("invalid table URI {uri}: {message}")]
     Uri { uri: String, message: String },
+    #[error("table {uri}: cannot record the data file about to be written: {source}")]
+    Announce { uri: String, source: std::io::Error },
     #[error("Delta table {uri}: {source}")]
     Delta {
         uri: String,
@@ -50,7 +52,10 @@ impl Classify for DeltaSinkError {
                 }
                 _ => ErrorKind::External,
             },
-            DeltaSinkError::ConcurrentWriter { .. } => ErrorKind::External,
+            // The checkpoint's disk or store failed (full, unreachable).
+            DeltaSinkError::ConcurrentWriter { .. } | DeltaSinkError::Announce { .. } => {
+                ErrorKind::External
+            }
             DeltaSinkError::CorruptLogFile { .. } => ErrorKind::Corrupt,
             DeltaSinkError::Corrupt { .. } | DeltaSinkError::Arrow(_) => ErrorKind::Internal,
         }

@@ -188,9 +188,9 @@ pub(crate) async fn upload_files(
         intent
             .announce(table_uri, &path)
             .await
-            .map_err(|e| DeltaSinkError::Corrupt {
+            .map_err(|source| DeltaSinkError::Announce {
                 uri: table_uri.to_string(),
-                message: format!("cannot record the data file about to be written: {e}"),
+                source,
             })?;
         let size = file.bytes.len() as i64;
         store
