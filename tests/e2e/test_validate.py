@@ -70,3 +70,14 @@ def test_event_time_columns_are_checked_against_the_registry(binary, dev_stack):
         f'{spec}:11: table.partition_by[1]: unknown partition column "card_id"; the record has: '
         'window_start, window_end, card, amount, merchants',
     ]
+
+
+def test_run_refuses_what_validate_refuses(binary):
+    """`run` checks a spec as `validate` does, before it connects anywhere:
+    a stateful spec that would be wrong on several instances never starts."""
+    spec = FIXTURES / "partition_scope_window.yaml"
+    expected = (FIXTURES / "partition_scope_window.expected").read_text().replace("{file}", str(spec)).strip()
+    result = subprocess.run([binary, "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr

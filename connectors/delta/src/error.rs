@@ -26,6 +26,16 @@ pub enum DeltaSinkError {
     #[error("table {uri}: {message}")]
     Corrupt { uri: String, message: String },
     #[error(
+        "table {uri}: another writer changed the table's schema while the batch was encoded \
+         ({message}); the batch is retried against the new schema"
+    )]
+    SchemaMoved { uri: String, message: String },
+    #[error(
+        "table {uri}: the merge lost the race for the next table version {attempts} times in \
+         a row to other writers (other groups' merges, compaction); the batch is retried"
+    )]
+    Contention { uri: String, attempts: u32 },
+    #[error(
         "table {uri}: log file {file} is unreadable ({message}); restore it from the \
          bucket's versioning or a backup: a Delta log commit cannot be rebuilt from data files"
     )]
@@ -53,9 +63,10 @@ impl Classify for DeltaSinkError {
                 _ => ErrorKind::External,
             },
             // The checkpoint's disk or store failed (full, unreachable).
-            DeltaSinkError::ConcurrentWriter { .. } | DeltaSinkError::Announce { .. } => {
-                ErrorKind::External
-            }
+            DeltaSinkError::ConcurrentWriter { .. }
+            | DeltaSinkError::Announce { .. }
+            | DeltaSinkError::Contention { .. }
+            | DeltaSinkError::SchemaMoved { .. } => ErrorKind::External,
             DeltaSinkError::CorruptLogFile { .. } => ErrorKind::Corrupt,
             DeltaSinkError::Corrupt { .. } | DeltaSinkError::Arrow(_) => ErrorKind::Internal,
         }

@@ -21,19 +21,24 @@ pub enum CrashPoint {
     AfterCommit,
     /// Offsets are committed to the consumer group.
     AfterOffsets,
+    /// Not a step of a batch: the repartition stage has produced a
+    /// transaction's records and not committed it. Its "batch id" is the
+    /// process's count of repartition transactions, from 0.
+    InRepartition,
     /// Not a step boundary: the reader thread panics when it starts reading
     /// a new batch (a bug in a decoder, say). The batch id is not known there.
     PanicInReader,
 }
 
 impl CrashPoint {
-    const ALL: [(CrashPoint, &'static str); 7] = [
+    const ALL: [(CrashPoint, &'static str); 8] = [
         (CrashPoint::AfterRead, "after_read"),
         (CrashPoint::AfterPlan, "after_plan"),
         (CrashPoint::AfterDeadLetters, "after_dead_letters"),
         (CrashPoint::AfterFiles, "after_files"),
         (CrashPoint::AfterCommit, "after_commit"),
         (CrashPoint::AfterOffsets, "after_offsets"),
+        (CrashPoint::InRepartition, "in_repartition"),
         (CrashPoint::PanicInReader, "panic_in_reader"),
     ];
 

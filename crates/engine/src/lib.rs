@@ -10,6 +10,8 @@
 //!   tables, then its state change, clean-up and progress event;
 //! - `group`, `partitioned`: a state group's retries, and one group per
 //!   partition under `state_scope: partition`;
+//! - `repartition`: the shuffle through a Kafka topic that lets dedup and
+//!   windows run under `state_scope: partition`;
 //! - `verify`: the audit of a pipeline's tables against its plans.
 //!
 //! `contracts` holds the traits recovery and the commit step are written
@@ -36,6 +38,7 @@ mod plan;
 mod progress;
 mod read;
 mod recovery;
+mod repartition;
 mod report;
 mod stages;
 mod stateful;
@@ -69,6 +72,9 @@ pub async fn run_pipeline(
         StateScope::Topic => {
             let scope = open::GroupScope::topic();
             group::run_group(&spec, &options, components, scope, None).await
+        }
+        StateScope::Partition if spec.repartition.is_some() => {
+            repartition::run_with_repartition(spec, options, components).await
         }
         StateScope::Partition => partitioned::run_partitioned(spec, options, components).await,
     }

@@ -149,14 +149,14 @@ pub fn reader_config(spec: &TableSpec) -> ReaderConfig {
     let kafka = &spec.source.kafka;
     ReaderConfig {
         bootstrap_servers: kafka.bootstrap_servers.clone(),
-        topic: kafka.topic.clone(),
+        topic: spec.table_topic().to_string(),
         group_id: kafka.group_id(&spec.pipeline),
         properties: kafka.properties.clone(),
     }
 }
 
 /// The Kafka columns (key, headers, position) a spec asks the decoder to fill.
-fn record_columns(spec: &TableSpec) -> RecordColumns {
+pub(crate) fn record_columns(spec: &TableSpec) -> RecordColumns {
     let c = &spec.source.columns;
     RecordColumns {
         key: c.key.as_ref().map(|k| {

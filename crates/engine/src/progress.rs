@@ -73,6 +73,9 @@ pub struct SinkProgress {
     pub table_version: Option<u64>,
     pub num_files: usize,
     pub num_bytes: u64,
+    /// Commit attempts redone because another writer took the table version
+    /// first (update mode's MERGE from several groups).
+    pub num_commit_conflicts: u32,
     pub dead_letter_table_version: Option<u64>,
 }
 

@@ -86,6 +86,7 @@ impl BatchReport<'_> {
                 table_version: data.version,
                 num_files: data.files,
                 num_bytes: data.bytes,
+                num_commit_conflicts: data.conflicts,
                 dead_letter_table_version: self.committed.dead_letters_version,
             },
         }

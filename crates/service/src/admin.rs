@@ -56,6 +56,7 @@ struct GroupStats {
     watermark: Option<f64>,
     input_bytes: u64,
     files: u64,
+    commit_conflicts: u64,
     table_version: Option<u64>,
     lag_by_partition: BTreeMap<String, i64>,
     steps: BTreeMap<String, Histogram>,
@@ -165,6 +166,7 @@ impl AdminState {
         }
         g.input_bytes += p.input_bytes;
         g.files += p.sink.num_files as u64;
+        g.commit_conflicts += u64::from(p.sink.num_commit_conflicts);
         g.table_version = p.sink.table_version.or(g.table_version);
         for (step, ms) in &p.duration_ms {
             g.steps
@@ -346,6 +348,12 @@ impl AdminState {
             "counter",
             "Data files committed.",
             &|g| Some(g.files as f64),
+        );
+        family(
+            "tributary_commit_conflicts_total",
+            "counter",
+            "Commit attempts redone because another writer took the table version first.",
+            &|g| Some(g.commit_conflicts as f64),
         );
         family(
             "tributary_table_version",

@@ -47,7 +47,6 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
     let dead = open(spec.dead_letter_uri(), vec![]).await?;
 
     // The broker's view; the status is still useful without it.
-    let kafka = &spec.source.kafka;
     let config = reader_config(spec);
     let broker =
         tokio::task::spawn_blocking(move || -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
@@ -126,7 +125,7 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
     }
     Ok(json!({
         "pipeline": spec.pipeline,
-        "topic": kafka.topic,
+        "topic": spec.table_topic(),
         "table": {"uri": spec.table.uri, "version": data.version()},
         "groups": group_reports,
         "lag": total_lag,

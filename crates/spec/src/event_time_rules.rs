@@ -226,6 +226,12 @@ impl TableSpec {
         for (i, g) in self.group_by.iter().enumerate() {
             check(format!("group_by[{i}]"), g);
         }
+        for (i, k) in self.source.partitioned_by.iter().enumerate() {
+            check(format!("source.partitioned_by[{i}]"), k);
+        }
+        for (i, k) in self.repartition.iter().flat_map(|r| &r.keys).enumerate() {
+            check(format!("repartition.keys[{i}]"), k);
+        }
         for (i, a) in self.aggregations.iter().enumerate() {
             if let Some(c) = &a.column {
                 check(format!("aggregations[{i}].column"), c);

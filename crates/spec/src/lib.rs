@@ -10,6 +10,7 @@ mod lines;
 mod model;
 mod parse;
 mod reference;
+mod scale_out;
 mod units;
 mod validate;
 

@@ -74,6 +74,11 @@ pub struct TableSpec {
     /// receives them, committed with the batch.
     #[serde(default)]
     pub late_rows: Option<String>,
+    /// Shuffle the records through a Kafka topic by the stateful keys, so a
+    /// dedup or window spec can run on several instances under
+    /// `state_scope: partition` (see docs/deployment.md).
+    #[serde(default)]
+    pub repartition: Option<RepartitionSpec>,
 }
 
 /// Schema evolution: new fields always become new columns (see
@@ -113,6 +118,15 @@ pub struct SourceSpec {
     /// unless it is given a column name.
     #[serde(default)]
     pub columns: RecordColumnsSpec,
+    /// Columns the producers key their records by: records with equal values
+    /// of these columns always sit in one Kafka partition. Under
+    /// `state_scope: partition` it lets dedup and windows run without a
+    /// repartition stage when these columns are among their keys (the
+    /// `group_by` columns, the `dedup.keys`). Tributary cannot check it:
+    /// declare it only when every producer keys so, with the default
+    /// partitioner and a partition count that never changes.
+    #[serde(default)]
+    pub partitioned_by: Vec<String>,
 }
 
 /// Columns from the Kafka record; each is left out unless named.
@@ -230,6 +244,28 @@ pub enum StateScope {
     Topic,
     /// One group per Kafka partition, spread over instances by the consumer group.
     Partition,
+}
+
+/// The repartition stage: it reads the source topic, and writes each record,
+/// unchanged, to the partition of `topic` its stateful keys hash to, in
+/// Kafka transactions that also commit the source offsets it read (exactly
+/// once). The dedup and window stage then reads `topic` under
+/// `state_scope: partition`: all rows of a key are in one of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepartitionSpec {
+    /// The internal topic, created with `partitions` partitions if it does
+    /// not exist. Use it for this pipeline only.
+    pub topic: String,
+    /// Its partition count: the most instances the stateful stage can use.
+    /// It must never change while the table has state: a key's rows would
+    /// move to another partition's state.
+    pub partitions: u32,
+    /// The columns records are shuffled by; they must be among the
+    /// `group_by` columns and among the `dedup.keys`. Default: `group_by`
+    /// when there is a window, else `dedup.keys`.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// Where a pipeline with no committed batch starts.

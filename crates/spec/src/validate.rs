@@ -228,6 +228,7 @@ impl TableSpec {
         self.validate_compaction(&mut problem);
         self.validate_republish(&mut problem);
         self.validate_event_time(&mut problem);
+        self.validate_scale_out(&mut problem);
         out
     }
 
@@ -512,7 +513,7 @@ impl TableSpec {
     }
 }
 
-fn is_topic_name(topic: &str) -> bool {
+pub(crate) fn is_topic_name(topic: &str) -> bool {
     !topic.is_empty()
         && topic.len() <= 249
         && topic

@@ -23,8 +23,20 @@ use crate::sink::live_files::{DataFile, conform};
 use crate::sink::partitioning::add_partition_columns;
 use crate::sink::table::{BatchCommit, BatchRows, CommitOutcome, DeltaTableSink};
 
-/// Commit attempts before giving up on a table that keeps moving.
-const ATTEMPTS: usize = 20;
+/// Commit attempts before giving up on a table that keeps moving; the
+/// batch then fails as an external error and its group retries it later.
+const ATTEMPTS: u32 = 40;
+
+/// The wait before attempt `n + 1` after `n` lost races: exponential from
+/// 20 ms, capped at 2 s, with full jitter, so groups that collided once do
+/// not collide again in lockstep (with 8 groups MERGEing one table, equal
+/// waits made the same groups lose round after round).
+fn backoff(lost: u32) -> std::time::Duration {
+    let ceiling = (20u64 << lost.min(7)).min(2_000);
+    // A v4 UUID's bits are random: no random number crate just for this.
+    let jitter = (uuid::Uuid::new_v4().as_u128() as u64) % (ceiling / 2 + 1);
+    std::time::Duration::from_millis(ceiling / 2 + jitter)
+}
 
 /// The upsert's key: its columns and the values the batch writes.
 struct Keys<'a> {
@@ -115,7 +127,10 @@ impl DeltaTableSink {
         }
         let (min_end, max_end) = window_end_range(&rows);
         let delta_err = |source| DeltaSinkError::delta(&uri, source);
-        for _ in 0..ATTEMPTS {
+        for lost in 0..ATTEMPTS {
+            if lost > 0 {
+                tokio::time::sleep(backoff(lost)).await;
+            }
             let table = self.table.as_mut().ok_or_else(|| DeltaSinkError::Corrupt {
                 uri: uri.clone(),
                 message: "table vanished".into(),
@@ -246,6 +261,7 @@ impl DeltaTableSink {
                         rows: written,
                         upload,
                         commit: commit_started.elapsed(),
+                        conflicts: lost,
                     });
                 }
                 // Superseded: read the table again.
@@ -254,9 +270,9 @@ impl DeltaTableSink {
                 }
             }
         }
-        Err(DeltaSinkError::Corrupt {
+        Err(DeltaSinkError::Contention {
             uri,
-            message: format!("the merge lost the race for a version {ATTEMPTS} times in a row"),
+            attempts: ATTEMPTS,
         })
     }
 }

@@ -1,8 +1,10 @@
 use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+};
 use deltalake::kernel::{Action, MetadataExt, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -80,6 +82,9 @@ pub struct CommitOutcome {
     pub upload: std::time::Duration,
     /// Time spent committing to the Delta log.
     pub commit: std::time::Duration,
+    /// Commit attempts that lost the race for the next version to another
+    /// writer (update mode's MERGE) and were redone.
+    pub conflicts: u32,
 }
 
 impl CommitOutcome {
@@ -378,24 +383,28 @@ impl DeltaTableSink {
         // Columns the batch adds (schema evolution) land with its rows, in one commit.
         let evolved_metadata = match &encoded.schema {
             Some(schema) if schema.as_ref() != table_schema.as_ref() => {
-                check_schema(&uri, schema, &table_schema)?;
-                let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-                    DeltaSinkError::SchemaMismatch {
-                        uri: uri.clone(),
-                        message: e.to_string(),
+                match reconcile(&uri, schema, &table_schema)? {
+                    None => None,
+                    Some(merged) => {
+                        let kernel: StructType = (&merged).try_into_kernel().map_err(|e| {
+                            DeltaSinkError::SchemaMismatch {
+                                uri: uri.clone(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                        let metadata = table
+                            .snapshot()
+                            .map_err(delta_err)?
+                            .metadata()
+                            .clone()
+                            .with_schema(&kernel)
+                            .map_err(|e| DeltaSinkError::SchemaMismatch {
+                                uri: uri.clone(),
+                                message: e.to_string(),
+                            })?;
+                        Some(metadata)
                     }
-                })?;
-                let metadata = table
-                    .snapshot()
-                    .map_err(delta_err)?
-                    .metadata()
-                    .clone()
-                    .with_schema(&kernel)
-                    .map_err(|e| DeltaSinkError::SchemaMismatch {
-                        uri: uri.clone(),
-                        message: e.to_string(),
-                    })?;
-                Some(metadata)
+                }
             }
             _ => None,
         };
@@ -454,7 +463,7 @@ impl DeltaTableSink {
         let version = match committed {
             Ok(finalized) => finalized.version(),
             Err(DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(_),
+                source: TransactionError::CommitConflict(conflict),
             }) => {
                 // Either our own first try landed and its retry was refused
                 // (an ambiguous PUT), or another writer of this app id
@@ -473,6 +482,14 @@ impl DeltaTableSink {
                         // else knows them, so they go now.
                         delete_attempt(&table.object_store(), &uri, &uploaded, "a refused attempt")
                             .await;
+                        // Another group evolved the table (or someone
+                        // altered it) between our read and our commit.
+                        if matches!(conflict, CommitConflictError::MetadataChanged) {
+                            return Err(DeltaSinkError::SchemaMoved {
+                                uri: uri.clone(),
+                                message: conflict.to_string(),
+                            });
+                        }
                         return Err(DeltaSinkError::ConcurrentWriter {
                             uri: uri.clone(),
                             app_id: commit.app_id.clone(),
@@ -494,6 +511,7 @@ impl DeltaTableSink {
             rows,
             upload,
             commit: commit_started.elapsed(),
+            conflicts: 0,
         })
     }
 
@@ -580,31 +598,41 @@ impl DeltaTableSink {
     }
 }
 
-/// Rows must have exactly the table's columns (evolution is a separate step).
-/// A batch's schema may only extend the table's: the table's columns first,
-/// in order, then the columns it adds.
-fn check_schema(
-    uri: &str,
-    batch: &deltalake::arrow::datatypes::Schema,
-    table: &deltalake::arrow::datatypes::Schema,
-) -> Result<()> {
-    let names = |s: &deltalake::arrow::datatypes::Schema| {
-        s.fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect::<Vec<_>>()
-    };
-    if !names(batch).starts_with(&names(table)) {
-        return Err(DeltaSinkError::SchemaMismatch {
-            uri: uri.to_string(),
-            message: format!(
-                "the records have columns {:?}, the table {:?}",
-                names(batch),
-                names(table)
-            ),
-        });
+/// The table's schema extended by the columns the batch adds, or `None`
+/// when the table holds the batch's columns already. A batch may lack
+/// columns the table has: it was encoded before another writer (another
+/// group, an `ALTER TABLE ADD COLUMNS`) evolved the table, and its files
+/// read as null there, as older files do. A column whose type differs means
+/// the table moved under the batch: retried, the batch is encoded anew to
+/// the table's schema.
+fn reconcile(uri: &str, batch: &Schema, table: &Schema) -> Result<Option<Schema>> {
+    let mut added = Vec::new();
+    for field in batch.fields() {
+        match table.field_with_name(field.name()) {
+            Ok(existing) if existing.data_type() == field.data_type() => {}
+            Ok(existing) => {
+                return Err(DeltaSinkError::SchemaMoved {
+                    uri: uri.to_string(),
+                    message: format!(
+                        "column {:?} is {} in the table and {} in the batch",
+                        field.name(),
+                        existing.data_type(),
+                        field.data_type()
+                    ),
+                });
+            }
+            Err(_) => added.push(field.clone()),
+        }
     }
-    Ok(())
+    if added.is_empty() {
+        return Ok(None);
+    }
+    let mut fields: Vec<_> = table.fields().iter().cloned().collect();
+    fields.extend(added);
+    Ok(Some(Schema::new_with_metadata(
+        fields,
+        table.metadata().clone(),
+    )))
 }
 
 /// Table URI to URL: `file://` URIs and absolute paths (the directory is

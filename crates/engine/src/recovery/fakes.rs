@@ -218,7 +218,8 @@ impl World {
 /// the commit and before offsets go to the consumer group.
 pub(super) fn step(point: CrashPoint) -> u8 {
     match point {
-        CrashPoint::PanicInReader => 0,
+        // Before anything of a batch.
+        CrashPoint::PanicInReader | CrashPoint::InRepartition => 0,
         CrashPoint::AfterRead => 1,
         CrashPoint::AfterPlan => 2,
         CrashPoint::AfterDeadLetters => 3,
