@@ -12,11 +12,11 @@ import signal
 import time
 
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, Field
 
 from conftest import ROOT, confluent, duck, run_spec
-from test_exactly_once import lines, log_of, start, wait_until
-from test_event_time import PAYMENT_SCHEMA, payments
+from test_exactly_once import lines, log_of, row_count, start, wait_until
+from test_event_time import PAYMENT_SCHEMA, env_for
 from test_schema_evolution import V1, V2, order
 
 BASE = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
@@ -47,13 +47,6 @@ def columns(table):
     return [r[0] for r in duck().execute(f"describe select * from delta_scan('{table}')").fetchall()]
 
 
-def count(table, where="true"):
-    try:
-        return duck().execute(f"select count(*) from delta_scan('{table}') where {where}").fetchone()[0]
-    except Exception:
-        return 0
-
-
 @pytest.mark.parametrize("dev_stack", [["evo:2"]], indirect=True)
 def test_a_group_meets_the_schema_another_group_evolved(binary, dev_stack, tmp_path):
     """Partition 0's group evolves the table to v2 while partition 1's group,
@@ -73,17 +66,17 @@ def test_a_group_meets_the_schema_another_group_evolved(binary, dev_stack, tmp_p
     try:
         produce(range(0, 50), 1, 0)
         produce(range(50, 100), 1, 1)
-        wait_until(lambda: count(table) == 100, 90, "v1 rows of both partitions")
+        wait_until(lambda: row_count(table) == 100, 90, "v1 rows of both partitions")
         produce(range(100, 150), 2, 0)
-        wait_until(lambda: "coupon" in columns(table) and count(table) == 150, 90, "partition 0 to evolve the table")
+        wait_until(lambda: "coupon" in columns(table) and row_count(table) == 150, 90, "partition 0 to evolve the table")
         # Partition 1's group encoded its last batches with the v1 table schema.
         produce(range(150, 200), 1, 1)
-        wait_until(lambda: count(table) == 200, 90, "partition 1's v1 rows after the evolution")
+        wait_until(lambda: row_count(table) == 200, 90, "partition 1's v1 rows after the evolution")
         DeltaTable(str(table)).alter.add_columns(
-            [__import__("deltalake").Field("note", "string", nullable=True)])
+            [Field("note", "string", nullable=True)])
         produce(range(200, 250), 1, 1)
         produce(range(250, 300), 2, 0)
-        wait_until(lambda: count(table) == 300, 90, "rows of both partitions after ALTER TABLE ADD COLUMNS")
+        wait_until(lambda: row_count(table) == 300, 90, "rows of both partitions after ALTER TABLE ADD COLUMNS")
         assert run.poll() is None, log_of(run)[-3000:]
     finally:
         run.send_signal(signal.SIGTERM)
@@ -168,15 +161,7 @@ def calm_payments(rng, n, span_minutes=12):
 
 
 def card_activity_env(stack, root, available_now):
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-        "SCHEMA_REGISTRY_URL": stack.registry,
-        "TRIBUTARY_LAKE": f"file://{root}/lake",
-        "TRIBUTARY_CHECKPOINTS": f"file://{root}/checkpoints",
-        "TRIBUTARY_STATE_DIR": str(root / "state"),
-        "TRIBUTARY_AVAILABLE_NOW": str(available_now).lower(),
-        "TRIBUTARY_MAX_OFFSETS": "300",
-    }
+    return dict(env_for(stack, root, 300), TRIBUTARY_AVAILABLE_NOW=str(available_now).lower())
 
 
 def card_activity_spec(path, repartition):
@@ -328,7 +313,7 @@ dedup: {keys: [payment_id]}
             dev_stack.produce("payments", [(None, confluent(schema_id, PAYMENT_SCHEMA, r), (j + copy) % 3)
                                            for j, r in enumerate(part) for copy in (0, 1)])
             time.sleep(1)
-        wait_until(lambda: count(table) >= len(unique), 120, "every payment")
+        wait_until(lambda: row_count(table) >= len(unique), 120, "every payment")
         time.sleep(3)
         assert a.poll() is None and b.poll() is None, log_of(a)[-2000:] + log_of(b)[-2000:]
     finally:
@@ -350,5 +335,5 @@ dedup: {keys: [payment_id]}
     spec.write_text(spec.read_text().replace("available_now: false", "available_now: true"))
     result = run_spec(binary, spec, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert count(table) == len(unique) + len(later)
-    assert duck().execute(f"select count(distinct payment_id) from delta_scan('{table}')").fetchone()[0] == count(table)
+    assert row_count(table) == len(unique) + len(later)
+    assert duck().execute(f"select count(distinct payment_id) from delta_scan('{table}')").fetchone()[0] == row_count(table)
