@@ -337,3 +337,37 @@ dedup: {keys: [payment_id]}
     assert result.returncode == 0, result.stderr[-3000:]
     assert row_count(table) == len(unique) + len(later)
     assert duck().execute(f"select count(distinct payment_id) from delta_scan('{table}')").fetchone()[0] == row_count(table)
+
+
+@pytest.mark.parametrize("dev_stack", [["cards:1"]], indirect=True)
+def test_a_merge_keeps_a_column_added_by_alter_table(binary, dev_stack, tmp_path):
+    """Someone adds a column to an update-mode table and fills it; a later
+    merge rewrites the files holding replaced windows: the rows it keeps
+    keep their values of that column."""
+    schema_id = dev_stack.register("cards-value", PAYMENT_SCHEMA)
+
+    def produce(rows):
+        dev_stack.produce("cards", [(None, confluent(schema_id, PAYMENT_SCHEMA, r), 0) for r in rows])
+
+    first = [{"payment_id": f"p{i}", "card_id": f"card{i % 4}", "merchant": "m", "amount": 1.0,
+              "ts": BASE + dt.timedelta(seconds=i)} for i in range(40)]
+    produce(first)
+    spec = tmp_path / "alter.yaml"
+    spec.write_text(spec_text(dev_stack, tmp_path, "alter", "cards", """event_time: {column: ts, watermark_delay: 1h}
+window: {tumbling: {size: 1m}}
+group_by: [card_id]
+aggregations: [{name: payments, function: count}]
+output_mode: update
+""", available_now=True, max_offsets=1000))
+    result = run_spec(binary, spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = tmp_path / "lake" / "alter"
+    dt_table = DeltaTable(str(table))
+    dt_table.alter.add_columns([Field("note", "string", nullable=True)])
+    dt_table.update({"note": "'checked'"})
+    # Only card0's window changes; the file also holds the other cards' rows.
+    produce([dict(first[0], payment_id="p-late", amount=2.0)])
+    result = run_spec(binary, spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = duck().execute(f"select card_id, payments, note from delta_scan('{table}') order by card_id").fetchall()
+    assert rows == [("card0", 11, None), ("card1", 10, "checked"), ("card2", 10, "checked"), ("card3", 10, "checked")]

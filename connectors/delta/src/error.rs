@@ -26,7 +26,7 @@ pub enum DeltaSinkError {
     #[error("table {uri}: {message}")]
     Corrupt { uri: String, message: String },
     #[error(
-        "table {uri}: another writer changed the table's schema while the batch was encoded \
+        "table {uri}: another writer changed the table's metadata while the batch committed \
          ({message}); the batch is retried against the new schema"
     )]
     SchemaMoved { uri: String, message: String },

@@ -21,7 +21,7 @@ use crate::sink::files::{
 };
 use crate::sink::live_files::{DataFile, conform};
 use crate::sink::partitioning::add_partition_columns;
-use crate::sink::table::{BatchCommit, BatchRows, CommitOutcome, DeltaTableSink};
+use crate::sink::table::{BatchCommit, BatchRows, CommitOutcome, DeltaTableSink, reconcile};
 
 /// Commit attempts before giving up on a table that keeps moving; the
 /// batch then fails as an external error and its group retries it later.
@@ -143,6 +143,13 @@ impl DeltaTableSink {
             {
                 return Ok(CommitOutcome::landed());
             }
+            // Rows are written in the table's schema when it holds the
+            // batch's columns as they are: a column someone added (ALTER
+            // TABLE) is kept in the rewritten rows, null in the batch's.
+            let target = match self.arrow_schema() {
+                Some(table) if reconcile(&schema, &table).is_none() => table,
+                _ => schema.clone(),
+            };
             // Rows of candidate files that the batch does not replace.
             let mut removed: Vec<DataFile> = Vec::new();
             let mut kept: Vec<RecordBatch> = Vec::new();
@@ -172,7 +179,7 @@ impl DeltaTableSink {
                 self.options.target_file_size,
             );
             for b in kept.iter().chain(&rows) {
-                encoder.push(&conform(b, &schema)?)?;
+                encoder.push(&conform(b, &target)?)?;
             }
             let encoded = encoder.finish()?;
             let written = encoded.rows;

@@ -1,6 +1,6 @@
 use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::datatypes::{Schema, SchemaRef};
+use deltalake::arrow::datatypes::{DataType, FieldRef, Fields, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
@@ -14,6 +14,7 @@ use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use url::Url;
 
 use crate::COMMIT_INFO_KEY;
@@ -383,7 +384,7 @@ impl DeltaTableSink {
         // Columns the batch adds (schema evolution) land with its rows, in one commit.
         let evolved_metadata = match &encoded.schema {
             Some(schema) if schema.as_ref() != table_schema.as_ref() => {
-                match reconcile(&uri, schema, &table_schema)? {
+                match reconcile(schema, &table_schema) {
                     None => None,
                     Some(merged) => {
                         let kernel: StructType = (&merged).try_into_kernel().map_err(|e| {
@@ -598,41 +599,57 @@ impl DeltaTableSink {
     }
 }
 
-/// The table's schema extended by the columns the batch adds, or `None`
-/// when the table holds the batch's columns already. A batch may lack
-/// columns the table has: it was encoded before another writer (another
-/// group, an `ALTER TABLE ADD COLUMNS`) evolved the table, and its files
-/// read as null there, as older files do. A column whose type differs means
-/// the table moved under the batch: retried, the batch is encoded anew to
-/// the table's schema.
-fn reconcile(uri: &str, batch: &Schema, table: &Schema) -> Result<Option<Schema>> {
-    let mut added = Vec::new();
-    for field in batch.fields() {
-        match table.field_with_name(field.name()) {
-            Ok(existing) if existing.data_type() == field.data_type() => {}
-            Ok(existing) => {
-                return Err(DeltaSinkError::SchemaMoved {
-                    uri: uri.to_string(),
-                    message: format!(
-                        "column {:?} is {} in the table and {} in the batch",
-                        field.name(),
-                        existing.data_type(),
-                        field.data_type()
-                    ),
-                });
+/// The table's schema extended by the columns and nested fields the batch
+/// adds, or `None` when the table holds the batch's already. A batch may
+/// lack columns, or nested fields, the table has: it was encoded before
+/// another writer (another group, an `ALTER TABLE ADD COLUMNS`) evolved the
+/// table, and its files read them as null there, as older files do. Fields
+/// are matched by name, as Delta readers match them; types are the
+/// encoder's, which conformed the rows to the table it saw.
+pub(crate) fn reconcile(batch: &Schema, table: &Schema) -> Option<Schema> {
+    merge_fields(table.fields(), batch.fields())
+        .map(|fields| Schema::new_with_metadata(fields, table.metadata().clone()))
+}
+
+/// `table`'s fields with `batch`'s merged in; `None` when nothing is new.
+fn merge_fields(table: &Fields, batch: &Fields) -> Option<Fields> {
+    let mut changed = false;
+    let mut out: Vec<FieldRef> = Vec::with_capacity(table.len());
+    for field in table.iter() {
+        let merged = batch
+            .find(field.name())
+            .and_then(|(_, other)| merge_type(field.data_type(), other.data_type()));
+        match merged {
+            Some(data_type) => {
+                changed = true;
+                out.push(Arc::new(field.as_ref().clone().with_data_type(data_type)));
             }
-            Err(_) => added.push(field.clone()),
+            None => out.push(field.clone()),
         }
     }
-    if added.is_empty() {
-        return Ok(None);
+    for field in batch.iter() {
+        if table.find(field.name()).is_none() {
+            changed = true;
+            out.push(Arc::new(field.as_ref().clone().with_nullable(true)));
+        }
     }
-    let mut fields: Vec<_> = table.fields().iter().cloned().collect();
-    fields.extend(added);
-    Ok(Some(Schema::new_with_metadata(
-        fields,
-        table.metadata().clone(),
-    )))
+    changed.then(|| Fields::from(out))
+}
+
+fn merge_type(table: &DataType, batch: &DataType) -> Option<DataType> {
+    let item = |t: &FieldRef, b: &FieldRef| {
+        merge_type(t.data_type(), b.data_type())
+            .map(|data_type| Arc::new(t.as_ref().clone().with_data_type(data_type)))
+    };
+    match (table, batch) {
+        (DataType::Struct(t), DataType::Struct(b)) => merge_fields(t, b).map(DataType::Struct),
+        (DataType::List(t), DataType::List(b)) => item(t, b).map(DataType::List),
+        (DataType::LargeList(t), DataType::LargeList(b)) => item(t, b).map(DataType::LargeList),
+        (DataType::Map(t, sorted), DataType::Map(b, _)) => {
+            item(t, b).map(|entries| DataType::Map(entries, *sorted))
+        }
+        _ => None,
+    }
 }
 
 /// Table URI to URL: `file://` URIs and absolute paths (the directory is
@@ -667,6 +684,57 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use deltalake::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_batch_lacking_columns_fits_and_one_adding_fields_evolves_the_table() {
+        let geo = |fields: &[&str]| {
+            Field::new(
+                "geo",
+                DataType::Struct(
+                    fields
+                        .iter()
+                        .map(|f| Field::new(*f, DataType::Float64, true))
+                        .collect(),
+                ),
+                true,
+            )
+        };
+        let entries = |name: &str| {
+            let key_value = DataType::Struct(
+                vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Int32, true),
+                ]
+                .into(),
+            );
+            Field::new(
+                "m",
+                DataType::Map(Arc::new(Field::new(name, key_value, false)), false),
+                true,
+            )
+        };
+        let id = Field::new("id", DataType::Int64, true);
+        let note = Field::new("note", DataType::Utf8, true);
+        // Evolved by another group: the batch lacks `note` and `geo.lon`.
+        let table = Schema::new(vec![
+            id.clone(),
+            geo(&["lat", "lon"]),
+            entries("key_value"),
+            note.clone(),
+        ]);
+        let older = Schema::new(vec![id.clone(), geo(&["lat"]), entries("entries")]);
+        assert_eq!(reconcile(&older, &table), None);
+        // A batch adding a nested field and a column evolves what the table has.
+        let newer = Schema::new(vec![
+            id.clone(),
+            geo(&["lat", "alt"]),
+            Field::new("coupon", DataType::Utf8, true),
+        ]);
+        let merged = reconcile(&newer, &table).unwrap();
+        let names: Vec<&str> = merged.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["id", "geo", "m", "note", "coupon"]);
+        assert_eq!(merged.field(1), &geo(&["lat", "lon", "alt"]));
+    }
 
     #[derive(Default)]
     struct Announced(Mutex<Vec<String>>);
