@@ -1,4 +1,4 @@
-//! Kafka in two roles, one folder each: `source` (a blocking reader over
+//! Kafka in three roles: `source` (a blocking reader over
 //! librdkafka's `BaseConsumer` and the consumer-group member; offsets are
 //! committed to the group after each Delta commit) and `producer` (the
 //! republish sink's transactional producer), and `shuffle` (the repartition
@@ -16,5 +16,6 @@ pub use shuffle::{
 };
 pub use source::member::{GroupMember, Membership};
 pub use source::reader::{
-    KafkaHeaders, KafkaReader, Polled, ReaderConfig, StartAt, headers_of, raw_record,
+    KafkaHeaders, KafkaReader, Polled, ReaderConfig, StartAt, headers_of, owned_headers_of,
+    raw_owned, raw_record,
 };

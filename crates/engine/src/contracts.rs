@@ -56,17 +56,23 @@ pub(crate) trait Source: Send + Sync {
     /// Also reads these partitions, from their offsets.
     fn add(&self, positions: &BTreeMap<i32, i64>) -> Result<()>;
 
-    /// Reads a new batch from `positions` (advanced past what it read)
-    /// until one of `limits` is reached, decoding into `rows`. The batch's
-    /// ranges are exactly the offsets it read. `undrained`: with a drain
-    /// target, the partitions not yet at it. A batch without records comes
-    /// back only when the drain is complete or `stop` says so.
+    /// Reads a new batch from `positions` (advanced past what it read),
+    /// decoding into `rows`: the end of each partition is planned from
+    /// `limits` before reading (Spark's split of the offsets limit over the
+    /// partitions' lags), so the same backlog gives the same batches. The
+    /// batch's ranges are exactly the offsets it read. `undrained`: with a
+    /// drain target, the partitions not yet at it. `carry`: records fetched
+    /// past a planned end, for the next batches. A batch without records
+    /// comes back when the drain is complete, `stop` says so, or nothing
+    /// came for a trigger interval.
+    #[allow(clippy::too_many_arguments)]
     fn read_new(
         &self,
         decoder: &mut RecordDecoder,
         positions: &mut BTreeMap<i32, i64>,
         limits: &PlanLimits,
         undrained: &mut std::collections::BTreeSet<i32>,
+        carry: &mut crate::carry::Carry,
         stop: &dyn Fn() -> bool,
         rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
     ) -> Result<ReadBatch>;

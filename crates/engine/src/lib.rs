@@ -21,6 +21,7 @@
 
 mod batch;
 mod batch_loop;
+mod carry;
 mod cleanup;
 mod commit;
 mod contracts;

@@ -9,7 +9,10 @@ use tributary_avro::RecordDecoder;
 use tributary_core::{DeadLetter, DeadLetterReason, OffsetRanges, RawRecord, RecordHeaders};
 use tributary_kafka::{KafkaHeaders, KafkaReader, Polled, StartAt, headers_of, raw_record};
 
+use crate::carry::Carry;
 use crate::contracts::{ReadBatch, Source};
+
+mod new_batch;
 use crate::error::{EngineError, Result};
 use crate::plan::{BatchPlan, PlanLimits};
 
@@ -18,8 +21,10 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 const POLL: Duration = Duration::from_millis(100);
 
-/// Records read between two looks at the clock.
-const CLOCK_EVERY: u32 = 256;
+/// How long past its trigger interval a batch waits for records its plan
+/// expects (a transaction still open before its planned end) before it ends
+/// with what it has.
+const STALL: Duration = Duration::from_secs(30);
 
 /// What a batch read so far.
 #[derive(Default)]
@@ -68,102 +73,6 @@ fn decode(
         decoder.take_batches()?.into_iter().try_for_each(rows)?;
     }
     Ok(())
-}
-
-/// Reads a new batch starting at `positions` (updated in place). Returns a
-/// batch with no records only when draining is complete or a stop was requested.
-fn read_new_batch(
-    reader: &KafkaReader,
-    decoder: &mut RecordDecoder,
-    positions: &mut BTreeMap<i32, i64>,
-    limits: &PlanLimits,
-    undrained: &mut BTreeSet<i32>,
-    stop: &dyn Fn() -> bool,
-    rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
-) -> Result<ReadBatch> {
-    let started = Instant::now();
-    let deadline = started + limits.interval;
-    let mut now = started;
-    let mut since_clock = 0;
-    let mut ranges = OffsetRanges::new(reader.topic());
-    let mut counts = Counts::default();
-    // With `available_now`, the partitions still short of their target.
-    let drained =
-        |undrained: &BTreeSet<i32>| limits.drain_targets.is_some() && undrained.is_empty();
-    loop {
-        if drained(undrained) || stop() {
-            break;
-        }
-        if counts.records >= limits.max_offsets || counts.bytes >= limits.max_bytes {
-            break;
-        }
-        // Reading the clock per record costs more than decoding a field: while
-        // records stream in, look at it only every CLOCK_EVERY records.
-        since_clock += 1;
-        if since_clock >= CLOCK_EVERY {
-            now = Instant::now();
-            since_clock = 0;
-        }
-        // A trigger with nothing to read ends empty: the caller looks for
-        // new partitions between batches.
-        if limits.drain_targets.is_none() && now >= deadline {
-            break;
-        }
-        let polled = reader.poll(
-            POLL.min(deadline.saturating_duration_since(now))
-                .max(Duration::from_millis(1)),
-        )?;
-        if !matches!(polled, Polled::Record(_)) {
-            since_clock = CLOCK_EVERY;
-        }
-        match polled {
-            Polled::Record(m) => {
-                let headers = decoder.wants_headers().then(|| headers_of(&m)).flatten();
-                let raw = with_headers(raw_record(&m), headers.as_ref());
-                ranges.record(raw.partition, raw.offset);
-                if !undrained.is_empty()
-                    && limits
-                        .drain_targets
-                        .as_ref()
-                        .and_then(|t| t.get(&raw.partition))
-                        .is_some_and(|t| raw.offset + 1 >= *t)
-                {
-                    undrained.remove(&raw.partition);
-                }
-                decode(decoder, &raw, rows, &mut counts)?;
-            }
-            Polled::EndOfPartition(p) => {
-                // Caught up with the partition (past any transaction markers):
-                // it is drained, and its position is where the consumer stands.
-                if let Some(pos) = reader.position(p) {
-                    let e = positions.entry(p).or_insert(pos);
-                    *e = (*e).max(pos);
-                }
-                undrained.remove(&p);
-            }
-            Polled::Idle => {}
-        }
-    }
-    let decoded = decoder.finish()?;
-    decoded.batches.into_iter().try_for_each(&mut *rows)?;
-    for r in &ranges.ranges {
-        let e = positions.entry(r.partition).or_insert(r.end);
-        *e = (*e).max(r.end);
-    }
-    tracing::debug!(
-        records = counts.records, bytes = counts.bytes, drained = drained(undrained), stopped = stop(),
-        ranges = ?ranges.ranges, targets = ?limits.drain_targets, "batch read"
-    );
-    Ok(ReadBatch {
-        ranges,
-        end_offsets: positions.clone(),
-        dead_letters: decoded.dead_letters,
-        records: counts.records,
-        bytes: counts.bytes,
-        decode_time: counts.decode_time,
-        read_time: started.elapsed(),
-        drained: drained(undrained),
-    })
 }
 
 /// The reason of each record the plan sent to the dead letters, by
@@ -302,10 +211,13 @@ impl Source for KafkaReader {
         positions: &mut BTreeMap<i32, i64>,
         limits: &PlanLimits,
         undrained: &mut BTreeSet<i32>,
+        carry: &mut Carry,
         stop: &dyn Fn() -> bool,
         rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
     ) -> Result<ReadBatch> {
-        read_new_batch(self, decoder, positions, limits, undrained, stop, rows)
+        new_batch::read_new_batch(
+            self, decoder, positions, limits, undrained, carry, stop, rows,
+        )
     }
 
     fn replay(

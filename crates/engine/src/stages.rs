@@ -124,6 +124,7 @@ fn read_batches(
         .filter(|(p, target)| input.positions.get(p).is_none_or(|pos| pos < target))
         .map(|(p, _)| *p)
         .collect();
+    let mut carry = crate::carry::Carry::default();
     let stop = input.stop.clone();
     let stopped = || stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
     let mut send_rows = |rows| {
@@ -145,6 +146,7 @@ fn read_batches(
             &mut input.positions,
             &input.limits,
             &mut undrained,
+            &mut carry,
             &stopped,
             &mut send_rows,
         );

@@ -6,7 +6,9 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message, Timestamp};
+use rdkafka::message::{
+    BorrowedHeaders, BorrowedMessage, Headers, Message, OwnedHeaders, OwnedMessage, Timestamp,
+};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tributary_core::{RawRecord, RecordHeaders};
@@ -287,6 +289,37 @@ impl KafkaReader {
         }
     }
 
+    /// Stops fetching `partitions` (records already fetched for them are
+    /// dropped by librdkafka); `resume` fetches again from after the last
+    /// record delivered.
+    pub fn pause(&self, partitions: &[i32]) -> Result<()> {
+        let tpl = self.partition_list(partitions)?;
+        self.consumer
+            .pause(&tpl)
+            .map_err(|source| KafkaSourceError::Client {
+                operation: "pause",
+                source,
+            })
+    }
+
+    pub fn resume(&self, partitions: &[i32]) -> Result<()> {
+        let tpl = self.partition_list(partitions)?;
+        self.consumer
+            .resume(&tpl)
+            .map_err(|source| KafkaSourceError::Client {
+                operation: "resume",
+                source,
+            })
+    }
+
+    fn partition_list(&self, partitions: &[i32]) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        Ok(tpl)
+    }
+
     /// The newest offset of each partition the consumer may read to (last
     /// stable offset), as of librdkafka's last statistics (every second).
     pub fn latest_offsets(&self) -> BTreeMap<i32, i64> {
@@ -346,16 +379,36 @@ pub fn raw_record<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
     }
 }
 
-/// A message's headers, for `RawRecord::headers`.
-pub struct KafkaHeaders<'a>(&'a BorrowedHeaders);
+/// The record view of a message kept past its batch (`BorrowedMessage::detach`).
+pub fn raw_owned(m: &OwnedMessage) -> RawRecord<'_> {
+    RawRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: match m.timestamp() {
+            Timestamp::NotAvailable => None,
+            Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+        },
+        key: m.key(),
+        value: m.payload(),
+        headers: None,
+    }
+}
 
-impl std::fmt::Debug for KafkaHeaders<'_> {
+/// A message's headers, for `RawRecord::headers`.
+pub struct KafkaHeaders<'a, H: Headers = BorrowedHeaders>(&'a H);
+
+impl<H: Headers> std::fmt::Debug for KafkaHeaders<'_, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} header(s)", self.0.count())
     }
 }
 
-impl RecordHeaders for KafkaHeaders<'_> {
+/// A kept message's headers, for `RawRecord::headers`.
+pub fn owned_headers_of(m: &OwnedMessage) -> Option<KafkaHeaders<'_, OwnedHeaders>> {
+    m.headers().map(KafkaHeaders)
+}
+
+impl<H: Headers + Sync> RecordHeaders for KafkaHeaders<'_, H> {
     fn for_each(&self, f: &mut dyn FnMut(&str, Option<&[u8]>)) {
         for header in self.0.iter() {
             f(header.key, header.value);
