@@ -8,13 +8,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use std::time::{Duration, Instant};
+
 use rdkafka::message::{BorrowedMessage, Message as _, OwnedMessage};
-use tributary_kafka::KafkaReader;
+use tributary_kafka::{KafkaReader, Polled};
 
 use crate::error::Result;
 
 /// Bounds a watermark request.
-const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Kept records of one partition past which it is paused.
 const KEEP_MAX: usize = 50_000;
@@ -65,14 +67,42 @@ pub(crate) fn newest_offsets(
         .collect()
 }
 
-/// Records read past their partition's planned end, for the next batches.
+/// What the reader carries from a new batch to the next: records read past
+/// their partition's planned end, and when the last batch was planned.
 #[derive(Default)]
 pub(crate) struct Carry {
     kept: BTreeMap<i32, VecDeque<OwnedMessage>>,
     paused: BTreeSet<i32>,
+    last_planned: Option<Instant>,
 }
 
 impl Carry {
+    /// Waits until a trigger interval has passed since the last batch was
+    /// planned, as Spark's processing-time trigger does (a batch that
+    /// finished early waits for the next interval), keeping what arrives
+    /// meanwhile. Then the next batch may be planned.
+    pub(crate) fn wait_for_trigger(
+        &mut self,
+        reader: &KafkaReader,
+        interval: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        if let Some(last) = self.last_planned {
+            let due = last + interval;
+            while !stop() {
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                if let Polled::Record(m) = reader.poll(left.min(Duration::from_millis(100)))? {
+                    self.keep(reader, &m)?;
+                }
+            }
+        }
+        self.last_planned = Some(Instant::now());
+        Ok(())
+    }
+
     /// Keeps `m` for a later batch; pauses its partition when it has kept
     /// too many.
     pub(crate) fn keep(&mut self, reader: &KafkaReader, m: &BorrowedMessage<'_>) -> Result<()> {

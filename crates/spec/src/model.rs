@@ -382,17 +382,21 @@ fn default_target_file_size() -> ByteSize {
     ByteSize(256 << 20)
 }
 
-/// When a micro-batch ends: whichever limit is reached first.
+/// How micro-batches are planned.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
-    /// Processing-time trigger: a batch ends this long after it started
-    /// reading, unless another limit ends it earlier.
+    /// Processing-time trigger (Spark's `ProcessingTime`): a batch is
+    /// planned this long after the previous one was, or at once when that
+    /// one took longer. Ignored by `available_now`, which runs batch after
+    /// batch.
     #[serde(default = "default_interval")]
     #[schemars(default = "default_interval")]
     pub interval: HumanDuration,
-    /// Most Kafka offsets one batch reads, over all partitions (Spark's
-    /// `maxOffsetsPerTrigger`). Default: no limit besides size and time.
+    /// Most Kafka offsets one batch reads, over all partitions, split over
+    /// them in proportion to their lag before the batch is read (Spark's
+    /// `maxOffsetsPerTrigger`). Default: everything readable when the batch
+    /// is planned.
     #[serde(default)]
     pub max_offsets_per_trigger: Option<u64>,
     /// `true`: read what the topic holds when the pipeline starts (up to the

@@ -20,8 +20,9 @@ use crate::plan::PlanLimits;
 /// Reads a new batch starting at `positions` (updated in place): its end
 /// offset per partition is planned first (`carry::planned_ends`), then each
 /// partition is read to it, records kept from earlier batches first.
-/// Returns a batch with no records only when draining is complete, a stop
-/// was requested, or nothing was there to read for a whole trigger interval.
+/// Without `available_now`, a batch is planned a trigger interval after the
+/// last one was. Returns a batch with no records when draining is complete,
+/// a stop was requested, or nothing was there to read.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn read_new_batch(
     reader: &KafkaReader,
@@ -33,18 +34,16 @@ pub(super) fn read_new_batch(
     stop: &dyn Fn() -> bool,
     rows: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<ReadBatch> {
+    // A backlog drained with `available_now` runs batch after batch.
+    if limits.drain_targets.is_none() {
+        carry.wait_for_trigger(reader, limits.interval, stop)?;
+    }
     let started = Instant::now();
     let mut batch = Reading::plan(reader, positions, limits)?;
     batch.take_kept(carry, decoder, positions, rows)?;
     carry.resume_used(reader)?;
     let deadline = started + limits.interval;
-    while !stop() && batch.counts.bytes < limits.max_bytes {
-        // Nothing planned: wait out the trigger interval, keeping what comes.
-        if batch.pending.is_empty()
-            && (limits.drain_targets.is_some() || Instant::now() >= deadline)
-        {
-            break;
-        }
+    while !stop() && !batch.pending.is_empty() && batch.counts.bytes < limits.max_bytes {
         match reader.poll(POLL)? {
             Polled::Record(m) => batch.record(&m, reader, carry, decoder, positions, rows)?,
             Polled::EndOfPartition(p) => batch.end_of_partition(p, reader, positions),
