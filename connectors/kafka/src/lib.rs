@@ -1,8 +1,8 @@
-//! Kafka in three roles: `source` (a blocking reader over
-//! librdkafka's `BaseConsumer` and the consumer-group member; offsets are
-//! committed to the group after each Delta commit) and `producer` (the
-//! republish sink's transactional producer), and `shuffle` (the repartition
-//! stage's consumer and transactional producer).
+//! Kafka in three roles: `source` (a blocking reader over librdkafka's
+//! `BaseConsumer` and the consumer-group member; offsets are committed to
+//! the group after each Delta commit), `producer` (the republish sink's
+//! transactional producer) and `shuffle` (the repartition stage's consumer
+//! and transactional producer).
 
 mod error;
 mod producer;
