@@ -363,8 +363,9 @@ fn is_data_loss(e: &KafkaError) -> bool {
     )
 }
 
-/// The record view the decoder needs.
-pub fn raw_record<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
+/// The record view the decoder needs, of a message just polled or kept
+/// past its batch (`BorrowedMessage::detach`).
+pub fn raw_record<M: Message>(m: &M) -> RawRecord<'_> {
     RawRecord {
         partition: m.partition(),
         offset: m.offset(),
@@ -375,21 +376,6 @@ pub fn raw_record<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
         key: m.key(),
         value: m.payload(),
         // Attached by the caller from `headers_of`, which must outlive the record view.
-        headers: None,
-    }
-}
-
-/// The record view of a message kept past its batch (`BorrowedMessage::detach`).
-pub fn raw_owned(m: &OwnedMessage) -> RawRecord<'_> {
-    RawRecord {
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: match m.timestamp() {
-            Timestamp::NotAvailable => None,
-            Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
-        },
-        key: m.key(),
-        value: m.payload(),
         headers: None,
     }
 }

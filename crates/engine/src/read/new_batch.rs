@@ -9,7 +9,7 @@ use deltalake::arrow::array::RecordBatch;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use tributary_avro::RecordDecoder;
 use tributary_core::{OffsetRanges, RawRecord, RecordHeaders};
-use tributary_kafka::{KafkaReader, Polled, headers_of, owned_headers_of, raw_owned, raw_record};
+use tributary_kafka::{KafkaReader, Polled, headers_of, owned_headers_of, raw_record};
 
 use super::{Counts, POLL, STALL, decode, with_headers};
 use crate::carry::{Carry, advance, newest_offsets, planned_ends};
@@ -139,7 +139,7 @@ impl Reading {
                     .flatten();
                 let raw = RawRecord {
                     headers: headers.as_ref().map(|h| h as &dyn RecordHeaders),
-                    ..raw_owned(&m)
+                    ..raw_record(&m)
                 };
                 self.take(decoder, &raw, positions, rows)?;
             }
