@@ -114,6 +114,12 @@ impl TableSpec {
                 ),
             ),
         }
+        if registry.timeout.0.is_zero() {
+            problem(
+                "source.schema_registry.timeout",
+                "must be greater than zero: every registry request would time out at once".into(),
+            );
+        }
         if registry.subject_strategy != crate::model::SubjectStrategy::TopicName {
             match &registry.record_name {
                 None => problem(
