@@ -16,6 +16,5 @@ pub use shuffle::{
 };
 pub use source::member::{GroupMember, Membership};
 pub use source::reader::{
-    KafkaHeaders, KafkaReader, Polled, ReaderConfig, StartAt, headers_of, owned_headers_of,
-    raw_record,
+    KafkaHeaders, KafkaReader, Polled, ReaderConfig, StartAt, headers_of, raw_record,
 };

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
+use rdkafka::message::Headers;
 use tributary_avro::RecordDecoder;
 use tributary_core::{DeadLetter, DeadLetterReason, OffsetRanges, RawRecord, RecordHeaders};
 use tributary_kafka::{KafkaHeaders, KafkaReader, Polled, StartAt, headers_of, raw_record};
@@ -46,9 +47,9 @@ impl Counts {
 
 /// `raw` with `headers` attached. They are read only for tables that store
 /// them: librdkafka parses a message's headers on first access.
-fn with_headers<'a>(
+fn with_headers<'a, H: Headers + Sync>(
     mut raw: RawRecord<'a>,
-    headers: Option<&'a KafkaHeaders<'a>>,
+    headers: Option<&'a KafkaHeaders<'a, H>>,
 ) -> RawRecord<'a> {
     raw.headers = headers.map(|h| h as &dyn RecordHeaders);
     raw

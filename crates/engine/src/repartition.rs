@@ -204,6 +204,7 @@ impl Stage {
 
     fn shuffle(&self) -> Result<()> {
         let shuffle = Shuffle::connect(self.config.clone())?;
+        let mut decoder = self.decoder();
         let started = std::time::Instant::now();
         let mut empty_polls = 0;
         while !self.stop.load(Ordering::Relaxed) {
@@ -223,19 +224,27 @@ impl Stage {
                 continue;
             }
             empty_polls = 0;
-            let targets = self.targets(&records)?;
+            let targets = self.targets(&mut decoder, &records)?;
             shuffle.forward(&records, &targets)?;
         }
         Ok(())
     }
 
-    /// The repartition topic's partition of each record.
-    fn targets(&self, records: &[BorrowedMessage<'_>]) -> Result<Vec<i32>> {
+    /// A decoder that also fills each row's source position, kept for the
+    /// connection's life (its writer schemas are looked up once).
+    fn decoder(&self) -> RecordDecoder {
         let mut columns = self.columns.clone();
         columns.partition = Some(PARTITION_COLUMN.into());
         columns.offset = Some(OFFSET_COLUMN.into());
-        let mut decoder = RecordDecoder::new(self.registry.clone(), self.runtime.clone())
-            .with_record_columns(columns);
+        RecordDecoder::new(self.registry.clone(), self.runtime.clone()).with_record_columns(columns)
+    }
+
+    /// The repartition topic's partition of each record.
+    fn targets(
+        &self,
+        decoder: &mut RecordDecoder,
+        records: &[BorrowedMessage<'_>],
+    ) -> Result<Vec<i32>> {
         for m in records {
             decoder.push(&raw_record(m))?;
         }

@@ -6,9 +6,7 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{
-    BorrowedHeaders, BorrowedMessage, Headers, Message, OwnedHeaders, OwnedMessage, Timestamp,
-};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message, Timestamp};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tributary_core::{RawRecord, RecordHeaders};
@@ -389,11 +387,6 @@ impl<H: Headers> std::fmt::Debug for KafkaHeaders<'_, H> {
     }
 }
 
-/// A kept message's headers, for `RawRecord::headers`.
-pub fn owned_headers_of(m: &OwnedMessage) -> Option<KafkaHeaders<'_, OwnedHeaders>> {
-    m.headers().map(KafkaHeaders)
-}
-
 impl<H: Headers + Sync> RecordHeaders for KafkaHeaders<'_, H> {
     fn for_each(&self, f: &mut dyn FnMut(&str, Option<&[u8]>)) {
         for header in self.0.iter() {
@@ -402,6 +395,7 @@ impl<H: Headers + Sync> RecordHeaders for KafkaHeaders<'_, H> {
     }
 }
 
-pub fn headers_of<'a>(m: &'a BorrowedMessage<'a>) -> Option<KafkaHeaders<'a>> {
+/// The headers of a message just polled or kept past its batch.
+pub fn headers_of<M: Message>(m: &M) -> Option<KafkaHeaders<'_, M::Headers>> {
     m.headers().map(KafkaHeaders)
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use deltalake::arrow::array::RecordBatch;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use tributary_avro::RecordDecoder;
-use tributary_core::{OffsetRanges, RawRecord, RecordHeaders};
-use tributary_kafka::{KafkaReader, Polled, headers_of, owned_headers_of, raw_record};
+use tributary_core::{OffsetRanges, RawRecord};
+use tributary_kafka::{KafkaReader, Polled, headers_of, raw_record};
 
 use super::{Counts, POLL, STALL, decode, with_headers};
 use crate::carry::{Carry, advance, newest_offsets, planned_ends};
@@ -133,14 +133,8 @@ impl Reading {
         for p in self.pending.clone() {
             let end = self.ends[&p];
             for m in carry.take(p, end) {
-                let headers = decoder
-                    .wants_headers()
-                    .then(|| owned_headers_of(&m))
-                    .flatten();
-                let raw = RawRecord {
-                    headers: headers.as_ref().map(|h| h as &dyn RecordHeaders),
-                    ..raw_record(&m)
-                };
+                let headers = decoder.wants_headers().then(|| headers_of(&m)).flatten();
+                let raw = with_headers(raw_record(&m), headers.as_ref());
                 self.take(decoder, &raw, positions, rows)?;
             }
             if positions[&p] >= end {
