@@ -7,6 +7,7 @@ Delta readers (DuckDB's delta extension, Python deltalake)."""
 import base64
 import io
 import json
+import math
 import os
 import pathlib
 import signal
@@ -126,6 +127,52 @@ def confluent(schema_id, schema, record):
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
     return b"\x00" + schema_id.to_bytes(4, "big") + buf.getvalue()
+
+
+def spark_batches(start, until, limit):
+    """The (start, end) offsets of each batch that drains `start` to `until`
+    (partition -> offset) under `maxOffsetsPerTrigger` = `limit`, by the rule
+    of Spark's Kafka source (KafkaMicroBatchStream.rateLimit): each
+    partition's share of the limit is in proportion to its lag, rounded down,
+    or up when under one record, so a batch may pass the limit by a record
+    per partition."""
+    batches, begin = [], dict(start)
+    while any(begin[p] < until[p] for p in until):
+        sizes = {p: until[p] - begin[p] for p in until if until[p] - begin[p] > 0}
+        total = float(sum(sizes.values()))
+        end = {}
+        for p in until:
+            if p not in sizes:
+                end[p] = until[p]
+                continue
+            prorate = limit * (sizes[p] / total)
+            share = math.ceil(prorate) if prorate < 1 else math.floor(prorate)
+            end[p] = min(until[p], begin[p] + share)
+        batches.append((begin, end))
+        begin = end
+    return batches
+
+
+def read_ranges(events, topic):
+    """Each progress event's {partition: (start, end)} of `topic`, the
+    partitions it read records of."""
+    ranges = []
+    for e in events:
+        (source,) = [s for s in e["sources"] if topic in s["startOffset"]]
+        start, end = source["startOffset"][topic], source["endOffset"][topic]
+        ranges.append({p: (start[p], end[p]) for p in start if end[p] > start[p]})
+    return ranges
+
+
+def spark_ranges(events, topic, limit):
+    """The ranges Spark's rule (`spark_batches`) plans for the backlog these
+    events drained from their first start to their last end."""
+    first, last = {}, {}
+    for batch in read_ranges(events, topic):
+        for p, (start, end) in batch.items():
+            first.setdefault(p, start)
+            last[p] = end
+    return [{p: (s[p], e[p]) for p in s if e[p] > s[p]} for s, e in spark_batches(first, last, limit)]
 
 
 def duck():

@@ -395,8 +395,10 @@ pub struct TriggerSpec {
     pub interval: HumanDuration,
     /// Most Kafka offsets one batch reads, over all partitions, split over
     /// them in proportion to their lag before the batch is read (Spark's
-    /// `maxOffsetsPerTrigger`). Default: everything readable when the batch
-    /// is planned.
+    /// `maxOffsetsPerTrigger`, planned by its rule: a partition whose share
+    /// is under one record still reads one, so a batch may pass the limit
+    /// by a record per partition). Default: everything readable when the
+    /// batch is planned.
     #[serde(default)]
     pub max_offsets_per_trigger: Option<u64>,
     /// `true`: read what the topic holds when the pipeline starts (up to the
