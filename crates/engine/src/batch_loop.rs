@@ -10,17 +10,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tributary_core::{CrashPoint, crash_point};
+use tributary_core::{CrashPoint, OffsetRanges, crash_point};
 use tributary_kafka::{GroupMember, KafkaReader};
 use tributary_spec::{StartingOffsets, TableSpec};
 
 use crate::batch::BatchWriter;
 use crate::cleanup::remove_failed_attempts;
-use crate::contracts::Source;
+use crate::contracts::{ReadBatch, Source};
 use crate::discovery::PartitionDiscovery;
-use crate::encode::{Converter, ReadyBatch};
+use crate::encode::{Converter, Payload, ReadyBatch};
 use crate::error::{EngineError, Result};
 use crate::open::{Group, GroupScope, reader_config};
 use crate::options::{Components, PipelineOptions, RunSummary};
@@ -75,6 +75,7 @@ impl<'a> Run<'a> {
         }
         let next_batch = recovery.next_batch;
         let input = self.reader_input(&mut group, source.clone(), recovery)?;
+        let positions = input.positions.clone();
         let converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone());
         let mut stages = Stages::start(
             &spec.pipeline,
@@ -83,7 +84,13 @@ impl<'a> Run<'a> {
             input,
         )?;
         let outcome = self
-            .commit_batches(&mut group, source.as_ref(), &mut stages, next_batch)
+            .commit_batches(
+                &mut group,
+                source.as_ref(),
+                &mut stages,
+                next_batch,
+                positions,
+            )
             .await;
         stages.finish(outcome).await
     }
@@ -144,37 +151,73 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Plans and commits each batch the stages hand over.
+    /// Plans and commits each batch the stages hand over. A drain with
+    /// `available_now` ends as Spark's does: when its last batch moved the
+    /// watermark, one more batch without rows closes the windows and
+    /// forgets the keys the new watermark passed, so the run writes them.
     async fn commit_batches(
         &mut self,
         group: &mut Group,
         source: &dyn Source,
         stages: &mut Stages,
         mut next_batch: u64,
+        mut positions: BTreeMap<i32, i64>,
     ) -> Result<()> {
         while let Some(ready) = stages.ready.recv().await {
             let batch = ready?;
             crash_point(CrashPoint::AfterRead, next_batch);
-            let plan = plan_of(next_batch, &self.scope.name, &batch);
-            let started = Instant::now();
-            match group.log.record(&plan).await? {
-                None => {}
-                Some(recorded) if recorded.ranges == plan.ranges => {}
-                Some(_) => {
-                    return Err(EngineError::ConcurrentInstance(format!(
-                        "batch {} of group {} was planned by another instance sharing this checkpoint",
-                        plan.batch_id, plan.group
-                    )));
-                }
-            }
-            let plan_ms = started.elapsed().as_millis() as u64;
-            crash_point(CrashPoint::AfterPlan, plan.batch_id);
-            self.writer
-                .write(group, source, &plan, batch, false, plan_ms)
+            positions.clone_from(&batch.read.end_offsets);
+            self.plan_and_write(group, source, next_batch, batch)
                 .await?;
             next_batch += 1;
         }
+        let spec = self.writer.spec;
+        let stopped = self.writer.options.stop.load(Ordering::Relaxed);
+        let watermark_moved = match &group.state {
+            Some(state) => state.watermark_moved()?,
+            None => false,
+        };
+        if spec.trigger.available_now && !stopped && watermark_moved {
+            let batch = ReadyBatch {
+                read: ReadBatch {
+                    ranges: OffsetRanges::new(spec.table_topic()),
+                    end_offsets: positions,
+                    ..ReadBatch::default()
+                },
+                payload: Payload::Rows(Vec::new()),
+                encode_time: Duration::ZERO,
+            };
+            self.plan_and_write(group, source, next_batch, batch)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Records a new batch's plan in the offsets log, then writes it.
+    async fn plan_and_write(
+        &mut self,
+        group: &mut Group,
+        source: &dyn Source,
+        batch_id: u64,
+        batch: ReadyBatch,
+    ) -> Result<()> {
+        let plan = plan_of(batch_id, &self.scope.name, &batch);
+        let started = Instant::now();
+        match group.log.record(&plan).await? {
+            None => {}
+            Some(recorded) if recorded.ranges == plan.ranges => {}
+            Some(_) => {
+                return Err(EngineError::ConcurrentInstance(format!(
+                    "batch {} of group {} was planned by another instance sharing this checkpoint",
+                    plan.batch_id, plan.group
+                )));
+            }
+        }
+        let plan_ms = started.elapsed().as_millis() as u64;
+        crash_point(CrashPoint::AfterPlan, plan.batch_id);
+        self.writer
+            .write(group, source, &plan, batch, false, plan_ms)
+            .await
     }
 
     /// Re-runs a recorded batch with exactly its offsets: read, decode,

@@ -113,8 +113,12 @@ pub(crate) async fn commit_batch(
 }
 
 /// `commitInfo.tributary`: the batch's plan, so the table can stand in for
-/// a lost offsets log, and the watermark it ran with.
+/// a lost offsets log, and the watermark it ran with. That watermark is
+/// also how far the table is complete (`completeThrough`): every window
+/// ending at or before it is final and written, and no row at or before it
+/// can still arrive, so a scheduler can wait for it to pass a day's end.
 fn commit_info(pipeline: &str, app_id: &str, plan: &BatchPlan, watermark: Option<i64>) -> Value {
+    let watermark = watermark.map(format_micros);
     json!({
         "appId": app_id,
         "pipeline": pipeline,
@@ -124,7 +128,8 @@ fn commit_info(pipeline: &str, app_id: &str, plan: &BatchPlan, watermark: Option
         "ranges": plan.ranges.ranges,
         "endOffsets": plan.end_offsets,
         "deadLetters": plan.dead_letters,
-        "watermark": watermark.map(format_micros),
+        "completeThrough": watermark,
+        "watermark": watermark,
     })
 }
 

@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::plan::{BatchPlan, PlanLimits};
 
 /// What [`Source::read_new`] or [`Source::replay`] read.
+#[derive(Default)]
 pub(crate) struct ReadBatch {
     pub ranges: OffsetRanges,
     /// Where every partition stands after this batch.

@@ -58,7 +58,7 @@ pub(crate) fn operate(
         data: BatchRows::Arrow(state.table_rows(&operated)?),
         mode: state.commit_mode(),
         late: operated.late.take(),
-        watermark: operated.watermark,
+        watermark: operated.watermarks.eviction,
     };
     Ok((output, Some(operated)))
 }
@@ -77,7 +77,7 @@ pub(crate) async fn apply_state(
     let state =
         state.ok_or_else(|| EngineError::Internal("operated rows without their state".into()))?;
     let progress = EventTimeProgress {
-        watermark: operated.watermark.map(format_micros),
+        watermark: operated.watermarks.eviction.map(format_micros),
         num_late_rows: operated.late_rows,
         num_duplicate_rows: operated.duplicates,
         late_rows_table_version,
@@ -224,6 +224,13 @@ impl GroupState {
     /// The last batch whose state is applied.
     pub(crate) fn committed_batch(&self) -> Result<Option<u64>> {
         Ok(self.store.contract().committed_batch()?)
+    }
+
+    /// Whether the watermark moved since the last batch ran with it, so
+    /// that a batch without rows would close windows or forget keys.
+    pub(crate) fn watermark_moved(&self) -> Result<bool> {
+        let w = self.operator.watermarks(self.store.contract())?;
+        Ok(w.eviction.is_some() && w.eviction != w.late)
     }
 
     /// Operates one batch on the committed state (nothing is applied).

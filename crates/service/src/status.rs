@@ -113,8 +113,12 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
         if let (Some(t), Some(l)) = (total_lag.as_mut(), lag) {
             *t += l;
         }
+        let complete_through = marker
+            .as_ref()
+            .and_then(|m| m.info["completeThrough"].as_str().map(str::to_string));
         group_reports.push(json!({
             "group": group,
+            "completeThrough": complete_through,
             "committedBatch": committed,
             "plannedBatch": planned.map(|p| p.batch_id),
             "tableVersion": marker.as_ref().map(|m| m.version),
@@ -123,17 +127,21 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
             "lag": lag,
         }));
     }
+    // The table is complete through the earliest of its groups' times, once
+    // every group has one.
+    let complete_through = group_reports
+        .iter()
+        .map(|g| g["completeThrough"].as_str())
+        .collect::<Option<Vec<&str>>>()
+        .and_then(|times| times.into_iter().min().map(str::to_string));
     Ok(json!({
         "pipeline": spec.pipeline,
         "topic": spec.table_topic(),
-        "table": {"uri": spec.table.uri, "version": data.version()},
+        "table": {"uri": spec.table.uri, "version": data.version(), "completeThrough": complete_through},
         "groups": group_reports,
         "lag": total_lag,
         "deadLetters": dead.row_count()?.unwrap_or(0),
         "deadLetterTable": spec.dead_letter_uri(),
-        // Event time and compaction are not built yet: nothing to report.
-        "lateRows": Value::Null,
-        "lastCompaction": Value::Null,
         "brokerError": broker_error,
     }))
 }
@@ -151,6 +159,9 @@ fn print_text(r: &Value) {
         "table    {}  version {table_version}",
         r["table"]["uri"].as_str().unwrap_or("")
     );
+    if let Some(t) = r["table"]["completeThrough"].as_str() {
+        println!("complete through {t}  (windows ending then or earlier are final)");
+    }
     for g in r["groups"].as_array().into_iter().flatten() {
         let batch = g["committedBatch"]
             .as_u64()
@@ -181,8 +192,6 @@ fn print_text(r: &Value) {
         r["deadLetters"],
         r["deadLetterTable"].as_str().unwrap_or("")
     );
-    println!("late rows    none (no event-time processing configured)");
-    println!("compaction   never (no compaction worker yet)");
     if let Some(e) = r["brokerError"].as_str() {
         println!("broker       unreachable: {e}");
     }

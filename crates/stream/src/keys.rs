@@ -6,6 +6,9 @@ use tributary_core::encode_time;
 
 /// The greatest event time seen in committed batches.
 pub(crate) const MAX_EVENT_TIME: &[u8] = &[0x01, b'M'];
+/// The watermark the last committed batch ran with: the next batch's rows
+/// are late against it.
+pub(crate) const LAST_WATERMARK: &[u8] = &[0x01, b'L'];
 /// The types of group keys and aggregate inputs the windows hold.
 pub(crate) const WINDOW_TYPES: &[u8] = &[0x01, b'T'];
 /// Dedup key -> its expiry.

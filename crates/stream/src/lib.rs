@@ -19,4 +19,4 @@ mod oracle_tests;
 
 pub use config::{AggregateFunction, Aggregation, OutputMode, WINDOW_END, WINDOW_START};
 pub use error::{Result, StreamError};
-pub use operator::{Operated, Operator, OperatorConfig, Window};
+pub use operator::{Operated, Operator, OperatorConfig, Watermarks, Window};

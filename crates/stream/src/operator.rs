@@ -50,21 +50,48 @@ pub struct OperatorConfig {
     pub output_mode: OutputMode,
 }
 
+/// The two watermarks a batch runs with, as Spark's since 3.5: rows are late
+/// against the previous batch's watermark, while windows close and keys are
+/// forgotten with this batch's. A row that arrives in the batch that closes
+/// its window still counts in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    /// The previous batch's watermark. A row is late when every window it
+    /// would update ends at or before it (a session: its row's time plus
+    /// the gap), or, for dedup, when its event time is at or before it.
+    pub late: Option<i64>,
+    /// This batch's watermark: windows and sessions ending at or before it
+    /// are final (written in append mode) and dropped from state, dedup keys
+    /// expiring at or before it forgotten.
+    pub eviction: Option<i64>,
+}
+
+impl Watermarks {
+    /// Past every event time: every row is late, every window closes and
+    /// every key expires (the end of a finite stream).
+    pub const PAST_EVERYTHING: Watermarks = Watermarks {
+        late: Some(i64::MAX),
+        eviction: Some(i64::MAX),
+    };
+}
+
 /// The result of operating one batch.
 #[derive(Debug, Default)]
 pub struct Operated {
     /// Rows for the table: the deduplicated records, or windows (final ones
     /// in append mode, changed ones in update mode).
     pub rows: Option<RecordBatch>,
-    /// Input rows older than the watermark (or without an event time).
+    /// Input rows that are late (see [`Watermarks::late`]), or without an
+    /// event time.
     pub late: Option<RecordBatch>,
     pub late_rows: u64,
     /// Rows dropped as duplicates.
     pub duplicates: u64,
     /// State changes, to apply once the output is committed.
     pub writes: StagedWrites,
-    /// The watermark this batch ran with, and the one the next batch gets.
-    pub watermark: Option<i64>,
+    /// The watermarks this batch ran with, and the one the next batch's
+    /// windows close with.
+    pub watermarks: Watermarks,
     pub next_watermark: Option<i64>,
 }
 
@@ -94,6 +121,9 @@ struct Session {
     accs: Vec<Acc>,
 }
 
+/// A window's state key (see `keys::window_key`).
+type WindowKey = Vec<u8>;
+
 /// A window's result, ready to become an output row.
 struct WindowRow {
     start: i64,
@@ -111,9 +141,28 @@ impl Operator {
         }
     }
 
-    /// The watermark the next batch runs with, from the committed state.
-    pub fn watermark(&self, store: &dyn StateStore) -> Result<Option<i64>> {
-        Ok(max_event_time(store)?.map(|m| m.saturating_sub(self.config.watermark_delay)))
+    /// The watermarks the next batch runs with, from the committed state.
+    pub fn watermarks(&self, store: &dyn StateStore) -> Result<Watermarks> {
+        Ok(Watermarks {
+            late: read_time(store, keys::LAST_WATERMARK)?,
+            eviction: read_time(store, keys::MAX_EVENT_TIME)?
+                .map(|m| watermark_of(m, self.config.watermark_delay)),
+        })
+    }
+
+    /// Whether a row at `t` is late against the late-events watermark `w`:
+    /// dedup's rule when it deduplicates, else the window's.
+    fn is_late(&self, t: i64, w: i64) -> bool {
+        match self.config.window {
+            Some(Window::Sliding { size, slide }) if self.config.dedup_keys.is_empty() => {
+                // Its last window ends last.
+                (t - t.rem_euclid(slide)).saturating_add(size) <= w
+            }
+            Some(Window::Session { gap }) if self.config.dedup_keys.is_empty() => {
+                t.saturating_add(gap) <= w
+            }
+            _ => t <= w,
+        }
     }
 
     /// Operates batch `batch_id` on the committed state. `input` holds the
@@ -124,22 +173,21 @@ impl Operator {
         batch_id: u64,
         input: &[RecordBatch],
     ) -> Result<Operated> {
-        let watermark = self.watermark(store)?;
-        self.process_at(store, batch_id, input, watermark)
+        let watermarks = self.watermarks(store)?;
+        self.process_at(store, batch_id, input, watermarks)
     }
 
-    /// [`Operator::process`] with a given watermark: `i64::MAX` closes every
-    /// window and expires every key (the end of a finite stream).
+    /// [`Operator::process`] with given watermarks.
     pub fn process_at(
         &self,
         store: &dyn StateStore,
         batch_id: u64,
         input: &[RecordBatch],
-        watermark: Option<i64>,
+        watermarks: Watermarks,
     ) -> Result<Operated> {
         let c = &self.config;
         let mut out = Operated {
-            watermark,
+            watermarks,
             ..Operated::default()
         };
         let batch = canonical(input, &c.partition_column, &c.offset_column)?;
@@ -151,12 +199,15 @@ impl Operator {
         let mut late = Vec::new();
         let mut batch_max: Option<i64> = None;
         for (i, t) in times.iter().enumerate() {
-            match t {
-                Some(t) if watermark.is_none_or(|w| *t >= w) => {
-                    on_time.push(i as u32);
-                    batch_max = Some(batch_max.map_or(*t, |m| m.max(*t)));
-                }
-                _ => late.push(i as u32),
+            let Some(t) = *t else {
+                late.push(i as u32);
+                continue;
+            };
+            batch_max = Some(batch_max.map_or(t, |m| m.max(t)));
+            if watermarks.late.is_some_and(|w| self.is_late(t, w)) {
+                late.push(i as u32);
+            } else {
+                on_time.push(i as u32);
             }
         }
         if let Some(b) = &batch
@@ -172,7 +223,14 @@ impl Operator {
         let kept = if c.dedup_keys.is_empty() {
             on_time
         } else {
-            let kept = self.dedup(store, batch.as_ref(), &times, &on_time, watermark, &mut out)?;
+            let kept = self.dedup(
+                store,
+                batch.as_ref(),
+                &times,
+                &on_time,
+                watermarks.late,
+                &mut out,
+            )?;
             out.duplicates = (on_time.len() - kept.len()) as u64;
             kept
         };
@@ -197,11 +255,11 @@ impl Operator {
                     }
                     None => None,
                 };
-                self.windows(store, batch_id, rows, window, watermark, &mut out.writes)?
+                self.windows(store, batch_id, rows, window, watermarks, &mut out.writes)?
             }
         };
 
-        let before = max_event_time(store)?;
+        let before = read_time(store, keys::MAX_EVENT_TIME)?;
         let max = match (before, batch_max) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -212,15 +270,23 @@ impl Operator {
             out.writes
                 .put(keys::MAX_EVENT_TIME.to_vec(), m.to_be_bytes().to_vec());
         }
+        if let Some(w) = watermarks.eviction
+            && watermarks.eviction != read_time(store, keys::LAST_WATERMARK)?
+        {
+            out.writes
+                .put(keys::LAST_WATERMARK.to_vec(), w.to_be_bytes().to_vec());
+        }
         out.next_watermark = max
-            .map(|m| m.saturating_sub(c.watermark_delay))
-            .max(watermark);
+            .map(|m| watermark_of(m, c.watermark_delay))
+            .max(watermarks.eviction);
         Ok(out)
     }
 
     /// Keeps the first row of each key among `rows`; returns the kept rows.
-    /// A key is remembered until the watermark passes its first event time
-    /// plus the delay; expired keys are forgotten before the batch runs.
+    /// A key is remembered while its first event time plus the delay is
+    /// after the watermark; Spark forgets the expired keys after the batch
+    /// whose watermark reaches them, so they are forgotten here before the
+    /// next batch, whose late-events watermark that is.
     fn dedup(
         &self,
         store: &dyn StateStore,
@@ -233,7 +299,7 @@ impl Operator {
         let c = &self.config;
         let writes = &mut out.writes;
         if let Some(w) = watermark {
-            let (lo, hi) = keys::older_than(keys::DEDUP_EXPIRY, w);
+            let (lo, hi) = keys::older_than(keys::DEDUP_EXPIRY, w.saturating_add(1));
             for (k, _) in store.scan(&lo, &hi)? {
                 writes.delete(keys::tagged(keys::DEDUP_KEY, &k[9..]));
             }
@@ -251,7 +317,7 @@ impl Operator {
             )?),
         };
         if let Some(w) = watermark {
-            filter.expire(w);
+            filter.expire(w.saturating_add(1));
         }
         let Some(batch) = batch else {
             return Ok(Vec::new());
@@ -292,7 +358,7 @@ impl Operator {
                     let expiry = i64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
                         StreamError::Corrupt("a dedup expiry is not 8 bytes".into())
                     })?);
-                    watermark.is_none_or(|w| expiry >= w)
+                    watermark.is_none_or(|w| expiry > w)
                 }
                 None => false,
             };
@@ -324,7 +390,7 @@ impl Operator {
         batch_id: u64,
         rows: Option<(RecordBatch, Vec<i64>)>,
         window: Window,
-        watermark: Option<i64>,
+        watermarks: Watermarks,
         writes: &mut StagedWrites,
     ) -> Result<Option<RecordBatch>> {
         let c = &self.config;
@@ -350,7 +416,7 @@ impl Operator {
                 prepared.as_ref(),
                 &template,
                 (size, slide),
-                watermark,
+                watermarks,
                 writes,
             )?,
             Window::Session { gap } => self.sessions(
@@ -359,7 +425,7 @@ impl Operator {
                 prepared.as_ref(),
                 &template,
                 gap,
-                watermark,
+                watermarks,
                 writes,
             )?,
         };
@@ -394,42 +460,97 @@ impl Operator {
         prepared: Option<&Prepared>,
         template: &[Acc],
         (size, slide): (i64, i64),
-        watermark: Option<i64>,
+        watermarks: Watermarks,
         writes: &mut StagedWrites,
     ) -> Result<Vec<WindowRow>> {
+        let mut touched = match prepared {
+            Some(p) => self.feed_windows(
+                store,
+                batch_id,
+                p,
+                template,
+                (size, slide),
+                watermarks,
+                writes,
+            )?,
+            None => Vec::new(),
+        };
+        let append = self.config.output_mode == OutputMode::Append;
         let mut emitted = Vec::new();
-        // Windows the watermark passed: final. Rows of them would be late.
-        if let Some(w) = watermark {
-            let (lo, hi) = keys::older_than(keys::WINDOW, w.saturating_add(1));
-            if self.config.output_mode == OutputMode::Append {
-                for (k, v) in store.scan(&lo, &hi)? {
-                    let (start, end, group) = keys::parse_window_key(&k)
-                        .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
-                    emitted.push(WindowRow {
-                        start,
-                        end,
-                        group: group.to_vec(),
-                        accs: read_accs(&v, template)?,
-                    });
+        touched.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        // Windows ending at or before the eviction watermark are final: in
+        // append mode written once, with this batch's rows, then dropped.
+        let closing = watermarks
+            .eviction
+            .map(|w| keys::older_than(keys::WINDOW, w.saturating_add(1)));
+        if let Some((lo, hi)) = closing.as_ref().filter(|_| append) {
+            for (k, v) in store.scan(lo, hi)? {
+                if touched.binary_search_by(|(t, _)| t.cmp(&k)).is_ok() {
+                    continue;
                 }
+                let (start, end, group) = keys::parse_window_key(&k)
+                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
+                emitted.push(WindowRow {
+                    start,
+                    end,
+                    group: group.to_vec(),
+                    accs: read_accs(&v, template)?,
+                });
             }
+        }
+        for (key, accs) in touched {
+            let closed = closing.as_ref().is_some_and(|(_, hi)| key < *hi);
+            if !closed {
+                let mut bytes = Vec::new();
+                encode_accs(&accs, &mut bytes);
+                writes.put(key.clone(), bytes);
+            }
+            if !append || closed {
+                let (start, end, group) = keys::parse_window_key(&key)
+                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
+                emitted.push(WindowRow {
+                    start,
+                    end,
+                    group: group.to_vec(),
+                    accs,
+                });
+            }
+        }
+        // Last, so that it also drops what this batch wrote for them.
+        if let Some(w) = watermarks.eviction {
+            let (lo, hi) = keys::older_than(keys::WINDOW, w.saturating_add(1));
             writes.delete_range(lo, hi);
             let (lo, hi) = keys::older_than(keys::DISTINCT, w.saturating_add(1));
             writes.delete_range(lo, hi);
         }
-        let Some(p) = prepared else {
-            return Ok(emitted);
-        };
+        Ok(emitted)
+    }
+
+    /// Feeds the rows of `p` to the windows each falls in, leaving out the
+    /// windows that closed before this batch; returns each window fed with
+    /// its accumulators.
+    #[allow(clippy::too_many_arguments)]
+    fn feed_windows(
+        &self,
+        store: &dyn StateStore,
+        batch_id: u64,
+        p: &Prepared,
+        template: &[Acc],
+        (size, slide): (i64, i64),
+        watermarks: Watermarks,
+        writes: &mut StagedWrites,
+    ) -> Result<Vec<(WindowKey, Vec<Acc>)>> {
         // The windows each row falls in, each window numbered once.
         let mut numbers: HashMap<Vec<u8>, u32, FastHash> =
             HashMap::with_hasher(FastHash::default());
         let mut window_keys: Vec<Vec<u8>> = Vec::new();
         let mut row_windows: Vec<(u32, u32)> = Vec::new();
         let mut key = Vec::new();
+        let closed = |end: i64| watermarks.late.is_some_and(|w| end <= w);
         for i in 0..p.len() {
             let t = p.times[i];
             let mut start = t - t.rem_euclid(slide);
-            while start > t.saturating_sub(size) {
+            while start > t.saturating_sub(size) && !closed(start.saturating_add(size)) {
                 key.clear();
                 key.extend_from_slice(&keys::window_key(
                     start,
@@ -491,7 +612,8 @@ impl Operator {
                 Some(f) => f,
                 empty => empty.insert(load_filter(store, keys::DISTINCT, 0, size)?),
             };
-            if let Some(w) = watermark {
+            // The state holds no window the previous batch closed.
+            if let Some(w) = watermarks.late {
                 filter.expire(w.saturating_add(1));
             }
             let (stored, hashes) = filtered_get(store, filter, &vkeys)?;
@@ -513,25 +635,7 @@ impl Operator {
         for &(i, n) in &row_windows {
             p.feed(&mut accs[n as usize], i as usize, batch_id);
         }
-        let update = self.config.output_mode == OutputMode::Update;
-        let mut touched: Vec<(Vec<u8>, Vec<Acc>)> = window_keys.into_iter().zip(accs).collect();
-        touched.sort_unstable_by(|x, y| x.0.cmp(&y.0));
-        for (key, accs) in touched {
-            let mut bytes = Vec::new();
-            encode_accs(&accs, &mut bytes);
-            if update {
-                let (start, end, group) = keys::parse_window_key(&key)
-                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
-                emitted.push(WindowRow {
-                    start,
-                    end,
-                    group: group.to_vec(),
-                    accs,
-                });
-            }
-            writes.put(key, bytes);
-        }
-        Ok(emitted)
+        Ok(window_keys.into_iter().zip(accs).collect())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -542,12 +646,13 @@ impl Operator {
         prepared: Option<&Prepared>,
         template: &[Acc],
         gap: i64,
-        watermark: Option<i64>,
+        watermarks: Watermarks,
         writes: &mut StagedWrites,
     ) -> Result<Vec<WindowRow>> {
-        // Groups with a session the watermark passed, and groups with rows.
+        // Groups with a session the eviction watermark closes, and groups
+        // with rows.
         let mut groups: BTreeSet<Vec<u8>> = BTreeSet::new();
-        if let Some(w) = watermark {
+        if let Some(w) = watermarks.eviction {
             let (lo, hi) = keys::older_than(keys::SESSION_END, w.saturating_add(1));
             for (k, _) in store.scan(&lo, &hi)? {
                 groups.insert(k[9..].to_vec());
@@ -574,21 +679,6 @@ impl Operator {
             open.insert(g, sessions);
         }
         let mut emitted = Vec::new();
-        if let Some(w) = watermark {
-            for (g, sessions) in open.iter_mut() {
-                let (done, alive): (Vec<Session>, Vec<Session>) =
-                    sessions.drain(..).partition(|s| s.end <= w);
-                *sessions = alive;
-                if self.config.output_mode == OutputMode::Append {
-                    emitted.extend(done.into_iter().map(|s| WindowRow {
-                        start: s.start,
-                        end: s.end,
-                        group: g.to_vec(),
-                        accs: s.accs,
-                    }));
-                }
-            }
-        }
         if let Some(p) = prepared {
             for i in 0..p.len() {
                 let t = p.times[i];
@@ -599,11 +689,12 @@ impl Operator {
                     accs: template.to_vec(),
                 };
                 p.feed(&mut joined.accs, i, batch_id);
-                // Every open session overlapping [t, t + gap) merges with it.
+                // Every open session overlapping or touching [t, t + gap)
+                // merges with it, as in Spark.
                 let mut k = 0;
                 while k < sessions.len() {
                     let s = &sessions[k];
-                    if s.start < joined.end && joined.start < s.end {
+                    if s.start <= joined.end && joined.start <= s.end {
                         let s = sessions.remove(k);
                         joined.start = joined.start.min(s.start);
                         joined.end = joined.end.max(s.end);
@@ -616,6 +707,21 @@ impl Operator {
                 }
                 let at = sessions.partition_point(|s| s.start < joined.start);
                 sessions.insert(at, joined);
+            }
+        }
+        if let Some(w) = watermarks.eviction {
+            for (g, sessions) in open.iter_mut() {
+                let (done, alive): (Vec<Session>, Vec<Session>) =
+                    sessions.drain(..).partition(|s| s.end <= w);
+                *sessions = alive;
+                if self.config.output_mode == OutputMode::Append {
+                    emitted.extend(done.into_iter().map(|s| WindowRow {
+                        start: s.start,
+                        end: s.end,
+                        group: g.to_vec(),
+                        accs: s.accs,
+                    }));
+                }
             }
         }
         for g in &groups {
@@ -849,13 +955,20 @@ fn load_filter(store: &dyn StateStore, tag: u8, skip: usize, width: i64) -> Resu
     Ok(filter)
 }
 
-fn max_event_time(store: &dyn StateStore) -> Result<Option<i64>> {
-    match store.get(keys::MAX_EVENT_TIME)? {
+/// A time stored under `key` (the max event time, the last watermark).
+fn read_time(store: &dyn StateStore, key: &[u8]) -> Result<Option<i64>> {
+    match store.get(key)? {
         None => Ok(None),
         Some(v) => Ok(Some(i64::from_be_bytes(v.as_slice().try_into().map_err(
-            |_| StreamError::Corrupt("the max event time is not 8 bytes".into()),
+            |_| StreamError::Corrupt("a stored time is not 8 bytes".into()),
         )?))),
     }
+}
+
+/// Spark's watermark for a greatest event time: in whole milliseconds, less
+/// the delay.
+fn watermark_of(max_event_time: i64, delay: i64) -> i64 {
+    (max_event_time - max_event_time.rem_euclid(1000)).saturating_sub(delay)
 }
 
 /// The types of the rows that made the windows, as stored: windows can

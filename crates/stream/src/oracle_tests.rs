@@ -16,7 +16,7 @@ use arrow::datatypes::{
 };
 use tributary_state::{MemoryStore, RocksOptions, RocksStore, StateStore};
 
-use crate::{Operator, OperatorConfig, Window};
+use crate::{Operator, OperatorConfig, Watermarks, Window};
 
 const MINUTE: i64 = 60_000_000;
 
@@ -65,7 +65,9 @@ fn stream(rng: &mut Rng) -> Vec<Event> {
     let mut clock = 1_700_000_000_000_000i64 + rng.below(1000) as i64 * MINUTE;
     let mut out: Vec<Event> = Vec::new();
     for _ in 0..(20 + rng.below(150)) {
-        clock += rng.below(90) as i64 * 1_000_000;
+        // Times in steps of 10 s: watermarks, window ends and session gaps
+        // meet exact ties often.
+        clock += rng.below(9) as i64 * 10_000_000;
         let p = rng.below(partitions as u64) as i32;
         let offset = offsets[p as usize];
         offsets[p as usize] += 1;
@@ -84,11 +86,10 @@ fn stream(rng: &mut Rng) -> Vec<Event> {
             None
         } else if rng.chance(10) {
             // Far behind: late for most watermarks.
-            Some(clock - rng.below(40 * MINUTE as u64) as i64)
+            Some(clock - rng.below(240) as i64 * 10_000_000)
         } else {
-            // Out of order within a few minutes; whole seconds so windows
-            // and session gaps get exact ties.
-            Some(clock - (rng.below(4 * MINUTE as u64) as i64 / 1_000_000) * 1_000_000)
+            // Out of order within a few minutes.
+            Some(clock - rng.below(24) as i64 * 10_000_000)
         };
         out.push(Event {
             partition: p,
@@ -251,6 +252,8 @@ struct BatchResult {
 struct Oracle {
     config: OperatorConfig,
     max_seen: Option<i64>,
+    /// The watermark the previous batch closed windows with.
+    last_watermark: Option<i64>,
     dedup: HashMap<i64, i64>,
     /// Fixed windows: (start, end, user) -> rows; sessions: user -> open rows.
     windows: BTreeMap<(i64, i64, String), Vec<(u64, Event)>>,
@@ -262,6 +265,7 @@ impl Oracle {
         Oracle {
             config,
             max_seen: None,
+            last_watermark: None,
             dedup: HashMap::new(),
             windows: BTreeMap::new(),
             open: BTreeMap::new(),
@@ -270,19 +274,32 @@ impl Oracle {
 
     fn batch(&mut self, batch_id: u64, events: &[Event]) -> BatchResult {
         let c = self.config.clone();
-        let w = self.max_seen.map(|m| m - c.watermark_delay);
+        // Spark's watermark: whole milliseconds of the greatest event time
+        // of earlier batches, less the delay. Rows are late against the
+        // previous batch's; windows close with this batch's.
+        let late_wm = self.last_watermark;
+        let w = self
+            .max_seen
+            .map(|m| m.div_euclid(1000) * 1000 - c.watermark_delay);
         let mut events = events.to_vec();
         events.sort_by_key(|e| (e.partition, e.offset));
-        let (on_time, late): (Vec<Event>, Vec<Event>) = events
-            .into_iter()
-            .partition(|e| e.ts.is_some_and(|t| w.is_none_or(|w| t >= w)));
+        // Late: every window the row would update closed before this batch.
+        let last_end = |t: i64| match c.window {
+            _ if !c.dedup_keys.is_empty() => t,
+            Some(Window::Sliding { size, slide }) => t.div_euclid(slide) * slide + size,
+            Some(Window::Session { gap }) => t + gap,
+            None => t,
+        };
+        let (on_time, late): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| {
+            e.ts.is_some_and(|t| late_wm.is_none_or(|lw| last_end(t) > lw))
+        });
         let mut kept = Vec::new();
         let mut duplicates = 0;
         if c.dedup_keys.is_empty() {
             kept = on_time.clone();
         } else {
-            if let Some(w) = w {
-                self.dedup.retain(|_, expiry| *expiry >= w);
+            if let Some(lw) = late_wm {
+                self.dedup.retain(|_, expiry| *expiry > lw);
             }
             for e in &on_time {
                 match self.dedup.entry(e.id) {
@@ -313,6 +330,30 @@ impl Oracle {
                     .collect();
             }
             Some(Window::Sliding { size, slide }) => {
+                let mut touched = BTreeSet::new();
+                for e in &kept {
+                    let t = e.ts.unwrap();
+                    // Every aligned start whose window covers t and was
+                    // open before this batch, by brute force.
+                    let mut start = (t - size).div_euclid(slide) * slide;
+                    while start <= t {
+                        let open = late_wm.is_none_or(|lw| start + size > lw);
+                        if start <= t && t < start + size && open {
+                            let key = (start, start + size, e.user.clone());
+                            self.windows
+                                .entry(key.clone())
+                                .or_default()
+                                .push((batch_id, e.clone()));
+                            touched.insert(key);
+                        }
+                        start += slide;
+                    }
+                }
+                if update {
+                    for key in &touched {
+                        out.push(window_row(key, &self.windows[key]));
+                    }
+                }
                 if let Some(w) = w {
                     let done: Vec<_> = self
                         .windows
@@ -327,30 +368,14 @@ impl Oracle {
                         }
                     }
                 }
-                let mut touched = BTreeSet::new();
-                for e in &kept {
-                    let t = e.ts.unwrap();
-                    // Every aligned start whose window covers t, by brute force.
-                    let mut start = (t - size).div_euclid(slide) * slide;
-                    while start <= t {
-                        if start <= t && t < start + size {
-                            let key = (start, start + size, e.user.clone());
-                            self.windows
-                                .entry(key.clone())
-                                .or_default()
-                                .push((batch_id, e.clone()));
-                            touched.insert(key);
-                        }
-                        start += slide;
-                    }
-                }
-                if update {
-                    for key in touched {
-                        out.push(window_row(&key, &self.windows[&key]));
-                    }
-                }
             }
             Some(Window::Session { gap }) => {
+                for e in &kept {
+                    self.open
+                        .entry(e.user.clone())
+                        .or_default()
+                        .push((batch_id, e.clone()));
+                }
                 if let Some(w) = w {
                     for (user, rows) in self.open.iter_mut() {
                         let mut left = Vec::new();
@@ -364,15 +389,10 @@ impl Oracle {
                         *rows = left;
                     }
                 }
-                for e in &kept {
-                    self.open
-                        .entry(e.user.clone())
-                        .or_default()
-                        .push((batch_id, e.clone()));
-                }
             }
         }
-        if let Some(m) = on_time.iter().filter_map(|e| e.ts).max() {
+        self.last_watermark = w.or(self.last_watermark);
+        if let Some(m) = events.iter().filter_map(|e| e.ts).max() {
             self.max_seen = Some(self.max_seen.map_or(m, |s| s.max(m)));
         }
         out.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -384,7 +404,7 @@ impl Oracle {
     }
 }
 
-/// Sessions of a group's rows: sorted by time, a row within `gap` of the
+/// Sessions of a group's rows: sorted by time, a row at or before the
 /// running session's end joins it.
 /// A session: start, end and its rows with their batch ids.
 type OracleSession = (i64, i64, Vec<(u64, Event)>);
@@ -396,7 +416,7 @@ fn sessions_of(rows: &[(u64, Event)], gap: i64) -> Vec<OracleSession> {
     for r in sorted {
         let t = r.1.ts.unwrap();
         match out.last_mut() {
-            Some((_, end, members)) if t < *end => {
+            Some((_, end, members)) if t <= *end => {
                 *end = (*end).max(t + gap);
                 members.push(r);
             }
@@ -503,7 +523,12 @@ fn check(
         // The stream's end: a watermark past everything closes every
         // window and expires every key, leaving no operator state behind.
         let last = operator
-            .process_at(s.as_ref(), cut.len() as u64, &[], Some(i64::MAX))
+            .process_at(
+                s.as_ref(),
+                cut.len() as u64,
+                &[],
+                Watermarks::PAST_EVERYTHING,
+            )
             .unwrap();
         s.commit(cut.len() as u64, last.writes).unwrap();
         for tag in crate::keys::ALL_TAGS {
@@ -622,4 +647,47 @@ fn rocksdb_gives_the_same_results() {
             &mut rocks,
         );
     }
+}
+
+/// Spark's boundaries for sessions, seen in pyspark 4: a row exactly at a
+/// session's end joins it, and a row whose own session `[t, t + gap)` ends
+/// exactly at the late-events watermark is late.
+#[test]
+fn session_boundaries_are_sparks() {
+    let gap = 3 * MINUTE;
+    let c = config(Some(Window::Session { gap }), false, OutputMode::Append, 0);
+    let at = |partition: i32, offset: i64, minute: i64, user: &str| Event {
+        partition,
+        offset,
+        ts: Some(600 * MINUTE + minute * MINUTE),
+        id: offset,
+        user: user.into(),
+        card: 1,
+        amount: Some(1.0),
+        merchant: None,
+    };
+    let batches = vec![
+        // a: 10:00 and 10:03 touch: one session [10:00, 10:06).
+        vec![vec![at(0, 0, 0, "a"), at(0, 1, 3, "a")]],
+        // Watermark 10:03 (late-events: none yet).
+        vec![vec![at(0, 2, 10, "b")]],
+        // Late-events watermark 10:03; c's session [10:00, 10:03) ends at
+        // it: late. The eviction watermark 10:10 closes a's session.
+        vec![vec![at(0, 3, 0, "c")]],
+    ];
+    let operator = Operator::new(c.clone());
+    let mut store = MemoryStore::new();
+    let got = operate(&c, &operator, &mut store, &batches, false);
+    let sessions = |r: &BatchResult| -> Vec<(V, V, V)> {
+        r.rows
+            .iter()
+            .map(|row| (row[0].clone(), row[1].clone(), row[2].clone()))
+            .collect()
+    };
+    assert_eq!(got[0].late + got[1].late, 0);
+    assert_eq!(got[2].late, 1, "{got:?}");
+    assert_eq!(
+        sessions(&got[2]),
+        vec![(V::I(600 * MINUTE), V::I(606 * MINUTE), V::S("a".into()))]
+    );
 }
