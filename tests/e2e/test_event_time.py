@@ -307,9 +307,12 @@ def test_restarts_and_a_wiped_state_give_the_same_table(binary, dev_stack, tmp_p
     crashed = tmp_path / "crashed"
     env = env_for(dev_stack, crashed, 100)
     # A crash at each step boundary, at batches 1..6, the state directory
-    # wiped once on the way: every restart resumes from what is on disk.
+    # wiped once on the way, then twice in the drain's last batch, the one
+    # without rows (12, after 12 batches of 100): every restart resumes from
+    # what is on disk.
     for point, batch in [("after_read", 1), ("after_plan", 2), ("after_files", 3), ("after_commit", 4),
-                         ("wipe", None), ("after_offsets", 5), ("after_commit", 6)]:
+                         ("wipe", None), ("after_offsets", 5), ("after_commit", 6),
+                         ("after_plan", 12), ("after_commit", 12)]:
         if point == "wipe":
             shutil.rmtree(crashed / "state")
             continue

@@ -132,6 +132,20 @@ struct WindowRow {
     accs: Vec<Acc>,
 }
 
+impl WindowRow {
+    /// The row of the window with state key `key`.
+    fn of(key: &[u8], accs: Vec<Acc>) -> Result<WindowRow> {
+        let (start, end, group) = keys::parse_window_key(key)
+            .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
+        Ok(WindowRow {
+            start,
+            end,
+            group: group.to_vec(),
+            accs,
+        })
+    }
+}
+
 impl Operator {
     pub fn new(config: OperatorConfig) -> Operator {
         Operator {
@@ -488,14 +502,7 @@ impl Operator {
                 if touched.binary_search_by(|(t, _)| t.cmp(&k)).is_ok() {
                     continue;
                 }
-                let (start, end, group) = keys::parse_window_key(&k)
-                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
-                emitted.push(WindowRow {
-                    start,
-                    end,
-                    group: group.to_vec(),
-                    accs: read_accs(&v, template)?,
-                });
+                emitted.push(WindowRow::of(&k, read_accs(&v, template)?)?);
             }
         }
         for (key, accs) in touched {
@@ -506,14 +513,7 @@ impl Operator {
                 writes.put(key.clone(), bytes);
             }
             if !append || closed {
-                let (start, end, group) = keys::parse_window_key(&key)
-                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
-                emitted.push(WindowRow {
-                    start,
-                    end,
-                    group: group.to_vec(),
-                    accs,
-                });
+                emitted.push(WindowRow::of(&key, accs)?);
             }
         }
         // Last, so that it also drops what this batch wrote for them.
