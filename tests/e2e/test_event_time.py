@@ -11,7 +11,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 
 import boto3
@@ -524,3 +526,49 @@ def test_ambiguous_merge_commits_keep_their_files(binary, dev_stack, tmp_path, s
     missing = logged_adds(s3, "lake/card_activity") - set(keys)
     assert not missing, f"files of committed versions were deleted: {sorted(missing)[:5]}"
     assert s3_rows(f"s3://{BUCKET}/lake/card_activity", s3, example) == want
+
+
+@pytest.mark.parametrize("dev_stack", [["ticks:1"]], indirect=True)
+def test_a_running_pipeline_closes_windows_without_more_records(binary, dev_stack, tmp_path):
+    """As in Spark, a trigger that finds nothing new runs a batch without
+    rows when the watermark moved: a running pipeline writes the windows
+    its last records closed without waiting for more records."""
+    from conftest import write_spec
+    from test_exactly_once import start
+
+    schema = {"type": "record", "name": "Tick", "fields": [
+        {"name": "n", "type": "long"}, {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+    schema_id = dev_stack.register("ticks-value", schema)
+    base = dt.datetime(2026, 6, 1, 10, 0, tzinfo=dt.timezone.utc)
+    # Every 2 s from 10:00:00 to 10:09:58: the watermark becomes 10:09:28,
+    # which closes the minutes up to [10:08, 10:09).
+    dev_stack.produce("ticks", [(None, confluent(schema_id, schema, {"n": i, "ts": base + dt.timedelta(seconds=2 * i)}), 0)
+                                for i in range(300)])
+    spec = write_spec(tmp_path / "ticks.yaml", pipeline="ticks", bootstrap=dev_stack.bootstrap, topic="ticks",
+                      registry=dev_stack.registry, table=tmp_path / "table", checkpoint=tmp_path / "checkpoint",
+                      extra="event_time: {column: ts, watermark_delay: 30s}\nwindow: {tumbling: {size: 1m}}\n"
+                            "aggregations: [{name: ticks, function: count}]\n")
+    spec.write_text(spec.read_text().replace("  available_now: true\n", ""))
+    progress = tmp_path / "progress.jsonl"
+    proc = start(binary, spec, extra=("--progress-json", str(progress)))
+    minute = lambda k: millis(base + dt.timedelta(minutes=k)) * 1000
+    want = [(minute(k), minute(k + 1), 30) for k in range(9)]
+    got = None
+    try:
+        deadline = time.time() + 60
+        while got != want:
+            assert proc.poll() is None, proc.log.read_text()[-3000:]
+            assert time.time() < deadline, (got, proc.log.read_text()[-3000:])
+            time.sleep(0.5)
+            try:
+                got = duck().execute(f"select epoch_us(window_start), epoch_us(window_end), ticks "
+                                     f"from delta_scan('{tmp_path}/table') order by 1").fetchall()
+            except Exception:  # the table is not there yet
+                continue
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    events = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert sum(e["numInputRows"] for e in events) == 300
+    # The windows came with a batch that read nothing.
+    assert any(e["numInputRows"] == 0 and e["numOutputRows"] == 9 for e in events), events

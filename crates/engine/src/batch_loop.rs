@@ -147,14 +147,17 @@ impl<'a> Run<'a> {
                 drain_targets,
             },
             discovery,
+            quiet_triggers: group.state.is_some() && !spec.trigger.available_now,
             stop: self.writer.options.stop.clone(),
         })
     }
 
-    /// Plans and commits each batch the stages hand over. A drain with
-    /// `available_now` ends as Spark's does: when its last batch moved the
-    /// watermark, one more batch without rows closes the windows and
-    /// forgets the keys the new watermark passed, so the run writes them.
+    /// Plans and commits each batch the stages hand over. As in Spark, a
+    /// stateful group runs a batch without rows when its last batch moved
+    /// the watermark and nothing new came: on a trigger that found nothing,
+    /// and at the end of an `available_now` drain. It closes the windows
+    /// and forgets the keys the new watermark passed, so they are written
+    /// without waiting for more records.
     async fn commit_batches(
         &mut self,
         group: &mut Group,
@@ -165,6 +168,9 @@ impl<'a> Run<'a> {
     ) -> Result<()> {
         while let Some(ready) = stages.ready.recv().await {
             let batch = ready?;
+            if batch.read.records == 0 && !watermark_moved(group)? {
+                continue;
+            }
             crash_point(CrashPoint::AfterRead, next_batch);
             positions.clone_from(&batch.read.end_offsets);
             self.plan_and_write(group, source, next_batch, batch)
@@ -173,11 +179,7 @@ impl<'a> Run<'a> {
         }
         let spec = self.writer.spec;
         let stopped = self.writer.options.stop.load(Ordering::Relaxed);
-        let watermark_moved = match &group.state {
-            Some(state) => state.watermark_moved()?,
-            None => false,
-        };
-        if spec.trigger.available_now && !stopped && watermark_moved {
+        if spec.trigger.available_now && !stopped && watermark_moved(group)? {
             let batch = ReadyBatch {
                 read: ReadBatch {
                     ranges: OffsetRanges::new(spec.table_topic()),
@@ -255,6 +257,14 @@ impl<'a> Run<'a> {
             .write(group, source, plan, batch, true, 0)
             .await?;
         Ok(true)
+    }
+}
+
+/// Whether a stateful group's watermark moved since its last batch ran.
+fn watermark_moved(group: &Group) -> Result<bool> {
+    match &group.state {
+        Some(state) => state.watermark_moved(),
+        None => Ok(false),
     }
 }
 

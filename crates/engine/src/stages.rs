@@ -29,6 +29,9 @@ pub(crate) struct ReaderInput {
     pub limits: PlanLimits,
     /// For a group of the whole topic: partitions added while it runs.
     pub discovery: Option<PartitionDiscovery>,
+    /// Hand on the triggers that found nothing new too: a stateful group
+    /// runs a batch without rows on one when its watermark moved.
+    pub quiet_triggers: bool,
     /// The user's stop.
     pub stop: Arc<AtomicBool>,
 }
@@ -157,7 +160,9 @@ fn read_batches(
                     if last {
                         break;
                     }
-                    continue;
+                    if !input.quiet_triggers {
+                        continue;
+                    }
                 }
                 (Chunk::End(b), last)
             }
