@@ -42,11 +42,12 @@ pub struct BatchProgress {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventTimeProgress {
-    /// The watermark the batch ran with (RFC 3339); absent before the first
-    /// batch with an event time.
+    /// The watermark the batch ran with (RFC 3339): windows ending then or
+    /// earlier are final. Absent before the first batch with an event time.
     pub watermark: Option<String>,
-    /// Rows older than the watermark (or without an event time): dropped,
-    /// or written to the late-rows table.
+    /// Late rows (every window they would update had closed at the
+    /// previous batch's watermark) and rows without an event time:
+    /// dropped, or written to the late-rows table.
     pub num_late_rows: u64,
     /// Rows dropped by deduplication.
     pub num_duplicate_rows: u64,

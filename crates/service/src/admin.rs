@@ -322,7 +322,7 @@ impl AdminState {
         family(
             "tributary_late_rows_total",
             "counter",
-            "Rows older than the watermark: dropped, or written to the late-rows table.",
+            "Late rows (every window they would update had closed): dropped, or written to the late-rows table.",
             &|g| Some(g.late_rows as f64),
         );
         family(

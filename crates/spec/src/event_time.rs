@@ -21,8 +21,9 @@ pub struct EventTimeSpec {
     pub column: Option<String>,
     /// How far behind the newest event time seen a row may still arrive:
     /// the watermark is the greatest event time of the batches before
-    /// minus this delay (Spark's `withWatermark`). Rows older than the
-    /// watermark are late.
+    /// minus this delay (Spark's `withWatermark`). A row is late when
+    /// every window it would update closed at the previous batch's
+    /// watermark (dedup: its time is at or before it), as in Spark.
     pub watermark_delay: HumanDuration,
 }
 

@@ -69,9 +69,9 @@ pub struct TableSpec {
     /// once) or `update` (changed windows every batch, upserted).
     #[serde(default)]
     pub output_mode: OutputMode,
-    /// Rows older than the watermark: `drop` (the default; they are counted
-    /// in the progress events and metrics) or the URI of a Delta table that
-    /// receives them, committed with the batch.
+    /// Late rows (see `event_time.watermark_delay`): `drop` (the default;
+    /// they are counted in the progress events and metrics) or the URI of
+    /// a Delta table that receives them, committed with the batch.
     #[serde(default)]
     pub late_rows: Option<String>,
     /// Shuffle the records through a Kafka topic by the stateful keys, so a
