@@ -20,18 +20,19 @@ pub fn parse_spec_file(path: &std::path::Path) -> Result<TableSpec> {
 /// field, each invalid value, each missing field, then the semantic checks of
 /// `TableSpec::validate`.
 pub fn parse_spec(file: &str, source: &str) -> Result<TableSpec> {
+    parse_spec_with_env(file, source, &|name| std::env::var(name).ok())
+}
+
+/// [`parse_spec`] with the environment given as a lookup.
+fn parse_spec_with_env(
+    file: &str,
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TableSpec> {
     let invalid = |problems| SpecError::Invalid {
         file: file.to_string(),
         problems,
     };
-    let source =
-        &expand_env(source, |name| std::env::var(name).ok()).map_err(|(line, message)| {
-            invalid(vec![Problem {
-                path: String::new(),
-                line: Some(line),
-                message,
-            }])
-        })?;
     let mut value: Value = serde_yaml::from_str(source).map_err(|e| {
         invalid(vec![Problem {
             path: String::new(),
@@ -40,6 +41,23 @@ pub fn parse_spec(file: &str, source: &str) -> Result<TableSpec> {
         }])
     })?;
     let lines = LineIndex::new(source);
+    // Variables expand inside the parsed scalars, so a value holding `#`,
+    // `: `, quotes or a newline stays one string and cannot change the spec.
+    let mut expanded = Vec::new();
+    let mut unset = Vec::new();
+    expand_env_in(&mut value, String::new(), env, &mut expanded, &mut unset);
+    if !unset.is_empty() {
+        return Err(invalid(
+            unset
+                .into_iter()
+                .map(|(path, message)| Problem {
+                    line: lines.line_of(&path),
+                    path,
+                    message,
+                })
+                .collect(),
+        ));
+    }
     let mut problems = Vec::new();
     // serde stops at the first error. To report them all, remove the offending
     // field and try again; a field removed that way is not reported again as missing.
@@ -51,6 +69,11 @@ pub fn parse_spec(file: &str, source: &str) -> Result<TableSpec> {
                 let path = err.path().to_string();
                 let path = if path == "." { String::new() } else { path };
                 let message = err.inner().to_string();
+                if message.starts_with("invalid type: string")
+                    && retype_expanded(&mut value, &path, &mut expanded)
+                {
+                    continue;
+                }
                 let (path, message, removable) = describe(&path, &message);
                 if !removed.contains(&path) {
                     problems.push(Problem {
@@ -122,39 +145,15 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 
 /// Removes the field at a dotted path (`a.b[2].c`) from a YAML value.
 fn remove_path(value: &mut Value, path: &str) -> bool {
-    let mut segments: Vec<Segment> = Vec::new();
-    for part in path.split('.') {
-        let (name, indexes) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if !name.is_empty() {
-            segments.push(Segment::Key(name.to_string()));
-        }
-        for ix in indexes.split('[').filter(|s| !s.is_empty()) {
-            match ix.trim_end_matches(']').parse() {
-                Ok(i) => segments.push(Segment::Index(i)),
-                Err(_) => return false,
-            }
-        }
-    }
+    let Some(mut segments) = segments(path) else {
+        return false;
+    };
     let Some(last) = segments.pop() else {
         return false;
     };
-    let mut cur = value;
-    for seg in &segments {
-        cur = match (seg, cur) {
-            (Segment::Key(k), Value::Mapping(m)) => match m.get_mut(k.as_str()) {
-                Some(v) => v,
-                None => return false,
-            },
-            (Segment::Index(i), Value::Sequence(s)) => match s.get_mut(*i) {
-                Some(v) => v,
-                None => return false,
-            },
-            _ => return false,
-        };
-    }
+    let Some(cur) = walk(value, segments) else {
+        return false;
+    };
     match (last, cur) {
         (Segment::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
         (Segment::Index(i), Value::Sequence(s)) if i < s.len() => {
@@ -164,6 +163,24 @@ fn remove_path(value: &mut Value, path: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// Splits a dotted path (`a.b[2].c`) into its keys and indexes.
+fn segments(path: &str) -> Option<Vec<Segment>> {
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            segments.push(Segment::Key(name.to_string()));
+        }
+        for ix in indexes.split('[').filter(|s| !s.is_empty()) {
+            segments.push(Segment::Index(ix.trim_end_matches(']').parse().ok()?));
+        }
+    }
+    Some(segments)
 }
 
 enum Segment {
@@ -188,51 +205,134 @@ pub fn problems_at(file: &str, source: &str, problems: Vec<(String, String)>) ->
     }
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` from the environment, so one spec
-/// serves every environment. A `$$` stands for `$`. An unset variable without
-/// default is an error naming it (and its line).
-pub(crate) fn expand_env(
-    source: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> std::result::Result<String, (usize, String)> {
-    let mut out = String::with_capacity(source.len());
-    for (n, line) in source.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            if let Some(tail) = after.strip_prefix('$') {
-                out.push('$');
-                rest = tail;
-            } else if let Some(body) = after.strip_prefix('{') {
-                let end = body
-                    .find('}')
-                    .ok_or((n + 1, "unclosed ${ in spec".to_string()))?;
-                let expr = &body[..end];
-                let (name, default) = match expr.split_once(":-") {
-                    Some((name, d)) => (name, Some(d)),
-                    None => (expr, None),
-                };
-                match (lookup(name), default) {
-                    (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
-                    (_, Some(d)) => out.push_str(d),
-                    (_, None) => {
-                        return Err((
-                            n + 1,
-                            format!(
-                                "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
-                            ),
-                        ));
-                    }
+/// Expands `${VAR}` and `${VAR:-default}` in every string scalar of `value`,
+/// so one spec serves every environment. A `$$` stands for `$`. Records the
+/// path of each scalar that was a whole `${...}` (it may stand for a number or
+/// a boolean, see [`retype_expanded`]) and each unset variable without default.
+fn expand_env_in(
+    value: &mut Value,
+    path: String,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    expanded: &mut Vec<String>,
+    unset: &mut Vec<(String, String)>,
+) {
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        Value::String(text) if text.contains('$') => match expand_env(text, lookup) {
+            Ok(new) => {
+                if is_one_reference(text) {
+                    expanded.push(path);
                 }
-                rest = &body[end + 1..];
-            } else {
-                out.push('$');
-                rest = after;
+                *text = new;
+            }
+            Err(message) => unset.push((path, message)),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env_in(item, format!("{path}[{i}]"), lookup, expanded, unset);
             }
         }
-        out.push_str(rest);
+        Value::Mapping(map) => {
+            for (key, item) in map.iter_mut() {
+                let key = match key {
+                    Value::String(k) => k.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                expand_env_in(item, child(&key), lookup, expanded, unset);
+            }
+        }
+        Value::Tagged(tagged) => expand_env_in(&mut tagged.value, path, lookup, expanded, unset),
+        _ => {}
     }
+}
+
+fn is_one_reference(text: &str) -> bool {
+    text.starts_with("${") && text.find('}') == Some(text.len() - 1)
+}
+
+/// A field that wants a number or a boolean and got a string from a whole
+/// `${VAR}` reads the variable's text as YAML would have read it unquoted.
+/// Each path is retyped once; anything but a plain scalar stays an error.
+fn retype_expanded(value: &mut Value, path: &str, expanded: &mut Vec<String>) -> bool {
+    let Some(at) = expanded.iter().position(|p| p == path) else {
+        return false;
+    };
+    expanded.swap_remove(at);
+    let Some(Value::String(text)) = value_at(value, path) else {
+        return false;
+    };
+    let retyped = match serde_yaml::from_str::<Value>(text) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+        _ => return false,
+    };
+    if let Some(slot) = value_at(value, path) {
+        *slot = retyped;
+    }
+    true
+}
+
+fn value_at<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    walk(value, segments(path)?)
+}
+
+fn walk(value: &mut Value, segments: Vec<Segment>) -> Option<&mut Value> {
+    let mut cur = value;
+    for segment in segments {
+        cur = match (segment, cur) {
+            (Segment::Key(k), Value::Mapping(m)) => m.get_mut(k.as_str())?,
+            (Segment::Index(i), Value::Sequence(s)) => s.get_mut(i)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Expands the variables of one scalar; the error names an unset variable
+/// that has no default.
+fn expand_env(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or("unclosed ${ in spec".to_string())?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((name, d)) => (name, Some(d)),
+                None => (expr, None),
+            };
+            match (lookup(name), default) {
+                (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
+                (_, Some(d)) => out.push_str(d),
+                (_, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -307,14 +407,81 @@ checkpoint:
     #[test]
     fn environment_variables_expand_with_defaults() {
         let env = |name: &str| (name == "BROKERS").then(|| "k1:9092,k2:9092".to_string());
-        let src = "a: ${BROKERS}\nb: ${REGISTRY:-http://localhost:8081}\nc: $$HOME and $5\n";
+        assert_eq!(expand_env("${BROKERS}", &env).unwrap(), "k1:9092,k2:9092");
         assert_eq!(
-            expand_env(src, env).unwrap(),
-            "a: k1:9092,k2:9092\nb: http://localhost:8081\nc: $HOME and $5\n"
+            expand_env("${REGISTRY:-http://localhost:8081}/x", &env).unwrap(),
+            "http://localhost:8081/x"
         );
-        let err = expand_env("x: 1\ny: ${MISSING}\n", env).unwrap_err();
-        assert_eq!(err.0, 2);
-        assert!(err.1.contains("MISSING"));
+        assert_eq!(expand_env("$$HOME and $5", &env).unwrap(), "$HOME and $5");
+        assert!(
+            expand_env("${MISSING}", &env)
+                .unwrap_err()
+                .contains("MISSING")
+        );
+    }
+
+    /// Values that would change the spec if pasted into its text.
+    const HOSTILE: [&str; 5] = [
+        "pa#ss word",
+        "key: value",
+        "it's \"quoted\"",
+        "line one\nline: two",
+        "- [x]",
+    ];
+
+    #[test]
+    fn a_variable_is_one_string_whatever_it_holds() {
+        for (i, hostile) in HOSTILE.iter().enumerate() {
+            let var = format!("SECRET_{i}");
+            let env = |name: &str| (name == var).then(|| hostile.to_string());
+            let src = GOOD.replace(
+                "    topic: clicks\n",
+                &format!("    topic: clicks\n    properties:\n      sasl.password: ${{{var}}}\n      client.id: \"c-${{{var}}}\"\n"),
+            );
+            let spec = parse_spec_with_env("s.yaml", &src, &env)
+                .unwrap_or_else(|e| panic!("{hostile:?}: {e}"));
+            let props = &spec.source.kafka.properties;
+            assert_eq!(props["sasl.password"], *hostile);
+            assert_eq!(props["client.id"], format!("c-{hostile}"));
+            assert_eq!(spec.source.kafka.topic, "clicks");
+        }
+    }
+
+    #[test]
+    fn a_whole_reference_can_stand_for_a_number_or_a_flag() {
+        let env = |name: &str| match name {
+            "MAX" => Some("5000".to_string()),
+            "NOW" => Some("true".to_string()),
+            "TOPIC" => Some("12345".to_string()),
+            _ => None,
+        };
+        let src = GOOD.replace("topic: clicks", "topic: ${TOPIC}").replace(
+            "checkpoint:\n",
+            "trigger:\n  max_offsets_per_trigger: ${MAX}\n  available_now: ${NOW}\ncheckpoint:\n",
+        );
+        let spec = parse_spec_with_env("s.yaml", &src, &env).unwrap();
+        assert_eq!(spec.trigger.max_offsets_per_trigger, Some(5000));
+        assert!(spec.trigger.available_now);
+        assert_eq!(spec.source.kafka.topic, "12345");
+    }
+
+    #[test]
+    fn an_unset_variable_is_reported_on_its_line() {
+        let src = GOOD.replace("topic: clicks", "topic: ${TRIBUTARY_PARSE_TEST_UNSET}");
+        let got = problems(&src);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("s.yaml:5: source.kafka.topic: environment variable TRIBUTARY_PARSE_TEST_UNSET is not set"),
+            "{got:?}"
+        );
+        // A comment is not expanded.
+        assert!(
+            parse_spec(
+                "s.yaml",
+                &format!("# ${{TRIBUTARY_PARSE_TEST_UNSET}}\n{GOOD}")
+            )
+            .is_ok()
+        );
     }
 
     #[test]
