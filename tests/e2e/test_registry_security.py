@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from conftest import DevStack, confluent, duck, run_spec, write_spec
+from test_admin import admin_url
 
 SECRET = "Tr1butary-s3cret-pw"
 SCHEMA = {"type": "record", "name": "Ping", "fields": [{"name": "n", "type": "long"}]}
@@ -64,12 +65,38 @@ def test_wrong_credentials_fail_clearly_and_right_ones_work_without_leaking(bina
     assert again.returncode == 0, again.stderr[-2000:]
     assert duck().execute(f"select count(*) from delta_scan('{tmp_path / 'lake' / 'pings2'}')").fetchone()[0] == 500
 
+    # A running pipeline's admin endpoints, scraped while it runs.
+    log = tmp_path / "running.log"
+    continuous = tmp_path / "continuous.yaml"
+    continuous.write_text(spec.read_text().replace("available_now: true", "available_now: false"))
+    running = subprocess.Popen([binary, "run", "--spec", str(continuous), "--admin-addr", "127.0.0.1:0"],
+                               stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                               env=dict(os.environ, REGISTRY_AUTH=f"svc:{SECRET}", RUST_LOG="debug"))
+    try:
+        url = admin_url(log)
+        served = []
+        for path in ("/metrics", "/progress", "/readyz", "/healthz"):
+            try:
+                with urllib.request.urlopen(url + path, timeout=10) as resp:
+                    served.append(resp.read().decode())
+            except urllib.error.HTTPError as e:
+                served.append(e.read().decode())
+        assert "tributary_" in served[0]
+    finally:
+        running.terminate()
+        assert running.wait(30) == 0, log.read_text()[-2000:]
+
     # The secret is nowhere: not in logs (at debug level), progress events,
-    # validate's output, or the table's log.
+    # validate's output, admin endpoints, the checkpoint or the table's log.
     validate = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True,
                               env=dict(os.environ, REGISTRY_AUTH=f"svc:{SECRET}"))
     assert validate.returncode == 0, validate.stdout + validate.stderr
     delta_log = "".join(f.read_text() for f in (table / "_delta_log").glob("*.json"))
-    for text in (right.stderr, right.stdout, again.stderr, progress.read_text(), validate.stdout, validate.stderr, delta_log):
+    written = [p.read_bytes() for p in (tmp_path / "ckpt").rglob("*") if p.is_file()]
+    written += [p.read_bytes() for p in table.rglob("*") if p.is_file()]
+    assert written
+    assert not any(SECRET.encode() in data for data in written)
+    for text in (right.stderr, right.stdout, again.stderr, progress.read_text(), validate.stdout, validate.stderr,
+                 delta_log, log.read_text(), *served):
         assert SECRET not in text
     assert all(json.loads(line) for line in progress.read_text().splitlines())

@@ -25,6 +25,7 @@ def test_broken_specs_print_their_expected_problems(binary, fixture):
     result = validate(binary, spec)
     assert result.returncode == 1
     assert result.stdout.splitlines() == expected
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 def test_example_specs_are_valid(binary):

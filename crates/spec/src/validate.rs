@@ -105,6 +105,14 @@ impl TableSpec {
 
         let registry = &self.source.schema_registry;
         match url::Url::parse(&registry.url) {
+            // Checked on the text, so a URL that does not parse is not echoed
+            // when it may hold a secret.
+            _ if registry.url.contains('@') => problem(
+                "source.schema_registry.url",
+                "holds credentials (user:password@), which would be written wherever the URL is; \
+                 give them with basic_auth_env or basic_auth_file instead"
+                    .into(),
+            ),
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
             _ => problem(
                 "source.schema_registry.url",
