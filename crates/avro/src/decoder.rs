@@ -18,6 +18,7 @@ use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray
 use deltalake::arrow::datatypes::SchemaRef;
 use tributary_core::{DeadLetter, DeadLetterReason, RawRecord};
 
+use crate::body_check::BodyCheck;
 use crate::error::{AvroError, Result};
 use crate::registry::RegistryClient;
 use crate::{CONFLUENT_MAGIC, split_frame};
@@ -232,7 +233,17 @@ struct SchemaDecoder {
     decoder: Decoder,
     pending: Pending,
     columns: Arc<RecordColumns>,
+    /// Refuses a malformed body before the decoder sees it (`None`: the
+    /// schema uses something the check does not know).
+    check: Option<BodyCheck>,
+    /// Records still to check: the check runs only after a bad record
+    /// reached the decoder, so a clean stream does not pay for it.
+    checks_left: u32,
 }
+
+/// Records checked before decoding after a bad one: while bad records keep
+/// coming, each costs its own check instead of a rebuilt decoder.
+const CHECK_AFTER_BAD: u32 = 10_000;
 
 impl SchemaDecoder {
     fn new(
@@ -243,12 +254,14 @@ impl SchemaDecoder {
     ) -> std::result::Result<SchemaDecoder, String> {
         let decoder = build_decoder(id, &schema_json, batch_rows)?;
         Ok(SchemaDecoder {
-            schema_json,
             id,
             batch_rows,
             decoder,
             pending: Pending::default(),
             columns,
+            check: BodyCheck::compile(&schema_json),
+            checks_left: 0,
+            schema_json,
         })
     }
 
@@ -312,6 +325,17 @@ impl SchemaDecoder {
                 .push(DeadLetter::new(record, DeadLetterReason::Column(reason)));
             return Ok(());
         }
+        if self.checks_left > 0
+            && let Some(check) = &self.check
+        {
+            self.checks_left -= 1;
+            if let Err(reason) = check.check(value.get(5..).unwrap_or_default()) {
+                self.checks_left = CHECK_AFTER_BAD;
+                out.dead_letters
+                    .push(DeadLetter::new(record, DeadLetterReason::Body(reason)));
+                return Ok(());
+            }
+        }
         match self.feed(value) {
             Ok(()) => {
                 self.pending
@@ -324,7 +348,11 @@ impl SchemaDecoder {
             Err(reason) => {
                 out.dead_letters
                     .push(DeadLetter::new(record, DeadLetterReason::Body(reason)));
-                self.refeed()
+                // Flushed at once, so no record is fed again twice: the
+                // slow path stays linear too.
+                self.checks_left = CHECK_AFTER_BAD;
+                self.refeed()?;
+                self.flush(out)
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Avro in the Confluent wire format: the schema-registry client, decoding
 //! straight into Arrow, and the mapping of Avro/Arrow types onto Delta types.
 
+mod body_check;
+pub use body_check::BodyCheck;
 mod decoder;
 mod delta_types;
 mod error;
