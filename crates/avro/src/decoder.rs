@@ -68,6 +68,69 @@ pub struct RecordColumns {
     pub offset: Option<String>,
     /// The Kafka timestamp (UTC).
     pub timestamp: Option<String>,
+    /// Rows whose event time is too far past their Kafka timestamp become
+    /// dead letters.
+    pub future: Option<FutureBound>,
+}
+
+/// `event_time.max_future`: a row whose `column` is more than
+/// `max_future_ms` past its record's Kafka timestamp is a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FutureBound {
+    pub column: String,
+    pub max_future_ms: i64,
+}
+
+impl FutureBound {
+    /// The rows of `batch` (record `rows[i]` of `pending` each) to keep,
+    /// sending the others to `out` as dead letters.
+    fn keep(
+        &self,
+        batch: &RecordBatch,
+        pending: &Pending,
+        rows: &[usize],
+        out: &mut DecodedChunk,
+    ) -> Result<Option<deltalake::arrow::array::BooleanArray>> {
+        use deltalake::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+        let Some(column) = batch.column_by_name(&self.column) else {
+            return Ok(None);
+        };
+        let to_ms: fn(i64) -> i64 = match column.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => |v| v.saturating_mul(1000),
+            DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 => |v| v,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => |v| v.div_euclid(1000),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => |v| v.div_euclid(1_000_000),
+            _ => return Ok(None),
+        };
+        let values = deltalake::arrow::compute::cast(column, &DataType::Int64)?;
+        let values = values.as_primitive::<Int64Type>();
+        let mut keep = Vec::with_capacity(rows.len());
+        for (i, &record) in rows.iter().enumerate() {
+            let kafka = pending.records[record].timestamp_ms.filter(|t| *t >= 0);
+            let event = values.is_valid(i).then(|| to_ms(values.value(i)));
+            let ahead = match (event, kafka) {
+                (Some(event), Some(kafka)) => event.saturating_sub(kafka),
+                _ => 0,
+            };
+            let future = ahead > self.max_future_ms;
+            if future {
+                let reason = format!(
+                    "event time {} ms is {} s past the record's Kafka timestamp {} ms, more than \
+                     event_time.max_future ({} s): it would move the watermark past every later row",
+                    event.unwrap_or_default(),
+                    ahead / 1000,
+                    kafka.unwrap_or_default(),
+                    self.max_future_ms / 1000
+                );
+                out.dead_letters.push(DeadLetter::new(
+                    &pending.raw(record),
+                    DeadLetterReason::Future(reason),
+                ));
+            }
+            keep.push(!future);
+        }
+        Ok((keep.iter().any(|k| !k)).then(|| keep.into()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,19 +331,28 @@ impl SchemaDecoder {
     /// A decoded batch of the pending records `rows`, with the record columns.
     /// Also names the writer schema id in the batch's schema metadata
     /// (`SCHEMA_ID_METADATA`), for messages about the schema.
-    fn finished(&self, batch: RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
-        let batch = if *self.columns == RecordColumns::default() {
+    fn finished(&self, batch: RecordBatch, rows: &[usize], out: &mut DecodedChunk) -> Result<()> {
+        let mut batch = if *self.columns == RecordColumns::default() {
             batch
         } else {
             self.columns.append(batch, &self.pending, rows)?
         };
+        if let Some(bound) = &self.columns.future
+            && let Some(keep) = bound.keep(&batch, &self.pending, rows, out)?
+        {
+            batch = deltalake::arrow::compute::filter_record_batch(&batch, &keep)?;
+        }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         let mut metadata = batch.schema().metadata().clone();
         metadata.insert(SCHEMA_ID_METADATA.to_string(), self.id.to_string());
         let schema = deltalake::arrow::datatypes::Schema::new_with_metadata(
             batch.schema().fields().clone(),
             metadata,
         );
-        Ok(batch.with_schema(Arc::new(schema))?)
+        out.batches.push(batch.with_schema(Arc::new(schema))?);
+        Ok(())
     }
 
     fn rebuild(&mut self) -> Result<()> {
@@ -385,7 +457,7 @@ impl SchemaDecoder {
         match self.decoder.flush() {
             Ok(Some(batch)) => {
                 let rows: Vec<usize> = (0..self.pending.records.len()).collect();
-                out.batches.push(self.finished(batch, &rows)?);
+                self.finished(batch, &rows, out)?;
             }
             Ok(None) => {}
             // A value the decoder accepted but Arrow refuses at flush (for
@@ -422,7 +494,7 @@ impl SchemaDecoder {
         self.rebuild()?;
         if let Some(first) = good.first() {
             let batch = deltalake::arrow::compute::concat_batches(&first.schema(), &good)?;
-            out.batches.push(self.finished(batch, &good_rows)?);
+            self.finished(batch, &good_rows, out)?;
         }
         Ok(())
     }

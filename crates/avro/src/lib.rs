@@ -10,8 +10,8 @@ mod references;
 mod registry;
 
 pub use decoder::{
-    DecodedChunk, KeyFormat, RecordColumns, RecordDecoder, SCHEMA_ID_METADATA, SchemaGate,
-    arrow_schema_of,
+    DecodedChunk, FutureBound, KeyFormat, RecordColumns, RecordDecoder, SCHEMA_ID_METADATA,
+    SchemaGate, arrow_schema_of,
 };
 pub use delta_types::{delta_schema, to_delta_batch};
 pub use error::{AvroError, Result};

@@ -115,6 +115,9 @@ pub enum DeadLetterReason {
     Key(String),
     /// A Kafka column the table stores cannot be filled from the record.
     Column(String),
+    /// The record's event time is further past its Kafka timestamp than
+    /// `event_time.max_future`.
+    Future(String),
     /// An earlier attempt at the batch sent the record here for this
     /// reason (recorded in its plan); a replay keeps it, whatever the
     /// registry answers by then.
@@ -130,6 +133,7 @@ impl std::fmt::Display for DeadLetterReason {
             | DeadLetterReason::Body(m)
             | DeadLetterReason::Key(m)
             | DeadLetterReason::Column(m)
+            | DeadLetterReason::Future(m)
             | DeadLetterReason::Recorded(m) => f.write_str(m),
         }
     }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use deltalake::arrow::datatypes::SchemaRef;
-use tributary_avro::{KeyFormat, RecordColumns, RecordDecoder, RegistryClient, SchemaGate};
+use tributary_avro::{
+    FutureBound, KeyFormat, RecordColumns, RecordDecoder, RegistryClient, SchemaGate,
+};
 use tributary_core::{TOPIC_GROUP, app_id};
 use tributary_delta::{DeltaTableSink, TableOptions};
 use tributary_kafka::ReaderConfig;
@@ -175,6 +177,12 @@ pub(crate) fn record_columns(spec: &TableSpec) -> RecordColumns {
         partition: c.partition.clone(),
         offset: c.offset.clone(),
         timestamp: c.timestamp.clone(),
+        future: spec.event_time.as_ref().and_then(|e| {
+            Some(FutureBound {
+                column: e.column.clone()?,
+                max_future_ms: i64::try_from(e.max_future.0.as_millis()).unwrap_or(i64::MAX),
+            })
+        }),
     }
 }
 

@@ -236,6 +236,8 @@ impl Stage {
         let mut columns = self.columns.clone();
         columns.partition = Some(PARTITION_COLUMN.into());
         columns.offset = Some(OFFSET_COLUMN.into());
+        // Rows too far in the future are sent on and judged by the table stage.
+        columns.future = None;
         RecordDecoder::new(self.registry.clone(), self.runtime.clone()).with_record_columns(columns)
     }
 

@@ -25,6 +25,19 @@ pub struct EventTimeSpec {
     /// every window it would update closed at the previous batch's
     /// watermark (dedup: its time is at or before it), as in Spark.
     pub watermark_delay: HumanDuration,
+    /// How far past its Kafka record's timestamp a row's event time may be.
+    /// A row further in the future (a producer's broken clock, a mistyped
+    /// year) goes to the dead-letter table with the reason, and does not
+    /// move the watermark: one such row would otherwise make every later
+    /// row late. Checked only with `column`, and only for records with a
+    /// Kafka timestamp. Spark has no such bound.
+    #[serde(default = "default_max_future")]
+    #[schemars(default = "default_max_future")]
+    pub max_future: HumanDuration,
+}
+
+fn default_max_future() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
 }
 
 /// Deduplication: the first row of each key is kept and later rows with the
