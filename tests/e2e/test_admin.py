@@ -172,3 +172,43 @@ def test_admin_server_refuses_non_loopback_addresses(binary, tmp_path):
     assert "refusing to serve the admin endpoints on 0.0.0.0:0" in refused.stderr
     help_text = subprocess.run([str(binary), "run", "--help"], capture_output=True, text=True).stdout
     assert "[default: 127.0.0.1:9464]" in help_text
+
+
+@pytest.mark.parametrize("dev_stack", [["ready:2"]], indirect=True)
+def test_readyz_waits_until_every_group_caught_up(binary, dev_stack, tmp_path):
+    """Not ready until the pipeline's group has finished a batch: a registry
+    outage holds the first batch back, and /readyz says why meanwhile."""
+    schema_id = dev_stack.register("ready-value", SCHEMA)
+    dev_stack.produce("ready", [(None, confluent(schema_id, SCHEMA, {"id": i}), None) for i in range(300)])
+    table = tmp_path / "lake" / "ready"
+    spec = write_spec(tmp_path / "ready.yaml", pipeline="ready", bootstrap=dev_stack.bootstrap, topic="ready",
+                      registry=dev_stack.registry, table=table, checkpoint=tmp_path / "ckpt")
+    spec.write_text(spec.read_text().replace("  available_now: true", "  available_now: false"))
+    urllib.request.urlopen(urllib.request.Request(f"{dev_stack.registry}/_dev/registry/outage/8", method="POST",
+                                                  data=b""), timeout=10).read()
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([str(binary), "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0"],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        url = admin_url(log)
+        answers = []
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                status, body = get(f"{url}/readyz")
+            except urllib.error.HTTPError as e:
+                status, body = e.code, e.read().decode()
+            answers.append((status, body.strip()))
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert answers[-1][0] == 200, answers[-5:]
+        unready = [body for status, body in answers if status == 503]
+        assert any("ready/topic: catching up" in body for body in unready), unready[:5]
+        # Ready means a batch landed: the table holds the records.
+        assert duck().execute(f"select count(*) from delta_scan('{table}')").fetchone()[0] == 300
+        # Liveness said alive all along.
+        assert get(f"{url}/healthz")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-3000:]

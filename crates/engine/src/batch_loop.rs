@@ -23,7 +23,7 @@ use crate::discovery::PartitionDiscovery;
 use crate::encode::{Converter, Payload, ReadyBatch};
 use crate::error::{EngineError, Result};
 use crate::open::{Group, GroupScope, reader_config};
-use crate::options::{Components, PipelineOptions, RunSummary};
+use crate::options::{Components, GroupStep, PipelineOptions, RunSummary};
 use crate::plan::{BatchPlan, PlanLimits, RecordedDeadLetter};
 use crate::recovery::{Recovery, recover};
 use crate::stages::{ReaderInput, Stages};
@@ -147,7 +147,6 @@ impl<'a> Run<'a> {
                 drain_targets,
             },
             discovery,
-            quiet_triggers: group.state.is_some() && !spec.trigger.available_now,
             stop: self.writer.options.stop.clone(),
         })
     }
@@ -166,18 +165,26 @@ impl<'a> Run<'a> {
         mut next_batch: u64,
         mut positions: BTreeMap<i32, i64>,
     ) -> Result<()> {
+        let spec = self.writer.spec;
+        let mut caught_up = false;
         while let Some(ready) = stages.ready.recv().await {
             let batch = ready?;
-            if batch.read.records == 0 && !watermark_moved(group)? {
-                continue;
+            // A trigger that found nothing runs a batch without rows only
+            // in a continuous run; a drain runs one at its end (below).
+            let quiet_batch = !spec.trigger.available_now && watermark_moved(group)?;
+            if batch.read.records > 0 || quiet_batch {
+                crash_point(CrashPoint::AfterRead, next_batch);
+                positions.clone_from(&batch.read.end_offsets);
+                self.plan_and_write(group, source, next_batch, batch)
+                    .await?;
+                next_batch += 1;
             }
-            crash_point(CrashPoint::AfterRead, next_batch);
-            positions.clone_from(&batch.read.end_offsets);
-            self.plan_and_write(group, source, next_batch, batch)
-                .await?;
-            next_batch += 1;
+            if !caught_up {
+                caught_up = true;
+                let options = self.writer.options;
+                options.tell_group(&spec.pipeline, &self.scope.name, GroupStep::CaughtUp);
+            }
         }
-        let spec = self.writer.spec;
         let stopped = self.writer.options.stop.load(Ordering::Relaxed);
         if spec.trigger.available_now && !stopped && watermark_moved(group)? {
             let batch = ReadyBatch {

@@ -16,7 +16,7 @@ use tributary_spec::TableSpec;
 use crate::batch_loop::Run;
 use crate::error::{EngineError, Result};
 use crate::open::GroupScope;
-use crate::options::{Components, GroupFailure, PipelineOptions, RunSummary};
+use crate::options::{Components, GroupFailure, GroupStep, PipelineOptions, RunSummary};
 
 /// Attempts at reading a stored file that does not parse before the
 /// pipeline stops: a writer that is mid-way finishes within them.
@@ -66,11 +66,24 @@ pub(crate) async fn run_group(
     scope: GroupScope,
     member: Option<Arc<GroupMember>>,
 ) -> Result<RunSummary> {
+    let group = scope.name.clone();
     let mut run = Run::new(spec, options, components, scope, member);
+    let outcome = retry_runs(spec, options, &mut run).await;
+    options.tell_group(&spec.pipeline, &group, GroupStep::Closed);
+    outcome
+}
+
+/// Runs the group again after each failure a retry can cure.
+async fn retry_runs(
+    spec: &TableSpec,
+    options: &PipelineOptions,
+    run: &mut Run<'_>,
+) -> Result<RunSummary> {
     let mut failures = Failures::default();
     loop {
+        options.tell_group(&spec.pipeline, &run.scope.name, GroupStep::Opened);
         let e = match run.once().await {
-            Ok(()) => return Ok(run.writer.summary),
+            Ok(()) => return Ok(std::mem::take(&mut run.writer.summary)),
             Err(e) => e,
         };
         let stopping = options.stop.load(Ordering::Relaxed);

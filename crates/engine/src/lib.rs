@@ -52,8 +52,8 @@ pub use error::{EngineError, Result};
 pub use offset_log::OffsetLog;
 pub use open::reader_config;
 pub use options::{
-    CheckpointStore, Components, FailureCallback, GroupFailure, PipelineOptions, ProgressCallback,
-    RunSummary, StateBackend,
+    CheckpointStore, Components, FailureCallback, GroupCallback, GroupEvent, GroupFailure,
+    GroupStep, PipelineOptions, ProgressCallback, RunSummary, StateBackend,
 };
 pub use plan::{BatchPlan, RecordedDeadLetter};
 pub use progress::{BatchProgress, EventTimeProgress, progress_schema};

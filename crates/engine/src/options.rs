@@ -26,6 +26,42 @@ pub struct PipelineOptions {
     /// Told of every failed attempt of a group: (pipeline, group, error,
     /// attempts in a row, whether the pipeline stops on it).
     pub on_failure: Option<FailureCallback>,
+    /// Told when a group opens, catches up and closes (readiness).
+    pub on_group: Option<GroupCallback>,
+}
+
+/// See `PipelineOptions::on_group`.
+pub type GroupCallback = Arc<dyn Fn(&GroupEvent) + Send + Sync>;
+
+/// A step in the life of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEvent {
+    pub pipeline: String,
+    pub group: String,
+    pub step: GroupStep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStep {
+    /// Its partitions are assigned and it starts (again, after a failure).
+    Opened,
+    /// It committed a batch, or a trigger found nothing to read: it keeps
+    /// up with its partitions.
+    CaughtUp,
+    /// It stopped: drained, revoked, stopped or failed for good.
+    Closed,
+}
+
+impl PipelineOptions {
+    pub(crate) fn tell_group(&self, pipeline: &str, group: &str, step: GroupStep) {
+        if let Some(on_group) = &self.on_group {
+            on_group(&GroupEvent {
+                pipeline: pipeline.to_string(),
+                group: group.to_string(),
+                step,
+            });
+        }
+    }
 }
 
 /// See `PipelineOptions::on_failure`.

@@ -150,6 +150,7 @@ fn start(
         progress_json: options.progress_json.clone(),
         on_progress: options.on_progress.clone(),
         on_failure: options.on_failure.clone(),
+        on_group: options.on_group.clone(),
     };
     let (spec, components, member) = (spec.clone(), components.clone(), member.clone());
     let task = tokio::spawn(async move {

@@ -29,9 +29,6 @@ pub(crate) struct ReaderInput {
     pub limits: PlanLimits,
     /// For a group of the whole topic: partitions added while it runs.
     pub discovery: Option<PartitionDiscovery>,
-    /// Hand on the triggers that found nothing new too: a stateful group
-    /// runs a batch without rows on one when its watermark moved.
-    pub quiet_triggers: bool,
     /// The user's stop.
     pub stop: Arc<AtomicBool>,
 }
@@ -156,13 +153,11 @@ fn read_batches(
         let (chunk, last) = match result {
             Ok(b) => {
                 let last = b.drained || stopped();
-                if b.records == 0 {
-                    if last {
-                        break;
-                    }
-                    if !input.quiet_triggers {
-                        continue;
-                    }
+                // A trigger that found nothing is handed on too: it tells
+                // the group it is caught up, and a stateful group runs a
+                // batch without rows on it when its watermark moved.
+                if b.records == 0 && last {
+                    break;
                 }
                 (Chunk::End(b), last)
             }

@@ -107,6 +107,10 @@ struct VerifyStats {
 #[derive(Default)]
 struct Inner {
     recent: VecDeque<BatchProgress>,
+    /// The pipelines started, and whether each has had a group open.
+    pipelines: BTreeMap<String, bool>,
+    /// Open groups, and whether each has caught up.
+    open_groups: BTreeMap<(String, String), bool>,
     groups: BTreeMap<(String, String), GroupStats>,
     compaction: BTreeMap<String, CompactionStats>,
     republish: BTreeMap<String, RepublishStats>,
@@ -129,9 +133,33 @@ impl AdminState {
         }
     }
 
-    /// Pipelines have been started.
-    pub fn mark_started(&self) {
+    /// These pipelines have been started.
+    pub fn mark_started(&self, pipelines: impl IntoIterator<Item = String>) {
+        let mut inner = self.lock();
+        for pipeline in pipelines {
+            inner.pipelines.entry(pipeline).or_insert(false);
+        }
+        drop(inner);
         self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes in a step of a group's life.
+    pub fn record_group(&self, g: &tributary_engine::GroupEvent) {
+        use tributary_engine::GroupStep;
+        let mut inner = self.lock();
+        let key = (g.pipeline.clone(), g.group.clone());
+        match g.step {
+            GroupStep::Opened => {
+                inner.pipelines.insert(g.pipeline.clone(), true);
+                inner.open_groups.entry(key).or_insert(false);
+            }
+            GroupStep::CaughtUp => {
+                inner.open_groups.insert(key, true);
+            }
+            GroupStep::Closed => {
+                inner.open_groups.remove(&key);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -270,6 +298,14 @@ impl AdminState {
             return Err("pipelines not started".into());
         }
         let inner = self.lock();
+        if let Some((pipeline, _)) = inner.pipelines.iter().find(|(_, opened)| !**opened) {
+            return Err(format!("{pipeline}: no partitions assigned yet"));
+        }
+        if let Some(((pipeline, group), _)) = inner.open_groups.iter().find(|(_, up)| !**up) {
+            return Err(format!(
+                "{pipeline}/{group}: catching up (no batch committed, and records to read)"
+            ));
+        }
         for ((pipeline, group), g) in &inner.groups {
             if let Some((error, true)) = &g.failing {
                 return Err(format!("{pipeline}/{group}: {error}"));
@@ -639,4 +675,44 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tributary_engine::{GroupEvent, GroupStep};
+
+    fn step(state: &AdminState, group: &str, step: GroupStep) {
+        state.record_group(&GroupEvent {
+            pipeline: "p".into(),
+            group: group.into(),
+            step,
+        });
+    }
+
+    #[test]
+    fn ready_once_every_pipeline_has_groups_and_each_caught_up() {
+        let state = AdminState::new(Duration::from_secs(60));
+        assert_eq!(state.readiness(), Err("pipelines not started".into()));
+        state.mark_started(["p".to_string()]);
+        assert_eq!(
+            state.readiness(),
+            Err("p: no partitions assigned yet".into())
+        );
+        step(&state, "partition-0", GroupStep::Opened);
+        step(&state, "partition-1", GroupStep::Opened);
+        step(&state, "partition-0", GroupStep::CaughtUp);
+        assert!(
+            state
+                .readiness()
+                .unwrap_err()
+                .starts_with("p/partition-1: catching up")
+        );
+        // A group revoked before it caught up no longer counts.
+        step(&state, "partition-1", GroupStep::Closed);
+        assert_eq!(state.readiness(), Ok(()));
+        // Opened again after a failure, it stays caught up.
+        step(&state, "partition-0", GroupStep::Opened);
+        assert_eq!(state.readiness(), Ok(()));
+    }
 }

@@ -420,6 +420,7 @@ async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(stop.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let pipelines: Vec<String> = specs.iter().map(|s| s.pipeline.clone()).collect();
     for spec in specs {
         // A backfill on a terminal shows how far it has come.
         let bar = (spec.trigger.available_now && std::io::stderr().is_terminal())
@@ -448,6 +449,10 @@ async fn run(
             on_failure: Some(Arc::new(move |f: &tributary_engine::GroupFailure| {
                 to_admin.record_failure(f)
             })),
+            on_group: Some({
+                let to_admin = admin.clone();
+                Arc::new(move |g: &tributary_engine::GroupEvent| to_admin.record_group(g))
+            }),
         };
         let name = spec.pipeline.clone();
         if spec.compaction.enabled && !spec.trigger.available_now {
@@ -464,7 +469,7 @@ async fn run(
         }
         tasks.spawn(async move { (name, run_pipeline(spec, options, components).await) });
     }
-    admin.mark_started();
+    admin.mark_started(pipelines);
     let mut failed = false;
     while let Some(joined) = tasks.join_next().await {
         let (name, result) = joined.context("pipeline task panicked")?;
