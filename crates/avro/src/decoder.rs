@@ -296,6 +296,8 @@ struct SchemaDecoder {
     decoder: Decoder,
     pending: Pending,
     columns: Arc<RecordColumns>,
+    /// When this decoder last took a record (`RecordDecoder::pushed`).
+    last_used: u64,
     /// Refuses a malformed body before the decoder sees it (`None`: the
     /// schema uses something the check does not know).
     check: Option<BodyCheck>,
@@ -324,6 +326,7 @@ impl SchemaDecoder {
             columns,
             check: BodyCheck::compile(&schema_json),
             checks_left: 0,
+            last_used: 0,
             schema_json,
         })
     }
@@ -529,6 +532,8 @@ pub struct RecordDecoder {
     runtime: tokio::runtime::Handle,
     batch_rows: usize,
     decoders: HashMap<u32, SchemaDecoder>,
+    /// Records pushed so far: the clock of `SchemaDecoder::last_used`.
+    pushed: u64,
     /// Schema ids that cannot be decoded, with the reason their records get.
     unusable: Unusable,
     out: DecodedChunk,
@@ -550,6 +555,13 @@ struct AvroKeys {
 /// its first records were produced is then picked up by a running pipeline.
 const UNUSABLE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Most unusable schema ids remembered (per decoder, for values and keys).
+const MAX_UNUSABLE: usize = 1024;
+
+/// Most writer schemas with a decoder at once; the least recently used is
+/// flushed and dropped to make room (its id is compiled again if it returns).
+const MAX_SCHEMA_DECODERS: usize = 64;
+
 /// Schema ids found unusable, each with its reason and when it was found.
 #[derive(Default)]
 struct Unusable(HashMap<u32, (String, std::time::Instant)>);
@@ -562,7 +574,23 @@ impl Unusable {
             .map(|(reason, _)| reason)
     }
 
+    /// Records `id`, keeping at most `MAX_UNUSABLE` ids: a producer writing
+    /// random schema ids must not grow the map without end. The expired go
+    /// first, then the oldest.
     fn insert(&mut self, id: u32, reason: String) {
+        if self.0.len() >= MAX_UNUSABLE {
+            self.0
+                .retain(|_, (_, found)| found.elapsed() < UNUSABLE_FOR);
+        }
+        if self.0.len() >= MAX_UNUSABLE
+            && let Some(oldest) = self
+                .0
+                .iter()
+                .min_by_key(|(_, (_, found))| *found)
+                .map(|(id, _)| *id)
+        {
+            self.0.remove(&oldest);
+        }
         self.0.insert(id, (reason, std::time::Instant::now()));
     }
 }
@@ -667,6 +695,7 @@ impl RecordDecoder {
             runtime,
             batch_rows: DEFAULT_BATCH_ROWS,
             decoders: HashMap::new(),
+            pushed: 0,
             unusable: Unusable::default(),
             out: DecodedChunk::default(),
             columns: Arc::new(RecordColumns::default()),
@@ -738,6 +767,8 @@ impl RecordDecoder {
                 id,
                 message: "decoder vanished".into(),
             })?;
+        self.pushed += 1;
+        decoder.last_used = self.pushed;
         decoder.push(record, value, &mut self.out)
     }
 
@@ -768,11 +799,29 @@ impl RecordDecoder {
                 {
                     return Ok(Err(reason));
                 }
+                self.make_room()?;
                 self.decoders.insert(id, d);
                 Ok(Ok(()))
             }
             Err(e) => Ok(Err(format!("schema id {id} cannot be decoded: {e}"))),
         }
+    }
+
+    /// Flushes and drops the least recently used decoder when there are
+    /// `MAX_SCHEMA_DECODERS`.
+    fn make_room(&mut self) -> Result<()> {
+        if self.decoders.len() < MAX_SCHEMA_DECODERS {
+            return Ok(());
+        }
+        let oldest = self
+            .decoders
+            .iter()
+            .min_by_key(|(_, d)| d.last_used)
+            .map(|(id, _)| *id);
+        if let Some(mut decoder) = oldest.and_then(|id| self.decoders.remove(&id)) {
+            decoder.flush(&mut self.out)?;
+        }
+        Ok(())
     }
 
     /// Everything decoded since the last call: flushes every decoder.
@@ -947,5 +996,43 @@ mod tests {
             .insert(7, ("unknown schema id 7".into(), long_ago));
         assert_eq!(unusable.get(&7), None);
         assert_eq!(unusable.get(&8), None);
+    }
+
+    #[test]
+    fn random_schema_ids_do_not_grow_the_unusable_map() {
+        let mut unusable = Unusable::default();
+        for id in 0..10 * MAX_UNUSABLE as u32 {
+            unusable.insert(id, format!("unknown schema id {id}"));
+        }
+        assert_eq!(unusable.0.len(), MAX_UNUSABLE);
+        // The newest are kept.
+        assert!(unusable.get(&(10 * MAX_UNUSABLE as u32 - 1)).is_some());
+    }
+
+    #[test]
+    fn the_least_recently_used_schema_decoder_makes_room() {
+        let registry = Arc::new(
+            RegistryClient::new(crate::RegistryConfig {
+                url: "http://127.0.0.1:9".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut decoder = RecordDecoder::new(registry, runtime.handle().clone());
+        let schema =
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}"#;
+        for id in 0..MAX_SCHEMA_DECODERS as u32 + 5 {
+            decoder.make_room().unwrap();
+            let mut d = SchemaDecoder::new(id, schema.into(), 8, Arc::default()).unwrap();
+            // Id 0 is used last of all; the others in order.
+            d.last_used = if id == 0 { u64::MAX } else { u64::from(id) };
+            decoder.decoders.insert(id, d);
+        }
+        assert_eq!(decoder.decoders.len(), MAX_SCHEMA_DECODERS);
+        assert!(decoder.decoders.contains_key(&0));
+        assert!((1..=5).all(|id| !decoder.decoders.contains_key(&id)));
     }
 }

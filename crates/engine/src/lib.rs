@@ -52,11 +52,13 @@ pub use error::{EngineError, Result};
 pub use offset_log::OffsetLog;
 pub use open::reader_config;
 pub use options::{
-    CheckpointStore, Components, FailureCallback, GroupCallback, GroupEvent, GroupFailure,
-    GroupStep, PipelineOptions, ProgressCallback, RunSummary, StateBackend,
+    CheckpointStore, Components, DEFAULT_PROGRESS_JSON_MAX_BYTES, FailureCallback, GroupCallback,
+    GroupEvent, GroupFailure, GroupStep, PipelineOptions, ProgressCallback, RunSummary,
+    StateBackend,
 };
 pub use plan::{BatchPlan, RecordedDeadLetter};
 pub use progress::{BatchProgress, EventTimeProgress, progress_schema};
+pub use report::append_rotating;
 pub use verify::{Finding, GroupReport, VerifyReport, verify};
 
 /// Runs a pipeline until it is stopped, or, with `available_now`, until the

@@ -342,12 +342,19 @@ impl FileIntent for FileIntents {
         let line = format!("{table_uri}\t{path}");
         match &self.backend {
             Backend::Local { dir } => {
+                let path = intents_file(dir, self.batch);
+                let created = !path.exists();
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(intents_file(dir, self.batch))?;
+                    .open(&path)?;
                 f.write_all(format!("{line}\n").as_bytes())?;
-                f.sync_data()
+                f.sync_data()?;
+                // A new file's name is durable only once its directory is.
+                if created {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
             }
             Backend::Object { store, prefix, .. } => {
                 // A fresh key per announcement: attempts never overwrite each other's.

@@ -16,12 +16,14 @@ use crate::progress::BatchProgress;
 /// Called with each batch's progress (the demo prints them).
 pub type ProgressCallback = Arc<dyn Fn(&BatchProgress) + Send + Sync>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PipelineOptions {
     /// Set to stop after the batch in flight commits.
     pub stop: Arc<AtomicBool>,
     /// Appends each progress event as a JSON line.
     pub progress_json: Option<PathBuf>,
+    /// `progress_json` is moved to `<path>.1` once it holds this many bytes.
+    pub progress_json_max_bytes: u64,
     pub on_progress: Option<ProgressCallback>,
     /// Told of every failed attempt of a group: (pipeline, group, error,
     /// attempts in a row, whether the pipeline stops on it).
@@ -29,6 +31,22 @@ pub struct PipelineOptions {
     /// Told when a group opens, catches up and closes (readiness).
     pub on_group: Option<GroupCallback>,
 }
+
+impl Default for PipelineOptions {
+    fn default() -> PipelineOptions {
+        PipelineOptions {
+            stop: Arc::default(),
+            progress_json: None,
+            progress_json_max_bytes: DEFAULT_PROGRESS_JSON_MAX_BYTES,
+            on_progress: None,
+            on_failure: None,
+            on_group: None,
+        }
+    }
+}
+
+/// Default size at which `--progress-json` rotates.
+pub const DEFAULT_PROGRESS_JSON_MAX_BYTES: u64 = 64 << 20;
 
 /// See `PipelineOptions::on_group`.
 pub type GroupCallback = Arc<dyn Fn(&GroupEvent) + Send + Sync>;

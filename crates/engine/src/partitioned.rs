@@ -148,6 +148,7 @@ fn start(
     let group_options = PipelineOptions {
         stop: stop.clone(),
         progress_json: options.progress_json.clone(),
+        progress_json_max_bytes: options.progress_json_max_bytes,
         on_progress: options.on_progress.clone(),
         on_failure: options.on_failure.clone(),
         on_group: options.on_group.clone(),

@@ -123,15 +123,7 @@ pub(crate) fn publish(options: &PipelineOptions, progress: &BatchProgress) {
         match serde_json::to_string(progress) {
             Ok(mut line) => {
                 line.push('\n');
-                // One write per line: the groups of a partition-scope pipeline
-                // append to the same file at once, and `writeln!` writes the
-                // newline separately, so two lines could interleave.
-                let written = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .and_then(|mut f| f.write_all(line.as_bytes()));
-                if let Err(e) = written {
+                if let Err(e) = append_rotating(path, &line, options.progress_json_max_bytes) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot append the progress event");
                 }
             }
@@ -140,5 +132,47 @@ pub(crate) fn publish(options: &PipelineOptions, progress: &BatchProgress) {
     }
     if let Some(callback) = &options.on_progress {
         callback(progress);
+    }
+}
+
+/// Serialises appends and rotations: the groups of a partition-scope
+/// pipeline write to the same file at once.
+static PROGRESS_FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Appends `line` in one write, after moving the file to `<path>.1` (the
+/// one older file kept) once it holds `max_bytes` or more.
+pub fn append_rotating(path: &std::path::Path, line: &str, max_bytes: u64) -> std::io::Result<()> {
+    let _serialised = PROGRESS_FILE.lock().unwrap_or_else(|p| p.into_inner());
+    if std::fs::metadata(path).is_ok_and(|m| m.len() >= max_bytes) {
+        let mut rotated = path.as_os_str().to_owned();
+        rotated.push(".1");
+        std::fs::rename(path, rotated)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_file_rotates_by_size_keeping_one_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.jsonl");
+        for i in 0..100 {
+            append_rotating(&path, &format!("{{\"n\": {i:03}}}\n"), 100).unwrap();
+        }
+        let current = std::fs::read_to_string(&path).unwrap();
+        let older = std::fs::read_to_string(dir.path().join("progress.jsonl.1")).unwrap();
+        // 11-byte lines: a file is moved aside once it holds ten (110 bytes).
+        assert_eq!(current.lines().count(), 10);
+        assert_eq!(older.lines().count(), 10);
+        assert_eq!(current.lines().last(), Some("{\"n\": 099}"));
+        assert_eq!(older.lines().next(), Some("{\"n\": 080}"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

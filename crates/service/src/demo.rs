@@ -112,6 +112,7 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
     let options = PipelineOptions {
         stop: stop.clone(),
         progress_json: Some(dir.join("progress.jsonl")),
+        progress_json_max_bytes: tributary_engine::DEFAULT_PROGRESS_JSON_MAX_BYTES,
         on_progress: Some(Arc::new(move |p: &BatchProgress| {
             seen.fetch_add(p.num_input_rows, Ordering::Relaxed);
             println!(

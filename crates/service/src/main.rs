@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tributary_devstack as dev;
 use tributary_engine::{PipelineOptions, run_pipeline};
-use tributary_spec::{TableSpec, parse_spec_file};
+use tributary_spec::{ByteSize, TableSpec, parse_spec_file};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,10 @@ enum Command {
         /// Append one JSON line per committed batch to this file.
         #[arg(long)]
         progress_json: Option<PathBuf>,
+        /// Move --progress-json aside to `<file>.1` (replacing the older
+        /// one) once it holds this much.
+        #[arg(long, default_value = "64MiB")]
+        progress_json_max_size: ByteSize,
         /// Address of the admin HTTP server (/healthz, /readyz, /metrics,
         /// /progress). Port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:9464")]
@@ -90,6 +94,9 @@ enum Command {
         /// Append one JSON line per published table version to this file.
         #[arg(long)]
         progress_json: Option<PathBuf>,
+        /// Move --progress-json aside to `<file>.1` once it holds this much.
+        #[arg(long, default_value = "64MiB")]
+        progress_json_max_size: ByteSize,
     },
     /// Where a pipeline stands: the last committed batch of each group, its
     /// offsets, the lag to the broker's high watermarks, dead letters.
@@ -251,13 +258,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             specs,
             progress_json,
+            progress_json_max_size,
             admin_addr,
             admin_allow_remote,
             verify_every,
         } => {
             run(
                 specs,
-                progress_json,
+                progress_json.map(|path| (path, progress_json_max_size.0)),
                 admin_addr,
                 admin_allow_remote,
                 verify_every,
@@ -274,7 +282,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Republish {
             specs,
             progress_json,
-        } => republish(specs, progress_json).await,
+            progress_json_max_size,
+        } => {
+            republish(
+                specs,
+                progress_json.map(|path| (path, progress_json_max_size.0)),
+            )
+            .await
+        }
         Command::ProgressSchema => {
             println!(
                 "{}",
@@ -396,9 +411,12 @@ pub(crate) fn load_spec(path: &std::path::Path) -> Option<TableSpec> {
     }
 }
 
+/// A progress file and the size at which it rotates.
+type ProgressFile = Option<(PathBuf, u64)>;
+
 async fn run(
     files: Vec<PathBuf>,
-    progress_json: Option<PathBuf>,
+    progress_json: ProgressFile,
     admin_addr: std::net::SocketAddr,
     admin_allow_remote: bool,
     verify_every: Option<u64>,
@@ -444,7 +462,11 @@ async fn run(
         let to_admin = admin.clone();
         let options = PipelineOptions {
             stop: stop.clone(),
-            progress_json: progress_json.clone(),
+            progress_json: progress_json.as_ref().map(|(path, _)| path.clone()),
+            progress_json_max_bytes: progress_json.as_ref().map_or(
+                tributary_engine::DEFAULT_PROGRESS_JSON_MAX_BYTES,
+                |(_, max)| *max,
+            ),
             on_progress,
             on_failure: Some(Arc::new(move |f: &tributary_engine::GroupFailure| {
                 to_admin.record_failure(f)
@@ -521,40 +543,29 @@ fn spawn_republisher(
     });
 }
 
-async fn republish(
-    files: Vec<PathBuf>,
-    progress_json: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+async fn republish(files: Vec<PathBuf>, progress_json: ProgressFile) -> anyhow::Result<ExitCode> {
     let Some(specs) = load_specs(&files)? else {
         return Ok(ExitCode::FAILURE);
     };
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(stop.clone());
-    let progress_file = match &progress_json {
-        Some(path) => Some(Arc::new(std::sync::Mutex::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?,
-        ))),
-        None => None,
-    };
     let mut tasks = tokio::task::JoinSet::new();
     for spec in specs {
         if spec.republish.is_none() {
             anyhow::bail!("pipeline {} has no republish section", spec.pipeline);
         }
-        let file = progress_file.clone();
-        let on_progress: Option<tributary_republish::RepublishCallback> = file.map(|file| {
-            Arc::new(move |p: &tributary_republish::RepublishProgress| {
-                use std::io::Write;
-                let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
-                if let Ok(line) = serde_json::to_string(p) {
-                    let _ = writeln!(f, "{line}");
-                }
-            }) as tributary_republish::RepublishCallback
-        });
+        let on_progress: Option<tributary_republish::RepublishCallback> =
+            progress_json.clone().map(|(path, max_bytes)| {
+                Arc::new(move |p: &tributary_republish::RepublishProgress| {
+                    let Ok(mut line) = serde_json::to_string(p) else {
+                        return;
+                    };
+                    line.push('\n');
+                    if let Err(e) = tributary_engine::append_rotating(&path, &line, max_bytes) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot append the progress event");
+                    }
+                }) as tributary_republish::RepublishCallback
+            });
         let name = spec.pipeline.clone();
         let stop = stop.clone();
         let registry = components::registry_client(&spec.source.schema_registry)?;
