@@ -28,19 +28,23 @@ locals {
     }
   }
 
-  environment = merge(
-    {
-      KAFKA_BOOTSTRAP_SERVERS = var.kafka_bootstrap_servers
-      SCHEMA_REGISTRY_URL     = var.schema_registry_url
-      TRIBUTARY_LAKE          = "s3://${aws_s3_bucket.lake.bucket}/${var.lake_prefix}"
-      # On S3, so a replacement task finishes a crashed batch exactly.
-      TRIBUTARY_CHECKPOINTS = "s3://${aws_s3_bucket.lake.bucket}/${var.checkpoint_prefix}"
-      AWS_REGION            = local.region
-      # Changes with any spec, so editing a spec rolls the service onto it.
-      TRIBUTARY_SPECS_DIGEST = sha256(jsonencode(var.specs))
-    },
-    var.environment,
-  )
+  # By pipeline set (specs.tf).
+  environment = {
+    for set, members in local.pipeline_sets : set => merge(
+      {
+        KAFKA_BOOTSTRAP_SERVERS = var.kafka_bootstrap_servers
+        SCHEMA_REGISTRY_URL     = var.schema_registry_url
+        TRIBUTARY_LAKE          = "s3://${aws_s3_bucket.lake.bucket}/${var.lake_prefix}"
+        # On S3, so a replacement task finishes a crashed batch exactly.
+        TRIBUTARY_CHECKPOINTS = "s3://${aws_s3_bucket.lake.bucket}/${var.checkpoint_prefix}"
+        AWS_REGION            = local.region
+        # Changes with any of the set's specs, so editing a spec rolls the
+        # service that runs it onto it.
+        TRIBUTARY_SPECS_DIGEST = sha256(jsonencode({ for k in members : k => var.specs[k] }))
+      },
+      var.environment,
+    )
+  }
 
   connection_secrets = concat(
     var.kafka_sasl_scram_secret_arn == null ? [] : [
@@ -52,77 +56,93 @@ locals {
     ],
   )
 
-  # s3: the AWS CLI copies the spec objects into the shared volume.
+  # s3: the AWS CLI copies the spec objects into the shared volume: all of
+  # them, or (isolate_roles) the set's one spec, the only one its role reads.
   s3_spec_loader = {
-    name                   = "load-specs"
-    image                  = var.spec_loader_image
-    essential              = false
-    readonlyRootFilesystem = true
-    command                = ["s3", "cp", "--recursive", "--only-show-errors", "s3://${aws_s3_bucket.lake.bucket}/${local.spec_prefix}/", "${local.specs_dir}/"]
-    environment            = [{ name = "HOME", value = "/tmp" }]
-    mountPoints = [
-      { sourceVolume = "specs", containerPath = local.specs_dir, readOnly = false },
-      { sourceVolume = "loader-tmp", containerPath = "/tmp", readOnly = false },
-    ]
-    logConfiguration = local.log_configuration
+    for set, members in local.pipeline_sets : set => {
+      name                   = "load-specs"
+      image                  = var.spec_loader_image
+      essential              = false
+      readonlyRootFilesystem = true
+      command = (var.isolate_roles
+        ? ["s3", "cp", "--only-show-errors", "s3://${aws_s3_bucket.lake.bucket}/${local.spec_prefix}/${members[0]}.yaml", "${local.specs_dir}/${members[0]}.yaml"]
+        : ["s3", "cp", "--recursive", "--only-show-errors", "s3://${aws_s3_bucket.lake.bucket}/${local.spec_prefix}/", "${local.specs_dir}/"]
+      )
+      environment = [{ name = "HOME", value = "/tmp" }]
+      mountPoints = [
+        { sourceVolume = "specs", containerPath = local.specs_dir, readOnly = false },
+        { sourceVolume = "loader-tmp", containerPath = "/tmp", readOnly = false },
+      ]
+      logConfiguration = local.log_configuration
+    }
   }
 
-  # ssm: ECS injects each parameter as an environment variable; a shell in
-  # the Tributary image writes them out as files.
-  ssm_spec_names = sort(keys(var.specs))
+  # ssm: ECS injects each parameter of the set as an environment variable; a
+  # shell in the Tributary image writes them out as files.
   ssm_spec_loader = {
-    name                   = "load-specs"
-    image                  = var.image
-    essential              = false
-    readonlyRootFilesystem = true
-    # The task-local volume is root-owned until written; Tributary itself runs as 10001.
-    user       = "0"
-    entryPoint             = ["/bin/sh", "-c"]
-    command = [join(" && ", [
-      for i, n in local.ssm_spec_names : "printf '%s' \"$TRIBUTARY_SPEC_${i}\" > ${local.specs_dir}/${n}.yaml"
-    ])]
-    secrets = [
-      for i, n in local.ssm_spec_names : { name = "TRIBUTARY_SPEC_${i}", valueFrom = try(aws_ssm_parameter.spec[n].arn, "") }
-    ]
-    mountPoints      = [{ sourceVolume = "specs", containerPath = local.specs_dir, readOnly = false }]
-    logConfiguration = local.log_configuration
+    for set, members in local.pipeline_sets : set => {
+      name                   = "load-specs"
+      image                  = var.image
+      essential              = false
+      readonlyRootFilesystem = true
+      # The task-local volume is root-owned until written; Tributary itself runs as 10001.
+      user       = "0"
+      entryPoint = ["/bin/sh", "-c"]
+      command = [join(" && ", [
+        for i, n in sort(members) : "printf '%s' \"$TRIBUTARY_SPEC_${i}\" > ${local.specs_dir}/${n}.yaml"
+      ])]
+      secrets = [
+        for i, n in sort(members) : { name = "TRIBUTARY_SPEC_${i}", valueFrom = try(aws_ssm_parameter.spec[n].arn, "") }
+      ]
+      mountPoints      = [{ sourceVolume = "specs", containerPath = local.specs_dir, readOnly = false }]
+      logConfiguration = local.log_configuration
+    }
   }
 
   tributary_container = {
-    name                   = "tributary"
-    image                  = var.image
-    essential              = true
-    readonlyRootFilesystem = true
-    command                = ["run", "--spec", local.specs_dir]
-    dependsOn              = [{ containerName = "load-specs", condition = "SUCCESS" }]
-    environment            = [for k, v in local.environment : { name = k, value = v }]
-    secrets                = local.connection_secrets
-    mountPoints = [
-      { sourceVolume = "specs", containerPath = local.specs_dir, readOnly = true },
-      { sourceVolume = "state", containerPath = local.state_dir, readOnly = false },
-    ]
-    healthCheck = {
-      command     = ["CMD", "tributary", "healthcheck"]
-      interval    = 30
-      timeout     = 5
-      retries     = 3
-      startPeriod = 60
+    for set, members in local.pipeline_sets : set => {
+      name                   = "tributary"
+      image                  = var.image
+      essential              = true
+      readonlyRootFilesystem = true
+      command                = ["run", "--spec", local.specs_dir]
+      dependsOn              = [{ containerName = "load-specs", condition = "SUCCESS" }]
+      environment            = [for k, v in local.environment[set] : { name = k, value = v }]
+      secrets                = local.connection_secrets
+      mountPoints = [
+        { sourceVolume = "specs", containerPath = local.specs_dir, readOnly = true },
+        { sourceVolume = "state", containerPath = local.state_dir, readOnly = false },
+      ]
+      healthCheck = {
+        command     = ["CMD", "tributary", "healthcheck"]
+        interval    = 30
+        timeout     = 5
+        retries     = 3
+        startPeriod = 60
+      }
+      # SIGTERM commits the batch in flight; give it the most Fargate allows.
+      stopTimeout      = 120
+      ulimits          = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
+      logConfiguration = local.log_configuration
     }
-    # SIGTERM commits the batch in flight; give it the most Fargate allows.
-    stopTimeout      = 120
-    ulimits          = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
-    logConfiguration = local.log_configuration
   }
+
+  # The service of the set `all` keeps the names it had before isolate_roles.
+  set_suffix = { for set in keys(local.pipeline_sets) : set => var.isolate_roles ? "-${set}" : "" }
 }
 
+# One task definition and one service per pipeline set, each with its
+# set's task role.
 resource "aws_ecs_task_definition" "tributary" {
-  family                   = "tributary-${var.name}"
+  for_each = local.pipeline_sets
+
+  family                   = "tributary-${var.name}${local.set_suffix[each.key]}"
   requires_compatibilities = ["FARGATE"]
   network_mode             = "awsvpc"
   cpu                      = var.cpu
   memory                   = var.memory
   execution_role_arn       = aws_iam_role.execution.arn
-  task_role_arn            = aws_iam_role.task.arn
+  task_role_arn            = aws_iam_role.task[each.key].arn
   tags                     = var.tags
 
   runtime_platform {
@@ -148,15 +168,17 @@ resource "aws_ecs_task_definition" "tributary" {
   # The two loaders are objects of different types, which a conditional
   # cannot return: choose between their JSON texts instead.
   container_definitions = format("[%s,%s]",
-    var.spec_store == "s3" ? jsonencode(local.s3_spec_loader) : jsonencode(local.ssm_spec_loader),
-    jsonencode(local.tributary_container),
+    var.spec_store == "s3" ? jsonencode(local.s3_spec_loader[each.key]) : jsonencode(local.ssm_spec_loader[each.key]),
+    jsonencode(local.tributary_container[each.key]),
   )
 }
 
 resource "aws_ecs_service" "tributary" {
-  name                               = "tributary-${var.name}"
+  for_each = local.pipeline_sets
+
+  name                               = "tributary-${var.name}${local.set_suffix[each.key]}"
   cluster                            = aws_ecs_cluster.tributary.id
-  task_definition                    = aws_ecs_task_definition.tributary.arn
+  task_definition                    = aws_ecs_task_definition.tributary[each.key].arn
   desired_count                      = var.desired_count
   launch_type                        = "FARGATE"
   deployment_minimum_healthy_percent = var.deployment_minimum_healthy_percent
@@ -175,4 +197,16 @@ resource "aws_ecs_service" "tributary" {
     enable   = true
     rollback = true
   }
+}
+
+# Before isolate_roles there was one task definition and one service,
+# unkeyed: they are the `all` set's.
+moved {
+  from = aws_ecs_task_definition.tributary
+  to   = aws_ecs_task_definition.tributary["all"]
+}
+
+moved {
+  from = aws_ecs_service.tributary
+  to   = aws_ecs_service.tributary["all"]
 }

@@ -4,13 +4,23 @@ output "cluster_arn" {
 }
 
 output "service_name" {
-  description = "ECS service running the specs."
-  value       = aws_ecs_service.tributary.name
+  description = "ECS service running the specs; null with isolate_roles (see service_names)."
+  value       = var.isolate_roles ? null : try(aws_ecs_service.tributary["all"].name, null)
+}
+
+output "service_names" {
+  description = "ECS service of each pipeline set: { all = name }, or with isolate_roles { spec = name }."
+  value       = { for set, s in aws_ecs_service.tributary : set => s.name }
 }
 
 output "task_role_arn" {
-  description = "Role of the running tasks (lake read/write)."
-  value       = aws_iam_role.task.arn
+  description = "Role of the running tasks (lake read/write); null with isolate_roles (see task_role_arns)."
+  value       = var.isolate_roles ? null : try(aws_iam_role.task["all"].arn, null)
+}
+
+output "task_role_arns" {
+  description = "Task role of each pipeline set: { all = arn }, or with isolate_roles { spec = arn }."
+  value       = { for set, r in aws_iam_role.task : set => r.arn }
 }
 
 output "security_group_id" {

@@ -34,7 +34,7 @@ resource "aws_ssm_parameter" "spec" {
 # as before. With isolate_roles = true every spec is a set of its own, with
 # its own role, task definition and service, keyed by the spec's name.
 locals {
-  pipeline_sets = var.isolate_roles ? { for k in keys(var.specs) : k => [k] } : { all = sort(keys(var.specs)) }
+  pipeline_sets = var.isolate_roles ? tomap({ for k in keys(var.specs) : k => tolist([k]) }) : tomap({ all = sort(keys(var.specs)) })
 }
 
 # What each spec touches, read from its YAML as Tributary will expand it:

@@ -46,6 +46,12 @@ variable "spec_loader_image" {
   default     = "public.ecr.aws/aws-cli/aws-cli:2.27.50"
 }
 
+variable "isolate_roles" {
+  description = "One task role per pipeline set instead of one for the whole service. true: every spec runs as its own ECS service (its own task definition, with desired_count tasks of cpu and memory each) under a role that may use only that spec's tables (table, dead-letter and late-rows tables, under lake_prefix) and checkpoint (under checkpoint_prefix), read only its own spec. The spec's locations must be s3:// URIs in the lake bucket or start with $${TRIBUTARY_LAKE} / $${TRIBUTARY_CHECKPOINTS}; the plan fails otherwise. false: one service and one role for every spec."
+  type        = bool
+  default     = false
+}
+
 variable "desired_count" {
   description = "Number of tasks. More than one needs `state_scope: partition` in every spec, so the consumer group spreads the partitions."
   type        = number
