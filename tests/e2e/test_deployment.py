@@ -232,3 +232,257 @@ def test_deployment_doc_documents_every_module_input_and_no_other():
     required = section.split("Optional:", 1)[0]
     for name, body in variables.items():
         assert (f"| `{name}`" in required or f", `{name}`" in required) == ("default" not in body), f"{name}: required or not?"
+
+
+# --- The task roles (terraform/modules/tributary/iam.tf) -------------------------
+#
+# No `terraform` here: these read the module's HCL and check the statements
+# as written, evaluating the IAM resource patterns the way IAM does.
+
+MODULE = TERRAFORM / "modules" / "tributary"
+LAKE_ARN = "arn:aws:s3:::example-lake"
+
+
+def module_file(name):
+    with open(MODULE / name) as fh:
+        return hcl2.load(fh)
+
+
+def unquote(value):
+    """python-hcl2 keeps the quotes of a string literal."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def blocks(parsed, kind, block_type):
+    """{name: body} of the `kind` ("resource", "data") blocks of one type."""
+    found = {}
+    for block in parsed.get(kind, []):
+        for t, named in block.items():
+            if unquote(t) == block_type:
+                found.update({unquote(name): body for name, body in named.items()})
+    return found
+
+
+def module_locals(name):
+    merged = {}
+    for block in module_file(name).get("locals", []):
+        merged.update(block)
+    return merged
+
+
+def task_policy():
+    """The task role's policy document, and its statements as (statement,
+    for_each of the dynamic block holding it, or None when always there)."""
+    doc = blocks(module_file("iam.tf"), "data", "aws_iam_policy_document")["task"]
+    statements = [(s, None) for s in doc.get("statement", [])]
+    for dynamic in doc.get("dynamic", []):
+        for label, body in dynamic.items():
+            if unquote(label) == "statement":
+                statements += [(c, body["for_each"]) for c in body["content"]]
+    return doc, statements
+
+
+def task_statement(sid):
+    found = [(s, f) for s, f in task_policy()[1] if unquote(s.get("sid")) == sid]
+    assert len(found) == 1, f"one statement {sid} in the task policy"
+    return found[0]
+
+
+def resource_arns(statement):
+    assert isinstance(statement["resources"], list), statement["resources"]
+    return [unquote(r).replace("${aws_s3_bucket.lake.arn}", LAKE_ARN) for r in statement["resources"]]
+
+
+def iam_matches(patterns, key):
+    """Whether an object ARN matches one of the patterns: IAM's `*` is any run
+    of characters, `/` included, and `?` any one character."""
+    arn = f"{LAKE_ARN}/{key}"
+    for pattern in patterns:
+        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+        if re.fullmatch(regex, arn):
+            return True
+    return False
+
+
+# Keys Tributary writes with the example module (lake_prefix "lake",
+# checkpoint_prefix "checkpoints").
+DELTA_COMMITS = [
+    "lake/clicks/_delta_log/00000000000000000000.json",
+    "lake/clicks_dead_letters/_delta_log/00000000000000000012.json",
+    "lake/sales/eu/orders/_delta_log/00000000000000000003.json",
+    "lake/_delta_log/00000000000000000001.json",
+]
+# Overwritten with plain PUTs by delta-kernel (create_checkpoint).
+DELTA_LOG_CHECKPOINTS = [
+    "lake/clicks/_delta_log/_last_checkpoint",
+    "lake/clicks/_delta_log/00000000000000000010.checkpoint.parquet",
+]
+DATA_FILES = ["lake/clicks/date=2026-01-01/part-00000-3f2a-0.parquet"]
+# Under the checkpoint prefix: a batch plan (put-if-absent when recorded, but
+# OffsetLog::adopt overwrites it), an intent and a state snapshot manifest.
+CHECKPOINT_OBJECTS = [
+    "checkpoints/clicks/offsets/0/00000000000000000003.json",
+    "checkpoints/clicks/offsets/0/00000000000000000003.files/6f1c2d0e-5b7a-4c1e-9d55-0a4e2b1f7c3d",
+    "checkpoints/clicks/state/0/snapshots/00000000000000000010.json",
+]
+
+
+def test_task_role_writes_delta_commits_only_with_if_none_match():
+    deny, for_each = task_statement("DeltaCommitsOnlyIfAbsent")
+    assert for_each is None, "every task role has it, whatever its specs"
+    assert unquote(deny["effect"]) == "Deny"
+    assert [unquote(a) for a in deny["actions"]] == ["s3:PutObject"]
+    # AWS's pattern: deny the request that carries no If-None-Match header.
+    [condition] = deny["condition"]
+    assert (unquote(condition["test"]), unquote(condition["variable"]), [unquote(v) for v in condition["values"]]) == (
+        "Null", "s3:if-none-match", ["true"])
+    arns = resource_arns(deny)
+    for key in DELTA_COMMITS:
+        assert iam_matches(arns, key), f"a commit escapes the rule: {key}"
+    # What the product writes unconditionally stays writable.
+    for key in DELTA_LOG_CHECKPOINTS + DATA_FILES + CHECKPOINT_OBJECTS:
+        assert not iam_matches(arns, key), f"{key} is written without If-None-Match, and would be refused"
+
+    # The deny is what decides: the role may otherwise put objects there.
+    allow, _ = task_statement("ReadWriteTablesAndCheckpoints")
+    assert unquote(allow.get("effect", '"Allow"')) == "Allow"
+    assert {"s3:PutObject", "s3:DeleteObject"} <= {unquote(a) for a in allow["actions"]}
+
+    # The product as the rule assumes it: a batch plan can be overwritten
+    # (so the checkpoint prefix gets no conditional-write rule), and Delta
+    # log checkpoints are written by deltalake's create_checkpoint.
+    offset_log = (ROOT / "crates" / "engine" / "src" / "offset_log.rs").read_text()
+    assert re.search(r"async fn adopt\b[\s\S]*?store\s*\.put\(&key", offset_log)
+    rewrite = (ROOT / "connectors" / "delta" / "src" / "maintenance" / "rewrite.rs").read_text()
+    assert "create_checkpoint(table, None)" in rewrite
+
+
+def test_task_role_deletes_delta_log_files_only_when_its_specs_clean_them_up():
+    keep, for_each = task_statement("KeepDeltaLog")
+    assert unquote(keep["effect"]) == "Deny"
+    assert [unquote(a) for a in keep["actions"]] == ["s3:DeleteObject"]
+    # Present exactly when no spec of the role's set runs the log clean-up.
+    assert for_each == "${each.value.cleans_delta_log ? [] : [1]}"
+    arns = resource_arns(keep)
+    for key in DELTA_COMMITS + DELTA_LOG_CHECKPOINTS:
+        assert iam_matches(arns, key), key
+    # Data files (vacuum, failed attempts) and the checkpoint location's
+    # retention are not Delta log files.
+    for key in DATA_FILES + CHECKPOINT_OBJECTS:
+        assert not iam_matches(arns, key), key
+
+    task_access = module_locals("iam.tf")["task_access"]
+    assert "cleans_delta_log = anytrue([for k in members : local.spec_cleans_delta_log[k]])" in task_access
+    cleans = module_locals("specs.tf")["spec_cleans_delta_log"]
+    assert "try(doc.compaction.enabled, true) == false" in cleans
+    assert "try(doc.trigger.available_now, false) == true" in cleans
+    # ... which is when `tributary run` starts the compaction worker, and
+    # every pass of the worker deletes expired log files.
+    main = (ROOT / "crates" / "service" / "src" / "main.rs").read_text()
+    assert re.search(r"if spec\.compaction\.enabled && !spec\.trigger\.available_now \{[^}]*run_worker\(", main)
+    worker = (ROOT / "crates" / "compaction" / "src" / "worker.rs").read_text()
+    assert "sink.cleanup_expired_logs(policy.log_retention.0)" in worker.split("pub async fn compact_once", 1)[1]
+
+    # The example's specs compact, so their role may clean up their logs.
+    for spec in sorted((EXAMPLE / "specs").glob("*.yaml")):
+        doc = yaml.safe_load(spec.read_text())
+        assert doc.get("compaction", {}).get("enabled", True) is True, spec.name
+
+
+def test_isolate_roles_gives_each_spec_its_own_role_task_definition_and_service():
+    with open(MODULE / "variables.tf") as fh:
+        variables = {unquote(n): b for block in hcl2.load(fh)["variable"] for n, b in block.items()}
+    assert variables["isolate_roles"]["type"] in ("bool", "${bool}")
+    assert variables["isolate_roles"]["default"] is False
+
+    # Pipeline sets: one per spec, keyed by its name, or one (`all`).
+    sets = module_locals("specs.tf")["pipeline_sets"]
+    assert re.fullmatch(
+        r"\$\{var\.isolate_roles \? tomap\(\{for k in keys\(var\.specs\) : k => tolist\(\[k\]\)\}\)"
+        r" : tomap\(\{all = sort\(keys\(var\.specs\)\)\}\)\}", sets), sets
+
+    iam = module_file("iam.tf")
+    ecs = module_file("ecs.tf")
+    role = blocks(iam, "resource", "aws_iam_role")["task"]
+    assert role["for_each"] == "${local.pipeline_sets}"
+    task_access = module_locals("iam.tf")["task_access"]
+    assert task_access.startswith("${{for set, members in local.pipeline_sets : set => {")
+    # Isolated, a set's role reaches only its specs' keys and spec objects.
+    assert ("prefixes = var.isolate_roles ? distinct(flatten([for k in members : local.spec_keys[k]]))"
+            " : [var.lake_prefix, var.checkpoint_prefix]") in task_access
+    assert 'spec_objects = var.isolate_roles ? [for k in members : "${local.spec_prefix}/${k}.yaml"]' in task_access
+    assert "spec_list = var.isolate_roles ? [] :" in task_access
+
+    doc, _ = task_policy()
+    assert doc["for_each"] == "${local.task_access}"
+    read_write, _ = task_statement("ReadWriteTablesAndCheckpoints")
+    assert read_write["resources"] == '${[for p in each.value.prefixes : "${aws_s3_bucket.lake.arn}/${p}/*"]}'
+    listing, _ = task_statement("ListLakePrefixes")
+    assert 'for p in each.value.prefixes : ["${p}/*", p]' in listing["condition"][0]["values"]
+    read_specs, _ = task_statement("ReadSpecs")
+    assert read_specs["resources"] == '${[for o in each.value.spec_objects : "${aws_s3_bucket.lake.arn}/${o}"]}'
+
+    policy = blocks(iam, "resource", "aws_iam_role_policy")["task"]
+    assert policy["for_each"] == "${local.task_access}"
+    assert policy["role"] == "${aws_iam_role.task[each.key].id}"
+    assert policy["policy"] == "${data.aws_iam_policy_document.task[each.key].json}"
+    # A spec whose locations the role cannot be confined to fails the plan.
+    [precondition] = policy["lifecycle"][0]["precondition"]
+    assert precondition["condition"] == "${length(each.value.misplaced) == 0}"
+
+    # What a spec touches: its table, dead-letter table (default
+    # <table>_dead_letters), late_rows table and checkpoint, as keys under
+    # the lake or checkpoint prefix in characters that are no IAM wildcard.
+    specs = module_locals("specs.tf")
+    raw = specs["spec_raw_locations"]
+    for field in ("doc.table.uri", "doc.dead_letters.table", '"${tostring(doc.table.uri)}_dead_letters"',
+                  "doc.late_rows", "doc.checkpoint.location"):
+        assert field in raw, field
+    assert "TRIBUTARY_LAKE" in specs["lake_reference"] and "TRIBUTARY_CHECKPOINTS" in specs["checkpoint_reference"]
+    assert 'startswith(u, "${local.lake_uri}/") || startswith(u, "${local.checkpoint_uri}/")' in specs["spec_keys"]
+    assert 'regex("^[A-Za-z0-9_.=/-]+$"' in specs["spec_keys"]
+
+    # One task definition and one service per set, each with its set's role.
+    task = blocks(ecs, "resource", "aws_ecs_task_definition")["tributary"]
+    assert task["for_each"] == "${local.pipeline_sets}"
+    assert task["task_role_arn"] == "${aws_iam_role.task[each.key].arn}"
+    assert "local.s3_spec_loader[each.key]" in task["container_definitions"]
+    assert "local.tributary_container[each.key]" in task["container_definitions"]
+    service = blocks(ecs, "resource", "aws_ecs_service")["tributary"]
+    assert service["for_each"] == "${local.pipeline_sets}"
+    assert service["task_definition"] == "${aws_ecs_task_definition.tributary[each.key].arn}"
+    assert unquote(service["name"]) == "tributary-${var.name}${local.set_suffix[each.key]}"
+    ecs_locals = module_locals("ecs.tf")
+    assert ecs_locals["set_suffix"] == '${{for set in keys(local.pipeline_sets) : set => var.isolate_roles ? "-${set}" : ""}}'
+    # An isolated task loads only its own spec; its digest covers only it.
+    assert "${members[0]}.yaml" in str(ecs_locals["s3_spec_loader"])
+    assert "sha256(jsonencode({for k in members : k => var.specs[k]}))" in str(ecs_locals["environment"])
+
+    # Without isolate_roles the existing role, policy, task definition and
+    # service become the `all` set's in place.
+    moved = {(m["from"], m["to"]) for f in ("iam.tf", "ecs.tf") for m in module_file(f).get("moved", [])}
+    assert moved == {
+        ("${aws_iam_role.task}", '${aws_iam_role.task["all"]}'),
+        ("${aws_iam_role_policy.task}", '${aws_iam_role_policy.task["all"]}'),
+        ("${aws_ecs_task_definition.tributary}", '${aws_ecs_task_definition.tributary["all"]}'),
+        ("${aws_ecs_service.tributary}", '${aws_ecs_service.tributary["all"]}'),
+    }
+
+
+def test_example_specs_could_run_with_isolated_roles():
+    """Each example spec's locations are what isolate_roles can confine a role
+    to: ${TRIBUTARY_LAKE}/<key> tables and a ${TRIBUTARY_CHECKPOINTS}/<key>
+    checkpoint, keys in the characters the module accepts."""
+    key = re.compile(r"[A-Za-z0-9_.=/-]+")
+    for spec in sorted((EXAMPLE / "specs").glob("*.yaml")):
+        doc = yaml.safe_load(spec.read_text())
+        table = doc["table"]["uri"]
+        tables = [table, doc.get("dead_letters", {}).get("table", f"{table}_dead_letters")]
+        if doc.get("late_rows", "drop") != "drop":
+            tables.append(doc["late_rows"])
+        for uri in tables:
+            assert uri.startswith("${TRIBUTARY_LAKE}/") and key.fullmatch(uri.split("}/", 1)[1]), (spec.name, uri)
+        checkpoint = doc["checkpoint"]["location"]
+        assert checkpoint.startswith("${TRIBUTARY_CHECKPOINTS}/") and key.fullmatch(checkpoint.split("}/", 1)[1])

@@ -141,10 +141,10 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
-  # Delta commits and batch plans are put-if-absent writes; vacuum,
-  # failed-attempt clean-up, Delta log clean-up and the retention of the
-  # offsets log and of state snapshots delete objects. Under the set's
-  # prefixes only.
+  # Data files, Delta commits and log checkpoints, batch plans, intents and
+  # state snapshots are written here; vacuum, failed-attempt clean-up, Delta
+  # log clean-up and the retention of the offsets log and of state snapshots
+  # delete objects. Under the set's prefixes only.
   statement {
     sid       = "ReadWriteTablesAndCheckpoints"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
