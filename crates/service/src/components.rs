@@ -9,12 +9,13 @@ use tributary_engine::{CheckpointStore, Components, StateBackend};
 use tributary_spec::{RegistrySpec, TableSpec};
 use tributary_state::RocksOptions;
 
-/// Everything `spec`'s pipeline runs on.
-pub fn components(spec: &TableSpec) -> anyhow::Result<Components> {
+/// Everything `spec`'s pipeline runs on; its state stores share `state`'s
+/// memory with every other pipeline given a clone.
+pub fn components(spec: &TableSpec, state: &RocksOptions) -> anyhow::Result<Components> {
     Ok(Components {
         registry: registry_client(&spec.source.schema_registry)?,
         checkpoint: checkpoint_store(spec)?,
-        state: StateBackend::RocksDb(RocksOptions::default()),
+        state: StateBackend::RocksDb(state.clone()),
     })
 }
 

@@ -129,7 +129,8 @@ pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<
         on_failure: None,
         on_group: None,
     };
-    let components = crate::components::components(&spec)?;
+    let components =
+        crate::components::components(&spec, &tributary_state::RocksOptions::default())?;
     let pipeline = tokio::spawn(run_pipeline(spec, options, components));
 
     println!(

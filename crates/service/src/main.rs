@@ -58,6 +58,10 @@ enum Command {
         /// one) once it holds this much.
         #[arg(long, default_value = "64MiB")]
         progress_json_max_size: ByteSize,
+        /// Memory the state (RocksDB) of every stateful pipeline of this
+        /// process shares: block cache and memtables (docs/deployment.md).
+        #[arg(long, default_value = "512MiB")]
+        state_memory: ByteSize,
         /// Address of the admin HTTP server (/healthz, /readyz, /metrics,
         /// /progress). Port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:9464")]
@@ -259,6 +263,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             specs,
             progress_json,
             progress_json_max_size,
+            state_memory,
             admin_addr,
             admin_allow_remote,
             verify_every,
@@ -266,6 +271,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             run(
                 specs,
                 progress_json.map(|path| (path, progress_json_max_size.0)),
+                state_memory.0,
                 admin_addr,
                 admin_allow_remote,
                 verify_every,
@@ -417,6 +423,7 @@ type ProgressFile = Option<(PathBuf, u64)>;
 async fn run(
     files: Vec<PathBuf>,
     progress_json: ProgressFile,
+    state_memory: u64,
     admin_addr: std::net::SocketAddr,
     admin_allow_remote: bool,
     verify_every: Option<u64>,
@@ -439,11 +446,14 @@ async fn run(
     spawn_signal_handler(stop.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let pipelines: Vec<String> = specs.iter().map(|s| s.pipeline.clone()).collect();
+    let state_memory = tributary_state::RocksOptions::with_memory(
+        usize::try_from(state_memory).unwrap_or(usize::MAX),
+    );
     for spec in specs {
         // A backfill on a terminal shows how far it has come.
         let bar = (spec.trigger.available_now && std::io::stderr().is_terminal())
             .then(|| progress_bar(spec.pipeline.clone()));
-        let components = components::components(&spec)?;
+        let components = components::components(&spec, &state_memory)?;
         let to_admin = admin.clone();
         let verify_due = verify_every.map(|every| {
             let checkpoint = components.checkpoint.clone();

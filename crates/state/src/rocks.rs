@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 use crate::{Result, StagedWrites, StateError, StateStore, Write, check_order};
@@ -13,21 +13,82 @@ const COMMITTED_BATCH: &[u8] = b"committed_batch";
 /// snapshots: SST file names are unique only within one database.
 const LINEAGE: &[u8] = b"lineage";
 
-/// Memory RocksDB may use; state beyond it lives on disk.
-#[derive(Debug, Clone)]
+/// Memory RocksDB may use, shared by every store opened with clones of one
+/// `RocksOptions` (every group of a process); state beyond it lives on disk.
+///
+/// Of `memory`: one LRU block cache of that size holds the data blocks read,
+/// and the memtables being written are charged to it too, up to a quarter
+/// of it (a write buffer manager flushes them beyond that). Outside the
+/// budget, each store keeps the index and bloom filter blocks of the SST
+/// files it has open, at most `max_open_files` (about 1.3 bytes per key for
+/// the filters).
+#[derive(Clone)]
 pub struct RocksOptions {
-    /// Size of one memtable; two may exist at once.
-    pub write_buffer_size: usize,
-    /// Shared block cache for reads.
-    pub block_cache_size: usize,
+    memory: usize,
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+    /// Size of one memtable of one store.
+    write_buffer_size: usize,
+    /// Most SST files each store keeps open.
+    max_open_files: i32,
+}
+
+impl std::fmt::Debug for RocksOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksOptions")
+            .field("memory", &self.memory)
+            .field("write_buffer_size", &self.write_buffer_size)
+            .field("max_open_files", &self.max_open_files)
+            .finish()
+    }
+}
+
+/// Default budget of a process's state stores.
+pub const DEFAULT_STATE_MEMORY: usize = 512 << 20;
+
+/// Most SST files one store keeps open (bounds its index and filter memory).
+const MAX_OPEN_FILES: i32 = 256;
+
+impl RocksOptions {
+    /// A budget of `memory` bytes for every store opened with a clone.
+    pub fn with_memory(memory: usize) -> RocksOptions {
+        let memory = memory.max(16 << 20);
+        let cache = Cache::new_lru_cache(memory);
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            memory / 4,
+            // No stalls: an idle store holding memtables would stall every
+            // other store's writers until it flushed, which it never does.
+            false,
+            cache.clone(),
+        );
+        RocksOptions {
+            memory,
+            cache,
+            write_buffers,
+            write_buffer_size: (memory / 16).min(32 << 20),
+            max_open_files: MAX_OPEN_FILES,
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn memory(&self) -> usize {
+        self.memory
+    }
+
+    /// Bytes the shared cache holds now, memtables included.
+    pub fn usage(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    /// Bytes of memtables of every store now.
+    pub fn memtable_usage(&self) -> usize {
+        self.write_buffers.get_usage()
+    }
 }
 
 impl Default for RocksOptions {
     fn default() -> RocksOptions {
-        RocksOptions {
-            write_buffer_size: 32 << 20,
-            block_cache_size: 64 << 20,
-        }
+        RocksOptions::with_memory(DEFAULT_STATE_MEMORY)
     }
 }
 
@@ -137,6 +198,8 @@ fn db_options(options: &RocksOptions) -> Options {
     o.create_missing_column_families(true);
     o.set_write_buffer_size(options.write_buffer_size);
     o.set_max_write_buffer_number(2);
+    o.set_write_buffer_manager(&options.write_buffers);
+    o.set_max_open_files(options.max_open_files);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     o.set_max_background_jobs(2);
     // State is written once and deleted by range when it expires: universal
@@ -152,7 +215,7 @@ fn db_options(options: &RocksOptions) -> Options {
     // stay in memory beside the cache: looking them up in the block cache
     // for every probe made lookups twice as slow (tributary bench dedup).
     table.set_bloom_filter(10.0, false);
-    table.set_block_cache(&Cache::new_lru_cache(options.block_cache_size));
+    table.set_block_cache(&options.cache);
     table.set_cache_index_and_filter_blocks(false);
     o.set_block_based_table_factory(&table);
     o
@@ -267,5 +330,41 @@ mod tests {
         let s = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
         assert_eq!(s.committed_batch().unwrap(), Some(4));
         assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn stores_sharing_a_budget_stay_within_it() {
+        let budget = RocksOptions::with_memory(32 << 20);
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut stores: Vec<RocksStore> = dirs
+            .iter()
+            .map(|d| RocksStore::open(d.path(), budget.clone()).unwrap())
+            .collect();
+        let (mut peak_memtables, mut peak_usage) = (0, 0);
+        let value = vec![7u8; 1000];
+        for batch in 0..40u64 {
+            for store in &mut stores {
+                let mut w = StagedWrites::default();
+                for i in 0..1000u64 {
+                    w.put((batch * 1000 + i).to_be_bytes().to_vec(), value.clone());
+                }
+                store.commit(batch, w).unwrap();
+                peak_memtables = peak_memtables.max(budget.memtable_usage());
+                peak_usage = peak_usage.max(budget.usage());
+            }
+        }
+        // 160 MB written through four stores: every store's memtables are
+        // charged to the one cache, which stays within the budget.
+        assert!(peak_memtables > 0 && peak_usage >= peak_memtables);
+        assert!(
+            peak_usage <= budget.memory() + (1 << 20),
+            "the budget's cache reached {peak_usage} bytes"
+        );
+        for store in &stores {
+            for k in (0..40_000u64).step_by(97) {
+                assert_eq!(store.get(&k.to_be_bytes()).unwrap(), Some(value.clone()));
+            }
+        }
+        assert!(budget.usage() <= budget.memory() + (1 << 20));
     }
 }
