@@ -180,3 +180,64 @@ def test_ingest_beside_a_compaction_loop_for_a_minute(binary, dev_stack, tmp_pat
     # Every compaction commit changed the layout only: the version before it reads the same rows.
     for v in optimize_versions[:3]:
         assert checksum(table, EVENT, version=v - 1) == checksum(table, EVENT, version=v)
+
+
+PEAK_RSS = """import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stderr.write(done.stderr)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def compact_peak_rss(binary, spec):
+    """`tributary compact` run alone under a fresh Python: (exit code, peak RSS in bytes)."""
+    import sys
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, binary, "compact", "--spec", str(spec)],
+                          capture_output=True, text=True, timeout=300)
+    code, peak = done.stdout.split()
+    return int(code), int(peak), done.stderr
+
+
+def small_files_table(path, files, rows, value_bytes):
+    """A table of `files` appends of incompressible rows: as large in memory as on disk."""
+    import os
+    from deltalake import write_deltalake
+    for f in range(files):
+        write_deltalake(str(path), pyarrow.table({
+            "id": pyarrow.array(range(f * rows, (f + 1) * rows), pyarrow.int64()),
+            "blob": pyarrow.array([os.urandom(value_bytes) for _ in range(rows)], pyarrow.binary()),
+        }), mode="append")
+
+
+def test_compaction_holds_about_its_memory_bound_however_large_the_partition(binary, tmp_path):
+    mib = 1 << 20
+    bound = 16 * mib
+    spec_text = f"""pipeline: blobs
+source:
+  kafka: {{bootstrap_servers: 'localhost:9092', topic: blobs}}
+  schema_registry: {{url: 'http://localhost:8081'}}
+table: {{uri: 'file://{tmp_path}/lake/TABLE'}}
+checkpoint: {{location: 'file://{tmp_path}/ckpt/TABLE'}}
+compaction: {{target_file_size: {8 * mib}, max_memory: {bound}, min_files: 2}}
+"""
+    # The same pass over four small files gives the process's own footprint.
+    small_files_table(tmp_path / "lake" / "few", 4, 100, 1000)
+    few = tmp_path / "few.yaml"
+    few.write_text(spec_text.replace("TABLE", "few"))
+    code, baseline, log = compact_peak_rss(binary, few)
+    assert code == 0, log[-3000:]
+
+    # 120 MB of small files in one partition: more than seven times the bound.
+    small_files_table(tmp_path / "lake" / "many", 120, 1000, 1000)
+    many = tmp_path / "many.yaml"
+    many.write_text(spec_text.replace("TABLE", "many"))
+    code, peak, log = compact_peak_rss(binary, many)
+    assert code == 0, log[-3000:]
+    table = DeltaTable(str(tmp_path / "lake" / "many"))
+    assert len(table.file_uris()) < 20
+    assert duck().execute(f"select count(*), sum(id) from delta_scan('{tmp_path}/lake/many')").fetchone() == \
+        (120_000, sum(range(120_000)))
+    # Several commits, each of at most the bound.
+    optimize = [h for h in table.history() if h["operation"] == "OPTIMIZE"]
+    assert len(optimize) >= 120 * mib // bound - 1, len(optimize)
+    assert peak - baseline < 4 * bound, f"peak RSS {peak / mib:.0f} MiB, {baseline / mib:.0f} MiB for four files"

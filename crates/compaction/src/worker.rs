@@ -91,13 +91,22 @@ pub async fn compact_once(spec: &TableSpec, options: PassOptions) -> Result<Pass
     let partition_columns = sink.table_partition_columns();
     let mut start = 0;
     while start < bins.len() {
-        // All bins of a partition go in one commit.
+        // The bins of a partition are committed in groups of at most
+        // `max_memory` bytes (at least one bin), so a pass holds a bounded
+        // number of encoded files however large the partition.
+        let mut bytes = 0;
         let end = start
             + bins[start..]
                 .iter()
-                .take_while(|b| b.partition_values == bins[start].partition_values)
+                .take_while(|b| {
+                    bytes += b.bytes();
+                    b.partition_values == bins[start].partition_values
+                        && (bytes <= policy.max_memory.0 || bytes == b.bytes())
+                })
                 .count();
         let partition = &bins[start..end];
+        let new_partition =
+            start == 0 || bins[start - 1].partition_values != partition[0].partition_values;
         start = end;
         let mut encoded = Vec::with_capacity(partition.len());
         for bin in partition {
@@ -123,7 +132,7 @@ pub async fn compact_once(spec: &TableSpec, options: PassOptions) -> Result<Pass
             .await?;
         match committed {
             Some(outcome) => {
-                report.partitions_rewritten += 1;
+                report.partitions_rewritten += usize::from(new_partition);
                 report.files_removed += removed;
                 report.files_added += outcome.files_added;
                 report.bytes_rewritten += bytes;
@@ -145,36 +154,37 @@ pub async fn compact_once(spec: &TableSpec, options: PassOptions) -> Result<Pass
     Ok(report)
 }
 
-/// Reads a bin's files and encodes their rows as one file.
+/// Reads a bin's files, one at a time, and encodes their rows as one file.
 async fn rewrite_bin(
     sink: &DeltaTableSink,
     bin: &Bin,
     partition_columns: &[String],
     z_order_by: &[String],
 ) -> Result<tributary_delta::EncodedFile> {
-    let mut batches = Vec::new();
-    for file in &bin.files {
-        batches.extend(sink.read_data_file(file).await?);
-    }
+    // One file per bin, whatever its size: the bin's size is the limit.
+    let mut encoder = BatchEncoder::new(partition_columns.to_vec(), u64::MAX);
     let key = bin.partition_values.clone();
-    let columns = partition_columns.to_vec();
-    let z_columns = z_order_by.to_vec();
-    let encoded = tokio::task::spawn_blocking(move || -> Result<_> {
-        // One file per bin, whatever its size: the bin's size is the limit.
-        let mut encoder = BatchEncoder::new(columns, u64::MAX);
-        if z_columns.is_empty() {
-            for batch in &batches {
-                encoder.push_partition(key.clone(), batch)?;
-            }
-        } else if let Some(first) = batches.first() {
-            let all = concat_batches(&first.schema(), &batches)?;
-            drop(batches);
-            encoder.push_partition(key, &z_order(&all, &z_columns)?)?;
+    let mut z_rows = Vec::new();
+    for file in &bin.files {
+        let batches = sink.read_data_file(file).await?;
+        if z_order_by.is_empty() {
+            tokio::task::block_in_place(|| {
+                batches
+                    .iter()
+                    .try_for_each(|batch| encoder.push_partition(key.clone(), batch))
+            })?;
+        } else {
+            z_rows.extend(batches);
         }
-        Ok(encoder.finish()?)
-    })
-    .await
-    .map_err(|e| CompactionError::Internal(format!("encoder task failed: {e}")))??;
+    }
+    if let Some(first) = z_rows.first() {
+        let all = concat_batches(&first.schema(), &z_rows)?;
+        drop(z_rows);
+        let sorted = tokio::task::block_in_place(|| z_order(&all, z_order_by))?;
+        drop(all);
+        tokio::task::block_in_place(|| encoder.push_partition(key, &sorted))?;
+    }
+    let encoded = tokio::task::block_in_place(|| encoder.finish())?;
     encoded
         .files
         .into_iter()

@@ -488,6 +488,15 @@ pub struct CompactionSpec {
     #[serde(default = "default_compacted_file_size")]
     #[schemars(default = "default_compacted_file_size")]
     pub target_file_size: ByteSize,
+    /// Most bytes of small files a pass rewrites before committing them. A
+    /// partition's bins are committed in groups of at most this many bytes,
+    /// and each bin is read one file at a time, so a pass holds about this
+    /// much (plus one input file) however large the partition. At least
+    /// `target_file_size`: one bin must fit. With `z_order_by`, a bin's rows
+    /// are sorted together, so one bin's decoded rows are held at once.
+    #[serde(default = "default_compaction_max_memory")]
+    #[schemars(default = "default_compaction_max_memory")]
+    pub max_memory: ByteSize,
     /// A partition is rewritten only when it has at least this many files
     /// smaller than `target_file_size`.
     #[serde(default = "default_min_files")]
@@ -642,6 +651,10 @@ fn default_compacted_file_size() -> ByteSize {
     ByteSize(256 << 20)
 }
 
+fn default_compaction_max_memory() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
 fn default_min_files() -> u32 {
     8
 }
@@ -672,6 +685,7 @@ impl Default for CompactionSpec {
             enabled: default_true(),
             interval: default_compaction_interval(),
             target_file_size: default_compacted_file_size(),
+            max_memory: default_compaction_max_memory(),
             min_files: default_min_files(),
             quiet_for: default_quiet_for(),
             z_order_by: Vec::new(),

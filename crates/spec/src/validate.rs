@@ -333,6 +333,15 @@ impl TableSpec {
                 "must be greater than zero".into(),
             );
         }
+        if c.max_memory.0 < c.target_file_size.0 {
+            problem(
+                "compaction.max_memory",
+                format!(
+                    "{} bytes is less than compaction.target_file_size ({} bytes): one bin must fit",
+                    c.max_memory.0, c.target_file_size.0
+                ),
+            );
+        }
         if c.min_files < 2 {
             problem(
                 "compaction.min_files",
