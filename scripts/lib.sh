@@ -101,3 +101,27 @@ kafka_jars() {
     fi
     export KAFKA_LIBS
 }
+
+# The fuzz targets (fuzz/): cargo-fuzz from crates.io, built once into the
+# cache, and libFuzzer without a sanitizer, which works on the stable
+# toolchain. Each target runs for FUZZ_SECONDS from the corpus kept in the
+# repository (new inputs go to a scratch directory); a crash fails the run
+# and leaves its input under fuzz/artifacts/ to become a regression seed.
+CARGO_FUZZ_ROOT="${TRIBUTARY_CARGO_FUZZ_ROOT:-$HOME/.cache/tributary/cargo-fuzz}"
+
+fuzz_targets() {
+    if ! "$CARGO_FUZZ_ROOT/bin/cargo-fuzz" --version 2>/dev/null | grep -q "0.13.2"; then
+        step "building cargo-fuzz 0.13.2 (once)"
+        cargo install cargo-fuzz --version 0.13.2 --locked --root "$CARGO_FUZZ_ROOT"
+    fi
+    local seconds="${FUZZ_SECONDS:-60}" scratch target
+    scratch="$(mktemp -d)"
+    for target in framed_decoder spec_parser; do
+        step "fuzzing $target for ${seconds}s"
+        mkdir -p "$scratch/$target"
+        (cd fuzz && PATH="$CARGO_FUZZ_ROOT/bin:$PATH" CARGO_TARGET_DIR="$HOME/.cache/tributary/fuzz-target" \
+            cargo fuzz run --sanitizer none "$target" \
+            "$scratch/$target" "corpus/$target" -- -max_total_time="$seconds" -print_final_stats=1)
+    done
+    rm -rf "$scratch"
+}

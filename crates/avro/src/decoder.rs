@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
+use arrow::datatypes::SchemaRef;
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
-use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
-use deltalake::arrow::datatypes::SchemaRef;
 use tributary_core::{DeadLetter, DeadLetterReason, RawRecord};
 
 use crate::body_check::BodyCheck;
@@ -90,8 +90,8 @@ impl FutureBound {
         pending: &Pending,
         rows: &[usize],
         out: &mut DecodedChunk,
-    ) -> Result<Option<deltalake::arrow::array::BooleanArray>> {
-        use deltalake::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+    ) -> Result<Option<arrow::array::BooleanArray>> {
+        use arrow::datatypes::{DataType, Int64Type, TimeUnit};
         let Some(column) = batch.column_by_name(&self.column) else {
             return Ok(None);
         };
@@ -102,7 +102,7 @@ impl FutureBound {
             DataType::Timestamp(TimeUnit::Nanosecond, _) => |v| v.div_euclid(1_000_000),
             _ => return Ok(None),
         };
-        let values = deltalake::arrow::compute::cast(column, &DataType::Int64)?;
+        let values = arrow::compute::cast(column, &DataType::Int64)?;
         let values = values.as_primitive::<Int64Type>();
         let mut keep = Vec::with_capacity(rows.len());
         for (i, &record) in rows.iter().enumerate() {
@@ -157,11 +157,11 @@ impl RecordColumns {
 
     /// `batch` with these columns appended, from `records` (one per row).
     fn append(&self, batch: RecordBatch, pending: &Pending, rows: &[usize]) -> Result<RecordBatch> {
-        use deltalake::arrow::array::{
+        use arrow::array::{
             ArrayRef, BinaryBuilder, Int32Array, Int64Array, MapBuilder, MapFieldNames,
             StringArray, StringBuilder, TimestampMillisecondArray,
         };
-        use deltalake::arrow::datatypes::{Field, Schema};
+        use arrow::datatypes::{Field, Schema};
         let records: Vec<&PendingRecord> = rows.iter().map(|&i| &pending.records[i]).collect();
         let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
@@ -343,17 +343,15 @@ impl SchemaDecoder {
         if let Some(bound) = &self.columns.future
             && let Some(keep) = bound.keep(&batch, &self.pending, rows, out)?
         {
-            batch = deltalake::arrow::compute::filter_record_batch(&batch, &keep)?;
+            batch = arrow::compute::filter_record_batch(&batch, &keep)?;
         }
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let mut metadata = batch.schema().metadata().clone();
         metadata.insert(SCHEMA_ID_METADATA.to_string(), self.id.to_string());
-        let schema = deltalake::arrow::datatypes::Schema::new_with_metadata(
-            batch.schema().fields().clone(),
-            metadata,
-        );
+        let schema =
+            arrow::datatypes::Schema::new_with_metadata(batch.schema().fields().clone(), metadata);
         out.batches.push(batch.with_schema(Arc::new(schema))?);
         Ok(())
     }
@@ -496,7 +494,7 @@ impl SchemaDecoder {
         }
         self.rebuild()?;
         if let Some(first) = good.first() {
-            let batch = deltalake::arrow::compute::concat_batches(&first.schema(), &good)?;
+            let batch = arrow::compute::concat_batches(&first.schema(), &good)?;
             self.finished(batch, &good_rows, out)?;
         }
         Ok(())
@@ -662,9 +660,9 @@ impl KeyDecoder {
             let data_type = if self.wrapped {
                 schema.field(0).data_type().clone()
             } else {
-                deltalake::arrow::datatypes::DataType::Struct(schema.fields().clone())
+                arrow::datatypes::DataType::Struct(schema.fields().clone())
             };
-            return Ok(deltalake::arrow::array::new_null_array(&data_type, 0));
+            return Ok(arrow::array::new_null_array(&data_type, 0));
         }
         for key in keys {
             decoder
@@ -807,6 +805,21 @@ impl RecordDecoder {
         }
     }
 
+    /// Decodes the records of writer schema `id` with `schema_json` without
+    /// asking the registry (the fuzz targets have none).
+    pub fn preload(&mut self, id: u32, schema_json: &str) -> Result<()> {
+        let decoder = SchemaDecoder::new(
+            id,
+            schema_json.to_string(),
+            self.batch_rows,
+            self.columns.clone(),
+        )
+        .map_err(|message| AvroError::UnsupportedSchema { id, message })?;
+        self.make_room()?;
+        self.decoders.insert(id, decoder);
+        Ok(())
+    }
+
     /// Flushes and drops the least recently used decoder when there are
     /// `MAX_SCHEMA_DECODERS`.
     fn make_room(&mut self) -> Result<()> {
@@ -918,13 +931,13 @@ impl RecordDecoder {
         &self,
         batch: &RecordBatch,
         index: usize,
-        raw: &deltalake::arrow::array::BinaryArray,
+        raw: &arrow::array::BinaryArray,
         start: usize,
         end: usize,
         key_id: Option<u32>,
     ) -> Result<RecordBatch> {
-        use deltalake::arrow::array::UInt32Array;
-        use deltalake::arrow::datatypes::{Field, Schema};
+        use arrow::array::UInt32Array;
+        use arrow::datatypes::{Field, Schema};
         let slice = batch.slice(start, end - start);
         let Some(decoder) = key_id.and_then(|id| self.keys.decoders.get(&id)) else {
             // No key at all: without a key schema there is no type, so the
@@ -950,7 +963,7 @@ impl RecordDecoder {
                 })
             })
             .collect();
-        let column = deltalake::arrow::compute::take(&decoded, &positions, None)?;
+        let column = arrow::compute::take(&decoded, &positions, None)?;
         let mut fields: Vec<Arc<Field>> = slice.schema().fields().iter().cloned().collect();
         let mut columns = slice.columns().to_vec();
         fields[index] = Arc::new(Field::new(

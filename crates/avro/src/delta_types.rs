@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use deltalake::arrow::array::{
+use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeBinaryArray, ListArray, MapArray, RecordBatch,
     StringBuilder, StructArray,
 };
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{AvroError, Result};
 
@@ -116,14 +116,13 @@ pub fn to_delta_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordB
                 source.field(i),
                 field.data_type(),
             )?),
-            Err(_) => columns.push(deltalake::arrow::array::new_null_array(
+            Err(_) => columns.push(arrow::array::new_null_array(
                 field.data_type(),
                 batch.num_rows(),
             )),
         }
     }
-    let options =
-        deltalake::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     Ok(RecordBatch::try_new_with_options(
         target.clone(),
         columns,
@@ -148,10 +147,7 @@ fn convert(array: &ArrayRef, from: &Field, to: &DataType) -> Result<ArrayRef> {
                 .map(
                     |t| match from_fields.iter().position(|f| f.name() == t.name()) {
                         Some(i) => convert(s.column(i), &from_fields[i], t.data_type()),
-                        None => Ok(deltalake::arrow::array::new_null_array(
-                            t.data_type(),
-                            s.len(),
-                        )),
+                        None => Ok(arrow::array::new_null_array(t.data_type(), s.len())),
                     },
                 )
                 .collect::<Result<Vec<_>>>()?;

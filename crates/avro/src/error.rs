@@ -21,7 +21,7 @@ pub enum AvroError {
     #[error("Avro type cannot be stored in Delta: {0}")]
     UnsupportedType(String),
     #[error("Arrow error: {0}")]
-    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    Arrow(#[from] arrow::error::ArrowError),
 }
 
 impl Classify for AvroError {
