@@ -6,6 +6,7 @@ appears nowhere in logs, progress events or the table."""
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -100,3 +101,101 @@ def test_wrong_credentials_fail_clearly_and_right_ones_work_without_leaking(bina
                  delta_log, log.read_text(), *served):
         assert SECRET not in text
     assert all(json.loads(line) for line in progress.read_text().splitlines())
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def certificates(directory):
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", cwd=directory)
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=directory)
+
+
+def mutual_tls_proxy(directory, upstream):
+    """An HTTPS front for the development registry that requires a client
+    certificate signed by the test CA (Python's ssl module, not Tributary's)."""
+    import http.server
+    import ssl
+    import threading
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            request = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as resp:
+                    status, payload, kind = resp.status, resp.read(), resp.headers.get("Content-Type")
+            except urllib.error.HTTPError as e:
+                status, payload, kind = e.code, e.read(), e.headers.get("Content-Type")
+            self.send_response(status)
+            self.send_header("Content-Type", kind or "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = forward
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem", directory / "server.key")
+    context.load_verify_locations(directory / "ca.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("dev_stack", [["pings:2"]], indirect=True)
+def test_a_registry_requiring_client_certificates(binary, dev_stack, tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    certificates(certs)
+    proxy = mutual_tls_proxy(certs, dev_stack.registry)
+    try:
+        url = f"https://127.0.0.1:{proxy.server_address[1]}"
+        schema_id = dev_stack.register("pings-value", SCHEMA)
+        dev_stack.produce("pings", [(None, confluent(schema_id, SCHEMA, {"n": n}), None) for n in range(200)])
+
+        def spec_with(name, tls):
+            table = tmp_path / "lake" / name
+            spec = write_spec(tmp_path / f"{name}.yaml", pipeline=name, bootstrap=dev_stack.bootstrap, topic="pings",
+                              registry=url, table=table, checkpoint=tmp_path / f"ckpt-{name}")
+            spec.write_text(spec.read_text().replace(f"url: '{url}'", f"url: '{url}'\n    ca_file: '{certs / 'ca.pem'}'{tls}"))
+            return spec, table
+
+        # Without a client certificate the handshake is refused: batches fail
+        # and are retried (as for any registry outage), saying why; nothing lands.
+        spec, table = spec_with("anonymous", "")
+        log = tmp_path / "anonymous.log"
+        refused = subprocess.Popen([binary, "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0"],
+                                   stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        try:
+            deadline = time.time() + 60
+            while "batch failed" not in log.read_text() and time.time() < deadline:
+                time.sleep(0.5)
+        finally:
+            refused.terminate()
+            refused.wait(30)
+        assert "batch failed" in log.read_text() and "CertificateRequired" in log.read_text(), log.read_text()[-3000:]
+        assert not (table / "_delta_log").exists() or duck().execute(
+            f"select count(*) from delta_scan('{table}')").fetchone()[0] == 0
+
+        spec, table = spec_with("mutual", f"\n    client_cert_file: '{certs / 'client.pem'}'"
+                                          f"\n    client_key_file: '{certs / 'client.key'}'")
+        accepted = run_spec(binary, spec, timeout=120)
+        assert accepted.returncode == 0, accepted.stderr[-2000:]
+        assert duck().execute(f"select count(*), sum(n) from delta_scan('{table}')").fetchone() == (200, sum(range(200)))
+    finally:
+        proxy.shutdown()

@@ -92,6 +92,8 @@ pub struct RegistryConfig {
     /// PEM file of the CAs that sign the registry's TLS certificate (beside
     /// the built-in web roots).
     pub ca_file: Option<std::path::PathBuf>,
+    /// PEM files of the client certificate and its key, for mutual TLS.
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Schemas kept by id. Ids never change their schema, so entries never go
@@ -201,6 +203,27 @@ impl RegistryClient {
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
+        }
+        if let Some((cert, key)) = &config.client_identity {
+            let read = |path: &std::path::PathBuf, what: &str| {
+                std::fs::read(path).map_err(|e| {
+                    AvroError::Config(format!(
+                        "cannot read the client {what} {}: {e}",
+                        path.display()
+                    ))
+                })
+            };
+            let mut pem = read(cert, "certificate")?;
+            pem.push(b'\n');
+            pem.extend(read(key, "key")?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                AvroError::Config(format!(
+                    "the client certificate {} and key {} are not a PEM certificate and its key: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
         }
         let http = builder
             .build()

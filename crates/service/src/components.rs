@@ -60,5 +60,9 @@ pub fn registry_config(registry: &RegistrySpec) -> Result<RegistryConfig> {
         timeout: registry.timeout.0,
         max_retries: registry.max_retries,
         ca_file: registry.ca_file.clone(),
+        client_identity: registry
+            .client_cert_file
+            .clone()
+            .zip(registry.client_key_file.clone()),
     })
 }

@@ -303,6 +303,14 @@ pub struct RegistrySpec {
     /// is not a public one.
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate (chain) Tributary presents to a
+    /// registry that requires mutual TLS; give `client_key_file` with it.
+    #[serde(default)]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or
+    /// SEC1); mount it as a secret.
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
     /// How producers name the value subject: `topic_name` (`<topic>-value`),
     /// `record_name` (the record's full name) or `topic_record_name`
     /// (`<topic>-<record full name>`). Decoding needs no subject (each record

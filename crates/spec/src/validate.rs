@@ -122,6 +122,12 @@ impl TableSpec {
                 ),
             ),
         }
+        if registry.client_cert_file.is_some() != registry.client_key_file.is_some() {
+            problem(
+                "source.schema_registry.client_cert_file",
+                "mutual TLS needs both client_cert_file and client_key_file".into(),
+            );
+        }
         if registry.timeout.0.is_zero() {
             problem(
                 "source.schema_registry.timeout",
