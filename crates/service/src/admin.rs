@@ -298,14 +298,7 @@ impl AdminState {
             return Err("pipelines not started".into());
         }
         let inner = self.lock();
-        if let Some((pipeline, _)) = inner.pipelines.iter().find(|(_, opened)| !**opened) {
-            return Err(format!("{pipeline}: no partitions assigned yet"));
-        }
-        if let Some(((pipeline, group), _)) = inner.open_groups.iter().find(|(_, up)| !**up) {
-            return Err(format!(
-                "{pipeline}/{group}: catching up (no batch committed, and records to read)"
-            ));
-        }
+        // A failure is named first: it is what an operator must act on.
         for ((pipeline, group), g) in &inner.groups {
             if let Some((error, true)) = &g.failing {
                 return Err(format!("{pipeline}/{group}: {error}"));
@@ -317,6 +310,14 @@ impl AdminState {
                     self.stuck_after
                 ));
             }
+        }
+        if let Some((pipeline, _)) = inner.pipelines.iter().find(|(_, opened)| !**opened) {
+            return Err(format!("{pipeline}: no partitions assigned yet"));
+        }
+        if let Some(((pipeline, group), _)) = inner.open_groups.iter().find(|(_, up)| !**up) {
+            return Err(format!(
+                "{pipeline}/{group}: catching up (no batch committed, and records to read)"
+            ));
         }
         Ok(())
     }
