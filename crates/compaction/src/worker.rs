@@ -98,10 +98,11 @@ pub async fn compact_once(spec: &TableSpec, options: PassOptions) -> Result<Pass
         let end = start
             + bins[start..]
                 .iter()
-                .take_while(|b| {
+                .enumerate()
+                .take_while(|(i, b)| {
                     bytes += b.bytes();
                     b.partition_values == bins[start].partition_values
-                        && (bytes <= policy.max_memory.0 || bytes == b.bytes())
+                        && (*i == 0 || bytes <= policy.max_memory.0)
                 })
                 .count();
         let partition = &bins[start..end];

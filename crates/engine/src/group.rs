@@ -66,10 +66,9 @@ pub(crate) async fn run_group(
     scope: GroupScope,
     member: Option<Arc<GroupMember>>,
 ) -> Result<RunSummary> {
-    let group = scope.name.clone();
     let mut run = Run::new(spec, options, components, scope, member);
     let outcome = retry_runs(spec, options, &mut run).await;
-    options.tell_group(&spec.pipeline, &group, GroupStep::Closed);
+    options.tell_group(&spec.pipeline, &run.scope.name, GroupStep::Closed);
     outcome
 }
 

@@ -47,16 +47,7 @@ fn parse_spec_with_env(
     let mut unset = Vec::new();
     expand_env_in(&mut value, String::new(), env, &mut expanded, &mut unset);
     if !unset.is_empty() {
-        return Err(invalid(
-            unset
-                .into_iter()
-                .map(|(path, message)| Problem {
-                    line: lines.line_of(&path),
-                    path,
-                    message,
-                })
-                .collect(),
-        ));
+        return Err(problems_at(file, source, unset));
     }
     let mut problems = Vec::new();
     // serde stops at the first error. To report them all, remove the offending
@@ -274,17 +265,19 @@ fn retype_expanded(value: &mut Value, path: &str, expanded: &mut Vec<String>) ->
         return false;
     };
     expanded.swap_remove(at);
-    let Some(Value::String(text)) = value_at(value, path) else {
+    let Some(slot) = value_at(value, path) else {
         return false;
     };
-    let retyped = match serde_yaml::from_str::<Value>(text) {
-        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
-        _ => return false,
+    let Value::String(text) = slot else {
+        return false;
     };
-    if let Some(slot) = value_at(value, path) {
-        *slot = retyped;
+    match serde_yaml::from_str::<Value>(text) {
+        Ok(retyped @ (Value::Number(_) | Value::Bool(_))) => {
+            *slot = retyped;
+            true
+        }
+        _ => false,
     }
-    true
 }
 
 fn value_at<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {

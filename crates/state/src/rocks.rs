@@ -69,21 +69,6 @@ impl RocksOptions {
             max_open_files: MAX_OPEN_FILES,
         }
     }
-
-    /// The budget in bytes.
-    pub fn memory(&self) -> usize {
-        self.memory
-    }
-
-    /// Bytes the shared cache holds now, memtables included.
-    pub fn usage(&self) -> usize {
-        self.cache.get_usage()
-    }
-
-    /// Bytes of memtables of every store now.
-    pub fn memtable_usage(&self) -> usize {
-        self.write_buffers.get_usage()
-    }
 }
 
 impl Default for RocksOptions {
@@ -349,15 +334,15 @@ mod tests {
                     w.put((batch * 1000 + i).to_be_bytes().to_vec(), value.clone());
                 }
                 store.commit(batch, w).unwrap();
-                peak_memtables = peak_memtables.max(budget.memtable_usage());
-                peak_usage = peak_usage.max(budget.usage());
+                peak_memtables = peak_memtables.max(budget.write_buffers.get_usage());
+                peak_usage = peak_usage.max(budget.cache.get_usage());
             }
         }
         // 160 MB written through four stores: every store's memtables are
         // charged to the one cache, which stays within the budget.
         assert!(peak_memtables > 0 && peak_usage >= peak_memtables);
         assert!(
-            peak_usage <= budget.memory() + (1 << 20),
+            peak_usage <= budget.memory + (1 << 20),
             "the budget's cache reached {peak_usage} bytes"
         );
         for store in &stores {
@@ -365,6 +350,6 @@ mod tests {
                 assert_eq!(store.get(&k.to_be_bytes()).unwrap(), Some(value.clone()));
             }
         }
-        assert!(budget.usage() <= budget.memory() + (1 << 20));
+        assert!(budget.cache.get_usage() <= budget.memory + (1 << 20));
     }
 }
