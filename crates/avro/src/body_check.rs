@@ -9,47 +9,72 @@
 //! branch or enum symbol that does not exist, a string that is not UTF-8,
 //! bytes after the record. Anything it passes and the decoder still refuses
 //! takes the slow path in `decoder.rs`.
+//!
+//! The schema is compiled into flat blocks of operations: a record's fields,
+//! nested records included, are one block run in a single loop, and only
+//! unions, arrays, maps and recursive references enter another block. While
+//! malformed records keep arriving every record is checked, so the check is
+//! kept to a few nanoseconds a field.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 
-/// The writer schema, compiled into a tree the check walks.
+/// The writer schema, compiled into blocks of operations.
 #[derive(Debug)]
 pub struct BodyCheck {
-    nodes: Vec<Node>,
-    root: usize,
+    /// Every block's operations, one block after another.
+    ops: Vec<Op>,
+    /// Each block's range in `ops`: start and length.
+    blocks: Vec<(u32, u32)>,
+    /// Each union's branches, as blocks.
+    unions: Vec<Vec<u32>>,
+    root: u32,
 }
 
-#[derive(Debug, Clone)]
-enum Node {
-    Null,
-    Boolean,
+/// One step of the check: small and `Copy`, so a block is a tight loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
     /// `int` and `long` (and their logical types): a zig-zag varint.
     Varint,
-    Float,
-    Double,
+    /// Bytes of a fixed size: `boolean`, `float`, `double`, `fixed`.
+    Skip(u32),
     Bytes,
     String,
-    Fixed(usize),
-    Enum(usize),
-    /// Indexes of the fields' nodes, in order.
-    Record(Vec<usize>),
-    Array(usize),
-    Map(usize),
-    Union(Vec<usize>),
-    /// A named type used before its definition ends (a recursive schema):
-    /// resolved once the whole schema is compiled.
-    Named(String),
+    /// An enum's symbol index, below its count of symbols.
+    Enum(u32),
+    /// A union of `null` and one other type, whose `len` operations follow
+    /// inline: skipped when the branch read is `null` (branch `null_branch`).
+    Nullable {
+        null_branch: u32,
+        len: u32,
+    },
+    /// Any other union, by its index in `unions`.
+    Union(u32),
+    /// An array of `items` blocks, each at least `min_width` bytes.
+    Array {
+        items: u32,
+        min_width: u32,
+    },
+    /// A map of string keys to `values` blocks.
+    Map(u32),
+    /// A record's block entered instead of inlined: a record referenced
+    /// while it is compiled (a recursive schema), or a large one.
+    Call(u32),
 }
 
-/// Deepest nesting checked; deeper bodies (only possible with recursive
-/// schemas) are refused rather than risking the stack.
-const MAX_DEPTH: usize = 64;
+/// Deepest nesting checked (blocks entered); deeper bodies (only possible
+/// with recursive schemas) are refused rather than risking the stack.
+const MAX_DEPTH: u32 = 64;
 
 /// Most items of zero bytes (nulls) one array block may hold: a few bytes
 /// could otherwise ask the decoder for billions of rows.
 const MAX_EMPTY_ITEMS: u64 = 1 << 20;
+
+/// A record of more operations than this is entered where it is referenced
+/// again instead of copied, so a schema that uses a large record many times
+/// (or nests such uses) cannot blow up the compiled check.
+const MAX_INLINED: usize = 64;
 
 impl BodyCheck {
     /// `None` when the schema uses something the check does not know; the
@@ -57,27 +82,31 @@ impl BodyCheck {
     pub fn compile(schema_json: &str) -> Option<BodyCheck> {
         let schema: Value = serde_json::from_str(schema_json).ok()?;
         let mut compiler = Compiler::default();
-        let root = compiler.node(&schema, "")?;
-        let Compiler { mut nodes, names } = compiler;
-        for i in 0..nodes.len() {
-            if let Node::Named(name) = &nodes[i] {
-                let target = *names.get(name.as_str())?;
-                nodes[i] = nodes[target].clone();
-            }
-        }
-        Some(BodyCheck { nodes, root })
+        let root = compiler.block(&schema, "")?;
+        let Compiler {
+            ops,
+            blocks,
+            unions,
+            ..
+        } = compiler;
+        Some(BodyCheck {
+            ops,
+            blocks,
+            unions,
+            root,
+        })
     }
 
     /// `Err` with the dead letter's reason when `body` is not exactly one
     /// record of the schema.
     pub fn check(&self, body: &[u8]) -> Result<(), String> {
-        let mut reader = Reader { body, at: 0 };
-        self.walk(self.root, &mut reader, 0).map_err(|e| match e {
-            Fault::Truncated => {
-                "truncated Avro body: the record ends before its schema does".to_string()
-            }
-            Fault::Invalid(m) => format!("invalid Avro body: {m}"),
-        })?;
+        let mut reader = Reader {
+            body,
+            at: 0,
+            fault: Fault::Truncated,
+        };
+        self.run(self.root, &mut reader, 0)
+            .map_err(|Stop| reader.fault.reason())?;
         match body.len() - reader.at {
             0 => Ok(()),
             n => Err(format!(
@@ -86,105 +115,144 @@ impl BodyCheck {
         }
     }
 
-    fn walk(&self, node: usize, r: &mut Reader<'_>, depth: usize) -> Result<(), Fault> {
+    fn run(&self, block: u32, r: &mut Reader<'_>, depth: u32) -> Result<(), Stop> {
         if depth > MAX_DEPTH {
-            return Err(Fault::Invalid(format!(
-                "nested deeper than {MAX_DEPTH} levels"
-            )));
+            return Err(r.fail(Fault::TooDeep));
         }
-        match &self.nodes[node] {
-            Node::Null => Ok(()),
-            Node::Boolean => r.skip(1),
-            Node::Varint => r.varint().map(drop),
-            Node::Float => r.skip(4),
-            Node::Double => r.skip(8),
-            Node::Bytes => {
-                let n = r.length()?;
-                r.skip(n)
-            }
-            Node::String => {
-                let n = r.length()?;
-                let text = r.take(n)?;
-                if text.is_ascii() || std::str::from_utf8(text).is_ok() {
-                    Ok(())
-                } else {
-                    Err(Fault::Invalid("a string is not valid UTF-8".into()))
+        let (start, len) = self.blocks[block as usize];
+        let ops = &self.ops[start as usize..(start + len) as usize];
+        let mut at = 0;
+        while let Some(&op) = ops.get(at) {
+            at += 1;
+            match op {
+                Op::Varint => r.varint().map(drop)?,
+                Op::Skip(n) => r.skip(n as usize)?,
+                Op::Bytes => {
+                    let n = r.length()?;
+                    r.skip(n)?;
                 }
-            }
-            Node::Fixed(size) => r.skip(*size),
-            Node::Enum(symbols) => {
-                let i = r.varint()?;
-                if i < 0 || i as usize >= *symbols {
-                    return Err(Fault::Invalid(format!("enum symbol {i} of {symbols}")));
+                Op::String => {
+                    let n = r.length()?;
+                    if !is_utf8(r.take(n)?) {
+                        return Err(r.fail(Fault::StringUtf8));
+                    }
                 }
-                Ok(())
+                Op::Enum(symbols) => {
+                    let i = r.varint()?;
+                    if !(0..i64::from(symbols)).contains(&i) {
+                        return Err(r.fail(Fault::Enum(i, symbols)));
+                    }
+                }
+                Op::Nullable { null_branch, len } => match r.varint()? {
+                    branch if branch == i64::from(null_branch) => at += len as usize,
+                    branch if branch == i64::from(1 - null_branch) => {}
+                    branch => return Err(r.fail(Fault::Branch(branch, 2))),
+                },
+                Op::Union(union) => {
+                    let branches = &self.unions[union as usize];
+                    let i = r.varint()?;
+                    let Some(branch) = usize::try_from(i).ok().and_then(|i| branches.get(i)) else {
+                        return Err(r.fail(Fault::Branch(i, branches.len())));
+                    };
+                    self.run(*branch, r, depth + 1)?;
+                }
+                Op::Array { items, min_width } => {
+                    r.blocks(min_width, |r| self.run(items, r, depth + 1))?;
+                }
+                Op::Map(values) => r.blocks(1, |r| {
+                    let n = r.length()?;
+                    if !is_utf8(r.take(n)?) {
+                        return Err(r.fail(Fault::KeyUtf8));
+                    }
+                    self.run(values, r, depth + 1)
+                })?,
+                Op::Call(record) => self.run(record, r, depth + 1)?,
             }
-            Node::Record(fields) => fields.iter().try_for_each(|&f| self.walk(f, r, depth + 1)),
-            Node::Array(item) => {
-                r.blocks(self.min_width(*item, 0), |r| self.walk(*item, r, depth + 1))
-            }
-            Node::Map(value) => r.blocks(1, |r| {
-                let n = r.length()?;
-                let key = r.take(n)?;
-                std::str::from_utf8(key)
-                    .map_err(|_| Fault::Invalid("a map key is not valid UTF-8".into()))?;
-                self.walk(*value, r, depth + 1)
-            }),
-            Node::Union(branches) => {
-                let i = r.varint()?;
-                let branch = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| branches.get(i))
-                    .ok_or_else(|| {
-                        Fault::Invalid(format!("union branch {i} of {}", branches.len()))
-                    })?;
-                self.walk(*branch, r, depth + 1)
-            }
-            Node::Named(_) => unreachable!("named references are resolved at compile time"),
         }
-    }
-
-    /// The fewest bytes a value of `node` takes.
-    fn min_width(&self, node: usize, depth: usize) -> usize {
-        match &self.nodes[node] {
-            Node::Null => 0,
-            Node::Fixed(n) => *n,
-            Node::Float => 4,
-            Node::Double => 8,
-            Node::Record(fields) if depth < MAX_DEPTH => {
-                fields.iter().map(|&f| self.min_width(f, depth + 1)).sum()
-            }
-            Node::Record(_) => 0,
-            _ => 1,
-        }
+        Ok(())
     }
 }
 
+/// Most strings are ASCII: their bytes are OR-ed eight at a time, and only
+/// others pay for a full UTF-8 validation.
+#[inline]
+fn is_utf8(text: &[u8]) -> bool {
+    let mut words = text.chunks_exact(8);
+    let high = (&mut words)
+        .map(|word| <[u8; 8]>::try_from(word).map_or(u64::MAX, u64::from_le_bytes))
+        .fold(0, |high, word| high | word);
+    let tail = words.remainder().iter().fold(0, |high, &byte| high | byte);
+    (high & 0x8080_8080_8080_8080 == 0 && tail < 0x80) || std::str::from_utf8(text).is_ok()
+}
+
+/// A body failed; why is in `Reader::fault`. Zero-sized, so the check's
+/// results stay in registers.
+struct Stop;
+
+/// Why a body failed; its reason is written only for a bad record.
+#[derive(Debug, Clone, Copy)]
 enum Fault {
     Truncated,
-    Invalid(String),
+    LongVarint,
+    NegativeLength(i64),
+    StringUtf8,
+    KeyUtf8,
+    Enum(i64, u32),
+    Branch(i64, usize),
+    TooDeep,
+    EmptyItems(u64),
+}
+
+impl Fault {
+    fn reason(self) -> String {
+        let invalid = |m: String| format!("invalid Avro body: {m}");
+        match self {
+            Fault::Truncated => {
+                "truncated Avro body: the record ends before its schema does".to_string()
+            }
+            Fault::LongVarint => invalid("a varint is longer than 10 bytes".into()),
+            Fault::NegativeLength(n) => invalid(format!("negative length {n}")),
+            Fault::StringUtf8 => invalid("a string is not valid UTF-8".into()),
+            Fault::KeyUtf8 => invalid("a map key is not valid UTF-8".into()),
+            Fault::Enum(i, of) => invalid(format!("enum symbol {i} of {of}")),
+            Fault::Branch(i, of) => invalid(format!("union branch {i} of {of}")),
+            Fault::TooDeep => invalid(format!("nested deeper than {MAX_DEPTH} levels")),
+            Fault::EmptyItems(n) => invalid(format!(
+                "a block of {n} empty items (at most {MAX_EMPTY_ITEMS})"
+            )),
+        }
+    }
 }
 
 struct Reader<'a> {
     body: &'a [u8],
     at: usize,
+    /// Why the check stopped: truncated unless a step says otherwise.
+    fault: Fault,
 }
 
 impl<'a> Reader<'a> {
-    #[inline]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Fault> {
-        let end = self.at.checked_add(n).ok_or(Fault::Truncated)?;
-        let bytes = self.body.get(self.at..end).ok_or(Fault::Truncated)?;
+    #[cold]
+    fn fail(&mut self, fault: Fault) -> Stop {
+        self.fault = fault;
+        Stop
+    }
+
+    #[inline(always)]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Stop> {
+        let end = self.at.checked_add(n).ok_or(Stop)?;
+        let bytes = self.body.get(self.at..end).ok_or(Stop)?;
         self.at = end;
         Ok(bytes)
     }
 
-    fn skip(&mut self, n: usize) -> Result<(), Fault> {
+    #[inline(always)]
+    fn skip(&mut self, n: usize) -> Result<(), Stop> {
         self.take(n).map(drop)
     }
 
-    #[inline]
-    fn varint(&mut self) -> Result<i64, Fault> {
+    #[inline(always)]
+    fn varint(&mut self) -> Result<i64, Stop> {
         // Most varints (small numbers, lengths) are one byte.
         if let Some(&byte) = self.body.get(self.at)
             && byte < 0x80
@@ -194,20 +262,21 @@ impl<'a> Reader<'a> {
         }
         let mut value: u64 = 0;
         for shift in (0..70).step_by(7) {
-            let byte = *self.body.get(self.at).ok_or(Fault::Truncated)?;
+            let byte = *self.body.get(self.at).ok_or(Stop)?;
             self.at += 1;
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
             }
         }
-        Err(Fault::Invalid("a varint is longer than 10 bytes".into()))
+        Err(self.fail(Fault::LongVarint))
     }
 
     /// A length of bytes, a string or a map key.
-    fn length(&mut self) -> Result<usize, Fault> {
+    #[inline(always)]
+    fn length(&mut self) -> Result<usize, Stop> {
         let n = self.varint()?;
-        usize::try_from(n).map_err(|_| Fault::Invalid(format!("negative length {n}")))
+        usize::try_from(n).map_err(|_| self.fail(Fault::NegativeLength(n)))
     }
 
     /// Array and map blocks: a count, negative when followed by the block's
@@ -216,9 +285,9 @@ impl<'a> Reader<'a> {
     /// forged count costs nothing.
     fn blocks(
         &mut self,
-        item_width: usize,
-        mut item: impl FnMut(&mut Reader<'a>) -> Result<(), Fault>,
-    ) -> Result<(), Fault> {
+        item_width: u32,
+        mut item: impl FnMut(&mut Reader<'a>) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
         loop {
             let count = self.varint()?;
             if count == 0 {
@@ -229,13 +298,11 @@ impl<'a> Reader<'a> {
             }
             let count = count.unsigned_abs();
             let left = (self.body.len() - self.at) as u64;
-            if item_width > 0 && count > left / item_width as u64 {
-                return Err(Fault::Truncated);
+            if item_width > 0 && count > left / u64::from(item_width) {
+                return Err(Stop);
             }
             if item_width == 0 && count > MAX_EMPTY_ITEMS {
-                return Err(Fault::Invalid(format!(
-                    "a block of {count} empty items (at most {MAX_EMPTY_ITEMS})"
-                )));
+                return Err(self.fail(Fault::EmptyItems(count)));
             }
             for _ in 0..count {
                 item(self)?;
@@ -246,98 +313,212 @@ impl<'a> Reader<'a> {
 
 #[derive(Default)]
 struct Compiler {
-    nodes: Vec<Node>,
-    /// Named types by full name (and by bare name, as references may use it).
+    ops: Vec<Op>,
+    blocks: Vec<(u32, u32)>,
+    unions: Vec<Vec<u32>>,
+    /// Named types by full name (and by bare name, as references may use
+    /// it): their index in `named`.
     names: HashMap<String, usize>,
+    named: Vec<Named>,
+}
+
+/// What a reference to a named type compiles to.
+#[derive(Clone)]
+enum Named {
+    /// An enum's or a fixed's operation.
+    Op(Op),
+    /// A record's block, and its operations once compiled (copied where the
+    /// record is referenced again, unless large).
+    Record { block: u32, ops: Option<Vec<Op>> },
 }
 
 impl Compiler {
-    fn push(&mut self, node: Node) -> usize {
-        self.nodes.push(node);
-        self.nodes.len() - 1
+    /// Compiles `schema` into a block of its own (a record defined here is
+    /// its own block).
+    fn block(&mut self, schema: &Value, namespace: &str) -> Option<u32> {
+        let mut ops = Vec::new();
+        if let Value::Object(object) = schema
+            && let Some("record" | "error") = object.get("type").and_then(Value::as_str)
+        {
+            return self.emit_record(object, namespace, &mut ops);
+        }
+        self.emit(schema, namespace, &mut ops)?;
+        let range = self.place(&ops)?;
+        self.blocks.push(range);
+        u32::try_from(self.blocks.len() - 1).ok()
     }
 
-    fn node(&mut self, schema: &Value, namespace: &str) -> Option<usize> {
+    /// Appends a block's operations to the program: its range.
+    fn place(&mut self, ops: &[Op]) -> Option<(u32, u32)> {
+        let start = u32::try_from(self.ops.len()).ok()?;
+        self.ops.extend_from_slice(ops);
+        Some((start, u32::try_from(ops.len()).ok()?))
+    }
+
+    /// Appends the operations of `schema` to `out`.
+    fn emit(&mut self, schema: &Value, namespace: &str, out: &mut Vec<Op>) -> Option<()> {
         match schema {
-            Value::String(name) => self.primitive_or_named(name, namespace),
+            Value::String(name) => self.emit_name(name, namespace, out),
             Value::Array(branches) => {
-                let at = self.push(Node::Null);
+                if let [a, b] = &branches[..]
+                    && let Some(null_branch) = [a, b].iter().position(|t| *t == "null")
+                {
+                    let mut other = Vec::new();
+                    self.emit(if null_branch == 0 { b } else { a }, namespace, &mut other)?;
+                    out.push(Op::Nullable {
+                        null_branch: u32::from(null_branch == 1),
+                        len: u32::try_from(other.len()).ok()?,
+                    });
+                    out.extend_from_slice(&other);
+                    return Some(());
+                }
                 let branches = branches
                     .iter()
-                    .map(|b| self.node(b, namespace))
+                    .map(|b| self.block(b, namespace))
                     .collect::<Option<Vec<_>>>()?;
-                self.nodes[at] = Node::Union(branches);
-                Some(at)
+                out.push(Op::Union(u32::try_from(self.unions.len()).ok()?));
+                self.unions.push(branches);
+                Some(())
             }
             Value::Object(object) => {
                 let kind = object.get("type")?;
                 let Value::String(kind) = kind else {
                     // {"type": {...}}: a nested schema.
-                    return self.node(kind, namespace);
+                    return self.emit(kind, namespace, out);
                 };
                 match kind.as_str() {
-                    "record" | "error" | "enum" | "fixed" => {
-                        let (full, space) = full_name(object, namespace)?;
-                        let at = self.push(Node::Null);
-                        self.names.insert(full.clone(), at);
-                        if let Some((_, bare)) = full.rsplit_once('.') {
-                            self.names.entry(bare.to_string()).or_insert(at);
-                        }
-                        self.nodes[at] = match kind.as_str() {
-                            "enum" => Node::Enum(object.get("symbols")?.as_array()?.len()),
-                            "fixed" => {
-                                Node::Fixed(usize::try_from(object.get("size")?.as_u64()?).ok()?)
-                            }
-                            _ => Node::Record(
-                                object
-                                    .get("fields")?
-                                    .as_array()?
-                                    .iter()
-                                    .map(|f| self.node(f.get("type")?, &space))
-                                    .collect::<Option<Vec<_>>>()?,
-                            ),
+                    "record" | "error" => self.emit_record(object, namespace, out).map(drop),
+                    "enum" | "fixed" => {
+                        let op = if kind == "enum" {
+                            Op::Enum(u32::try_from(object.get("symbols")?.as_array()?.len()).ok()?)
+                        } else {
+                            Op::Skip(u32::try_from(object.get("size")?.as_u64()?).ok()?)
                         };
-                        Some(at)
+                        self.name(object, namespace, Named::Op(op))?;
+                        out.push(op);
+                        Some(())
                     }
                     "array" => {
-                        let item = self.node(object.get("items")?, namespace)?;
-                        Some(self.push(Node::Array(item)))
+                        let items = self.block(object.get("items")?, namespace)?;
+                        let min_width = self.min_width(items);
+                        out.push(Op::Array { items, min_width });
+                        Some(())
                     }
                     "map" => {
-                        let value = self.node(object.get("values")?, namespace)?;
-                        Some(self.push(Node::Map(value)))
+                        let values = self.block(object.get("values")?, namespace)?;
+                        out.push(Op::Map(values));
+                        Some(())
                     }
-                    other => self.primitive_or_named(other, namespace),
+                    other => self.emit_name(other, namespace, out),
                 }
             }
             _ => None,
         }
     }
 
-    fn primitive_or_named(&mut self, name: &str, namespace: &str) -> Option<usize> {
-        let node = match name {
-            "null" => Node::Null,
-            "boolean" => Node::Boolean,
-            "int" | "long" => Node::Varint,
-            "float" => Node::Float,
-            "double" => Node::Double,
-            "bytes" => Node::Bytes,
-            "string" => Node::String,
+    /// A record's fields are copied into `out`; the record also gets a
+    /// block of its own, reserved first so a recursive reference can enter
+    /// it: that block.
+    fn emit_record(
+        &mut self,
+        object: &serde_json::Map<String, Value>,
+        namespace: &str,
+        out: &mut Vec<Op>,
+    ) -> Option<u32> {
+        let block = u32::try_from(self.blocks.len()).ok()?;
+        self.blocks.push((0, 0));
+        let (named, space) = self.name(object, namespace, Named::Record { block, ops: None })?;
+        let mut ops = Vec::new();
+        for field in object.get("fields")?.as_array()? {
+            self.emit(field.get("type")?, &space, &mut ops)?;
+        }
+        self.blocks[block as usize] = self.place(&ops)?;
+        out.extend_from_slice(&ops);
+        self.named[named] = Named::Record {
+            block,
+            ops: Some(ops),
+        };
+        Some(block)
+    }
+
+    /// Records a named type under its full name, and under its bare name
+    /// unless another type took that first: its index in `named`, and the
+    /// namespace its fields inherit.
+    fn name(
+        &mut self,
+        object: &serde_json::Map<String, Value>,
+        namespace: &str,
+        named: Named,
+    ) -> Option<(usize, String)> {
+        let (full, space) = full_name(object, namespace)?;
+        let at = self.named.len();
+        self.named.push(named);
+        if let Some((_, bare)) = full.rsplit_once('.') {
+            self.names.entry(bare.to_string()).or_insert(at);
+        }
+        self.names.insert(full, at);
+        Some((at, space))
+    }
+
+    fn emit_name(&mut self, name: &str, namespace: &str, out: &mut Vec<Op>) -> Option<()> {
+        let op = match name {
+            "null" => return Some(()),
+            "boolean" => Op::Skip(1),
+            "int" | "long" => Op::Varint,
+            "float" => Op::Skip(4),
+            "double" => Op::Skip(8),
+            "bytes" => Op::Bytes,
+            "string" => Op::String,
             _ => {
                 let full = if name.contains('.') || namespace.is_empty() {
                     name.to_string()
                 } else {
                     format!("{namespace}.{name}")
                 };
-                return match self.names.get(&full).or_else(|| self.names.get(name)) {
-                    // Referenced by index: a record still being compiled
-                    // (a recursive schema) is fine, its node is reserved.
-                    Some(&at) => Some(at),
-                    None => Some(self.push(Node::Named(full))),
-                };
+                // Avro defines a name before its uses; an unknown one leaves
+                // the schema to the decoder.
+                let at = *self.names.get(&full).or_else(|| self.names.get(name))?;
+                match &self.named[at] {
+                    Named::Op(op) => *op,
+                    Named::Record {
+                        ops: Some(ops),
+                        block,
+                    } => {
+                        if ops.len() > MAX_INLINED {
+                            Op::Call(*block)
+                        } else {
+                            out.extend_from_slice(ops);
+                            return Some(());
+                        }
+                    }
+                    Named::Record { block, ops: None } => Op::Call(*block),
+                }
             }
         };
-        Some(self.push(node))
+        out.push(op);
+        Some(())
+    }
+
+    /// The fewest bytes a value of `block` takes. A record entered by
+    /// reference counts as none: it may still be compiling.
+    fn min_width(&self, block: u32) -> u32 {
+        let (start, len) = self.blocks[block as usize];
+        let ops = &self.ops[start as usize..(start + len) as usize];
+        let (mut width, mut at) = (0u32, 0);
+        while let Some(op) = ops.get(at) {
+            at += 1;
+            width = width.saturating_add(match op {
+                Op::Skip(n) => *n,
+                Op::Call(_) => 0,
+                // The branch may be null: only its index counts.
+                Op::Nullable { len, .. } => {
+                    at += *len as usize;
+                    1
+                }
+                _ => 1,
+            });
+        }
+        width
     }
 }
 
@@ -473,6 +654,70 @@ mod tests {
                 .contains("empty items")
         );
         assert_eq!(nulls.check(&[varint(3), varint(0)].concat()), Ok(()));
+    }
+
+    #[test]
+    fn recursive_and_reused_records_are_checked() {
+        let list = BodyCheck::compile(
+            r#"{"type": "record", "name": "Node", "fields": [
+                {"name": "value", "type": "int"},
+                {"name": "next", "type": ["null", "Node"]}]}"#,
+        )
+        .unwrap();
+        // 1 -> 2 -> 3 -> end.
+        let three = [
+            varint(1),
+            varint(1),
+            varint(2),
+            varint(1),
+            varint(3),
+            varint(0),
+        ]
+        .concat();
+        assert_eq!(list.check(&three), Ok(()));
+        assert!(
+            list.check(&three[..5])
+                .unwrap_err()
+                .starts_with("truncated")
+        );
+        let endless: Vec<u8> = [varint(1), varint(1)].concat().repeat(100);
+        assert!(list.check(&endless).unwrap_err().contains("deeper than 64"));
+
+        let pair = BodyCheck::compile(
+            r#"{"type": "record", "name": "Pair", "fields": [
+                {"name": "a", "type": {"type": "record", "name": "P", "fields": [
+                    {"name": "x", "type": "double"}, {"name": "ok", "type": "boolean"}]}},
+                {"name": "b", "type": "P"},
+                {"name": "c", "type": {"type": "array", "items": "P"}}]}"#,
+        )
+        .unwrap();
+        let body = [vec![0; 18], varint(2), vec![0; 18], varint(0)].concat();
+        assert_eq!(pair.check(&body), Ok(()));
+        // Two items announced, only one there: refused before reading any.
+        assert!(
+            pair.check(&body[..body.len() - 10])
+                .unwrap_err()
+                .starts_with("truncated")
+        );
+    }
+
+    #[test]
+    fn a_schema_reusing_large_records_stays_small() {
+        // Each level holds the previous one twice: copied, 2^20 fields.
+        let mut schema = r#"{"type": "record", "name": "L0", "fields": [
+            {"name": "a", "type": "long"}, {"name": "b", "type": "string"}]}"#
+            .to_string();
+        for level in 1..=20 {
+            let below = level - 1;
+            schema = format!(
+                r#"{{"type": "record", "name": "L{level}", "fields": [
+                    {{"name": "x", "type": {schema}}}, {{"name": "y", "type": "L{below}"}}]}}"#
+            );
+        }
+        let check = BodyCheck::compile(&schema).unwrap();
+        assert!(check.ops.len() < 10_000, "{} operations", check.ops.len());
+        let leaf = [varint(5), varint(1), b"z".to_vec()].concat();
+        assert_eq!(check.check(&leaf.repeat(1 << 20)), Ok(()));
     }
 
     #[test]
