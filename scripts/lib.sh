@@ -6,8 +6,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # C toolchain and headers for librdkafka (with TLS) and the Python used by tests.
 install_system_packages() {
-    # clang + libclang-dev: bindgen for the RocksDB bindings.
-    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev clang libclang-dev)
+    # clang + libclang-dev: bindgen for the RocksDB bindings. strace: a unit
+    # test reads the system calls that make the offsets log durable.
+    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev clang libclang-dev strace)
     # Any Python 3 with venv will do (Debian's, or pyenv's).
     if ! { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
         wanted+=(python3 python3-venv)

@@ -127,3 +127,67 @@ async fn a_local_announcement_cut_short_by_a_crash_is_ignored() {
     assert_eq!(announced.len(), 1);
     assert_eq!(announced["file:///t"], vec!["part-a.parquet".to_string()]);
 }
+
+/// Run alone, under `strace`, by the test below.
+#[tokio::test]
+#[ignore = "run under strace by a_new_intents_file_is_durable_with_its_directory"]
+async fn announce_once_in_the_directory_named_by_the_environment() {
+    let dir = std::env::var_os("TRIBUTARY_TEST_LOG_DIR").expect("TRIBUTARY_TEST_LOG_DIR");
+    let log = OffsetLog::open(&CheckpointStore::Local(dir.into()), "topic").unwrap();
+    log.intent(7)
+        .announce("file:///t", "part-a.parquet")
+        .await
+        .unwrap();
+}
+
+/// A new intents file survives a power loss only once its directory is
+/// fsynced after it was created: traced system calls show that order.
+#[test]
+fn a_new_intents_file_is_durable_with_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let log_dir = dir.path().join("log");
+    let traced = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=openat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "offset_log::tests::announce_once_in_the_directory_named_by_the_environment",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("TRIBUTARY_TEST_LOG_DIR", &log_dir)
+        .output()
+        .expect("strace, which scripts/lib.sh installs");
+    assert!(
+        traced.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&traced.stdout),
+        String::from_utf8_lossy(&traced.stderr)
+    );
+    let trace = std::fs::read_to_string(trace).unwrap();
+    let topic_dir = log_dir.join("offsets/topic");
+    let file = topic_dir.join("00000000000000000007.files");
+    let opened = |path: &Path, line: &str| {
+        line.contains(&format!("\"{}\"", path.display()))
+            .then(|| line.rsplit_once(" = ")?.1.trim().parse::<i32>().ok())
+            .flatten()
+    };
+    let mut lines = trace.lines();
+    lines
+        .by_ref()
+        .find(|l| l.contains("O_CREAT") && opened(&file, l).is_some())
+        .unwrap_or_else(|| panic!("the intents file was never created:\n{trace}"));
+    let mut directory_fds = Vec::new();
+    let synced_after = lines.any(|l| {
+        directory_fds.extend(opened(&topic_dir, l));
+        directory_fds
+            .iter()
+            .any(|fd| l.contains(&format!("fsync({fd})")))
+    });
+    assert!(
+        synced_after,
+        "the directory was not fsynced after the intents file was created:\n{trace}"
+    );
+}
