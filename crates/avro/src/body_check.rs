@@ -173,16 +173,29 @@ impl BodyCheck {
     }
 }
 
-/// Most strings are ASCII: their bytes are OR-ed eight at a time, and only
-/// others pay for a full UTF-8 validation.
-#[inline]
+/// Most strings are ASCII: their bytes are OR-ed eight at a time (a short
+/// string's first and last eight, or four, overlapping), and only others pay
+/// for a full UTF-8 validation.
+#[inline(always)]
 fn is_utf8(text: &[u8]) -> bool {
-    let mut words = text.chunks_exact(8);
-    let high = (&mut words)
-        .map(|word| <[u8; 8]>::try_from(word).map_or(u64::MAX, u64::from_le_bytes))
-        .fold(0, |high, word| high | word);
-    let tail = words.remainder().iter().fold(0, |high, &byte| high | byte);
-    (high & 0x8080_8080_8080_8080 == 0 && tail < 0x80) || std::str::from_utf8(text).is_ok()
+    let word = |w: &[u8]| <[u8; 8]>::try_from(w).map_or(u64::MAX, u64::from_le_bytes);
+    let n = text.len();
+    let high = if n >= 8 {
+        let ends = word(&text[..8]) | word(&text[n - 8..]);
+        if n <= 16 {
+            ends
+        } else {
+            text.chunks_exact(8)
+                .map(word)
+                .fold(ends, |high, w| high | w)
+        }
+    } else if n >= 4 {
+        let half = |w: &[u8]| <[u8; 4]>::try_from(w).map_or(u32::MAX, u32::from_le_bytes);
+        u64::from(half(&text[..4]) | half(&text[n - 4..]))
+    } else {
+        text.iter().fold(0, |high, &byte| high | u64::from(byte))
+    };
+    high & 0x8080_8080_8080_8080 == 0 || std::str::from_utf8(text).is_ok()
 }
 
 /// A body failed; why is in `Reader::fault`. Zero-sized, so the check's
@@ -205,21 +218,24 @@ enum Fault {
 
 impl Fault {
     fn reason(self) -> String {
-        let invalid = |m: String| format!("invalid Avro body: {m}");
+        // One allocation each, and no formatting for the fixed ones: a
+        // stream of bad records pays this per record.
         match self {
             Fault::Truncated => {
-                "truncated Avro body: the record ends before its schema does".to_string()
+                "truncated Avro body: the record ends before its schema does".into()
             }
-            Fault::LongVarint => invalid("a varint is longer than 10 bytes".into()),
-            Fault::NegativeLength(n) => invalid(format!("negative length {n}")),
-            Fault::StringUtf8 => invalid("a string is not valid UTF-8".into()),
-            Fault::KeyUtf8 => invalid("a map key is not valid UTF-8".into()),
-            Fault::Enum(i, of) => invalid(format!("enum symbol {i} of {of}")),
-            Fault::Branch(i, of) => invalid(format!("union branch {i} of {of}")),
-            Fault::TooDeep => invalid(format!("nested deeper than {MAX_DEPTH} levels")),
-            Fault::EmptyItems(n) => invalid(format!(
-                "a block of {n} empty items (at most {MAX_EMPTY_ITEMS})"
-            )),
+            Fault::LongVarint => "invalid Avro body: a varint is longer than 10 bytes".into(),
+            Fault::NegativeLength(n) => format!("invalid Avro body: negative length {n}"),
+            Fault::StringUtf8 => "invalid Avro body: a string is not valid UTF-8".into(),
+            Fault::KeyUtf8 => "invalid Avro body: a map key is not valid UTF-8".into(),
+            Fault::Enum(i, of) => format!("invalid Avro body: enum symbol {i} of {of}"),
+            Fault::Branch(i, of) => format!("invalid Avro body: union branch {i} of {of}"),
+            Fault::TooDeep => {
+                format!("invalid Avro body: nested deeper than {MAX_DEPTH} levels")
+            }
+            Fault::EmptyItems(n) => {
+                format!("invalid Avro body: a block of {n} empty items (at most {MAX_EMPTY_ITEMS})")
+            }
         }
     }
 }
