@@ -208,7 +208,7 @@ pub async fn decode(rows: u64) -> Result<()> {
 }
 
 /// Timed passes of `bench decode` over each input.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Records per timed slice of `bench decode`'s inputs.
 const SLICE: usize = 50_000;
