@@ -1,6 +1,8 @@
 """`tributary bench` as smoke tests: small sizes, no timing assertions. Each
-benchmark checks its own result (no lost row, every spoiled record and only
-those in the dead letters) and fails the run when it is wrong."""
+benchmark checks its own result (no lost row; every spoiled record and only
+those in the dead letters; every distinct key kept once; every closed window
+written once with the count, sum and distinct count of its rows) and fails
+the run when it is wrong."""
 
 import re
 import subprocess
@@ -12,3 +14,36 @@ def test_bench_decode_isolates_malformed_records(binary):
     rates = dict(re.findall(r"decode with\s+(\d+) % malformed:\s+(\d+) rows/s", result.stdout))
     assert set(rates) == {"1", "10"}, result.stdout
     assert all(int(r) > 0 for r in rates.values())
+
+
+def run_bench(binary, *args):
+    result = subprocess.run([binary, "bench", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def test_bench_ingest_drains_the_mock_cluster_without_loss(binary):
+    out = run_bench(binary, "ingest", "--rows", "30000")
+    assert re.search(r"drained into Delta in [\d.]+s: \d+ rows/s end to end, .* zero loss", out), out
+
+
+def test_bench_ingest_drains_apache_kafka_without_loss(binary, kafka):
+    broker = kafka.procs[1].pid
+    out = run_bench(binary, "ingest", "--rows", "30000", "--partitions", "4",
+                    "--bootstrap-servers", kafka.bootstrap, "--broker-pid", str(broker))
+    assert "30000 rows over 4 partitions" in out, out
+    assert "zero loss" in out, out
+    assert re.search(r"broker CPU during the drain: [\d.]+ core-seconds", out), out
+
+
+def test_bench_dedup_keeps_every_distinct_key_once(binary):
+    out = run_bench(binary, "dedup", "--keys", "100000", "--batch-rows", "20000")
+    assert re.search(r"end to end \(operate \+ commit\):\s+\d+ rows/s", out), out
+
+
+def test_bench_windows_match_an_independent_count(binary):
+    # 2 M rows span 33 minutes of event time: enough for windows to close
+    # under the 15-minute delay, each checked against the bench's own count.
+    out = run_bench(binary, "windows", "--rows", "2000000", "--batch-rows", "200000", "--cards", "100")
+    written = int(re.search(r"(\d+) final windows written", out).group(1))
+    assert written > 0, out

@@ -2,6 +2,7 @@
 //! over RocksDB state on disk, one thread, micro-batch by micro-batch, each
 //! batch's state committed as the pipeline commits it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,12 @@ use tributary_devstack::generator::Rng;
 use crate::{Result, ensure};
 
 const MINUTE: i64 = 60_000_000;
+
+/// The windows of `bench windows`: 10 minutes every 2, closed 15 minutes
+/// behind the newest event.
+const SIZE: i64 = 10 * MINUTE;
+const SLIDE: i64 = 2 * MINUTE;
+const DELAY: i64 = 15 * MINUTE;
 
 fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
@@ -110,13 +117,13 @@ fn dir_mib(path: &std::path::Path) -> f64 {
 }
 
 /// Runs batches of `batch_rows` through `operator` with its state in a
-/// fresh RocksDB; returns (operate time, commit time, output rows).
+/// fresh RocksDB, showing `inspect` each input and its output (untimed);
+/// returns (operate time, commit time, output rows, rows dropped).
 fn drive(
     operator: &Operator,
     store: &mut RocksStore,
-    total: u64,
-    batch_rows: usize,
-    cards: u64,
+    (total, batch_rows, cards): (u64, usize, u64),
+    mut inspect: impl FnMut(&RecordBatch, Option<&RecordBatch>) -> Result<()>,
 ) -> Result<(Duration, Duration, u64, u64)> {
     let mut rng = Rng::new(5);
     let (mut operate, mut commit) = (Duration::ZERO, Duration::ZERO);
@@ -127,8 +134,9 @@ fn drive(
         let n = batch_rows.min((total - first) as usize);
         let input = rows(&mut rng, first, n, cards);
         let started = Instant::now();
-        let operated = operator.process(store, batch_id, &[input])?;
+        let operated = operator.process(store, batch_id, std::slice::from_ref(&input))?;
         operate += started.elapsed();
+        inspect(&input, operated.rows.as_ref())?;
         out_rows += operated.rows.as_ref().map_or(0, |r| r.num_rows() as u64);
         dropped += operated.duplicates + operated.late_rows;
         let started = Instant::now();
@@ -148,7 +156,8 @@ pub fn dedup(keys: u64, batch_rows: usize) -> Result<()> {
     config.dedup_keys = vec!["event_id".into()];
     let operator = Operator::new(config);
     let started = Instant::now();
-    let (operate, commit, kept, dropped) = drive(&operator, &mut store, keys, batch_rows, 1)?;
+    let (operate, commit, kept, dropped) =
+        drive(&operator, &mut store, (keys, batch_rows, 1), |_, _| Ok(()))?;
     let total = started.elapsed();
     ensure!(
         kept == keys && dropped == 0,
@@ -182,10 +191,10 @@ pub fn dedup(keys: u64, batch_rows: usize) -> Result<()> {
 pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut store = RocksStore::open(dir.path(), RocksOptions::default())?;
-    let mut config = config(15 * MINUTE);
+    let mut config = config(DELAY);
     config.window = Some(Window::Sliding {
-        size: 10 * MINUTE,
-        slide: 2 * MINUTE,
+        size: SIZE,
+        slide: SLIDE,
     });
     config.group_by = vec!["card_id".into()];
     let agg = |name: &str, function, column: Option<&str>| Aggregation {
@@ -204,9 +213,22 @@ pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> Result<()> {
     ];
     let operator = Operator::new(config);
     let started = Instant::now();
-    let (operate, commit, windows, _) =
-        drive(&operator, &mut store, rows_total, batch_rows, cards)?;
+    let mut oracle = WindowOracle::default();
+    let mut seen = HashSet::new();
+    let (operate, commit, windows, dropped) = drive(
+        &operator,
+        &mut store,
+        (rows_total, batch_rows, cards),
+        |input, output| {
+            if let Some(output) = output {
+                oracle.compare(output, &mut seen)?;
+            }
+            oracle.add(input)
+        },
+    )?;
     let total = started.elapsed();
+    ensure!(dropped == 0, "{dropped} rows were dropped as late");
+    oracle.complete(&seen)?;
     println!(
         "bench windows: {rows_total} rows, {cards} cards, 10-minute windows sliding every 2 minutes \
          (5 per row), count + sum + count_distinct, batches of {batch_rows}, RocksDB on disk\n  \
@@ -220,4 +242,103 @@ pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> Result<()> {
         peak_rss_mib(),
     );
     Ok(())
+}
+
+/// What `bench windows` must write, counted apart from the operator: per
+/// card and window start, the rows, the sum of amounts and the distinct
+/// merchants; and the watermark each batch ran under.
+#[derive(Default)]
+struct WindowOracle {
+    windows: HashMap<(i64, i64), (i64, f64, HashSet<String>)>,
+    newest: Option<i64>,
+    /// The watermark of the batch last added (the newest event time of the
+    /// batches before it, less the delay).
+    watermark: Option<i64>,
+}
+
+impl WindowOracle {
+    fn add(&mut self, input: &RecordBatch) -> Result<()> {
+        self.watermark = self.newest.map(|t| t - DELAY);
+        let (times, cards, merchants, amounts) = (
+            column::<TimestampMicrosecondArray>(input, "ts")?,
+            column::<Int64Array>(input, "card_id")?,
+            column::<StringArray>(input, "merchant")?,
+            column::<Float64Array>(input, "amount")?,
+        );
+        for row in 0..input.num_rows() {
+            let t = times.value(row);
+            self.newest = self.newest.max(Some(t));
+            let mut start = t - t.rem_euclid(SLIDE);
+            while start > t - SIZE {
+                let window = self.windows.entry((cards.value(row), start)).or_default();
+                window.0 += 1;
+                window.1 += amounts.value(row);
+                window.2.insert(merchants.value(row).to_string());
+                start -= SLIDE;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each window written is closed, written once, and holds what its rows add up to.
+    fn compare(&self, output: &RecordBatch, seen: &mut HashSet<(i64, i64)>) -> Result<()> {
+        let (starts, ends, cards, payments, amounts, merchants) = (
+            column::<TimestampMicrosecondArray>(output, tributary_core::WINDOW_START)?,
+            column::<TimestampMicrosecondArray>(output, tributary_core::WINDOW_END)?,
+            column::<Int64Array>(output, "card_id")?,
+            column::<Int64Array>(output, "payments")?,
+            column::<Float64Array>(output, "amount")?,
+            column::<Int64Array>(output, "merchants")?,
+        );
+        for row in 0..output.num_rows() {
+            let key = (cards.value(row), starts.value(row));
+            // The rows of this batch are not in the oracle yet: a closed
+            // window holds none of them (their disorder is far below DELAY).
+            let expected = self.windows.get(&key);
+            ensure!(
+                seen.insert(key) && expected.is_some(),
+                "window {key:?} written twice, or holding no rows"
+            );
+            let (count, sum, distinct) = expected.expect("checked above");
+            // This batch ran under the newest event time before it, less the delay.
+            let watermark = self.newest.map(|t| t - DELAY);
+            ensure!(
+                ends.value(row) - starts.value(row) == SIZE
+                    && watermark.is_some_and(|w| ends.value(row) <= w),
+                "window {key:?} ends at {} under watermark {watermark:?}",
+                ends.value(row),
+            );
+            ensure!(
+                payments.value(row) == *count
+                    && merchants.value(row) == distinct.len() as i64
+                    && (amounts.value(row) - sum).abs() <= 1e-6 * sum.abs().max(1.0),
+                "window {key:?}: {} payments, {} merchants, amount {}; expected {count}, {}, {sum}",
+                payments.value(row),
+                merchants.value(row),
+                amounts.value(row),
+                distinct.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Every window closed under the last batch's watermark was written.
+    fn complete(&self, seen: &HashSet<(i64, i64)>) -> Result<()> {
+        let watermark = self.watermark.unwrap_or(i64::MIN);
+        let missing = self
+            .windows
+            .keys()
+            .filter(|(_, start)| start + SIZE <= watermark)
+            .filter(|key| !seen.contains(key))
+            .count();
+        ensure!(missing == 0, "{missing} closed windows were never written");
+        Ok(())
+    }
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| crate::BenchError::Check(format!("no column {name} of the expected type")))
 }
