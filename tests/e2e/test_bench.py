@@ -4,8 +4,11 @@ those in the dead letters; every distinct key kept once; every closed window
 written once with the count, sum and distinct count of its rows) and fails
 the run when it is wrong."""
 
+import os
+import pathlib
 import re
 import subprocess
+import sys
 
 
 def test_bench_decode_isolates_malformed_records(binary):
@@ -34,6 +37,7 @@ def test_bench_ingest_drains_apache_kafka_without_loss(binary, kafka):
     assert "30000 rows over 4 partitions" in out, out
     assert "zero loss" in out, out
     assert re.search(r"broker CPU during the drain: [\d.]+ core-seconds", out), out
+    assert re.search(r"peak RSS during the drain: \d+ MiB", out), out
 
 
 def test_bench_dedup_keeps_every_distinct_key_once(binary):
@@ -47,3 +51,12 @@ def test_bench_windows_match_an_independent_count(binary):
     out = run_bench(binary, "windows", "--rows", "2000000", "--batch-rows", "200000", "--cards", "100")
     written = int(re.search(r"(\d+) final windows written", out).group(1))
     assert written > 0, out
+
+
+def test_latency_bench_reports_percentiles_and_loses_nothing(binary):
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "latency.py"
+    result = subprocess.run([sys.executable, str(script), "2000", "5", "1"], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, TRIBUTARY_BIN=binary))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "every offset once in the table" in result.stdout, result.stdout
+    assert re.search(r"p50 \d+ ms, p95 \d+ ms, p99 \d+ ms, max \d+ ms", result.stdout), result.stdout

@@ -391,6 +391,9 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
     );
     let spec = tributary_spec::parse_spec("bench.yaml", &spec_text)
         .map_err(|e| BenchError::Check(e.report().join("\n")))?;
+    // The peak resident memory is the drain's, not the producer's before it
+    // (writing 5 to clear_refs resets the process's VmHWM).
+    let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let started = Instant::now();
     let cpu_before = process_cpu_seconds("self");
     let broker_before = broker_pid.and_then(|p| process_cpu_seconds(&p.to_string()));
@@ -426,7 +429,8 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
     println!(
         "bench ingest: {rows} rows over {partitions} partitions (produced in {:.1}s, not timed)\n  \
          drained into Delta in {:.2}s: {:.0} rows/s end to end, {} batches, {} files, {:.1} MB of Parquet, zero loss\n  \
-         CPU during the drain: {} ({whose}){}",
+         CPU during the drain: {} ({whose}){}\n  \
+         peak RSS during the drain: {}",
         produce_time.as_secs_f64(),
         elapsed.as_secs_f64(),
         rows as f64 / elapsed.as_secs_f64(),
@@ -438,6 +442,11 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
             "\n  broker CPU during the drain: {}",
             share(c)
         )),
+        if peak_reset {
+            format!("{:.0} MiB", state::peak_rss_mib())
+        } else {
+            "unknown (/proc/self/clear_refs not writable)".to_string()
+        },
     );
     Ok(())
 }

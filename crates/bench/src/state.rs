@@ -91,7 +91,7 @@ fn config(delay: i64) -> OperatorConfig {
 }
 
 /// Peak resident memory of this process, from /proc.
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

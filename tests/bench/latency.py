@@ -1,0 +1,172 @@
+"""Benchmark: how long a row takes from Kafka to being visible in the table.
+
+Apache Kafka (a one-node KRaft cluster, its own process) and the development
+registry run beside `tributary run` with a 1 s trigger. A producer sends a
+steady RATE rows/s of the 10-field benchmark record for SECONDS. A row's
+latency is the time its Delta commit was written (the commit's
+`commitInfo.timestamp`) less its Kafka timestamp (set by the producer when it
+sent the row). Rows of the first WARMUP seconds are left out: they wait for
+the pipeline to start. The table is then checked: every produced offset is in
+it exactly once (DuckDB over the table's Parquet files).
+
+    TRIBUTARY_BIN=target/release/tributary KAFKA_LIBS=~/.cache/tributary/kafka-4.1.1/libs \\
+        python tests/bench/latency.py [RATE] [SECONDS] [WARMUP]
+
+Prints p50 / p95 / p99 / max in milliseconds, the rate reached, and
+Tributary's peak RSS; docs/benchmarks.md records the figures."""
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import duckdb
+import fastavro
+from confluent_kafka import Producer
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
+from conftest import DevStack, write_spec  # noqa: E402
+from kafka_cluster import KafkaCluster  # noqa: E402
+
+SCHEMA = {
+    "type": "record", "name": "Event", "namespace": "tributary.bench",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "user_id", "type": "long"},
+        {"name": "session_id", "type": "long"},
+        {"name": "url", "type": "string"},
+        {"name": "referrer", "type": ["null", "string"], "default": None},
+        {"name": "device", "type": {"type": "enum", "name": "Device", "symbols": ["desktop", "mobile", "tablet"]}},
+        {"name": "country", "type": "string"},
+        {"name": "duration_ms", "type": "int"},
+        {"name": "amount", "type": "double"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    ],
+}
+PARTITIONS = 4
+
+
+def values(schema_id, n=1000):
+    """`n` encoded records to cycle through: encoding each row in Python
+    would hold the producer below the rate."""
+    parsed = fastavro.parse_schema(SCHEMA)
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, {
+            "event_id": f"{i:08x}-0000-4000-8000-{i:012x}", "user_id": i * 7919 % 100_000,
+            "session_id": i * 104_729, "url": ["/", "/pricing", "/docs", "/cart"][i % 4],
+            "referrer": None if i % 3 else "https://example.com/",
+            "device": ["desktop", "mobile", "tablet"][i % 3], "country": ["DE", "FR", "US", "BR"][i % 4],
+            "duration_ms": i % 30_000, "amount": i / 100.0, "ts": 1_767_225_600_000_000 + i,
+        })
+        out.append(b"\x00" + schema_id.to_bytes(4, "big") + buf.getvalue())
+    return out
+
+
+def produce(stack, rate, seconds):
+    """Sends `rate` rows/s for `seconds`, in ticks of 10 ms; returns the
+    rows sent and the rate reached."""
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5, "batch.size": 1_000_000,
+                         "queue.buffering.max.messages": 2_000_000})
+    pool = values(stack.register("latency-value", SCHEMA))
+    per_tick = max(1, rate // 100)
+    sent = 0
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = int(elapsed * rate) + per_tick
+        while sent < due:
+            producer.produce("latency", value=pool[sent % len(pool)], partition=sent % PARTITIONS)
+            sent += 1
+        producer.poll(0)
+        time.sleep(max(0.0, started + (sent / rate) - time.monotonic()))
+    assert producer.flush(60) == 0
+    return sent, sent / (time.monotonic() - started)
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def commits(table):
+    """(file path, commit time in ms) of every data file the log adds."""
+    out = []
+    for entry in sorted((table / "_delta_log").glob("*.json")):
+        actions = [json.loads(line) for line in entry.read_text().splitlines() if line.strip()]
+        at = next((a["commitInfo"]["timestamp"] for a in actions if "commitInfo" in a), None)
+        out += [(str(table / a["add"]["path"]), at) for a in actions if "add" in a]
+    return out
+
+
+def main():
+    rate = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 30
+    warmup = float(sys.argv[3]) if len(sys.argv) > 3 else 5
+    binary = os.environ["TRIBUTARY_BIN"]
+    with tempfile.TemporaryDirectory() as work:
+        work = pathlib.Path(work)
+        cluster = KafkaCluster(work / "kafka", jit=True)
+        stack = DevStack(binary, [f"latency:{PARTITIONS}"], kafka=cluster)
+        table = work / "table"
+        spec = write_spec(work / "latency.yaml", pipeline="latency", bootstrap=cluster.bootstrap, topic="latency",
+                          registry=stack.registry, table=table, checkpoint=work / "checkpoint")
+        # A steady stream: a 1 s trigger, no draining and stopping.
+        text = spec.read_text().replace("  available_now: true\n  interval: 500ms\n", "  interval: 1s\n")
+        text = text.replace("    topic: latency\n", "    topic: latency\n  columns:\n    timestamp: kafka_ts\n"
+                                                   "    partition: kafka_partition\n    offset: kafka_offset\n")
+        spec.write_text(text)
+        run = subprocess.Popen([binary, "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0"],
+                               stdout=subprocess.DEVNULL, stderr=open(work / "run.log", "w"))
+        try:
+            time.sleep(2)
+            sent, reached = produce(stack, rate, seconds)
+            # Let the last trigger commit what was sent.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                files = commits(table)
+                if files and duckdb.sql(f"select count(*) from read_parquet({[f for f, _ in files]})").fetchone()[0] >= sent:
+                    break
+                time.sleep(1)
+            rss = peak_rss_mib(run.pid)
+        finally:
+            run.terminate()
+            run.wait(60)
+            stack.stop()
+            cluster.close()
+        files = commits(table)
+        con = duckdb.connect()
+        con.execute("create table commits(filename varchar, committed_ms bigint)")
+        con.executemany("insert into commits values (?, ?)", files)
+        con.execute(f"create table rows as select * from read_parquet({[f for f, _ in files]}, filename=true)")
+        rows, distinct = con.sql("select count(*), count(distinct (kafka_partition, kafka_offset)) from rows").fetchone()
+        assert rows == sent and distinct == sent, f"{rows} rows, {distinct} distinct offsets, {sent} sent"
+        first = con.sql("select min(epoch_ms(kafka_ts)) from rows").fetchone()[0]
+        p50, p95, p99, worst, measured = con.sql(f"""
+            select quantile_cont(lat, 0.5), quantile_cont(lat, 0.95), quantile_cont(lat, 0.99), max(lat), count(*)
+            from (select committed_ms - epoch_ms(kafka_ts) as lat
+                  from rows join commits using (filename)
+                  where epoch_ms(kafka_ts) >= {first} + {int(warmup * 1000)})""").fetchone()
+        # How old each commit's newest row was when it was committed: the
+        # part of the latency that is not waiting for the next trigger.
+        newest_age = con.sql("""
+            select quantile_cont(age, 0.5) from (
+                select max(committed_ms) - max(epoch_ms(kafka_ts)) as age
+                from rows join commits using (filename) group by committed_ms)""").fetchone()[0]
+        print(f"latency bench: {sent} rows at {reached:.0f} rows/s (asked {rate}) for {seconds:.0f} s, "
+              f"1 s trigger, {PARTITIONS} partitions; every offset once in the table")
+        print(f"  event (Kafka timestamp) -> visible in the table, {measured} rows after the first {warmup:.0f} s: "
+              f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms")
+        print(f"  a commit's newest row was {newest_age:.0f} ms old when it was committed (median over commits)")
+        print(f"  Tributary peak RSS {rss:.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
