@@ -2,7 +2,8 @@
 
 Apache Kafka (a one-node KRaft cluster, its own process) and the development
 registry run beside `tributary run` with a 1 s trigger. A producer sends a
-steady RATE rows/s of the 10-field benchmark record for SECONDS. A row's
+steady RATE rows/s of the 10-field benchmark record for SECONDS
+(`tributary bench produce`, a native producer). A row's
 latency is the time its Delta commit was written (the commit's
 `commitInfo.timestamp`) less its Kafka timestamp (set by the producer when it
 sent the row). Rows of the first WARMUP seconds are left out: they wait for
@@ -15,77 +16,34 @@ it exactly once (DuckDB over the table's Parquet files).
 Prints p50 / p95 / p99 / max in milliseconds, the rate reached, and
 Tributary's peak RSS; docs/benchmarks.md records the figures."""
 
-import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
 import time
 
 import duckdb
-import fastavro
-from confluent_kafka import Producer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from conftest import DevStack, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
 
-SCHEMA = {
-    "type": "record", "name": "Event", "namespace": "tributary.bench",
-    "fields": [
-        {"name": "event_id", "type": "string"},
-        {"name": "user_id", "type": "long"},
-        {"name": "session_id", "type": "long"},
-        {"name": "url", "type": "string"},
-        {"name": "referrer", "type": ["null", "string"], "default": None},
-        {"name": "device", "type": {"type": "enum", "name": "Device", "symbols": ["desktop", "mobile", "tablet"]}},
-        {"name": "country", "type": "string"},
-        {"name": "duration_ms", "type": "int"},
-        {"name": "amount", "type": "double"},
-        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-    ],
-}
 PARTITIONS = 4
 
 
-def values(schema_id, n=1000):
-    """`n` encoded records to cycle through: encoding each row in Python
-    would hold the producer below the rate."""
-    parsed = fastavro.parse_schema(SCHEMA)
-    out = []
-    for i in range(n):
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, parsed, {
-            "event_id": f"{i:08x}-0000-4000-8000-{i:012x}", "user_id": i * 7919 % 100_000,
-            "session_id": i * 104_729, "url": ["/", "/pricing", "/docs", "/cart"][i % 4],
-            "referrer": None if i % 3 else "https://example.com/",
-            "device": ["desktop", "mobile", "tablet"][i % 3], "country": ["DE", "FR", "US", "BR"][i % 4],
-            "duration_ms": i % 30_000, "amount": i / 100.0, "ts": 1_767_225_600_000_000 + i,
-        })
-        out.append(b"\x00" + schema_id.to_bytes(4, "big") + buf.getvalue())
-    return out
-
-
-def produce(stack, rate, seconds):
-    """Sends `rate` rows/s for `seconds`, in ticks of 10 ms; returns the
-    rows sent and the rate reached."""
-    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5, "batch.size": 1_000_000,
-                         "queue.buffering.max.messages": 2_000_000})
-    pool = values(stack.register("latency-value", SCHEMA))
-    per_tick = max(1, rate // 100)
-    sent = 0
-    started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < seconds:
-        due = int(elapsed * rate) + per_tick
-        while sent < due:
-            producer.produce("latency", value=pool[sent % len(pool)], partition=sent % PARTITIONS)
-            sent += 1
-        producer.poll(0)
-        time.sleep(max(0.0, started + (sent / rate) - time.monotonic()))
-    assert producer.flush(60) == 0
-    return sent, sent / (time.monotonic() - started)
+def produce(binary, stack, rate, seconds):
+    """`tributary bench produce`: a native producer, so that the load
+    generator leaves the CPU to the pipeline. Returns the records sent and
+    the rate reached."""
+    out = subprocess.run([binary, "bench", "produce", "--bootstrap-servers", stack.bootstrap, "--topic", "latency",
+                          "--registry-url", stack.registry, "--rate", str(rate), "--seconds", str(seconds)],
+                         capture_output=True, text=True, timeout=seconds + 120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sent, reached = re.search(r"bench produce: (\d+) records .* at (\d+) records/s", out.stdout).groups()
+    return int(sent), int(reached)
 
 
 def peak_rss_mib(pid):
@@ -127,7 +85,7 @@ def main():
                                stdout=subprocess.DEVNULL, stderr=open(work / "run.log", "w"))
         try:
             time.sleep(2)
-            sent, reached = produce(stack, rate, seconds)
+            sent, reached = produce(binary, stack, rate, int(seconds))
             # Let the last trigger commit what was sent.
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 //! decoding and encoding alone, a drain from Kafka into Delta end to end,
 //! and the dedup and sliding-window operators over RocksDB state.
 
+mod produce;
 mod state;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tributary_devstack as dev;
 use tributary_devstack::generator::{BENCH_SCHEMA, Rng, bench_event, frame};
 use tributary_engine::{CheckpointStore, Components, PipelineOptions, StateBackend, run_pipeline};
 
+pub use produce::{Stream, produce};
 pub use state::{dedup, windows};
 
 /// Upper bound of a framed benchmark record's size.
@@ -451,7 +453,10 @@ checkpoint: {{location: 'file://{d}/checkpoint'}}
     Ok(())
 }
 
-fn partitions_of(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str) -> i32 {
+pub(crate) fn partitions_of(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+) -> i32 {
     producer
         .client()
         .fetch_metadata(Some(topic), Duration::from_secs(5))

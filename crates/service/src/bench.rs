@@ -2,7 +2,7 @@
 //! `tributary-bench` (docs/benchmarks.md).
 
 use clap::Subcommand;
-use tributary_bench::{BENCH_RECORD_BYTES, Broker};
+use tributary_bench::{BENCH_RECORD_BYTES, Broker, Stream};
 use tributary_devstack as dev;
 
 #[derive(Subcommand)]
@@ -33,6 +33,23 @@ pub enum Bench {
         #[arg(long, requires = "bootstrap_servers")]
         broker_pid: Option<u32>,
     },
+    /// Produce the benchmark record at a steady rate into an existing
+    /// topic, for measuring latency under load (tests/bench/latency.py);
+    /// its schema is registered as `<topic>-value` in the given registry.
+    Produce {
+        #[arg(long)]
+        bootstrap_servers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        registry_url: String,
+        /// Records a second.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        /// For how long.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Deduplicate distinct keys with RocksDB state on disk: micro-batches
     /// of Arrow rows through the dedup operator, each batch's state
     /// committed; reports rows/s on one thread and peak RSS.
@@ -57,6 +74,22 @@ pub enum Bench {
 pub async fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Decode { rows } => tributary_bench::decode(rows).await?,
+        Bench::Produce {
+            bootstrap_servers,
+            topic,
+            registry_url,
+            rate,
+            seconds,
+        } => {
+            tributary_bench::produce(Stream {
+                bootstrap_servers,
+                topic,
+                registry_url,
+                rate,
+                duration: std::time::Duration::from_secs(seconds),
+            })
+            .await?
+        }
         Bench::Dedup { keys, batch_rows } => {
             tokio::task::spawn_blocking(move || tributary_bench::dedup(keys, batch_rows)).await??
         }
