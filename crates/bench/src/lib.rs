@@ -12,7 +12,7 @@ use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tributary_core::RawRecord;
 use tributary_devstack as dev;
@@ -342,21 +342,10 @@ pub async fn ingest(rows: u64, partitions: i32, broker: Broker) -> Result<()> {
         for seq in 0..rows {
             bench_event(&mut rng, seq, &mut body);
             let payload = frame(id, &body);
-            let mut record = BaseRecord::<(), _>::to(&produce_topic)
+            let record = BaseRecord::<(), _>::to(&produce_topic)
                 .payload(&payload)
                 .partition((seq % partitions as u64) as i32);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => {
-                        return Err(BenchError::Check(format!("producing the backlog: {e}")));
-                    }
-                }
-            }
+            produce::send_waiting(&producer, record)?;
         }
         producer.flush(Duration::from_secs(120))?;
         // Delivery failures are not reported per record here: count what

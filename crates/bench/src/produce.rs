@@ -56,19 +56,10 @@ fn send_steadily(stream: &Stream, id: u32) -> Result<()> {
         while sent < due {
             bench_event(&mut rng, sent, &mut body);
             let payload = frame(id, &body);
-            let mut record = BaseRecord::<(), _>::to(&stream.topic)
+            let record = BaseRecord::<(), _>::to(&stream.topic)
                 .payload(&payload)
                 .partition((sent % partitions as u64) as i32);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => return Err(BenchError::Check(format!("producing: {e}"))),
-                }
-            }
+            send_waiting(&producer, record)?;
             sent += 1;
         }
         let next = Duration::from_secs_f64(sent as f64 / stream.rate as f64);
@@ -82,4 +73,21 @@ fn send_steadily(stream: &Stream, id: u32) -> Result<()> {
         sent as f64 / elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+/// Sends `record`, waiting while the producer's queue is full.
+pub(crate) fn send_waiting(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, (), Vec<u8>>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(BenchError::Check(format!("producing: {e}"))),
+        }
+    }
 }
