@@ -251,14 +251,19 @@ pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> Result<()> {
 struct WindowOracle {
     windows: HashMap<(i64, i64), (i64, f64, HashSet<String>)>,
     newest: Option<i64>,
-    /// The watermark of the batch last added (the newest event time of the
-    /// batches before it, less the delay).
+    /// The watermark the batch last added ran under.
     watermark: Option<i64>,
 }
 
 impl WindowOracle {
+    /// The watermark the next batch runs under: the newest event time of
+    /// the batches before it, less the delay.
+    fn next_watermark(&self) -> Option<i64> {
+        self.newest.map(|t| t - DELAY)
+    }
+
     fn add(&mut self, input: &RecordBatch) -> Result<()> {
-        self.watermark = self.newest.map(|t| t - DELAY);
+        self.watermark = self.next_watermark();
         let (times, cards, merchants, amounts) = (
             column::<TimestampMicrosecondArray>(input, "ts")?,
             column::<Int64Array>(input, "card_id")?,
@@ -300,8 +305,8 @@ impl WindowOracle {
                 "window {key:?} written twice, or holding no rows"
             );
             let (count, sum, distinct) = expected.expect("checked above");
-            // This batch ran under the newest event time before it, less the delay.
-            let watermark = self.newest.map(|t| t - DELAY);
+            // This batch's rows are not added yet: it ran under the next watermark.
+            let watermark = self.next_watermark();
             ensure!(
                 ends.value(row) - starts.value(row) == SIZE
                     && watermark.is_some_and(|w| ends.value(row) <= w),
