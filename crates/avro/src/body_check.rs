@@ -33,7 +33,7 @@ pub struct BodyCheck {
 }
 
 /// One step of the check: small and `Copy`, so a block is a tight loop.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 enum Op {
     /// `int` and `long` (and their logical types): a zig-zag varint.
     Varint,
