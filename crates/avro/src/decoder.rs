@@ -745,7 +745,14 @@ impl RecordDecoder {
             self.out.dead_letters.push(DeadLetter::new(record, reason));
             return Ok(());
         }
-        if !self.decoders.contains_key(&id) {
+        // One lookup for the usual record, whose writer schema is loaded;
+        // a loaded schema (`load` inserts its decoder) goes round once more.
+        loop {
+            if let Some(decoder) = self.decoders.get_mut(&id) {
+                self.pushed += 1;
+                decoder.last_used = self.pushed;
+                return decoder.push(record, value, &mut self.out);
+            }
             if let Some(reason) = self.unusable.get(&id) {
                 let reason = DeadLetterReason::Schema(reason.clone());
                 self.out.dead_letters.push(DeadLetter::new(record, reason));
@@ -758,16 +765,6 @@ impl RecordDecoder {
                 return Ok(());
             }
         }
-        let decoder = self
-            .decoders
-            .get_mut(&id)
-            .ok_or_else(|| AvroError::UnsupportedSchema {
-                id,
-                message: "decoder vanished".into(),
-            })?;
-        self.pushed += 1;
-        decoder.last_used = self.pushed;
-        decoder.push(record, value, &mut self.out)
     }
 
     /// Fetches and compiles the schema of `id`. Outer `Err`: registry
