@@ -60,3 +60,16 @@ def test_latency_bench_reports_percentiles_and_loses_nothing(binary):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "every offset once in the table" in result.stdout, result.stdout
     assert re.search(r"p50 \d+ ms, p95 \d+ ms, p99 \d+ ms, max \d+ ms", result.stdout), result.stdout
+
+
+def test_spark_beside_tributary_agrees_with_tributary_and_reports_ratios(binary):
+    """benchmarks/spark_beside.py on a small backlog: both engines drain every
+    record once and write the same 1-minute windows (the script asserts it)."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "spark_beside.py"
+    result = subprocess.run([sys.executable, str(script), "200000"], capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ, TRIBUTARY_BIN=binary))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for job in ["drain", "windows"]:
+        assert re.search(rf"{job} +Tributary +[\d,]+ rows/s, +[\d.]+ CPU-s per M rows \| Spark +[\d,]+ rows/s",
+                         result.stdout), result.stdout
+    assert re.search(r"both tables hold the same [1-9]\d* windows", result.stdout), result.stdout

@@ -1,0 +1,208 @@
+"""Spark Structured Streaming beside Tributary: same machine, broker, topic
+and records.
+
+A one-node Apache Kafka (KRaft, its own process) holds ROWS records of the
+10-field benchmark schema (`tributary bench produce`) in 4 partitions, with
+their schema in the development registry. Then each engine runs two jobs
+over the whole topic with an available-now trigger, one after the other:
+
+  drain:   Kafka -> decode the Confluent-framed Avro -> append to a Delta table
+  windows: the same, then a count per 1-minute tumbling window on `ts`
+           (watermark 10 s, append mode) into a Delta table
+
+Spark runs in local[2] (both cores), with the Kafka source and Avro jars of
+its own version and delta-spark from Maven Central, 2 shuffle partitions,
+the default in-memory state store and a 4 GiB driver; the JVM's start and
+the resolution of the jars are left out of its time, not out of ours.
+Tributary is one `tributary run` process per job, timed from its start to
+its exit. CPU-seconds are each engine's own process (for Spark the JVM, read
+from /proc; for Tributary its rusage), never the broker's.
+
+Both tables are then read back: each must hold every produced record once
+(drain: DuckDB over the Delta table's files, checking (partition, offset)
+pairs in Tributary's and the row count in Spark's), and the two window
+tables must hold the same windows with the same counts.
+
+    TRIBUTARY_BIN=target/release/tributary KAFKA_LIBS=~/.cache/tributary/kafka-4.1.1/libs \\
+        python benchmarks/spark_beside.py [ROWS]
+
+docs/benchmarks.md records the figures."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import duckdb
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+from conftest import DevStack, write_spec  # noqa: E402
+from kafka_cluster import KafkaCluster  # noqa: E402
+
+TOPIC = "events"
+PARTITIONS = 4
+SPARK_PACKAGES = ",".join([
+    # The Kafka source of 4.0.1 needs a token provider Maven Central does
+    # not serve here; 4.0.0's works with pyspark 4.0.1.
+    "org.apache.spark:spark-sql-kafka-0-10_2.13:4.0.0",
+    "org.apache.spark:spark-avro_2.13:4.0.1",
+    "io.delta:delta-spark_2.13:4.0.0",
+])
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def produce(binary, stack, rows):
+    """The backlog, at up to a million records a second; returns the records sent."""
+    seconds = max(1, -(-rows // 1_000_000))
+    out = subprocess.run([binary, "bench", "produce", "--bootstrap-servers", stack.bootstrap, "--topic", TOPIC,
+                          "--registry-url", stack.registry, "--rate", str(rows // seconds),
+                          "--seconds", str(seconds)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return int(re.search(r"bench produce: (\d+) records", out.stdout).group(1))
+
+
+def schema_json(stack):
+    with urllib.request.urlopen(f"{stack.registry}/subjects/{TOPIC}-value/versions/latest") as resp:
+        return json.load(resp)["schema"]
+
+
+def cpu_seconds(pid):
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def tributary(binary, spec):
+    """(wall seconds, CPU-seconds) of one `tributary run` to its exit."""
+    started = time.monotonic()
+    proc = subprocess.Popen([binary, "run", "--spec", str(spec)], stdout=subprocess.DEVNULL,
+                            stderr=open(spec.with_suffix(".log"), "w"))
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, spec.with_suffix(".log").read_text()[-3000:]
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def spark_session(work):
+    from pyspark.sql import SparkSession
+    spark = (SparkSession.builder.master("local[2]").appName("spark-beside")
+            .config("spark.jars.packages", SPARK_PACKAGES)
+            .config("spark.jars.ivy", str(pathlib.Path.home() / ".cache" / "tributary" / "ivy"))
+            .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+            .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+            .config("spark.driver.memory", "4g")
+            .config("spark.sql.shuffle.partitions", "2")
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.local.dir", str(work / "spark-tmp"))
+            .getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def spark_job(spark, bootstrap, schema, table, checkpoint, windows):
+    """(wall seconds, JVM CPU-seconds) of one available-now query."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.avro.functions import from_avro
+    raw = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", bootstrap)
+           .option("subscribe", TOPIC).option("startingOffsets", "earliest").load())
+    # The Confluent wire format: a magic byte and a 4-byte schema id before the Avro body.
+    rows = raw.select(from_avro(F.expr("substring(value, 6)"), schema).alias("e"),
+                      "partition", "offset").select("e.*", "partition", "offset")
+    if windows:
+        rows = (rows.withWatermark("ts", "10 seconds").groupBy(F.window("ts", "1 minute"))
+                .count().select(F.col("window.start").alias("window_start"),
+                                F.col("window.end").alias("window_end"), "count"))
+    jvm = spark.sparkContext._gateway.proc.pid
+    cpu_before, started = cpu_seconds(jvm), time.monotonic()
+    query = (rows.writeStream.format("delta").outputMode("append").option("checkpointLocation", str(checkpoint))
+             .trigger(availableNow=True).start(str(table)))
+    query.awaitTermination()
+    return time.monotonic() - started, cpu_seconds(jvm) - cpu_before
+
+
+def delta_files(table):
+    """The data files a Delta table's log adds and does not remove."""
+    added, removed = set(), set()
+    for entry in sorted((table / "_delta_log").glob("*.json")):
+        for line in entry.read_text().splitlines():
+            action = json.loads(line) if line.strip() else {}
+            if "add" in action:
+                added.add(str(table / action["add"]["path"]))
+            if "remove" in action:
+                removed.add(str(table / action["remove"]["path"]))
+    return sorted(added - removed)
+
+
+def main():
+    wanted = int(sys.argv[1]) if len(sys.argv) > 1 else 3_000_000
+    binary = os.environ["TRIBUTARY_BIN"]
+    with tempfile.TemporaryDirectory() as work:
+        work = pathlib.Path(work)
+        cluster = KafkaCluster(work / "kafka", jit=True)
+        stack = DevStack(binary, [f"{TOPIC}:{PARTITIONS}"], kafka=cluster)
+        try:
+            sent = produce(binary, stack, wanted)
+            schema = schema_json(stack)
+            results = {}
+            for job, extra in [
+                ("drain", ""),
+                ("windows", "event_time: {column: ts, watermark_delay: 10s}\n"
+                            "window: {tumbling: {size: 1m}}\n"
+                            "aggregations:\n  - {name: count, function: count}\n"),
+            ]:
+                spec = write_spec(work / f"{job}.yaml", pipeline=job, bootstrap=cluster.bootstrap, topic=TOPIC,
+                                  registry=stack.registry, table=work / f"tributary-{job}",
+                                  checkpoint=work / f"tributary-{job}-checkpoint", extra=extra)
+                if job == "drain":
+                    spec.write_text(spec.read_text().replace(
+                        f"    topic: {TOPIC}\n",
+                        f"    topic: {TOPIC}\n  columns: {{partition: kafka_partition, offset: kafka_offset}}\n"))
+                results[("tributary", job)] = tributary(binary, spec)
+            spark = spark_session(work)
+            for job in ["drain", "windows"]:
+                results[("spark", job)] = spark_job(spark, cluster.bootstrap, schema, work / f"spark-{job}",
+                                                    work / f"spark-{job}-checkpoint", job == "windows")
+            spark.stop()
+        finally:
+            stack.stop()
+            cluster.close()
+
+        con = duckdb.connect()
+        mine = delta_files(work / "tributary-drain")
+        rows, offsets = con.sql(f"select count(*), count(distinct (kafka_partition, kafka_offset)) "
+                                f"from read_parquet({mine})").fetchone()
+        assert rows == sent and offsets == sent, f"Tributary drain: {rows} rows, {offsets} offsets, {sent} sent"
+        theirs = con.sql(f"select count(*), count(distinct (\"partition\", \"offset\")) "
+                         f"from read_parquet({delta_files(work / 'spark-drain')})").fetchone()
+        assert theirs == (sent, sent), f"Spark drain: {theirs} of {sent}"
+        windows = {}
+        for engine in ["tributary", "spark"]:
+            windows[engine] = sorted(con.sql(
+                f"select epoch_ms(window_start), count from read_parquet({delta_files(work / f'{engine}-windows')})"
+            ).fetchall())
+        assert windows["tributary"] == windows["spark"], (
+            f"the window tables differ: {len(windows['tributary'])} and {len(windows['spark'])} windows, "
+            f"first differences {[w for w in windows['tributary'] if w not in windows['spark']][:3]} / "
+            f"{[w for w in windows['spark'] if w not in windows['tributary']][:3]}")
+
+        print(f"spark beside tributary: {sent} records of the 10-field schema in {PARTITIONS} partitions, "
+              f"Apache Kafka in its own process; Spark local[2]")
+        for job in ["drain", "windows"]:
+            (t_wall, t_cpu), (s_wall, s_cpu) = results[("tributary", job)], results[("spark", job)]
+            print(f"  {job:8} Tributary {sent / t_wall:>10,.0f} rows/s, {t_cpu / sent * 1e6:6.2f} CPU-s per M rows | "
+                  f"Spark {sent / s_wall:>10,.0f} rows/s, {s_cpu / sent * 1e6:6.2f} CPU-s per M rows | "
+                  f"Tributary / Spark: {s_wall / t_wall:.1f}x the rate, {s_cpu / t_cpu:.1f}x less CPU")
+        print(f"  windows: both tables hold the same {len(windows['spark'])} windows with the same counts; "
+              f"both drains hold every record once", flush=True)
+
+
+if __name__ == "__main__":
+    main()
