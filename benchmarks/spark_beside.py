@@ -19,9 +19,8 @@ its exit. CPU-seconds are each engine's own process (for Spark the JVM, read
 from /proc; for Tributary its rusage), never the broker's.
 
 Both tables are then read back: each must hold every produced record once
-(drain: DuckDB over the Delta table's files, checking (partition, offset)
-pairs in Tributary's and the row count in Spark's), and the two window
-tables must hold the same windows with the same counts.
+(read by DuckDB's delta extension, by Kafka partition and offset), and the
+two window tables must hold the same windows with the same counts.
 
     TRIBUTARY_BIN=target/release/tributary KAFKA_LIBS=~/.cache/tributary/kafka-4.1.1/libs \\
         python benchmarks/spark_beside.py [ROWS]
@@ -38,10 +37,8 @@ import tempfile
 import time
 import urllib.request
 
-import duckdb
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from conftest import DevStack, write_spec  # noqa: E402
+from conftest import DevStack, duck, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
 
 TOPIC = "events"
@@ -128,19 +125,6 @@ def spark_job(spark, bootstrap, schema, table, checkpoint, windows):
     return time.monotonic() - started, cpu_seconds(jvm) - cpu_before
 
 
-def delta_files(table):
-    """The data files a Delta table's log adds and does not remove."""
-    added, removed = set(), set()
-    for entry in sorted((table / "_delta_log").glob("*.json")):
-        for line in entry.read_text().splitlines():
-            action = json.loads(line) if line.strip() else {}
-            if "add" in action:
-                added.add(str(table / action["add"]["path"]))
-            if "remove" in action:
-                removed.add(str(table / action["remove"]["path"]))
-    return sorted(added - removed)
-
-
 def main():
     wanted = int(sys.argv[1]) if len(sys.argv) > 1 else 3_000_000
     binary = os.environ["TRIBUTARY_BIN"]
@@ -175,18 +159,17 @@ def main():
             stack.stop()
             cluster.close()
 
-        con = duckdb.connect()
-        mine = delta_files(work / "tributary-drain")
+        con = duck()
         rows, offsets = con.sql(f"select count(*), count(distinct (kafka_partition, kafka_offset)) "
-                                f"from read_parquet({mine})").fetchone()
+                                f"from delta_scan('{work / 'tributary-drain'}')").fetchone()
         assert rows == sent and offsets == sent, f"Tributary drain: {rows} rows, {offsets} offsets, {sent} sent"
         theirs = con.sql(f"select count(*), count(distinct (\"partition\", \"offset\")) "
-                         f"from read_parquet({delta_files(work / 'spark-drain')})").fetchone()
+                         f"from delta_scan('{work / 'spark-drain'}')").fetchone()
         assert theirs == (sent, sent), f"Spark drain: {theirs} of {sent}"
         windows = {}
         for engine in ["tributary", "spark"]:
             windows[engine] = sorted(con.sql(
-                f"select epoch_ms(window_start), count from read_parquet({delta_files(work / f'{engine}-windows')})"
+                f"select epoch_ms(window_start), count from delta_scan('{work / f'{engine}-windows'}')"
             ).fetchall())
         assert windows["tributary"] == windows["spark"], (
             f"the window tables differ: {len(windows['tributary'])} and {len(windows['spark'])} windows, "

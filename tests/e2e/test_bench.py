@@ -73,3 +73,13 @@ def test_spark_beside_tributary_agrees_with_tributary_and_reports_ratios(binary)
         assert re.search(rf"{job} +Tributary +[\d,]+ rows/s, +[\d.]+ CPU-s per M rows \| Spark +[\d,]+ rows/s",
                          result.stdout), result.stdout
     assert re.search(r"both tables hold the same [1-9]\d* windows", result.stdout), result.stdout
+
+
+def test_memory_bench_reports_peak_rss_per_case_and_loses_nothing(binary):
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "memory.py"
+    result = subprocess.run([sys.executable, str(script), "5000"], capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ, TRIBUTARY_BIN=binary))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "every table holds each record once" in result.stdout, result.stdout
+    cases = re.findall(r"peak RSS +(\d+) MiB", result.stdout)
+    assert len(cases) == 8 and all(int(mib) > 0 for mib in cases), result.stdout
