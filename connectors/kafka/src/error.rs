@@ -11,6 +11,8 @@ pub enum KafkaSourceError {
     },
     #[error("topic {topic} does not exist or has no partitions")]
     NoSuchTopic { topic: String },
+    #[error("the broker listed no offset for partition {partition} of topic {topic}")]
+    NoOffsetListed { topic: String, partition: i32 },
     #[error(
         "records of topic {topic} were lost before they were ingested: {detail}. \
          The offsets this pipeline resumes from no longer exist (retention deleted them). \
@@ -41,9 +43,9 @@ impl Classify for KafkaSourceError {
             | KafkaSourceError::DataLoss { .. }
             | KafkaSourceError::OffsetsWentBack { .. }
             | KafkaSourceError::Fenced { .. } => ErrorKind::User,
-            KafkaSourceError::NoSuchTopic { .. } | KafkaSourceError::Client { .. } => {
-                ErrorKind::External
-            }
+            KafkaSourceError::NoSuchTopic { .. }
+            | KafkaSourceError::NoOffsetListed { .. }
+            | KafkaSourceError::Client { .. } => ErrorKind::External,
         }
     }
 }

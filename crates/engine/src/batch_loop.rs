@@ -113,25 +113,23 @@ impl<'a> Run<'a> {
         // start at the beginning (as in Spark); a new pipeline obeys starting_offsets.
         let earliest =
             recovery.resumed || spec.source.kafka.starting_offsets == StartingOffsets::Earliest;
-        for p in &partitions {
-            if !positions.contains_key(p) {
-                let (low, high) = blocking(|| source.watermarks(*p))?;
-                positions.insert(*p, if earliest { low } else { high });
-            }
+        // Asked before the partitions are assigned: an assigned consumer's
+        // requests wait behind its fetches.
+        let marks = blocking(|| source.watermarks(&partitions))?;
+        for (p, (low, high)) in &marks {
+            positions
+                .entry(*p)
+                .or_insert(if earliest { *low } else { *high });
         }
         blocking(|| source.check_positions(&positions))?;
+        let drain_targets = spec.trigger.available_now.then(|| {
+            let targets: BTreeMap<i32, i64> =
+                marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
+            group.known_latest = targets.clone();
+            targets
+        });
         blocking(|| source.seek(&positions))?;
 
-        let drain_targets = if spec.trigger.available_now {
-            let mut targets = BTreeMap::new();
-            for p in &partitions {
-                targets.insert(*p, blocking(|| source.watermarks(*p))?.1);
-            }
-            group.known_latest = targets.clone();
-            Some(targets)
-        } else {
-            None
-        };
         // A group of the whole topic takes partitions added to it while it
         // runs (a drain with `available_now` keeps the partitions it started with).
         let discovery = (self.scope.partitions.is_none() && drain_targets.is_none())

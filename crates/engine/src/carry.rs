@@ -61,10 +61,12 @@ pub(crate) fn newest_offsets(
     reader: &KafkaReader,
     positions: &BTreeMap<i32, i64>,
 ) -> Result<BTreeMap<i32, i64>> {
-    positions
-        .keys()
-        .map(|p| Ok((*p, reader.watermarks(*p, TIMEOUT)?.1)))
-        .collect()
+    let partitions: Vec<i32> = positions.keys().copied().collect();
+    Ok(reader
+        .watermarks_of(&partitions, TIMEOUT)?
+        .into_iter()
+        .map(|(p, (_, high))| (p, high))
+        .collect())
 }
 
 /// What the reader carries from a new batch to the next: records read past

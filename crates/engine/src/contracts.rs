@@ -42,8 +42,9 @@ pub(crate) trait Source: Send + Sync {
     /// The topic's partitions.
     fn partitions(&self) -> Result<Vec<i32>>;
 
-    /// A partition's first offset and the offset after its last record.
-    fn watermarks(&self, partition: i32) -> Result<(i64, i64)>;
+    /// Each partition's first offset and the offset after its last record,
+    /// asked at once.
+    fn watermarks(&self, partitions: &[i32]) -> Result<BTreeMap<i32, (i64, i64)>>;
 
     /// Refuses resume positions the topic no longer holds (deleted by
     /// retention, or the topic recreated and its offsets gone back): never

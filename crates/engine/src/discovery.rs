@@ -42,12 +42,12 @@ impl PartitionDiscovery {
         if added.is_empty() {
             return Ok(());
         }
-        let mut starts = BTreeMap::new();
-        for p in &added {
-            let (low, _) = source.watermarks(*p)?;
-            positions.insert(*p, low);
-            starts.insert(*p, low);
-        }
+        let starts: BTreeMap<i32, i64> = source
+            .watermarks(&added)?
+            .into_iter()
+            .map(|(p, (low, _))| (p, low))
+            .collect();
+        positions.extend(&starts);
         source.add(&starts)?;
         tracing::info!(pipeline = %self.pipeline, partitions = ?added, "new partitions of the topic; reading them from their first offset");
         Ok(())

@@ -190,8 +190,8 @@ impl Source for KafkaReader {
         Ok(KafkaReader::partitions(self, KAFKA_TIMEOUT)?)
     }
 
-    fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
-        Ok(KafkaReader::watermarks(self, partition, KAFKA_TIMEOUT)?)
+    fn watermarks(&self, partitions: &[i32]) -> Result<BTreeMap<i32, (i64, i64)>> {
+        Ok(self.watermarks_of(partitions, KAFKA_TIMEOUT)?)
     }
 
     fn check_positions(&self, positions: &BTreeMap<i32, i64>) -> Result<()> {

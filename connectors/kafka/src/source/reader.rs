@@ -161,6 +161,64 @@ impl KafkaReader {
             })
     }
 
+    /// `(low, high)` watermarks of each of `partitions`, in two requests
+    /// however many there are: asked one partition at a time, each request
+    /// of an assigned consumer waits behind its fetch long-poll, about
+    /// 100 ms a partition. Both ask the broker's ListOffsets as `watermarks`
+    /// does, with this consumer's isolation level (read_committed: the high
+    /// one is the last stable offset).
+    pub fn watermarks_of(
+        &self,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<BTreeMap<i32, (i64, i64)>> {
+        let lows = self.list_offsets(partitions, Offset::Beginning, timeout)?;
+        let highs = self.list_offsets(partitions, Offset::End, timeout)?;
+        Ok(lows
+            .into_iter()
+            .zip(highs)
+            .map(|((p, low), (_, high))| (p, (low, high)))
+            .collect())
+    }
+
+    /// The earliest (`Offset::Beginning`) or latest (`Offset::End`) offset
+    /// of each of `partitions`, in one request.
+    fn list_offsets(
+        &self,
+        partitions: &[i32],
+        at: Offset,
+        timeout: Duration,
+    ) -> Result<BTreeMap<i32, i64>> {
+        let failed = |source| KafkaSourceError::Client {
+            operation: "watermark request",
+            source,
+        };
+        let mut asked = TopicPartitionList::new();
+        for p in partitions {
+            asked
+                .add_partition_offset(&self.topic, *p, at)
+                .map_err(failed)?;
+        }
+        let listed = self
+            .consumer
+            .offsets_for_times(asked, timeout)
+            .map_err(failed)?;
+        let mut offsets = BTreeMap::new();
+        for e in listed.elements_for_topic(&self.topic) {
+            e.error().map_err(failed)?;
+            if let Offset::Offset(o) = e.offset() {
+                offsets.insert(e.partition(), o);
+            }
+        }
+        match partitions.iter().find(|p| !offsets.contains_key(p)) {
+            Some(p) => Err(KafkaSourceError::NoOffsetListed {
+                topic: self.topic.clone(),
+                partition: *p,
+            }),
+            None => Ok(offsets),
+        }
+    }
+
     /// Assigns the partitions, each starting where given.
     pub fn assign(&self, starts: &[(i32, StartAt)]) -> Result<()> {
         self.consumer
@@ -207,9 +265,11 @@ impl KafkaReader {
         positions: &BTreeMap<i32, i64>,
         timeout: Duration,
     ) -> Result<()> {
+        let partitions: Vec<i32> = positions.keys().copied().collect();
+        let marks = self.watermarks_of(&partitions, timeout)?;
         let mut behind = Vec::new();
         for (p, pos) in positions {
-            let (_, high) = self.watermarks(*p, timeout)?;
+            let high = marks[p].1;
             if high < *pos {
                 behind.push(format!(
                     "partition {p}: the pipeline resumes at offset {pos}, but the topic now ends at {high}"
