@@ -62,11 +62,7 @@ pub(crate) fn newest_offsets(
     positions: &BTreeMap<i32, i64>,
 ) -> Result<BTreeMap<i32, i64>> {
     let partitions: Vec<i32> = positions.keys().copied().collect();
-    Ok(reader
-        .watermarks_of(&partitions, TIMEOUT)?
-        .into_iter()
-        .map(|(p, (_, high))| (p, high))
-        .collect())
+    Ok(reader.high_watermarks_of(&partitions, TIMEOUT)?)
 }
 
 /// What the reader carries from a new batch to the next: records read past

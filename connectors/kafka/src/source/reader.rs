@@ -173,12 +173,22 @@ impl KafkaReader {
         timeout: Duration,
     ) -> Result<BTreeMap<i32, (i64, i64)>> {
         let lows = self.list_offsets(partitions, Offset::Beginning, timeout)?;
-        let highs = self.list_offsets(partitions, Offset::End, timeout)?;
+        let highs = self.high_watermarks_of(partitions, timeout)?;
         Ok(lows
             .into_iter()
             .zip(highs)
             .map(|((p, low), (_, high))| (p, (low, high)))
             .collect())
+    }
+
+    /// The high watermark of each of `partitions` (as in `watermarks_of`),
+    /// in one request.
+    pub fn high_watermarks_of(
+        &self,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<BTreeMap<i32, i64>> {
+        self.list_offsets(partitions, Offset::End, timeout)
     }
 
     /// The earliest (`Offset::Beginning`) or latest (`Offset::End`) offset
@@ -266,10 +276,10 @@ impl KafkaReader {
         timeout: Duration,
     ) -> Result<()> {
         let partitions: Vec<i32> = positions.keys().copied().collect();
-        let marks = self.watermarks_of(&partitions, timeout)?;
+        let highs = self.high_watermarks_of(&partitions, timeout)?;
         let mut behind = Vec::new();
         for (p, pos) in positions {
-            let high = marks[p].1;
+            let high = highs[p];
             if high < *pos {
                 behind.push(format!(
                     "partition {p}: the pipeline resumes at offset {pos}, but the topic now ends at {high}"
