@@ -70,7 +70,7 @@ def test_spark_beside_tributary_agrees_with_tributary_and_reports_ratios(binary)
                             timeout=600, env=dict(os.environ, TRIBUTARY_BIN=binary))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     for job in ["drain", "windows"]:
-        assert re.search(rf"{job} +Tributary +[\d,]+ rows/s, +[\d.]+ CPU-s per M rows \| Spark +[\d,]+ rows/s",
+        assert re.search(rf"{job} +Tributary +[\d,]+ rows/s, +[\d.]+ CPU-s per M rows, peak RSS +\d+ MiB \| Spark +[\d,]+ rows/s",
                          result.stdout), result.stdout
     assert re.search(r"both tables hold the same [1-9]\d* windows", result.stdout), result.stdout
 
