@@ -31,7 +31,6 @@ docs/benchmarks.md records the figures."""
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,10 @@ import time
 import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "bench"))
 from conftest import DevStack, duck, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
+from producing import peak_rss_mib, produce_backlog  # noqa: E402
 
 TOPIC = "events"
 PARTITIONS = 4
@@ -54,18 +55,6 @@ SPARK_PACKAGES = ",".join([
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def produce(binary, stack, rows):
-    """The backlog, at up to 300,000 records a second (what the native
-    producer keeps up beside the broker here); returns the records sent."""
-    seconds = max(1, -(-rows // 300_000))
-    out = subprocess.run([binary, "bench", "produce", "--bootstrap-servers", stack.bootstrap, "--topic", TOPIC,
-                          "--registry-url", stack.registry, "--rate", str(rows // seconds),
-                          "--seconds", str(seconds)],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return int(re.search(r"bench produce: (\d+) records", out.stdout).group(1))
-
-
 def schema_json(stack):
     with urllib.request.urlopen(f"{stack.registry}/subjects/{TOPIC}-value/versions/latest") as resp:
         return json.load(resp)["schema"]
@@ -74,13 +63,6 @@ def schema_json(stack):
 def cpu_seconds(pid):
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def peak_rss_mib(pid):
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def tributary(binary, spec):
@@ -145,7 +127,9 @@ def main():
         cluster = KafkaCluster(work / "kafka", jit=True)
         stack = DevStack(binary, [f"{TOPIC}:{PARTITIONS}"], kafka=cluster)
         try:
-            sent = produce(binary, stack, wanted)
+            # About 300,000 records a second is what the native producer keeps up
+            # beside the broker here.
+            sent = produce_backlog(binary, stack, TOPIC, wanted, 300_000)
             schema = schema_json(stack)
             results = {}
             for job, extra in [

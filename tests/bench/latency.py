@@ -19,7 +19,6 @@ Tributary's peak RSS; docs/benchmarks.md records the figures."""
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,28 +29,9 @@ import duckdb
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from conftest import DevStack, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
+from producing import peak_rss_mib, produce  # noqa: E402
 
 PARTITIONS = 4
-
-
-def produce(binary, stack, rate, seconds):
-    """`tributary bench produce`: a native producer, so that the load
-    generator leaves the CPU to the pipeline. Returns the records sent and
-    the rate reached."""
-    out = subprocess.run([binary, "bench", "produce", "--bootstrap-servers", stack.bootstrap, "--topic", "latency",
-                          "--registry-url", stack.registry, "--rate", str(rate), "--seconds", str(seconds)],
-                         capture_output=True, text=True, timeout=seconds + 120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    sent, reached = re.search(r"bench produce: (\d+) records .* at (\d+) records/s", out.stdout).groups()
-    return int(sent), int(reached)
-
-
-def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def commits(table):
@@ -85,7 +65,7 @@ def main():
                                stdout=subprocess.DEVNULL, stderr=open(work / "run.log", "w"))
         try:
             time.sleep(2)
-            sent, reached = produce(binary, stack, rate, int(seconds))
+            sent, reached = produce(binary, stack, "latency", rate, int(seconds))
             # Let the last trigger commit what was sent.
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

@@ -21,7 +21,6 @@ docs/benchmarks.md records the figures."""
 
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,21 +29,10 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from conftest import DevStack, duck, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
+from producing import produce_backlog  # noqa: E402
 
 PARTITIONS = [1, 8, 32, 64]
 PIPELINES = [1, 2, 4, 8]
-
-
-def produce(binary, stack, topic, rows):
-    """A backlog of about `rows` records, as fast as the native producer
-    goes; returns the records sent."""
-    seconds = max(1, -(-rows // 500_000))
-    out = subprocess.run([binary, "bench", "produce", "--bootstrap-servers", stack.bootstrap, "--topic", topic,
-                          "--registry-url", stack.registry, "--rate", str(rows // seconds),
-                          "--seconds", str(seconds)],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return int(re.search(r"bench produce: (\d+) records", out.stdout).group(1))
 
 
 def drain(binary, work, cluster, stack, case, topics):
@@ -82,7 +70,7 @@ def main():
         topics = [f"p{p}:{p}" for p in PARTITIONS] + [f"set{i}:8" for i in range(max(PIPELINES))]
         stack = DevStack(binary, topics, kafka=cluster)
         try:
-            sent = {t.split(":")[0]: produce(binary, stack, t.split(":")[0], rows) for t in topics}
+            sent = {t.split(":")[0]: produce_backlog(binary, stack, t.split(":")[0], rows, 500_000) for t in topics}
             print(f"memory bench: about {rows} records per topic, 10-field schema, each case one `tributary run` "
                   f"draining with available_now; every table holds each record once")
             for p in PARTITIONS:
