@@ -7,7 +7,7 @@
 //! the same id with other ranges stops this run (it re-syncs on retry); a
 //! recorded batch is re-run only with exactly its ranges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -113,18 +113,27 @@ impl<'a> Run<'a> {
         // start at the beginning (as in Spark); a new pipeline obeys starting_offsets.
         let earliest =
             recovery.resumed || spec.source.kafka.starting_offsets == StartingOffsets::Earliest;
-        // Asked before the partitions are assigned: an assigned consumer's
-        // requests wait behind its fetches.
-        let marks = blocking(|| source.watermarks(&partitions))?;
-        for (p, (low, high)) in &marks {
+        // Asked once, for the start positions, their check and the drain
+        // targets, and before the partitions are assigned: an assigned
+        // consumer's requests wait behind its fetches.
+        let asked: Vec<i32> = partitions
+            .iter()
+            .chain(positions.keys())
+            .copied()
+            .collect::<BTreeSet<i32>>()
+            .into_iter()
+            .collect();
+        let marks = blocking(|| source.watermarks(&asked))?;
+        for p in &partitions {
+            let (low, high) = marks[p];
             positions
                 .entry(*p)
-                .or_insert(if earliest { *low } else { *high });
+                .or_insert(if earliest { low } else { high });
         }
-        blocking(|| source.check_positions(&positions))?;
+        let highs: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
+        source.check_positions(&positions, &highs)?;
         let drain_targets = spec.trigger.available_now.then(|| {
-            let targets: BTreeMap<i32, i64> =
-                marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
+            let targets: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, highs[p])).collect();
             group.known_latest = targets.clone();
             targets
         });

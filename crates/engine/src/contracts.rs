@@ -48,8 +48,13 @@ pub(crate) trait Source: Send + Sync {
 
     /// Refuses resume positions the topic no longer holds (deleted by
     /// retention, or the topic recreated and its offsets gone back): never
-    /// skips records silently.
-    fn check_positions(&self, positions: &BTreeMap<i32, i64>) -> Result<()>;
+    /// skips records silently. `highs`: each partition's high watermark,
+    /// from `watermarks`.
+    fn check_positions(
+        &self,
+        positions: &BTreeMap<i32, i64>,
+        highs: &BTreeMap<i32, i64>,
+    ) -> Result<()>;
 
     /// Reads each of `positions`' partitions from its offset, and no other
     /// partition.

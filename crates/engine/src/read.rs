@@ -194,8 +194,12 @@ impl Source for KafkaReader {
         Ok(self.watermarks_of(partitions, KAFKA_TIMEOUT)?)
     }
 
-    fn check_positions(&self, positions: &BTreeMap<i32, i64>) -> Result<()> {
-        Ok(self.check_resume_offsets(positions, KAFKA_TIMEOUT)?)
+    fn check_positions(
+        &self,
+        positions: &BTreeMap<i32, i64>,
+        highs: &BTreeMap<i32, i64>,
+    ) -> Result<()> {
+        Ok(self.check_resume_offsets(positions, highs)?)
     }
 
     fn seek(&self, positions: &BTreeMap<i32, i64>) -> Result<()> {

@@ -269,17 +269,21 @@ impl KafkaReader {
 
     /// Fails when a partition's resume offset lies beyond its end: the
     /// topic's offsets went backwards (deleted and recreated, or truncated),
-    /// and reading on would silently skip or repeat records.
+    /// and reading on would silently skip or repeat records. `highs`: each
+    /// partition's high watermark (`watermarks_of`).
     pub fn check_resume_offsets(
         &self,
         positions: &BTreeMap<i32, i64>,
-        timeout: Duration,
+        highs: &BTreeMap<i32, i64>,
     ) -> Result<()> {
-        let partitions: Vec<i32> = positions.keys().copied().collect();
-        let highs = self.high_watermarks_of(&partitions, timeout)?;
         let mut behind = Vec::new();
         for (p, pos) in positions {
-            let high = highs[p];
+            let high = *highs
+                .get(p)
+                .ok_or_else(|| KafkaSourceError::NoOffsetListed {
+                    topic: self.topic.clone(),
+                    partition: *p,
+                })?;
             if high < *pos {
                 behind.push(format!(
                     "partition {p}: the pipeline resumes at offset {pos}, but the topic now ends at {high}"
