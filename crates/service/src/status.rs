@@ -51,11 +51,8 @@ async fn collect(spec: &TableSpec) -> anyhow::Result<Value> {
     let broker =
         tokio::task::spawn_blocking(move || -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
             let reader = KafkaReader::connect(&config)?;
-            let mut marks = BTreeMap::new();
-            for p in reader.partitions(BROKER_TIMEOUT)? {
-                marks.insert(p, reader.watermarks(p, BROKER_TIMEOUT)?);
-            }
-            Ok(marks)
+            let partitions = reader.partitions(BROKER_TIMEOUT)?;
+            Ok(reader.watermarks_of(&partitions, BROKER_TIMEOUT)?)
         })
         .await?;
     let (watermarks, broker_error) = match broker {
