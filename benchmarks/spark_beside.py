@@ -31,7 +31,6 @@ docs/benchmarks.md records the figures."""
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "bench"))
 from conftest import DevStack, duck, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
-from producing import peak_rss_mib, produce_backlog  # noqa: E402
+from tools import peak_rss_mib, produce_backlog, run_to_exit, with_offset_columns  # noqa: E402
 
 TOPIC = "events"
 PARTITIONS = 4
@@ -63,19 +62,6 @@ def schema_json(stack):
 def cpu_seconds(pid):
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def tributary(binary, spec):
-    """(wall seconds, CPU-seconds, peak RSS in MiB) of one `tributary run`
-    to its exit."""
-    started = time.monotonic()
-    proc = subprocess.Popen([binary, "run", "--spec", str(spec)], stdout=subprocess.DEVNULL,
-                            stderr=open(spec.with_suffix(".log"), "w"))
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, spec.with_suffix(".log").read_text()[-3000:]
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def spark_session(work):
@@ -142,10 +128,8 @@ def main():
                                   registry=stack.registry, table=work / f"tributary-{job}",
                                   checkpoint=work / f"tributary-{job}-checkpoint", extra=extra)
                 if job == "drain":
-                    spec.write_text(spec.read_text().replace(
-                        f"    topic: {TOPIC}\n",
-                        f"    topic: {TOPIC}\n  columns: {{partition: kafka_partition, offset: kafka_offset}}\n"))
-                results[("tributary", job)] = tributary(binary, spec)
+                    with_offset_columns(spec, TOPIC)
+                results[("tributary", job)] = run_to_exit(binary, spec, spec.with_suffix(".log"))
             spark = spark_session(work)
             for job in ["drain", "windows"]:
                 results[("spark", job)] = spark_job(spark, cluster.bootstrap, schema, work / f"spark-{job}",

@@ -29,7 +29,7 @@ import duckdb
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from conftest import DevStack, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
-from producing import peak_rss_mib, produce  # noqa: E402
+from tools import peak_rss_mib, produce  # noqa: E402
 
 PARTITIONS = 4
 

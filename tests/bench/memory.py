@@ -21,15 +21,13 @@ docs/benchmarks.md records the figures."""
 
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from conftest import DevStack, duck, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
-from producing import produce_backlog  # noqa: E402
+from tools import produce_backlog, run_to_exit, with_offset_columns  # noqa: E402
 
 PARTITIONS = [1, 8, 32, 64]
 PIPELINES = [1, 2, 4, 8]
@@ -44,21 +42,14 @@ def drain(binary, work, cluster, stack, case, topics):
         spec = write_spec(specs / f"{topic}.yaml", pipeline=f"{case}-{topic}", bootstrap=cluster.bootstrap,
                           topic=topic, registry=stack.registry, table=work / "tables" / case / topic,
                           checkpoint=work / "checkpoints" / case / topic)
-        spec.write_text(spec.read_text().replace(
-            f"    topic: {topic}\n",
-            f"    topic: {topic}\n  columns: {{partition: kafka_partition, offset: kafka_offset}}\n"))
-    started = time.monotonic()
-    proc = subprocess.Popen([binary, "run", "--spec", str(specs), "--admin-addr", "127.0.0.1:0"],
-                            stdout=subprocess.DEVNULL, stderr=open(work / f"{case}.log", "w"))
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
-    assert os.waitstatus_to_exitcode(status) == 0, (work / f"{case}.log").read_text()[-3000:]
+        with_offset_columns(spec, topic)
+    wall, _, rss = run_to_exit(binary, specs, work / f"{case}.log")
     con = duck()
     for topic, sent in topics.items():
         rows, offsets = con.sql(f"select count(*), count(distinct (kafka_partition, kafka_offset)) "
                                 f"from delta_scan('{work / 'tables' / case / topic}')").fetchone()
         assert rows == sent and offsets == sent, f"{case}/{topic}: {rows} rows, {offsets} offsets, {sent} sent"
-    return usage.ru_maxrss / 1024, wall
+    return rss, wall
 
 
 def main():

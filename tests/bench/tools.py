@@ -1,8 +1,10 @@
-"""What the bench scripts share: `tributary bench produce` and a process's
-peak memory."""
+"""What the bench scripts share: `tributary bench produce`, a drain run to
+its exit, and a process's peak memory."""
 
+import os
 import re
 import subprocess
+import time
 
 
 def produce(binary, stack, topic, rate, seconds):
@@ -31,3 +33,24 @@ def peak_rss_mib(pid):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def with_offset_columns(spec, topic):
+    """Adds the Kafka partition and offset as columns to a spec written by
+    `write_spec`, so that the table can be checked record by record."""
+    spec.write_text(spec.read_text().replace(
+        f"    topic: {topic}\n",
+        f"    topic: {topic}\n  columns: {{partition: kafka_partition, offset: kafka_offset}}\n"))
+
+
+def run_to_exit(binary, specs, log):
+    """Runs `tributary run` over `specs` (a spec file or a directory of them)
+    until it exits, which it must do with 0; returns its wall seconds,
+    CPU-seconds and peak RSS in MiB (its rusage)."""
+    started = time.monotonic()
+    proc = subprocess.Popen([binary, "run", "--spec", str(specs), "--admin-addr", "127.0.0.1:0"],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    assert os.waitstatus_to_exitcode(status) == 0, log.read_text()[-3000:]
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
