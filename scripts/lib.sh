@@ -26,6 +26,43 @@ install_system_packages() {
     fi
 }
 
+# Dev builds (the demo's and the tests') link RocksDB as the RocksDB project
+# builds it for Java: the x86-64 Linux library of `rocksdbjni` on Maven
+# Central, which exports RocksDB's C API, at exactly the version librocksdb-sys
+# bundles. Compiling RocksDB's C++ instead took 19 of a fresh build's 46
+# minutes on two cores (docs/benchmarks.md). Release builds (`cargo build
+# --release` by hand, or the Dockerfile) leave ROCKSDB_LIB_DIR unset and
+# compile it into the binary. The `tributary` binary records the library's
+# folder as its run path (crates/service/build.rs); test binaries find it
+# through LD_LIBRARY_PATH. TRIBUTARY_COMPILE_ROCKSDB=1 compiles it anyway.
+ROCKSDB_VERSION=10.4.2  # as bundled by Cargo.lock's librocksdb-sys (checked below)
+ROCKSDB_JNI_SHA256=34a9b9ab5bdb128c058363d72a83ab5d0a498a97df9cf1291f1a6e9260bb70b1
+
+prebuilt_rocksdb() {
+    if [ -n "${TRIBUTARY_COMPILE_ROCKSDB:-}" ] || [ "$(uname -sm)" != "Linux x86_64" ]; then
+        return
+    fi
+    grep -A1 '^name = "librocksdb-sys"$' Cargo.lock | grep -q "^version = \".*+$ROCKSDB_VERSION\"$" \
+        || { echo "Cargo.lock's librocksdb-sys does not bundle RocksDB $ROCKSDB_VERSION: update scripts/lib.sh" >&2; exit 1; }
+    local dir="$HOME/.cache/tributary/rocksdb-$ROCKSDB_VERSION"
+    if [ ! -f "$dir/librocksdb.so" ]; then
+        step "RocksDB $ROCKSDB_VERSION, prebuilt (rocksdbjni from Maven Central)"
+        local scratch
+        scratch="$(mktemp -d)"
+        curl -fsSL --retry 3 -o "$scratch/rocksdbjni.jar" \
+            "https://repo1.maven.org/maven2/org/rocksdb/rocksdbjni/$ROCKSDB_VERSION/rocksdbjni-$ROCKSDB_VERSION-linux64.jar"
+        echo "$ROCKSDB_JNI_SHA256  $scratch/rocksdbjni.jar" | sha256sum --check --quiet
+        python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("librocksdbjni-linux64.so", sys.argv[2])' \
+            "$scratch/rocksdbjni.jar" "$scratch"
+        mkdir -p "$dir"
+        cp "$scratch/librocksdbjni-linux64.so" "$dir/librocksdb.so.partial"
+        mv "$dir/librocksdb.so.partial" "$dir/librocksdb.so"
+        rm -rf "$scratch"
+    fi
+    export ROCKSDB_LIB_DIR="$dir"
+    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
+
 # The independent readers and producers of the end-to-end tests.
 python_venv() {
     local stamp="$VENV/.requirements"

@@ -10,11 +10,19 @@ sent the row). Rows of the first WARMUP seconds are left out: they wait for
 the pipeline to start. The table is then checked: every produced offset is in
 it exactly once (DuckDB over the table's Parquet files).
 
+The same run republishes the rows whose `url` is `/checkout` (about one in
+twelve) to the topic `latency-alerts` from inside `tributary run`, as an
+alert pipeline would. A `read_committed` consumer started before the load
+notes when each republished row reached it; that row's latency is this
+time less its Kafka timestamp. The script fails unless every such row of
+the table reached the consumer exactly once, and no other row did.
+
     TRIBUTARY_BIN=target/release/tributary KAFKA_LIBS=~/.cache/tributary/kafka-4.1.1/libs \\
         python tests/bench/latency.py [RATE] [SECONDS] [WARMUP]
 
-Prints p50 / p95 / p99 / max in milliseconds, the rate reached, and
-Tributary's peak RSS; docs/benchmarks.md records the figures."""
+Prints p50 / p95 / p99 / max in milliseconds for the table and for the
+republished rows, the rate reached, and Tributary's peak RSS;
+docs/benchmarks.md records the figures."""
 
 import json
 import os
@@ -22,9 +30,11 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import duckdb
+from confluent_kafka import Consumer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from conftest import DevStack, write_spec  # noqa: E402
@@ -32,6 +42,14 @@ from kafka_cluster import KafkaCluster  # noqa: E402
 from tools import peak_rss_mib, produce  # noqa: E402
 
 PARTITIONS = 4
+ALERTS = "latency-alerts"
+REPUBLISH = f"""republish:
+  topic: {ALERTS}
+  filter: url = '/checkout'
+  columns: [kafka_partition, kafka_offset]
+  format: json
+  interval: 200ms
+"""
 
 
 def commits(table):
@@ -44,6 +62,40 @@ def commits(table):
     return out
 
 
+class AlertReader:
+    """A `read_committed` consumer of the republished rows, in a thread of
+    its own: (source partition, source offset, ms it arrived) of each."""
+
+    def __init__(self, bootstrap):
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "latency-bench",
+                                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                                  "isolation.level": "read_committed", "fetch.wait.max.ms": 10})
+        self.consumer.subscribe([ALERTS])
+        self.arrived = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.read)
+        self.thread.start()
+
+    def read(self):
+        while not self.done.is_set():
+            for msg in self.consumer.consume(1000, timeout=0.05):
+                at = time.time_ns() // 1_000_000
+                if msg.error():
+                    raise RuntimeError(msg.error())
+                row = json.loads(msg.value())
+                self.arrived.append((row["kafka_partition"], row["kafka_offset"], at))
+        self.consumer.close()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(30)
+
+
+def percentiles(con, latencies):
+    return con.sql(f"""select quantile_cont(lat, 0.5), quantile_cont(lat, 0.95), quantile_cont(lat, 0.99),
+                              max(lat), count(*) from ({latencies})""").fetchone()
+
+
 def main():
     rate = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 30
@@ -52,7 +104,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         work = pathlib.Path(work)
         cluster = KafkaCluster(work / "kafka", jit=True)
-        stack = DevStack(binary, [f"latency:{PARTITIONS}"], kafka=cluster)
+        stack = DevStack(binary, [f"latency:{PARTITIONS}", f"{ALERTS}:1"], kafka=cluster)
         table = work / "table"
         spec = write_spec(work / "latency.yaml", pipeline="latency", bootstrap=cluster.bootstrap, topic="latency",
                           registry=stack.registry, table=table, checkpoint=work / "checkpoint")
@@ -60,7 +112,8 @@ def main():
         text = spec.read_text().replace("  available_now: true\n  interval: 500ms\n", "  interval: 1s\n")
         text = text.replace("    topic: latency\n", "    topic: latency\n  columns:\n    timestamp: kafka_ts\n"
                                                    "    partition: kafka_partition\n    offset: kafka_offset\n")
-        spec.write_text(text)
+        spec.write_text(text + REPUBLISH)
+        alerts = AlertReader(cluster.bootstrap)
         run = subprocess.Popen([binary, "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0"],
                                stdout=subprocess.DEVNULL, stderr=open(work / "run.log", "w"))
         try:
@@ -70,13 +123,17 @@ def main():
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 files = commits(table)
-                if files and duckdb.sql(f"select count(*) from read_parquet({[f for f, _ in files]})").fetchone()[0] >= sent:
-                    break
+                if files:
+                    held, to_republish = duckdb.sql(f"""select count(*), count(*) filter (where url = '/checkout')
+                                                         from read_parquet({[f for f, _ in files]})""").fetchone()
+                    if held >= sent and len(alerts.arrived) >= to_republish:
+                        break
                 time.sleep(1)
             rss = peak_rss_mib(run.pid)
         finally:
             run.terminate()
             run.wait(60)
+            alerts.stop()
             stack.stop()
             cluster.close()
         files = commits(table)
@@ -87,11 +144,21 @@ def main():
         rows, distinct = con.sql("select count(*), count(distinct (kafka_partition, kafka_offset)) from rows").fetchone()
         assert rows == sent and distinct == sent, f"{rows} rows, {distinct} distinct offsets, {sent} sent"
         first = con.sql("select min(epoch_ms(kafka_ts)) from rows").fetchone()[0]
-        p50, p95, p99, worst, measured = con.sql(f"""
-            select quantile_cont(lat, 0.5), quantile_cont(lat, 0.95), quantile_cont(lat, 0.99), max(lat), count(*)
-            from (select committed_ms - epoch_ms(kafka_ts) as lat
-                  from rows join commits using (filename)
-                  where epoch_ms(kafka_ts) >= {first} + {int(warmup * 1000)})""").fetchone()
+        since_warmup = f"epoch_ms(kafka_ts) >= {first} + {int(warmup * 1000)}"
+        p50, p95, p99, worst, measured = percentiles(con, f"""
+            select committed_ms - epoch_ms(kafka_ts) as lat from rows join commits using (filename)
+            where {since_warmup}""")
+        con.execute("create table arrived(kafka_partition integer, kafka_offset bigint, arrived_ms bigint)")
+        con.executemany("insert into arrived values (?, ?, ?)", alerts.arrived)
+        expected = con.sql("select count(*) from rows where url = '/checkout'").fetchone()[0]
+        arrived, distinct, qualifying = con.sql("""
+            select count(*), count(distinct (kafka_partition, kafka_offset)), count(url) filter (where url = '/checkout')
+            from arrived left join rows using (kafka_partition, kafka_offset)""").fetchone()
+        assert arrived == distinct == qualifying == expected, \
+            f"{arrived} republished ({distinct} distinct, {qualifying} with url /checkout), {expected} expected"
+        r50, r95, r99, rworst, rmeasured = percentiles(con, f"""
+            select arrived_ms - epoch_ms(kafka_ts) as lat from arrived join rows using (kafka_partition, kafka_offset)
+            where {since_warmup}""")
         # How old each commit's newest row was when it was committed: the
         # part of the latency that is not waiting for the next trigger.
         newest_age = con.sql("""
@@ -102,6 +169,9 @@ def main():
               f"1 s trigger, {PARTITIONS} partitions; every offset once in the table")
         print(f"  event (Kafka timestamp) -> visible in the table, {measured} rows after the first {warmup:.0f} s: "
               f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms")
+        print(f"  event -> republished to {ALERTS} (read_committed), {rmeasured} rows after the first {warmup:.0f} s: "
+              f"p50 {r50:.0f} ms, p95 {r95:.0f} ms, p99 {r99:.0f} ms, max {rworst:.0f} ms; "
+              f"every republished row once on the topic")
         print(f"  a commit's newest row was {newest_age:.0f} ms old when it was committed (median over commits)")
         print(f"  Tributary peak RSS {rss:.0f} MiB", flush=True)
 

@@ -59,7 +59,10 @@ def test_latency_bench_reports_percentiles_and_loses_nothing(binary):
                             timeout=300, env=dict(os.environ, TRIBUTARY_BIN=binary))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "every offset once in the table" in result.stdout, result.stdout
-    assert re.search(r"p50 \d+ ms, p95 \d+ ms, p99 \d+ ms, max \d+ ms", result.stdout), result.stdout
+    assert re.search(r"visible in the table, \d+ rows .*: p50 \d+ ms, p95 \d+ ms, p99 \d+ ms, max \d+ ms",
+                     result.stdout), result.stdout
+    assert re.search(r"republished to latency-alerts \(read_committed\), [1-9]\d* rows .*: p50 \d+ ms, p95 \d+ ms, "
+                     r"p99 \d+ ms, max \d+ ms; every republished row once on the topic", result.stdout), result.stdout
 
 
 def test_spark_beside_tributary_agrees_with_tributary_and_reports_ratios(binary):
