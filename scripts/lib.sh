@@ -8,7 +8,8 @@ step() { printf '\n==> %s\n' "$*"; }
 install_system_packages() {
     # clang + libclang-dev: bindgen for the RocksDB bindings. strace: a unit
     # test reads the system calls that make the offsets log durable.
-    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev clang libclang-dev strace)
+    # curl: the prebuilt RocksDB of dev builds (prebuilt_rocksdb).
+    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev clang libclang-dev strace curl)
     # Any Python 3 with venv will do (Debian's, or pyenv's).
     if ! { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
         wanted+=(python3 python3-venv)
@@ -49,9 +50,13 @@ prebuilt_rocksdb() {
         step "RocksDB $ROCKSDB_VERSION, prebuilt (rocksdbjni from Maven Central)"
         local scratch
         scratch="$(mktemp -d)"
-        curl -fsSL --retry 3 -o "$scratch/rocksdbjni.jar" \
-            "https://repo1.maven.org/maven2/org/rocksdb/rocksdbjni/$ROCKSDB_VERSION/rocksdbjni-$ROCKSDB_VERSION-linux64.jar"
-        echo "$ROCKSDB_JNI_SHA256  $scratch/rocksdbjni.jar" | sha256sum --check --quiet
+        local url="https://repo1.maven.org/maven2/org/rocksdb/rocksdbjni/$ROCKSDB_VERSION/rocksdbjni-$ROCKSDB_VERSION-linux64.jar"
+        if ! curl -fsSL --retry 3 -o "$scratch/rocksdbjni.jar" "$url" \
+            || ! echo "$ROCKSDB_JNI_SHA256  $scratch/rocksdbjni.jar" | sha256sum --check --quiet; then
+            echo "could not fetch $url with SHA-256 $ROCKSDB_JNI_SHA256;" \
+                "TRIBUTARY_COMPILE_ROCKSDB=1 compiles RocksDB instead (about 20 more minutes)" >&2
+            exit 1
+        fi
         python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("librocksdbjni-linux64.so", sys.argv[2])' \
             "$scratch/rocksdbjni.jar" "$scratch"
         mkdir -p "$dir"
