@@ -39,7 +39,7 @@ from confluent_kafka import Consumer
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from conftest import DevStack, write_spec  # noqa: E402
 from kafka_cluster import KafkaCluster  # noqa: E402
-from tools import peak_rss_mib, produce  # noqa: E402
+from tools import peak_rss_mib, produce, with_offset_columns  # noqa: E402
 
 PARTITIONS = 4
 ALERTS = "latency-alerts"
@@ -109,10 +109,9 @@ def main():
         spec = write_spec(work / "latency.yaml", pipeline="latency", bootstrap=cluster.bootstrap, topic="latency",
                           registry=stack.registry, table=table, checkpoint=work / "checkpoint")
         # A steady stream: a 1 s trigger, no draining and stopping.
-        text = spec.read_text().replace("  available_now: true\n  interval: 500ms\n", "  interval: 1s\n")
-        text = text.replace("    topic: latency\n", "    topic: latency\n  columns:\n    timestamp: kafka_ts\n"
-                                                   "    partition: kafka_partition\n    offset: kafka_offset\n")
-        spec.write_text(text + REPUBLISH)
+        spec.write_text(spec.read_text().replace("  available_now: true\n  interval: 500ms\n", "  interval: 1s\n")
+                        + REPUBLISH)
+        with_offset_columns(spec, "latency", timestamp="kafka_ts")
         alerts = AlertReader(cluster.bootstrap)
         run = subprocess.Popen([binary, "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0"],
                                stdout=subprocess.DEVNULL, stderr=open(work / "run.log", "w"))

@@ -35,12 +35,12 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
-def with_offset_columns(spec, topic):
+def with_offset_columns(spec, topic, timestamp=None):
     """Adds the Kafka partition and offset as columns to a spec written by
-    `write_spec`, so that the table can be checked record by record."""
-    spec.write_text(spec.read_text().replace(
-        f"    topic: {topic}\n",
-        f"    topic: {topic}\n  columns: {{partition: kafka_partition, offset: kafka_offset}}\n"))
+    `write_spec`, so that the table can be checked record by record, and
+    the Kafka timestamp as the column `timestamp` names, when it is given."""
+    columns = "partition: kafka_partition, offset: kafka_offset" + (f", timestamp: {timestamp}" if timestamp else "")
+    spec.write_text(spec.read_text().replace(f"    topic: {topic}\n", f"    topic: {topic}\n  columns: {{{columns}}}\n"))
 
 
 def run_to_exit(binary, specs, log):
