@@ -441,7 +441,7 @@ def test_the_fraud_alert_example_in_the_docs_is_a_valid_spec(binary, tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
     # A broken filter is refused with its position in the spec.
     spec = tmp_path / "broken.yaml"
-    spec.write_text(specs[0].replace("is_suspicious = true", "is_suspicious == true"))
+    spec.write_text(specs[0].replace("is_suspicious = true", "is_suspicious = = true"))
     out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
                               "SCHEMA_REGISTRY_URL": "http://registry:8081"})

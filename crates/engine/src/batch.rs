@@ -51,6 +51,7 @@ impl BatchWriter<'_> {
             read,
             payload,
             encode_time,
+            filtered_rows,
         } = batch;
         let (output, operated) = operate(g.state.as_ref(), plan.batch_id, payload)?;
         let output_rows = match &output.data {
@@ -99,6 +100,7 @@ impl BatchWriter<'_> {
             times,
             latest,
             output_rows,
+            filtered_rows,
             table_uri: g.data.uri(),
             replayed,
         }

@@ -76,7 +76,7 @@ impl<'a> Run<'a> {
         let next_batch = recovery.next_batch;
         let input = self.reader_input(&mut group, source.clone(), recovery)?;
         let positions = input.positions.clone();
-        let converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone());
+        let converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone())?;
         let mut stages = Stages::start(
             &spec.pipeline,
             converter,
@@ -202,6 +202,7 @@ impl<'a> Run<'a> {
                 },
                 payload: Payload::Rows(Vec::new()),
                 encode_time: Duration::ZERO,
+                filtered_rows: 0,
             };
             self.plan_and_write(group, source, next_batch, batch)
                 .await?;
@@ -260,12 +261,13 @@ impl<'a> Run<'a> {
             return Ok(false);
         };
         let started = Instant::now();
-        let mut converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone());
+        let mut converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone())?;
         let payload = blocking(|| converter.payload_of(&rows, spec.table.target_file_size.0))?;
         let batch = ReadyBatch {
             read,
             payload,
             encode_time: started.elapsed(),
+            filtered_rows: converter.take_filtered(),
         };
         self.writer
             .write(group, source, plan, batch, true, 0)

@@ -11,6 +11,7 @@ use deltalake::arrow::datatypes::{DataType, Schema, SchemaRef};
 use tributary_avro::{delta_schema, to_delta_batch};
 use tributary_delta::{BatchEncoder, EncodedBatch, add_partition_columns};
 use tributary_spec::{PartitionColumn, TableSpec};
+use tributary_transform::Transform;
 
 use crate::contracts::ReadBatch;
 use crate::error::{EngineError, Result};
@@ -31,6 +32,8 @@ pub(crate) struct ReadyBatch {
     pub read: ReadBatch,
     pub payload: Payload,
     pub encode_time: Duration,
+    /// Records `transform.where` dropped.
+    pub filtered_rows: u64,
 }
 
 /// What the encoder made of a batch's rows.
@@ -49,6 +52,9 @@ pub(crate) struct Converter {
     /// The table's schema when it exists: rows are reordered and cast to it.
     table_schema: Option<SchemaRef>,
     checked: HashSet<SchemaRef>,
+    transform: Option<Transform>,
+    /// Records the transform's filter dropped since the last `take_filtered`.
+    filtered: u64,
     /// Kafka columns only the operators read: kept aside from conversion
     /// and schema evolution, and appended to the converted rows.
     hidden: Vec<String>,
@@ -62,8 +68,14 @@ impl Converter {
         spec: &TableSpec,
         records_schema: Option<SchemaRef>,
         hidden: Vec<String>,
-    ) -> Converter {
-        Converter {
+    ) -> Result<Converter> {
+        let transform = spec
+            .transform
+            .as_ref()
+            .map(Transform::new)
+            .transpose()
+            .map_err(|e| EngineError::Spec(format!("transform: {e}")))?;
+        Ok(Converter {
             spec: spec.clone(),
             partitions: if spec.window.is_some() {
                 Vec::new()
@@ -72,8 +84,15 @@ impl Converter {
             },
             table_schema: records_schema,
             checked: HashSet::new(),
+            transform,
+            filtered: 0,
             hidden,
-        }
+        })
+    }
+
+    /// Records the transform's filter dropped since the last call.
+    pub(crate) fn take_filtered(&mut self) -> u64 {
+        std::mem::take(&mut self.filtered)
     }
 
     /// Whether the rows go to the event-time operators before the table.
@@ -132,10 +151,19 @@ impl Converter {
 
     fn convert_visible(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
         let target = delta_schema(&decoded.schema())?;
-        if self.checked.insert(target.clone()) {
-            check_columns(&self.spec, &target)?;
+        let typed = to_delta_batch(decoded, &target)?;
+        let transformed = match &self.transform {
+            Some(t) => {
+                let out = t.apply(&typed)?;
+                self.filtered += out.filtered as u64;
+                out.rows
+            }
+            None => typed,
+        };
+        if self.checked.insert(transformed.schema()) {
+            check_columns(&self.spec, &transformed.schema())?;
         }
-        let row = add_partition_columns(&to_delta_batch(decoded, &target)?, &self.partitions)?;
+        let row = add_partition_columns(&transformed, &self.partitions)?;
         let Some(table) = &self.table_schema else {
             // A new table: its first rows define it, later versions evolve it.
             self.table_schema = Some(row.schema());
@@ -235,14 +263,17 @@ pub(crate) fn run_encoder(
                 };
                 let encode_time = busy + started.elapsed();
                 busy = Duration::ZERO;
+                let filtered_rows = converter.take_filtered();
                 finished.map(|payload| ReadyBatch {
                     read,
                     payload,
                     encode_time,
+                    filtered_rows,
                 })
             }
             Chunk::Failed(e) => {
                 converted.clear();
+                converter.take_filtered();
                 Err(e)
             }
         };

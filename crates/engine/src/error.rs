@@ -37,6 +37,10 @@ pub enum EngineError {
     ReplayDiffers(String),
     #[error("spec problem: {0}")]
     Spec(String),
+    /// A transform expression failed on the batch's records (an integer
+    /// overflow); nothing of the batch was written.
+    #[error("{0}; nothing of this batch was written")]
+    Transform(#[from] tributary_transform::TransformError),
     #[error("records do not fit the table: {0}")]
     Schema(String),
     #[error("another instance is writing this group: {0}; re-syncing from the table")]
@@ -102,9 +106,10 @@ impl Classify for EngineError {
             | EngineError::OffsetLogObject { .. }
             | EngineError::ConcurrentInstance(_)
             | EngineError::ReplayDiffers(_) => ErrorKind::External,
-            EngineError::Spec(_) | EngineError::Schema(_) | EngineError::UnknownPosition { .. } => {
-                ErrorKind::User
-            }
+            EngineError::Spec(_)
+            | EngineError::Schema(_)
+            | EngineError::Transform(_)
+            | EngineError::UnknownPosition { .. } => ErrorKind::User,
             EngineError::CorruptPlan { .. } => ErrorKind::Corrupt,
             // The state directory the spec names cannot be used: the
             // operator must act (as for a spec problem).

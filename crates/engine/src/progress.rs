@@ -24,6 +24,8 @@ pub struct BatchProgress {
     /// librdkafka's statistics, up to a second old); absent until known.
     pub lag: Option<i64>,
     pub num_output_rows: u64,
+    /// Records `transform.where` dropped (0 without a transform).
+    pub num_filtered_rows: u64,
     pub num_dead_letters: u64,
     pub input_bytes: u64,
     pub input_rows_per_second: f64,

@@ -33,6 +33,7 @@ pub(crate) struct BatchReport<'a> {
     /// Newest offset of each partition, as far as known.
     pub latest: BTreeMap<i32, i64>,
     pub output_rows: u64,
+    pub filtered_rows: u64,
     pub table_uri: &'a str,
     pub replayed: bool,
 }
@@ -61,6 +62,7 @@ impl BatchReport<'_> {
             num_input_rows: rows_in,
             lag,
             num_output_rows: self.output_rows,
+            num_filtered_rows: self.filtered_rows,
             num_dead_letters: self.read.dead_letters.len() as u64,
             input_bytes: self.read.bytes,
             input_rows_per_second: per_sec(read_ms),

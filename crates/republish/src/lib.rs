@@ -7,7 +7,6 @@
 
 mod encode;
 mod error;
-mod filter;
 mod sink;
 
 pub use error::{RepublishError, Result};

@@ -13,11 +13,11 @@ use tributary_avro::RegistryClient;
 use tributary_core::{Classify, ErrorKind};
 use tributary_delta::{DeltaTableSink, TableOptions};
 use tributary_kafka::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
-use tributary_spec::{Filter, RepublishFormat, RepublishSpec, TableSpec};
+use tributary_spec::{Expr, RepublishFormat, RepublishSpec, TableSpec};
 
 use crate::encode::{RowEncoder, ValueFormat};
 use crate::error::{RepublishError, Result};
-use crate::filter::select;
+use tributary_transform::select;
 
 /// What one transaction published.
 #[derive(Debug, Clone, Serialize)]
@@ -69,7 +69,7 @@ pub async fn run_republisher(
     let filter = republish
         .filter
         .as_deref()
-        .map(Filter::parse)
+        .map(Expr::parse)
         .transpose()
         .map_err(RepublishError::Filter)?;
     let publisher = connect(&spec, &republish).await?;
@@ -130,7 +130,7 @@ async fn connect(
 struct Sink {
     spec: TableSpec,
     republish: RepublishSpec,
-    filter: Option<Filter>,
+    filter: Option<Expr>,
     publisher: Arc<TransactionalPublisher>,
     /// Where an Avro value schema is registered.
     registry: Arc<RegistryClient>,
@@ -201,7 +201,8 @@ impl Sink {
                 for batch in table.read_added(file).await? {
                     rows_read += batch.num_rows() as u64;
                     let selected = match &self.filter {
-                        Some(filter) => select(filter, &batch)?,
+                        Some(filter) => select(filter, &batch)
+                            .map_err(|e| RepublishError::Filter(e.to_string()))?,
                         None => batch,
                     };
                     records.extend(encoder.encode(&selected)?);

@@ -6,6 +6,7 @@ mod components;
 mod demo;
 mod readback;
 mod status;
+mod validate;
 mod verify;
 
 use std::io::IsTerminal;
@@ -303,7 +304,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { files, offline } => validate(files, offline).await,
+        Command::Validate { files, offline } => validate::validate(files, offline).await,
         Command::Demo {
             produce_only: true,
             bootstrap_servers: Some(bootstrap_servers),
@@ -669,80 +670,6 @@ async fn healthcheck(admin_addr: std::net::SocketAddr) -> anyhow::Result<ExitCod
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
-    for f in &spec_files(&paths)? {
-        let spec = match parse_spec_file(f) {
-            Ok(s) => s,
-            Err(e) => {
-                failed = true;
-                for line in e.report() {
-                    println!("{line}");
-                }
-                continue;
-            }
-        };
-        if !offline {
-            match registry_columns(&spec).await {
-                Ok(Some(columns)) => {
-                    let problems = spec.check_columns(&columns);
-                    if !problems.is_empty() {
-                        failed = true;
-                        let source = std::fs::read_to_string(f).unwrap_or_default();
-                        for line in
-                            tributary_spec::problems_at(&f.display().to_string(), &source, problems)
-                                .report()
-                        {
-                            println!("{line}");
-                        }
-                        continue;
-                    }
-                }
-                Ok(None) => eprintln!(
-                    "{}: note: subject {} not in the registry; column references not checked",
-                    f.display(),
-                    spec.value_subject()
-                ),
-                Err(e) => eprintln!(
-                    "{}: note: registry not reachable ({e}); column references not checked",
-                    f.display()
-                ),
-            }
-        }
-        println!("{}: ok", f.display());
-    }
-    Ok(exit_code(failed))
-}
-
-/// Top-level columns (name, is a timestamp) of the latest value schema.
-async fn registry_columns(spec: &TableSpec) -> anyhow::Result<Option<Vec<(String, bool)>>> {
-    let client = tributary_avro::RegistryClient::new(tributary_avro::RegistryConfig {
-        timeout: Duration::from_secs(3),
-        max_retries: 0,
-        ..components::registry_config(&spec.source.schema_registry)?
-    })?;
-    let Some(latest) = client.latest(&spec.value_subject()).await? else {
-        return Ok(None);
-    };
-    let decoded = tributary_avro::arrow_schema_of(&latest.schema)?;
-    let schema = tributary_avro::delta_schema(&decoded)?;
-    Ok(Some(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                (
-                    f.name().clone(),
-                    matches!(
-                        f.data_type(),
-                        deltalake::arrow::datatypes::DataType::Timestamp(..)
-                    ),
-                )
-            })
-            .collect(),
-    ))
 }
 
 /// `kafka`: the mock cluster's topics and broker count, or `None` for the

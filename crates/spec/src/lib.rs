@@ -5,12 +5,13 @@
 mod error;
 mod event_time;
 mod event_time_rules;
-mod filter;
+mod expression;
 mod lines;
 mod model;
 mod parse;
 mod reference;
 mod scale_out;
+mod transform;
 mod units;
 mod validate;
 
@@ -19,8 +20,9 @@ pub use event_time::{
     AggregateFunction, AggregationSpec, DedupSpec, EventTimeSpec, OutputMode, SessionSpec,
     SlidingSpec, TumblingSpec, WINDOW_END, WINDOW_START, WindowKind, WindowSpec,
 };
-pub use filter::{CompareOp, Filter, Literal};
+pub use expression::{BinaryOp, CastType, Expr, Function, Literal};
 pub use model::*;
 pub use parse::{parse_spec, parse_spec_file, problems_at};
 pub use reference::{json_schema, reference_markdown};
+pub use transform::{ComputedColumns, ParsedTransform, TransformSpec};
 pub use units::{ByteSize, HumanDuration};

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event_time::{AggregationSpec, DedupSpec, EventTimeSpec, OutputMode, WindowSpec};
+use crate::transform::TransformSpec;
 use crate::units::{ByteSize, HumanDuration};
 
 /// One pipeline: a Kafka topic of Confluent-framed Avro records ingested into one Delta table.
@@ -47,6 +48,10 @@ pub struct TableSpec {
     /// How the table follows new versions of the writer schema.
     #[serde(default)]
     pub schema_evolution: SchemaEvolutionSpec,
+    /// Computed columns and a row filter, applied to the records before
+    /// the event-time operators and the table.
+    #[serde(default)]
+    pub transform: Option<TransformSpec>,
     /// The event time of rows and its watermark; needed by `dedup` and
     /// `window`.
     #[serde(default)]
@@ -556,10 +561,10 @@ pub struct RepublishSpec {
     /// Brokers of the target cluster. Default: `source.kafka.bootstrap_servers`.
     #[serde(default)]
     pub bootstrap_servers: Option<String>,
-    /// Only rows for which this condition is true are published: comparisons
-    /// of a column with a literal (`=`, `!=`, `<>`, `<`, `<=`, `>`, `>=`),
-    /// `col IS [NOT] NULL`, `AND`, `OR`, `NOT` and parentheses, as in SQL
-    /// (`is_suspicious = true AND amount >= 1000`). Default: every row.
+    /// Only rows for which this condition is true are published: an SQL
+    /// expression over the table's columns, in the language of `transform`
+    /// (`is_suspicious AND amount >= 1000`; see docs/transform.md).
+    /// Default: every row.
     #[serde(default)]
     pub filter: Option<String>,
     /// The columns to publish, in this order. Default: every column.

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::event_time::OutputMode;
-use crate::filter::Filter;
+use crate::expression::Expr;
 use crate::model::{PartitionColumn, TableSpec, is_identifier};
 
 /// librdkafka properties Tributary sets itself because its guarantees rest on them.
@@ -249,6 +249,9 @@ impl TableSpec {
         self.validate_republish(&mut problem);
         self.validate_event_time(&mut problem);
         self.validate_scale_out(&mut problem);
+        if let Some(t) = &self.transform {
+            t.validate(&mut out);
+        }
         out
     }
 
@@ -283,7 +286,7 @@ impl TableSpec {
             );
         }
         if let Some(filter) = &r.filter
-            && let Err(m) = Filter::parse(filter)
+            && let Err(m) = Expr::parse(filter)
         {
             problem(
                 "republish.filter",
@@ -523,7 +526,7 @@ impl TableSpec {
                     .iter()
                     .map(|k| ("republish.key".to_string(), k.as_str())),
             );
-            let filter = r.filter.as_deref().and_then(|f| Filter::parse(f).ok());
+            let filter = r.filter.as_deref().and_then(|f| Expr::parse(f).ok());
             if let Some(filter) = &filter {
                 references.extend(
                     filter
@@ -774,7 +777,7 @@ republish:
             vec![
                 "s.yaml:6: republish.topic: is the source topic: the pipeline would read its own output",
                 "s.yaml:9: republish.progress_topic: must differ from republish.topic: its consumers would see progress records",
-                "s.yaml:7: republish.filter: invalid filter \"flag = = true\": expected a literal (number, 'string', true, false) after \"flag\"",
+                "s.yaml:7: republish.filter: invalid filter \"flag = = true\": Expected: an expression, found: = at Line: 1, Column: 8",
                 "s.yaml:8: republish.columns[1]: \"id\" is listed twice",
                 "s.yaml:10: republish.properties.transactional.id: set by Tributary itself: the transactional id fences zombie republishers",
             ]

@@ -1,0 +1,160 @@
+//! `tributary validate`: the spec's own checks, then, when the registry
+//! knows the subject, its column references and transform expressions
+//! against the latest value schema (plus the Kafka columns it asks for).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tributary_spec::{KeyFormatSpec, TableSpec, parse_spec_file};
+use tributary_transform::{Transform, check_condition};
+
+use crate::{components, exit_code, spec_files};
+
+pub(crate) async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for f in &spec_files(&paths)? {
+        let spec = match parse_spec_file(f) {
+            Ok(s) => s,
+            Err(e) => {
+                failed = true;
+                for line in e.report() {
+                    println!("{line}");
+                }
+                continue;
+            }
+        };
+        if !offline {
+            match registry_schema(&spec).await {
+                Ok(Some((schema, kafka))) => {
+                    let problems = column_problems(&spec, &schema, &kafka);
+                    if !problems.is_empty() {
+                        failed = true;
+                        let source = std::fs::read_to_string(f).unwrap_or_default();
+                        for line in
+                            tributary_spec::problems_at(&f.display().to_string(), &source, problems)
+                                .report()
+                        {
+                            println!("{line}");
+                        }
+                        continue;
+                    }
+                }
+                Ok(None) => eprintln!(
+                    "{}: note: subject {} not in the registry; column references not checked",
+                    f.display(),
+                    spec.value_subject()
+                ),
+                Err(e) => eprintln!(
+                    "{}: note: registry not reachable ({e}); column references not checked",
+                    f.display()
+                ),
+            }
+        }
+        println!("{}: ok", f.display());
+    }
+    Ok(exit_code(failed))
+}
+
+/// The problems of the spec's column references and expressions over
+/// records of `schema` (the table's types, with the `kafka` columns
+/// appended).
+fn column_problems(
+    spec: &TableSpec,
+    schema: &SchemaRef,
+    kafka: &[String],
+) -> Vec<(String, String)> {
+    let (transformed, mut problems, failed) = match &spec.transform {
+        None => (schema.clone(), Vec::new(), Vec::new()),
+        Some(t) => match Transform::new(t) {
+            Err(e) => return vec![("transform".into(), e.to_string())],
+            Ok(t) => {
+                let checked = t.check(schema);
+                (checked.schema, checked.problems, checked.failed)
+            }
+        },
+    };
+    let mut record: Vec<(String, bool)> = transformed
+        .fields()
+        .iter()
+        .filter(|f| !kafka.contains(f.name()))
+        .map(|f| {
+            (
+                f.name().clone(),
+                matches!(f.data_type(), DataType::Timestamp(..)),
+            )
+        })
+        .collect();
+    // A column whose expression failed is reported once, not again where used.
+    record.extend(failed.into_iter().map(|name| (name, false)));
+    let transform_failed = !problems.is_empty();
+    problems.extend(spec.check_columns(&record));
+    // The republish filter reads the table; of a record table, its types
+    // are the transformed records' (partition columns aside).
+    if let Some(filter) = spec.republish.as_ref().and_then(|r| r.filter.as_deref())
+        && !transform_failed
+        && spec.window.is_none()
+        && let Ok(condition) = tributary_spec::Expr::parse(filter)
+        && condition
+            .columns()
+            .iter()
+            .all(|c| transformed.column_with_name(c).is_some())
+        && let Err(e) = check_condition(&condition, &transformed)
+    {
+        problems.push(("republish.filter".into(), e.to_string()));
+    }
+    problems
+}
+
+/// The latest value schema in the table's types, with the Kafka columns
+/// the spec asks for appended, as the engine's rows have them (a Kafka
+/// column whose name the record has is left to `check_columns` to report),
+/// and the names appended.
+async fn registry_schema(spec: &TableSpec) -> anyhow::Result<Option<(SchemaRef, Vec<String>)>> {
+    let client = tributary_avro::RegistryClient::new(tributary_avro::RegistryConfig {
+        timeout: Duration::from_secs(3),
+        max_retries: 0,
+        ..components::registry_config(&spec.source.schema_registry)?
+    })?;
+    let Some(latest) = client.latest(&spec.value_subject()).await? else {
+        return Ok(None);
+    };
+    let decoded = tributary_avro::arrow_schema_of(&latest.schema)?;
+    let mut fields: Vec<Field> = decoded
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let c = &spec.source.columns;
+    let utc_millis = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let kafka = [
+        (c.topic.as_ref(), DataType::Utf8),
+        (c.partition.as_ref(), DataType::Int32),
+        (c.offset.as_ref(), DataType::Int64),
+        (c.timestamp.as_ref(), utc_millis),
+        // Expressions cannot look inside headers; their type only names them.
+        (c.headers.as_ref(), DataType::Binary),
+    ];
+    let key = c.key.as_ref().map(|key| {
+        let data_type = match key.format {
+            KeyFormatSpec::String => DataType::Utf8,
+            KeyFormatSpec::Bytes | KeyFormatSpec::Avro => DataType::Binary,
+        };
+        (&key.name, data_type)
+    });
+    let mut appended = Vec::new();
+    let wanted = kafka
+        .into_iter()
+        .map(|(n, t)| n.map(|n| (n, t)))
+        .chain([key]);
+    for (name, data_type) in wanted.flatten() {
+        if decoded.column_with_name(name).is_none() {
+            fields.push(Field::new(name.as_str(), data_type, true));
+            appended.push(name.to_string());
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    Ok(Some((tributary_avro::delta_schema(&schema)?, appended)))
+}

@@ -1,0 +1,115 @@
+"""`transform`: computed columns and a `where` filter over the records, on
+Apache Kafka, read back by DuckDB's delta extension and checked against a
+Python oracle of the same expressions over the same records."""
+
+import datetime
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT, confluent, duck, run_spec, write_spec
+from test_exactly_once import verify
+
+PAYMENT = {"type": "record", "name": "Payment", "namespace": "example.transform", "fields": [
+    {"name": "payment_id", "type": "long"},
+    {"name": "merchant", "type": "string"},
+    {"name": "amount_cents", "type": "int"},
+    {"name": "note", "type": ["null", "string"], "default": None},
+    {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+]}
+FIXTURES = ROOT / "tests/fixtures/specs"
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MERCHANTS = ["casino-royal", "grocer", "test-shop", "books", "casino-luck"]
+
+
+def payment(n):
+    return {"payment_id": n, "merchant": MERCHANTS[n % 5], "amount_cents": (n * 7919) % 500_000,
+            "note": None if n % 3 else ("ignore me" if n % 9 == 0 else "ok"),
+            "ts": START_MS + n * 37_000}  # about 31 hours over 3,000 records
+
+
+def oracle(p):
+    """What the spec's transform makes of a record; None when `where` drops it."""
+    if p["merchant"] == "test-shop" or "ignore" in (p["note"] or ""):
+        return None
+    ts = datetime.datetime.fromtimestamp(p["ts"] / 1000, datetime.timezone.utc)
+    cents = p["amount_cents"]
+    size = "large" if cents >= 400_000 else "medium" if cents >= 100_000 else "small"
+    suspicious = cents > 450_000 or (p["merchant"].startswith("casino") and ts.hour < 6)
+    return {"payment_id": p["payment_id"], "amount_eur": cents / 100.0 * 0.92, "size": size,
+            "day": ts.date(), "suspicious": suspicious, "note_length": None if p["note"] is None else len(p["note"])}
+
+
+TRANSFORM = """transform:
+  columns:
+    amount_eur: "amount_cents / 100.0 * 0.92"
+    size: "CASE WHEN amount_cents >= 400000 THEN 'large' WHEN amount_cents >= 100000 THEN 'medium' ELSE 'small' END"
+    day: "date(ts)"
+    suspicious: "amount_cents > 450000 OR (merchant LIKE 'casino%' AND hour(ts) < 6)"
+    note_length: "length(note)"
+  where: "merchant <> 'test-shop' AND coalesce(note, '') NOT LIKE '%ignore%'"
+"""
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:3"]], indirect=True)
+def test_computed_columns_and_filter_match_the_oracle(binary, dev_stack, tmp_path):
+    schema_id = dev_stack.register("payments-value", PAYMENT)
+    records = [payment(n) for n in range(3000)]
+    dev_stack.produce("payments", [(None, confluent(schema_id, PAYMENT, r), None) for r in records])
+    table = tmp_path / "lake" / "payments"
+    spec = write_spec(tmp_path / "payments.yaml", pipeline="payments", bootstrap=dev_stack.bootstrap,
+                      topic="payments", registry=dev_stack.registry, table=table,
+                      checkpoint=tmp_path / "ckpt", partition_by=["size"], extra=TRANSFORM)
+    text = spec.read_text().replace("  available_now: true", "  available_now: true\n  max_offsets_per_trigger: 700")
+    spec.write_text(text)
+    env = dict(os.environ, SCHEMA_REGISTRY_URL=dev_stack.registry)
+
+    checked = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True,
+                                           timeout=60, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    progress = tmp_path / "progress.jsonl"
+    result = run_spec(binary, spec, extra=("--progress-json", str(progress)))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    expected = {o["payment_id"]: o for o in map(oracle, records) if o is not None}
+    rows = duck().execute(
+        f"SELECT payment_id, amount_eur, size, day, suspicious, note_length FROM delta_scan('{table}')"
+    ).fetchall()
+    assert len(rows) == len(expected), (len(rows), len(expected))
+    got = {r[0]: r for r in rows}
+    assert got.keys() == expected.keys()
+    for payment_id, (_, amount_eur, size, day, suspicious, note_length) in got.items():
+        want = expected[payment_id]
+        assert abs(amount_eur - want["amount_eur"]) < 1e-9, (payment_id, amount_eur, want)
+        assert (size, day, suspicious, note_length) == (want["size"], want["day"], want["suspicious"],
+                                                        want["note_length"]), (payment_id, want)
+    # Both kinds of rows exist, so the oracle's branches were all exercised.
+    assert {w["size"] for w in expected.values()} == {"small", "medium", "large"}
+    assert {w["suspicious"] for w in expected.values()} == {True, False}
+
+    # The computed partition column partitions the files.
+    assert sorted(p.name for p in table.iterdir() if p.is_dir() and p.name.startswith("size=")) == [
+        "size=large", "size=medium", "size=small"]
+
+    # What `where` dropped is counted, never silently lost.
+    events = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert len(events) >= 4, "several batches"
+    assert sum(e["numFilteredRows"] for e in events) == len(records) - len(expected)
+    assert sum(e["numInputRows"] for e in events) == len(records)
+    report = verify(spec, env={"SCHEMA_REGISTRY_URL": dev_stack.registry})
+    assert report["groups"][0]["rows"] == len(expected)
+
+
+def test_transform_problems_are_found_against_the_registry(binary, dev_stack):
+    """Type errors, unknown columns and bad constants, each at its line."""
+    dev_stack.register("payments-value", PAYMENT)
+    spec = FIXTURES / "registry_transform_types.yaml"
+    env = dict(os.environ, SCHEMA_REGISTRY_URL=dev_stack.registry)
+    result = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True,
+                                          timeout=60, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    expected = (FIXTURES / "registry_transform_types.expected").read_text()
+    assert result.stdout.splitlines() == expected.replace("{file}", str(spec)).splitlines()
