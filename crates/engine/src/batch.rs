@@ -52,6 +52,7 @@ impl BatchWriter<'_> {
             payload,
             encode_time,
             filtered_rows,
+            dimension_versions: _,
         } = batch;
         let (output, operated) = operate(g.state.as_ref(), plan.batch_id, payload)?;
         let output_rows = match &output.data {

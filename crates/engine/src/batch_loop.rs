@@ -21,6 +21,7 @@ use crate::cleanup::remove_failed_attempts;
 use crate::contracts::{ReadBatch, Source};
 use crate::discovery::PartitionDiscovery;
 use crate::encode::{Converter, Payload, ReadyBatch};
+use crate::enrich::Dimensions;
 use crate::error::{EngineError, Result};
 use crate::open::{Group, GroupScope, reader_config};
 use crate::options::{Components, GroupStep, PipelineOptions, RunSummary};
@@ -65,8 +66,12 @@ impl<'a> Run<'a> {
             None => None,
         };
         let recovery = recover(&group.tables(spec), group.log.as_ref(), state).await?;
+        let dimensions = Dimensions::open(spec).await?.map(Arc::new);
         for plan in &recovery.rerun {
-            if !self.rerun(&mut group, source.as_ref(), plan).await? {
+            if !self
+                .rerun(&mut group, source.as_ref(), plan, dimensions.as_ref())
+                .await?
+            {
                 return Ok(());
             }
         }
@@ -76,7 +81,12 @@ impl<'a> Run<'a> {
         let next_batch = recovery.next_batch;
         let input = self.reader_input(&mut group, source.clone(), recovery)?;
         let positions = input.positions.clone();
-        let converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone())?;
+        let converter = Converter::new(
+            spec,
+            group.records_schema(spec),
+            group.hidden.clone(),
+            dimensions,
+        )?;
         let mut stages = Stages::start(
             &spec.pipeline,
             converter,
@@ -203,6 +213,7 @@ impl<'a> Run<'a> {
                 payload: Payload::Rows(Vec::new()),
                 encode_time: Duration::ZERO,
                 filtered_rows: 0,
+                dimension_versions: None,
             };
             self.plan_and_write(group, source, next_batch, batch)
                 .await?;
@@ -245,6 +256,7 @@ impl<'a> Run<'a> {
         group: &mut Group,
         source: &dyn Source,
         plan: &BatchPlan,
+        dimensions: Option<&Arc<Dimensions>>,
     ) -> Result<bool> {
         let spec = self.writer.spec;
         tracing::info!(pipeline = %spec.pipeline, batch = plan.batch_id, "re-running a planned batch with its recorded offsets");
@@ -261,13 +273,22 @@ impl<'a> Run<'a> {
             return Ok(false);
         };
         let started = Instant::now();
-        let mut converter = Converter::new(spec, group.records_schema(spec), group.hidden.clone())?;
+        let mut converter = Converter::new(
+            spec,
+            group.records_schema(spec),
+            group.hidden.clone(),
+            dimensions.cloned(),
+        )?;
+        if let Some(d) = dimensions {
+            converter.pin(d.pin_recorded(plan.dimension_versions.as_deref()).await?);
+        }
         let payload = blocking(|| converter.payload_of(&rows, spec.table.target_file_size.0))?;
         let batch = ReadyBatch {
             read,
             payload,
             encode_time: started.elapsed(),
             filtered_rows: converter.take_filtered(),
+            dimension_versions: converter.take_dimension_versions(),
         };
         self.writer
             .write(group, source, plan, batch, true, 0)
@@ -304,6 +325,7 @@ fn plan_of(batch_id: u64, group: &str, batch: &ReadyBatch) -> BatchPlan {
                 })
                 .collect(),
         ),
+        dimension_versions: batch.dimension_versions.clone(),
     }
 }
 

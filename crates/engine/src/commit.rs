@@ -128,6 +128,7 @@ fn commit_info(pipeline: &str, app_id: &str, plan: &BatchPlan, watermark: Option
         "ranges": plan.ranges.ranges,
         "endOffsets": plan.end_offsets,
         "deadLetters": plan.dead_letters,
+        "dimensionVersions": plan.dimension_versions,
         "completeThrough": watermark,
         "watermark": watermark,
     })

@@ -14,6 +14,7 @@ use tributary_spec::{PartitionColumn, TableSpec};
 use tributary_transform::Transform;
 
 use crate::contracts::ReadBatch;
+use crate::enrich::{Dimensions, Pinned};
 use crate::error::{EngineError, Result};
 use crate::evolve::evolve;
 
@@ -32,8 +33,10 @@ pub(crate) struct ReadyBatch {
     pub read: ReadBatch,
     pub payload: Payload,
     pub encode_time: Duration,
-    /// Records `transform.where` dropped.
+    /// Records `transform.where` or an inner `enrich` join dropped.
     pub filtered_rows: u64,
+    /// The version of each `enrich` dimension the batch joined.
+    pub dimension_versions: Option<Vec<u64>>,
 }
 
 /// What the encoder made of a batch's rows.
@@ -53,6 +56,9 @@ pub(crate) struct Converter {
     table_schema: Option<SchemaRef>,
     checked: HashSet<SchemaRef>,
     transform: Option<Transform>,
+    dimensions: Option<Arc<Dimensions>>,
+    /// The dimensions the batch being converted joins.
+    pinned: Option<Pinned>,
     /// Records the transform's filter dropped since the last `take_filtered`.
     filtered: u64,
     /// Kafka columns only the operators read: kept aside from conversion
@@ -68,6 +74,7 @@ impl Converter {
         spec: &TableSpec,
         records_schema: Option<SchemaRef>,
         hidden: Vec<String>,
+        dimensions: Option<Arc<Dimensions>>,
     ) -> Result<Converter> {
         let transform = spec
             .transform
@@ -85,6 +92,8 @@ impl Converter {
             table_schema: records_schema,
             checked: HashSet::new(),
             transform,
+            dimensions,
+            pinned: None,
             filtered: 0,
             hidden,
         })
@@ -93,6 +102,23 @@ impl Converter {
     /// Records the transform's filter dropped since the last call.
     pub(crate) fn take_filtered(&mut self) -> u64 {
         std::mem::take(&mut self.filtered)
+    }
+
+    /// Joins `pinned` (a re-run batch's recorded versions) from now on.
+    pub(crate) fn pin(&mut self, pinned: Pinned) {
+        self.pinned = Some(pinned);
+    }
+
+    /// Ends a batch: the dimension versions it joined (the current ones
+    /// for a batch without rows); the next batch pins anew.
+    pub(crate) fn take_dimension_versions(&mut self) -> Option<Vec<u64>> {
+        let dimensions = self.dimensions.as_ref()?;
+        Some(
+            self.pinned
+                .take()
+                .unwrap_or_else(|| dimensions.pin())
+                .versions(),
+        )
     }
 
     /// Whether the rows go to the event-time operators before the table.
@@ -151,7 +177,13 @@ impl Converter {
 
     fn convert_visible(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
         let target = delta_schema(&decoded.schema())?;
-        let typed = to_delta_batch(decoded, &target)?;
+        let mut typed = to_delta_batch(decoded, &target)?;
+        if let Some(dimensions) = &self.dimensions {
+            let pinned = self.pinned.get_or_insert_with(|| dimensions.pin());
+            let (joined, dropped) = pinned.join(&typed)?;
+            self.filtered += dropped as u64;
+            typed = joined;
+        }
         let transformed = match &self.transform {
             Some(t) => {
                 let out = t.apply(&typed)?;
@@ -264,16 +296,19 @@ pub(crate) fn run_encoder(
                 let encode_time = busy + started.elapsed();
                 busy = Duration::ZERO;
                 let filtered_rows = converter.take_filtered();
+                let dimension_versions = converter.take_dimension_versions();
                 finished.map(|payload| ReadyBatch {
                     read,
                     payload,
                     encode_time,
                     filtered_rows,
+                    dimension_versions,
                 })
             }
             Chunk::Failed(e) => {
                 converted.clear();
                 converter.take_filtered();
+                converter.take_dimension_versions();
                 Err(e)
             }
         };

@@ -27,6 +27,7 @@ mod commit;
 mod contracts;
 mod discovery;
 mod encode;
+mod enrich;
 mod error;
 mod evolve;
 mod group;

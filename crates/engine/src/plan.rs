@@ -34,6 +34,10 @@ pub struct BatchPlan {
     /// table commit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_records: Option<Vec<RecordedDeadLetter>>,
+    /// The version of each `enrich` dimension the batch joined, in the
+    /// spec's order: a replay joins the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimension_versions: Option<Vec<u64>>,
 }
 
 impl BatchPlan {
@@ -59,6 +63,8 @@ impl BatchPlan {
                 .map_err(|_| bad("endOffsets"))?,
             dead_letters: info["deadLetters"].as_u64().unwrap_or(0),
             dead_letter_records: None,
+            dimension_versions: serde_json::from_value(info["dimensionVersions"].clone())
+                .map_err(|_| bad("dimensionVersions"))?,
         })
     }
 }

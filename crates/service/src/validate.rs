@@ -29,7 +29,8 @@ pub(crate) async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Resu
         if !offline {
             match registry_schema(&spec).await {
                 Ok(Some((schema, kafka))) => {
-                    let problems = column_problems(&spec, &schema, &kafka);
+                    let (schema, mut problems) = with_dimensions(&spec, &schema, f).await;
+                    problems.extend(column_problems(&spec, &schema, &kafka));
                     if !problems.is_empty() {
                         failed = true;
                         let source = std::fs::read_to_string(f).unwrap_or_default();
@@ -56,6 +57,70 @@ pub(crate) async fn validate(paths: Vec<PathBuf>, offline: bool) -> anyhow::Resu
         println!("{}: ok", f.display());
     }
     Ok(exit_code(failed))
+}
+
+/// The records' schema with the columns `enrich` adds, and the problems of
+/// `enrich` itself (key columns the record lacks, columns the dimension
+/// lacks). A dimension that cannot be read is a note: its columns are
+/// then typed NULL, which expressions accept wherever a value may be NULL.
+async fn with_dimensions(
+    spec: &TableSpec,
+    record: &SchemaRef,
+    file: &std::path::Path,
+) -> (SchemaRef, Vec<(String, String)>) {
+    let mut fields: Vec<Field> = record.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut problems = Vec::new();
+    for (i, entry) in spec.enrich.iter().enumerate() {
+        for (k, key) in entry.on.iter().enumerate() {
+            if record.column_with_name(key).is_none() {
+                problems.push((
+                    format!("enrich[{i}].on[{k}]"),
+                    format!("the record has no column {key:?}"),
+                ));
+            }
+        }
+        let table = tributary_delta::DeltaTableSink::open_existing(tributary_delta::TableOptions {
+            uri: entry.table.clone(),
+            storage_options: entry
+                .storage_options
+                .clone()
+                .unwrap_or_else(|| spec.table.storage_options.clone()),
+            partition_columns: Vec::new(),
+            target_file_size: 1 << 20,
+        })
+        .await;
+        let schema = match &table {
+            Ok(t) => t.arrow_schema(),
+            Err(e) => {
+                eprintln!(
+                    "{}: note: enrich[{i}]: cannot read {} ({e})",
+                    file.display(),
+                    entry.table
+                );
+                None
+            }
+        };
+        if table.is_ok() && schema.is_none() {
+            problems.push((
+                format!("enrich[{i}].table"),
+                format!("there is no Delta table at {}", entry.table),
+            ));
+        }
+        for (c, column) in entry.columns.iter().enumerate() {
+            match schema.as_ref().map(|s| s.field_with_name(column)) {
+                Some(Ok(field)) => fields.push(field.as_ref().clone().with_nullable(true)),
+                Some(Err(_)) => problems.push((
+                    format!("enrich[{i}].columns[{c}]"),
+                    format!("the dimension table has no column {column:?}"),
+                )),
+                None => fields.push(Field::new(column, DataType::Null, true)),
+            }
+        }
+    }
+    (
+        Arc::new(Schema::new_with_metadata(fields, record.metadata().clone())),
+        problems,
+    )
 }
 
 /// The problems of the spec's column references and expressions over

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event_time::{AggregationSpec, DedupSpec, EventTimeSpec, OutputMode, WindowSpec};
-use crate::transform::TransformSpec;
+use crate::transform::{EnrichSpec, TransformSpec};
 use crate::units::{ByteSize, HumanDuration};
 
 /// One pipeline: a Kafka topic of Confluent-framed Avro records ingested into one Delta table.
@@ -48,6 +48,10 @@ pub struct TableSpec {
     /// How the table follows new versions of the writer schema.
     #[serde(default)]
     pub schema_evolution: SchemaEvolutionSpec,
+    /// Columns looked up in Delta tables held in memory (stream-static
+    /// joins), added to the records before `transform`, in this order.
+    #[serde(default)]
+    pub enrich: Vec<EnrichSpec>,
     /// Computed columns and a row filter, applied to the records before
     /// the event-time operators and the table.
     #[serde(default)]

@@ -7,8 +7,10 @@ use schemars::JsonSchema;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use std::collections::BTreeMap;
+
 use crate::expression::Expr;
-use crate::model::is_identifier;
+use crate::units::{ByteSize, HumanDuration};
 
 /// Computed columns and a row filter, applied to every record before the
 /// event-time operators and the table (Spark's `withColumn` and `where` on
@@ -27,6 +29,59 @@ pub struct TransformSpec {
     /// it drops are counted in the progress events (`filtered_rows`).
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
+}
+
+/// A stream-static join: each record looks up its key in a Delta table
+/// held in memory (Spark's broadcast join of a stream with a static table).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichSpec {
+    /// URI of the dimension table (a Delta table, `file://`, `s3://` or an
+    /// absolute path). It is read whole at start, and again when a new
+    /// version of it is committed; each batch joins the one version it
+    /// started with, recorded in its plan and commit, so a replay joins the
+    /// same version.
+    pub table: String,
+    /// Columns the record and the dimension share, matched by equality. A
+    /// record whose key is NULL matches nothing, as in SQL.
+    pub on: Vec<String>,
+    /// The dimension's columns added to each record, after its own.
+    pub columns: Vec<String>,
+    /// `left`: a record without a match keeps NULLs in the added columns.
+    /// `inner`: it is dropped (counted in `numFilteredRows`). A key the
+    /// dimension holds twice yields one row per match, as a join does.
+    #[serde(default)]
+    pub how: JoinKind,
+    /// The most memory the loaded dimension may take; a larger one is
+    /// refused at start or when a new version is read (the batches keep
+    /// the version before it).
+    #[serde(default = "default_max_dimension_size")]
+    #[schemars(default = "default_max_dimension_size")]
+    pub max_size: ByteSize,
+    /// Storage options of the dimension's store. Default: `table.storage_options`.
+    #[serde(default)]
+    pub storage_options: Option<BTreeMap<String, String>>,
+    /// How often a new version of the dimension is looked for.
+    #[serde(default = "default_refresh_interval")]
+    #[schemars(default = "default_refresh_interval")]
+    pub refresh_interval: HumanDuration,
+}
+
+/// The kind of join of `enrich`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinKind {
+    #[default]
+    Left,
+    Inner,
+}
+
+fn default_max_dimension_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+fn default_refresh_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
 }
 
 /// Named expressions in the order written (a YAML map keeps its order here).
@@ -96,28 +151,5 @@ impl TransformSpec {
             .collect::<Result<_, String>>()?;
         let filter = self.filter.as_deref().map(Expr::parse).transpose()?;
         Ok(ParsedTransform { columns, filter })
-    }
-
-    pub(crate) fn validate(&self, out: &mut Vec<(String, String)>) {
-        for (name, text) in &self.columns.0 {
-            let path = format!("transform.columns.{name}");
-            if !is_identifier(name) {
-                out.push((
-                    path.clone(),
-                    format!("invalid column name {name:?}: use letters, digits and '_'"),
-                ));
-            }
-            if let Err(m) = Expr::parse(text) {
-                out.push((path, format!("invalid expression {text:?}: {m}")));
-            }
-        }
-        if let Some(text) = &self.filter
-            && let Err(m) = Expr::parse(text)
-        {
-            out.push((
-                "transform.where".into(),
-                format!("invalid condition {text:?}: {m}"),
-            ));
-        }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use crate::event_time::OutputMode;
 use crate::expression::Expr;
 use crate::model::{PartitionColumn, TableSpec, is_identifier};
+use crate::transform::{EnrichSpec, TransformSpec};
 
 /// librdkafka properties Tributary sets itself because its guarantees rest on them.
 const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
@@ -249,8 +250,11 @@ impl TableSpec {
         self.validate_republish(&mut problem);
         self.validate_event_time(&mut problem);
         self.validate_scale_out(&mut problem);
+        for (i, e) in self.enrich.iter().enumerate() {
+            validate_enrich(e, &format!("enrich[{i}]"), &mut out);
+        }
         if let Some(t) = &self.transform {
-            t.validate(&mut out);
+            validate_transform(t, &mut out);
         }
         out
     }
@@ -596,6 +600,58 @@ fn check_s3_commit_mode(
         );
     }
     Ok(())
+}
+
+fn validate_enrich(e: &EnrichSpec, path: &str, out: &mut Vec<(String, String)>) {
+    if let Err(m) = check_uri(&e.table, TABLE_SCHEMES) {
+        out.push((format!("{path}.table"), m));
+    }
+    if e.on.is_empty() {
+        out.push((format!("{path}.on"), "name at least one key column".into()));
+    }
+    if e.columns.is_empty() {
+        out.push((
+            format!("{path}.columns"),
+            "name at least one column to add".into(),
+        ));
+    }
+    for (i, c) in e.columns.iter().enumerate() {
+        if e.on.contains(c) {
+            out.push((
+                format!("{path}.columns[{i}]"),
+                format!("{c:?} is a key column: the record has it already"),
+            ));
+        }
+    }
+    if e.refresh_interval.0.is_zero() {
+        out.push((
+            format!("{path}.refresh_interval"),
+            "must be greater than zero".into(),
+        ));
+    }
+}
+
+fn validate_transform(t: &TransformSpec, out: &mut Vec<(String, String)>) {
+    for (name, text) in &t.columns.0 {
+        let path = format!("transform.columns.{name}");
+        if !is_identifier(name) {
+            out.push((
+                path.clone(),
+                format!("invalid column name {name:?}: use letters, digits and '_'"),
+            ));
+        }
+        if let Err(m) = Expr::parse(text) {
+            out.push((path, format!("invalid expression {text:?}: {m}")));
+        }
+    }
+    if let Some(text) = &t.filter
+        && let Err(m) = Expr::parse(text)
+    {
+        out.push((
+            "transform.where".into(),
+            format!("invalid condition {text:?}: {m}"),
+        ));
+    }
 }
 
 fn check_uri(uri: &str, schemes: &[&str]) -> Result<(), String> {

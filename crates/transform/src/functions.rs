@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use tributary_spec::{BinaryOp, Function};
 
 use crate::error::{Result, TransformError};
-use crate::evaluate::{
+use crate::types::{
     Kind, Value, common_type, compare, convert, describe, nulls_false, numeric_operand,
     string_operand,
 };

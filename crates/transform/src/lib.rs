@@ -9,6 +9,7 @@
 mod error;
 mod evaluate;
 mod functions;
+mod types;
 
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use tributary_spec::{Expr, TransformSpec};
 
 pub use error::{Result, TransformError};
-use evaluate::{Kind, describe, evaluate, kind, nulls_false};
+use evaluate::evaluate;
+use types::{Kind, describe, kind, nulls_false};
 
 /// A spec's `transform`, parsed.
 #[derive(Debug, Clone)]

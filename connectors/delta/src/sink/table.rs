@@ -148,6 +148,18 @@ impl DeltaTableSink {
         |source| DeltaSinkError::delta(&self.options.uri, source)
     }
 
+    /// Loads the table as of `version` (its log must still hold it);
+    /// without a table there is nothing to load.
+    pub async fn load_version(&mut self, version: u64) -> Result<()> {
+        let Some(table) = &mut self.table else {
+            return Ok(());
+        };
+        table
+            .load_version(version)
+            .await
+            .map_err(|source| DeltaSinkError::delta(&self.options.uri, source))
+    }
+
     /// Reloads the table state from the log.
     pub async fn refresh(&mut self) -> Result<()> {
         match self.load_or_update().await {

@@ -15,6 +15,7 @@ fn plan(id: u64, end: i64) -> BatchPlan {
         end_offsets: BTreeMap::from([(0, end)]),
         dead_letters: 0,
         dead_letter_records: None,
+        dimension_versions: None,
     }
 }
 

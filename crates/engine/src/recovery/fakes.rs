@@ -28,6 +28,7 @@ pub(super) fn plan(id: u64, shift: i64) -> BatchPlan {
         end_offsets: BTreeMap::from([(0, start + 10)]),
         dead_letters: 0,
         dead_letter_records: None,
+        dimension_versions: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn plan_of(c: &GroupCommit) -> BatchPlan {
         end_offsets: c.end_offsets.clone(),
         dead_letters: 0,
         dead_letter_records: None,
+        dimension_versions: None,
     }
 }
 

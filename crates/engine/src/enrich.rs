@@ -1,0 +1,387 @@
+//! Stream-static joins (`enrich`): each dimension table is held in memory as
+//! Arrow with a hash index on its key, and each record looks its key up.
+//!
+//! Invariants: a batch joins one version of each dimension, pinned when its
+//! first rows are converted and recorded in its plan and commit; a re-run
+//! batch joins the versions its plan recorded. New versions are read in the
+//! background and never block a batch; a version that cannot be read or is
+//! larger than `max_size` leaves the batches on the version before it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, RecordBatch, StringArray, UInt32Array, new_null_array,
+};
+use deltalake::arrow::compute::{cast, concat_batches, take};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::arrow::row::{RowConverter, SortField};
+use tributary_delta::{DeltaTableSink, TableOptions};
+use tributary_spec::{EnrichSpec, JoinKind, TableSpec};
+
+use crate::error::{EngineError, Result};
+
+/// One version of a dimension table in memory.
+pub(crate) struct Dimension {
+    pub version: u64,
+    key_types: Vec<DataType>,
+    keys: RowConverter,
+    /// The columns it adds, one row per dimension row.
+    rows: RecordBatch,
+    /// Key (in `keys`' row format) -> its rows.
+    index: HashMap<Box<[u8]>, Vec<u32>>,
+}
+
+/// Loaded dimensions by (entry, table, version), shared by the groups of a
+/// process while any holds them.
+type Cache = Mutex<HashMap<(usize, String, u64), Weak<Dimension>>>;
+static LOADED: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Default::default);
+
+/// The spec's dimensions at their newest readable versions, kept current
+/// by a background task while this lives.
+pub(crate) struct Dimensions {
+    spec: Arc<TableSpec>,
+    current: Arc<Mutex<Vec<Arc<Dimension>>>>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Dimensions {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+impl Dimensions {
+    /// Loads every dimension (the pipeline does not start without them);
+    /// `None` for a spec without `enrich`.
+    pub(crate) async fn open(spec: &TableSpec) -> Result<Option<Dimensions>> {
+        if spec.enrich.is_empty() {
+            return Ok(None);
+        }
+        let spec = Arc::new(spec.clone());
+        let current = Arc::new(Mutex::new(load_all(&spec, None).await?));
+        let refresher = tokio::spawn(refresh(spec.clone(), Arc::downgrade(&current)));
+        Ok(Some(Dimensions {
+            spec,
+            current,
+            refresher,
+        }))
+    }
+
+    /// The versions a new batch joins.
+    pub(crate) fn pin(&self) -> Pinned {
+        Pinned {
+            spec: self.spec.clone(),
+            dimensions: self.current.lock().expect("dimensions lock").clone(),
+        }
+    }
+
+    /// The versions a re-run batch recorded (the newest for a plan that
+    /// recorded none).
+    pub(crate) async fn pin_recorded(&self, versions: Option<&[u64]>) -> Result<Pinned> {
+        match versions {
+            None => Ok(self.pin()),
+            Some(v) => Ok(Pinned {
+                spec: self.spec.clone(),
+                dimensions: load_all(&self.spec, Some(v)).await?,
+            }),
+        }
+    }
+}
+
+/// The dimensions one batch joins.
+#[derive(Clone)]
+pub(crate) struct Pinned {
+    spec: Arc<TableSpec>,
+    dimensions: Vec<Arc<Dimension>>,
+}
+
+impl Pinned {
+    pub(crate) fn versions(&self) -> Vec<u64> {
+        self.dimensions.iter().map(|d| d.version).collect()
+    }
+
+    /// The rows with every dimension's columns added, and how many rows an
+    /// inner join dropped.
+    pub(crate) fn join(&self, rows: &RecordBatch) -> Result<(RecordBatch, usize)> {
+        let mut out = rows.clone();
+        let mut dropped = 0;
+        for (i, (entry, dimension)) in self.spec.enrich.iter().zip(&self.dimensions).enumerate() {
+            let (joined, lost) = join_one(entry, dimension, &out)
+                .map_err(|m| EngineError::Spec(format!("enrich[{i}] ({}): {m}", entry.table)))?;
+            out = joined;
+            dropped += lost;
+        }
+        Ok((out, dropped))
+    }
+}
+
+async fn load_all(spec: &TableSpec, versions: Option<&[u64]>) -> Result<Vec<Arc<Dimension>>> {
+    let mut out = Vec::with_capacity(spec.enrich.len());
+    for i in 0..spec.enrich.len() {
+        let version = versions.and_then(|v| v.get(i).copied());
+        out.push(load(spec, i, version).await?);
+    }
+    Ok(out)
+}
+
+/// Entry `i` of the spec's `enrich` at `version` (the newest when `None`),
+/// from the cache when another group holds it.
+async fn load(spec: &TableSpec, i: usize, version: Option<u64>) -> Result<Arc<Dimension>> {
+    let entry = &spec.enrich[i];
+    let fail = |m: String| EngineError::Spec(format!("enrich[{i}] ({}): {m}", entry.table));
+    let mut table = DeltaTableSink::open_existing(TableOptions {
+        uri: entry.table.clone(),
+        storage_options: entry
+            .storage_options
+            .clone()
+            .unwrap_or_else(|| spec.table.storage_options.clone()),
+        partition_columns: Vec::new(),
+        target_file_size: 1 << 20,
+    })
+    .await?;
+    if let Some(v) = version {
+        table.load_version(v).await?;
+    }
+    let Some(at) = table.version() else {
+        return Err(fail("there is no Delta table there".into()));
+    };
+    let cache_key = (i, entry.table.clone(), at);
+    if let Some(held) = LOADED
+        .lock()
+        .expect("cache lock")
+        .get(&cache_key)
+        .and_then(Weak::upgrade)
+    {
+        return Ok(held);
+    }
+    let dimension = Arc::new(read_dimension(entry, &table, at).await.map_err(fail)?);
+    let mut cache = LOADED.lock().expect("cache lock");
+    cache.retain(|_, held| held.strong_count() > 0);
+    cache.insert(cache_key, Arc::downgrade(&dimension));
+    tracing::info!(pipeline = %spec.pipeline, table = %entry.table, version = at,
+        rows = dimension.rows.num_rows(), "dimension table loaded");
+    Ok(dimension)
+}
+
+async fn read_dimension(
+    entry: &EnrichSpec,
+    table: &DeltaTableSink,
+    version: u64,
+) -> std::result::Result<Dimension, String> {
+    let schema = table.arrow_schema().ok_or("the table has no schema")?;
+    let partitions = table.table_partition_columns();
+    let wanted: Vec<&String> = entry.on.iter().chain(&entry.columns).collect();
+    let fields: Vec<Field> = wanted
+        .iter()
+        .map(|name| {
+            schema
+                .field_with_name(name)
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .map_err(|_| {
+                    let names: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    format!(
+                        "the table has no column {name:?}; it has: {}",
+                        names.join(", ")
+                    )
+                })
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    let projected: SchemaRef = Arc::new(Schema::new(fields));
+    let mut batches = Vec::new();
+    let mut size = 0usize;
+    for file in table.data_files().map_err(|e| e.to_string())? {
+        for batch in table
+            .read_data_file(&file)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let columns = projected
+                .fields()
+                .iter()
+                .map(|f| match partitions.iter().position(|p| p == f.name()) {
+                    Some(p) => partition_column(
+                        file.partition_values[p].as_deref(),
+                        f.data_type(),
+                        batch.num_rows(),
+                    ),
+                    None => batch
+                        .column_by_name(f.name())
+                        .cloned()
+                        .ok_or_else(|| format!("a data file lacks column {:?}", f.name())),
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()?;
+            let batch =
+                RecordBatch::try_new(projected.clone(), columns).map_err(|e| e.to_string())?;
+            size += batch.get_array_memory_size();
+            if size as u64 > entry.max_size.0 {
+                return Err(format!(
+                    "version {version} takes more than max_size ({} bytes) in memory; raise \
+                     max_size, or add fewer columns",
+                    entry.max_size.0
+                ));
+            }
+            batches.push(batch);
+        }
+    }
+    let all = concat_batches(&projected, &batches).map_err(|e| e.to_string())?;
+    index(entry, all, version).map_err(|e| e.to_string())
+}
+
+fn partition_column(
+    value: Option<&str>,
+    to: &DataType,
+    rows: usize,
+) -> std::result::Result<ArrayRef, String> {
+    match value {
+        None => Ok(new_null_array(to, rows)),
+        Some(v) => cast(&StringArray::from(vec![v; rows]), to).map_err(|e| e.to_string()),
+    }
+}
+
+fn index(
+    entry: &EnrichSpec,
+    all: RecordBatch,
+    version: u64,
+) -> deltalake::arrow::error::Result<Dimension> {
+    let key_count = entry.on.len();
+    let key_columns: Vec<ArrayRef> = all.columns()[..key_count].to_vec();
+    let key_types: Vec<DataType> = key_columns.iter().map(|c| c.data_type().clone()).collect();
+    let keys = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
+    let encoded = keys.convert_columns(&key_columns)?;
+    let mut index: HashMap<Box<[u8]>, Vec<u32>> = HashMap::with_capacity(all.num_rows());
+    for row in 0..all.num_rows() {
+        // A NULL key matches nothing, as in SQL.
+        if key_columns.iter().any(|k| k.is_null(row)) {
+            continue;
+        }
+        index
+            .entry(encoded.row(row).as_ref().into())
+            .or_default()
+            .push(row as u32);
+    }
+    let added = all.project(&(key_count..all.num_columns()).collect::<Vec<_>>())?;
+    Ok(Dimension {
+        version,
+        key_types,
+        keys,
+        rows: added,
+        index,
+    })
+}
+
+fn join_one(
+    entry: &EnrichSpec,
+    dimension: &Dimension,
+    rows: &RecordBatch,
+) -> std::result::Result<(RecordBatch, usize), String> {
+    let keys = entry
+        .on
+        .iter()
+        .zip(&dimension.key_types)
+        .map(|(name, to)| {
+            let column = rows
+                .column_by_name(name)
+                .ok_or_else(|| format!("the records have no key column {name:?}"))?;
+            cast(column, to).map_err(|e| {
+                format!(
+                    "key column {name:?} ({}) does not convert to the dimension's {to}: {e}",
+                    column.data_type()
+                )
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let probe = dimension
+        .keys
+        .convert_columns(&keys)
+        .map_err(|e| e.to_string())?;
+    let mut left = Vec::with_capacity(rows.num_rows());
+    let mut right: Vec<Option<u32>> = Vec::with_capacity(rows.num_rows());
+    let mut dropped = 0;
+    for row in 0..rows.num_rows() {
+        let found = if keys.iter().any(|k| k.is_null(row)) {
+            None
+        } else {
+            dimension.index.get(probe.row(row).as_ref())
+        };
+        match found {
+            Some(matches) => {
+                for m in matches {
+                    left.push(row as u32);
+                    right.push(Some(*m));
+                }
+            }
+            None if entry.how == JoinKind::Left => {
+                left.push(row as u32);
+                right.push(None);
+            }
+            None => dropped += 1,
+        }
+    }
+    let unchanged = left.len() == rows.num_rows()
+        && dropped == 0
+        && left.iter().enumerate().all(|(i, l)| *l as usize == i);
+    let mut columns = if unchanged {
+        rows.columns().to_vec()
+    } else {
+        let left = UInt32Array::from(left);
+        rows.columns()
+            .iter()
+            .map(|c| take(c, &left, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    let right = UInt32Array::from(right);
+    let mut fields: Vec<Arc<Field>> = rows.schema().fields().iter().cloned().collect();
+    for (field, column) in dimension
+        .rows
+        .schema()
+        .fields()
+        .iter()
+        .zip(dimension.rows.columns())
+    {
+        if rows.schema().column_with_name(field.name()).is_some() {
+            return Err(format!(
+                "the records have a column {:?} already; leave it out of columns",
+                field.name()
+            ));
+        }
+        fields.push(field.clone());
+        columns.push(take(column, &right, None).map_err(|e| e.to_string())?);
+    }
+    let schema = Schema::new_with_metadata(fields, rows.schema().metadata().clone());
+    let joined = RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| e.to_string())?;
+    Ok((joined, dropped))
+}
+
+/// Looks for new versions of each dimension every `refresh_interval` and
+/// swaps them in; stops when the dimensions are dropped.
+async fn refresh(spec: Arc<TableSpec>, current: Weak<Mutex<Vec<Arc<Dimension>>>>) {
+    let every = spec
+        .enrich
+        .iter()
+        .map(|e| e.refresh_interval.0)
+        .min()
+        .unwrap_or(Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(current) = current.upgrade() else {
+            return;
+        };
+        for i in 0..spec.enrich.len() {
+            let held = current.lock().expect("dimensions lock")[i].version;
+            match load(&spec, i, None).await {
+                Ok(newer) if newer.version != held => {
+                    tracing::info!(pipeline = %spec.pipeline, table = %spec.enrich[i].table,
+                        from = held, to = newer.version, "dimension table changed: new batches join the new version");
+                    current.lock().expect("dimensions lock")[i] = newer;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(pipeline = %spec.pipeline, table = %spec.enrich[i].table,
+                    version = held, error = %e, "cannot read the dimension table's new version; batches keep the version they have"),
+            }
+        }
+    }
+}
