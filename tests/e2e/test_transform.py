@@ -113,3 +113,46 @@ def test_transform_problems_are_found_against_the_registry(binary, dev_stack):
     assert result.returncode == 1, result.stdout + result.stderr
     expected = (FIXTURES / "registry_transform_types.expected").read_text()
     assert result.stdout.splitlines() == expected.replace("{file}", str(spec)).splitlines()
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:2"]], indirect=True)
+def test_windows_group_and_sum_computed_columns(binary, dev_stack, tmp_path):
+    """The event-time operators see the transformed records: a window
+    grouped by a computed column, summing another, over the filtered rows."""
+    schema_id = dev_stack.register("payments-value", PAYMENT)
+    records = [payment(n) for n in range(2000)]
+    dev_stack.produce("payments", [(None, confluent(schema_id, PAYMENT, r), None) for r in records])
+    table = tmp_path / "lake" / "sizes"
+    spec = write_spec(tmp_path / "sizes.yaml", pipeline="sizes", bootstrap=dev_stack.bootstrap, topic="payments",
+                      registry=dev_stack.registry, table=table, checkpoint=tmp_path / "ckpt",
+                      extra=TRANSFORM + """event_time: {column: ts, watermark_delay: 2d}
+window: {tumbling: {size: 1h}}
+group_by: [size]
+aggregations:
+  - {name: payments, function: count}
+  - {name: eur, function: sum, column: amount_eur}
+  - {name: suspicious, function: count_distinct, column: payment_id}
+output_mode: update
+""")
+    text = spec.read_text().replace("  available_now: true", "  available_now: true\n  max_offsets_per_trigger: 500")
+    text = text.replace("checkpoint:\n", f"checkpoint:\n  state_dir: '{tmp_path / 'state'}'\n")
+    spec.write_text(text)
+    result = run_spec(binary, spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    expected = {}
+    for r in records:
+        o = oracle(r)
+        if o is None:
+            continue
+        hour = r["ts"] // 3_600_000 * 3_600_000
+        count, eur, ids = expected.get((hour, o["size"]), (0, 0.0, set()))
+        expected[(hour, o["size"])] = (count + 1, eur + o["amount_eur"], ids | {o["payment_id"]})
+    rows = duck().execute(
+        f"SELECT epoch_ms(window_start), size, payments, eur, suspicious FROM delta_scan('{table}')").fetchall()
+    got = {(start, size): (n, eur, d) for start, size, n, eur, d in rows}
+    assert got.keys() == expected.keys()
+    for key, (count, eur, ids) in expected.items():
+        n, total, distinct = got[key]
+        assert (n, distinct) == (count, len(ids)), key
+        assert abs(total - eur) < 1e-6, (key, total, eur)

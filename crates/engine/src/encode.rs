@@ -134,9 +134,6 @@ impl Converter {
     }
 
     pub(crate) fn convert(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
-        if self.hidden.is_empty() {
-            return self.convert_visible(decoded);
-        }
         let schema = decoded.schema();
         let (mut visible, mut hidden) = (Vec::new(), Vec::new());
         for (i, f) in schema.fields().iter().enumerate() {
@@ -146,16 +143,21 @@ impl Converter {
                 visible.push(i);
             }
         }
-        let converted = self.convert_visible(&decoded.project(&visible)?)?;
-        let aside = decoded.project(&hidden)?;
-        let mut fields: Vec<_> = converted.schema().fields().iter().cloned().collect();
-        fields.extend(aside.schema().fields().iter().cloned());
-        let mut columns = converted.columns().to_vec();
-        columns.extend(aside.columns().iter().cloned());
-        Ok(RecordBatch::try_new(
-            Arc::new(Schema::new(fields)),
-            columns,
-        )?)
+        let record = decoded.project(&visible)?;
+        let typed = to_delta_batch(&record, &delta_schema(&record.schema())?)?;
+        // Joins and the filter change the rows: the Kafka columns kept
+        // aside go through them too.
+        let rows = self.per_row_steps(append(&typed, &decoded.project(&hidden)?)?)?;
+        let (mut visible, mut hidden) = (Vec::new(), Vec::new());
+        for (i, f) in rows.schema().fields().iter().enumerate() {
+            if self.hidden.contains(f.name()) {
+                hidden.push(i);
+            } else {
+                visible.push(i);
+            }
+        }
+        let converted = self.table_shaped(&rows.project(&visible)?, schema.metadata())?;
+        append(&converted, &rows.project(&hidden)?)
     }
 
     /// All rows of a batch in the schema of its last rows (a batch may
@@ -175,35 +177,40 @@ impl Converter {
             .collect()
     }
 
-    fn convert_visible(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
-        let target = delta_schema(&decoded.schema())?;
-        let mut typed = to_delta_batch(decoded, &target)?;
+    /// `enrich`, then `transform`: what changes the rows themselves.
+    fn per_row_steps(&mut self, typed: RecordBatch) -> Result<RecordBatch> {
+        let mut rows = typed;
         if let Some(dimensions) = &self.dimensions {
             let pinned = self.pinned.get_or_insert_with(|| dimensions.pin());
-            let (joined, dropped) = pinned.join(&typed)?;
+            let (joined, dropped) = pinned.join(&rows)?;
             self.filtered += dropped as u64;
-            typed = joined;
+            rows = joined;
         }
-        let transformed = match &self.transform {
-            Some(t) => {
-                let out = t.apply(&typed)?;
-                self.filtered += out.filtered as u64;
-                out.rows
-            }
-            None => typed,
-        };
+        if let Some(t) = &self.transform {
+            let out = t.apply(&rows)?;
+            self.filtered += out.filtered as u64;
+            rows = out.rows;
+        }
+        Ok(rows)
+    }
+
+    /// Rows in the table's shape: partition columns derived, the schema
+    /// evolved or cast to. `metadata`: the decoded rows' (their writer schema id).
+    fn table_shaped(
+        &mut self,
+        transformed: &RecordBatch,
+        metadata: &std::collections::HashMap<String, String>,
+    ) -> Result<RecordBatch> {
         if self.checked.insert(transformed.schema()) {
             check_columns(&self.spec, &transformed.schema())?;
         }
-        let row = add_partition_columns(&transformed, &self.partitions)?;
+        let row = add_partition_columns(transformed, &self.partitions)?;
         let Some(table) = &self.table_schema else {
             // A new table: its first rows define it, later versions evolve it.
             self.table_schema = Some(row.schema());
             return Ok(row);
         };
-        let writer = decoded
-            .schema()
-            .metadata()
+        let writer = metadata
             .get(tributary_avro::SCHEMA_ID_METADATA)
             .map(|id| format!(" (writer schema id {id})"))
             .unwrap_or_default();
@@ -250,6 +257,24 @@ impl Converter {
         }
         Ok(Payload::Encoded(encoder.finish()?))
     }
+}
+
+/// `rows` with the columns of `more` (the same rows) after its own.
+fn append(rows: &RecordBatch, more: &RecordBatch) -> Result<RecordBatch> {
+    if more.num_columns() == 0 {
+        return Ok(rows.clone());
+    }
+    let mut fields: Vec<_> = rows.schema().fields().iter().cloned().collect();
+    fields.extend(more.schema().fields().iter().cloned());
+    let mut columns = rows.columns().to_vec();
+    columns.extend(more.columns().iter().cloned());
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(
+            fields,
+            rows.schema().metadata().clone(),
+        )),
+        columns,
+    )?)
 }
 
 /// The encoder thread: turns the reader's chunks into ready batches until
