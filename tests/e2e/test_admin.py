@@ -98,6 +98,10 @@ def test_metrics_progress_status_and_dashboards(binary, dev_stack, tmp_path):
         assert total(samples, "tributary_rows_in_total") == GOOD + LATE + BAD
         assert total(samples, "tributary_consumer_lag") == 0
         assert total(samples, "tributary_batch_step_seconds_count") > 0
+        # Every record read has a Kafka timestamp, and so a latency.
+        assert total(samples, "tributary_event_to_commit_seconds_count") == GOOD + LATE + BAD
+        assert sum(v for (n, labels), v in samples.items()
+                   if n == "tributary_event_to_commit_seconds_bucket" and ("le", "+Inf") in labels) == GOOD + LATE + BAD
 
         # /progress: valid against the published schema, and the same numbers as the commit info.
         _, body = get(f"{url}/progress")
@@ -106,6 +110,9 @@ def test_metrics_progress_status_and_dashboards(binary, dev_stack, tmp_path):
         for e in events:
             jsonschema.validate(e, schema)
         assert sum(e["numOutputRows"] for e in events) == GOOD + LATE
+        for e in (e for e in events if e["numInputRows"]):
+            lat = e["eventToCommit"]
+            assert 0 <= lat["p50Ms"] <= lat["p95Ms"] <= lat["p99Ms"] <= lat["maxMs"] < 120_000, lat
         infos = {}
         for f in sorted((table / "_delta_log").glob("*.json")):
             for line in f.read_text().splitlines():

@@ -60,6 +60,7 @@ impl BatchWriter<'_> {
             BatchRows::Arrow(b) => b.iter().map(|b| b.num_rows() as u64).sum(),
         };
         let committed = commit_batch(spec, g, plan, &read.dead_letters, output, replayed).await?;
+        let committed_at_ms = chrono::Utc::now().timestamp_millis();
         crash_point(CrashPoint::AfterCommit, plan.batch_id);
         let late_version = committed.late_rows_version;
         let event_time =
@@ -98,6 +99,7 @@ impl BatchWriter<'_> {
             read: &read,
             committed: &committed,
             event_time,
+            committed_at_ms,
             times,
             latest,
             output_rows,

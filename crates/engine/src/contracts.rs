@@ -33,6 +33,8 @@ pub(crate) struct ReadBatch {
     pub read_time: Duration,
     /// `available_now` and every partition reached its target.
     pub drained: bool,
+    /// The records' Kafka timestamps (milliseconds), sorted.
+    pub kafka_times: Vec<i64>,
 }
 
 /// Where a group's records come from: the partitions of one topic, each an

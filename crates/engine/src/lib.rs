@@ -58,7 +58,9 @@ pub use options::{
     StateBackend,
 };
 pub use plan::{BatchPlan, RecordedDeadLetter};
-pub use progress::{BatchProgress, EventTimeProgress, progress_schema};
+pub use progress::{
+    BatchProgress, EventTimeProgress, LATENCY_BUCKETS, LatencyProgress, progress_schema,
+};
 pub use report::append_rotating;
 pub use verify::{Finding, GroupReport, VerifyReport, verify};
 

@@ -34,6 +34,8 @@ struct Counts {
     bytes: u64,
     /// Estimated from every `DECODE_SAMPLE`th record: the clock costs too much to read per record.
     decode_time: Duration,
+    /// The Kafka timestamps of the records that have one (milliseconds).
+    kafka_times: Vec<i64>,
 }
 
 const DECODE_SAMPLE: u64 = 64;
@@ -42,6 +44,17 @@ impl Counts {
     fn count(&mut self, raw: &RawRecord<'_>) {
         self.records += 1;
         self.bytes += raw.value.map_or(0, <[u8]>::len) as u64;
+        if let Some(t) = raw.timestamp_ms {
+            self.kafka_times.push(t);
+        }
+    }
+
+    /// The Kafka timestamps, sorted (on the reader thread, so the commit
+    /// finds its latencies by binary search).
+    fn sorted_kafka_times(&mut self) -> Vec<i64> {
+        let mut times = std::mem::take(&mut self.kafka_times);
+        times.sort_unstable();
+        times
     }
 }
 
@@ -175,6 +188,7 @@ fn replay_batch(
         decode_time: counts.decode_time,
         read_time: started.elapsed(),
         drained: false,
+        kafka_times: counts.sorted_kafka_times(),
     }))
 }
 

@@ -12,7 +12,9 @@ use crate::commit::Committed;
 use crate::contracts::ReadBatch;
 use crate::options::PipelineOptions;
 use crate::plan::BatchPlan;
-use crate::progress::{BatchProgress, EventTimeProgress, SinkProgress, SourceProgress};
+use crate::progress::{
+    BatchProgress, EventTimeProgress, LatencyProgress, SinkProgress, SourceProgress,
+};
 
 /// Milliseconds spent in each step of a batch on the committing task.
 pub(crate) struct StepTimes {
@@ -29,6 +31,8 @@ pub(crate) struct BatchReport<'a> {
     pub read: &'a ReadBatch,
     pub committed: &'a Committed,
     pub event_time: Option<EventTimeProgress>,
+    /// When the batch's data commit returned (ms since the epoch).
+    pub committed_at_ms: i64,
     pub times: StepTimes,
     /// Newest offset of each partition, as far as known.
     pub latest: BTreeMap<i32, i64>,
@@ -83,6 +87,7 @@ impl BatchReport<'_> {
             ]),
             sources: vec![self.source()],
             event_time: self.event_time,
+            event_to_commit: LatencyProgress::of(&self.read.kafka_times, self.committed_at_ms),
             sink: SinkProgress {
                 description: format!("delta[{}]", self.table_uri),
                 table_version: data.version,

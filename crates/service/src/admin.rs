@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tributary_engine::BatchProgress;
+use tributary_engine::{BatchProgress, LATENCY_BUCKETS};
 
 /// Progress events kept for `/progress`.
 const RECENT: usize = 100;
@@ -44,6 +44,15 @@ impl Histogram {
     }
 }
 
+/// The `tributary_event_to_commit_seconds` histogram: cumulative counts
+/// per `LATENCY_BUCKETS` bound, as the batches report them.
+#[derive(Default)]
+struct EventLatency {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
 #[derive(Default)]
 struct GroupStats {
     batches: u64,
@@ -60,6 +69,8 @@ struct GroupStats {
     table_version: Option<u64>,
     lag_by_partition: BTreeMap<String, i64>,
     steps: BTreeMap<String, Histogram>,
+    /// Records' Kafka timestamp to commit, over every batch.
+    event_to_commit: EventLatency,
     last_batch: Option<Instant>,
     last_batch_unix: f64,
     /// The group's batches fail (cleared by the next batch): the error, and
@@ -191,6 +202,14 @@ impl AdminState {
             {
                 g.watermark = Some(w.timestamp_millis() as f64 / 1000.0);
             }
+        }
+        if let Some(l) = &p.event_to_commit {
+            let h = &mut g.event_to_commit;
+            for (total, batch) in h.buckets.iter_mut().zip(l.buckets) {
+                *total += batch;
+            }
+            h.count += l.count;
+            h.sum += l.sum_seconds;
         }
         g.input_bytes += p.input_bytes;
         g.files += p.sink.num_files as u64;
@@ -451,6 +470,37 @@ impl AdminState {
                 let _ = writeln!(out, "tributary_batch_step_seconds_sum{{{l}}} {}", h.sum);
                 let _ = writeln!(out, "tributary_batch_step_seconds_count{{{l}}} {}", h.count);
             }
+        }
+        header(
+            &mut out,
+            "tributary_event_to_commit_seconds",
+            "histogram",
+            "Time from each record's Kafka timestamp to the commit of its batch.",
+        );
+        for (key, g) in &inner.groups {
+            let h = &g.event_to_commit;
+            let l = labels(key);
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "tributary_event_to_commit_seconds_bucket{{{l},le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "tributary_event_to_commit_seconds_bucket{{{l},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "tributary_event_to_commit_seconds_sum{{{l}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "tributary_event_to_commit_seconds_count{{{l}}} {}",
+                h.count
+            );
         }
         let pipeline = |p: &String| format!("pipeline=\"{p}\"");
         let mut compaction =

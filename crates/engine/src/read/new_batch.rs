@@ -68,7 +68,7 @@ pub(super) fn read_new_batch(
     let drained = limits.drain_targets.is_some() && undrained.is_empty();
     let Reading {
         ranges,
-        counts,
+        mut counts,
         ends,
         ..
     } = batch;
@@ -85,6 +85,7 @@ pub(super) fn read_new_batch(
         decode_time: counts.decode_time,
         read_time: started.elapsed(),
         drained,
+        kafka_times: counts.sorted_kafka_times(),
     })
 }
 
