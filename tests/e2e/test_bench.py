@@ -17,6 +17,8 @@ def test_bench_decode_isolates_malformed_records(binary):
     rates = dict(re.findall(r"decode with\s+(\d+) % malformed:\s+(\d+) rows/s", result.stdout))
     assert set(rates) == {"1", "10"}, result.stdout
     assert all(int(r) > 0 for r in rates.values())
+    kept = re.search(r"transform \(4 columns, where\):\s+(\d+) rows/s\s+\((\d+) % kept", result.stdout)
+    assert kept and int(kept.group(1)) > 0 and 50 < int(kept.group(2)) < 80, result.stdout
 
 
 def run_bench(binary, *args):
