@@ -126,12 +126,13 @@ async fn load_all(spec: &TableSpec, versions: Option<&[u64]>) -> Result<Vec<Arc<
     Ok(out)
 }
 
-/// Entry `i` of the spec's `enrich` at `version` (the newest when `None`),
-/// from the cache when another group holds it.
-async fn load(spec: &TableSpec, i: usize, version: Option<u64>) -> Result<Arc<Dimension>> {
-    let entry = &spec.enrich[i];
-    let fail = |m: String| EngineError::Spec(format!("enrich[{i}] ({}): {m}", entry.table));
-    let mut table = DeltaTableSink::open_existing(TableOptions {
+/// Opens the dimension table of an `enrich` entry for reading (at its
+/// newest version); a missing table is no table.
+pub async fn open_dimension(
+    spec: &TableSpec,
+    entry: &EnrichSpec,
+) -> tributary_delta::Result<DeltaTableSink> {
+    DeltaTableSink::open_existing(TableOptions {
         uri: entry.table.clone(),
         storage_options: entry
             .storage_options
@@ -140,7 +141,15 @@ async fn load(spec: &TableSpec, i: usize, version: Option<u64>) -> Result<Arc<Di
         partition_columns: Vec::new(),
         target_file_size: 1 << 20,
     })
-    .await?;
+    .await
+}
+
+/// Entry `i` of the spec's `enrich` at `version` (the newest when `None`),
+/// from the cache when another group holds it.
+async fn load(spec: &TableSpec, i: usize, version: Option<u64>) -> Result<Arc<Dimension>> {
+    let entry = &spec.enrich[i];
+    let fail = |m: String| EngineError::Spec(format!("enrich[{i}] ({}): {m}", entry.table));
+    let mut table = open_dimension(spec, entry).await?;
     if let Some(v) = version {
         table.load_version(v).await?;
     }

@@ -49,6 +49,7 @@ mod verify;
 use tributary_spec::{StateScope, TableSpec};
 
 pub use contracts::{CommitMode, CommittedBatches, PlanLog, TableSink};
+pub use enrich::open_dimension;
 pub use error::{EngineError, Result};
 pub use offset_log::OffsetLog;
 pub use open::reader_config;

@@ -79,16 +79,7 @@ async fn with_dimensions(
                 ));
             }
         }
-        let table = tributary_delta::DeltaTableSink::open_existing(tributary_delta::TableOptions {
-            uri: entry.table.clone(),
-            storage_options: entry
-                .storage_options
-                .clone()
-                .unwrap_or_else(|| spec.table.storage_options.clone()),
-            partition_columns: Vec::new(),
-            target_file_size: 1 << 20,
-        })
-        .await;
+        let table = tributary_engine::open_dimension(spec, entry).await;
         let schema = match &table {
             Ok(t) => t.arrow_schema(),
             Err(e) => {
