@@ -135,27 +135,13 @@ impl Converter {
 
     pub(crate) fn convert(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
         let schema = decoded.schema();
-        let (mut visible, mut hidden) = (Vec::new(), Vec::new());
-        for (i, f) in schema.fields().iter().enumerate() {
-            if self.hidden.contains(f.name()) {
-                hidden.push(i);
-            } else {
-                visible.push(i);
-            }
-        }
+        let (visible, hidden) = self.split_hidden(&schema);
         let record = decoded.project(&visible)?;
         let typed = to_delta_batch(&record, &delta_schema(&record.schema())?)?;
         // Joins and the filter change the rows: the Kafka columns kept
         // aside go through them too.
         let rows = self.per_row_steps(append(&typed, &decoded.project(&hidden)?)?)?;
-        let (mut visible, mut hidden) = (Vec::new(), Vec::new());
-        for (i, f) in rows.schema().fields().iter().enumerate() {
-            if self.hidden.contains(f.name()) {
-                hidden.push(i);
-            } else {
-                visible.push(i);
-            }
-        }
+        let (visible, hidden) = self.split_hidden(&rows.schema());
         let converted = self.table_shaped(&rows.project(&visible)?, schema.metadata())?;
         append(&converted, &rows.project(&hidden)?)
     }
@@ -175,6 +161,12 @@ impl Converter {
                 }
             })
             .collect()
+    }
+
+    /// The indices of the columns of `schema` that are the table's, and of
+    /// the Kafka columns only the operators read.
+    fn split_hidden(&self, schema: &Schema) -> (Vec<usize>, Vec<usize>) {
+        (0..schema.fields().len()).partition(|&i| !self.hidden.contains(schema.field(i).name()))
     }
 
     /// `enrich`, then `transform`: what changes the rows themselves.

@@ -456,19 +456,15 @@ impl AdminState {
         for (key, g) in &inner.groups {
             for (step, h) in &g.steps {
                 let l = format!("{},step=\"{step}\"", labels(key));
-                for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                    let _ = writeln!(
-                        out,
-                        "tributary_batch_step_seconds_bucket{{{l},le=\"{bound}\"}} {count}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "tributary_batch_step_seconds_bucket{{{l},le=\"+Inf\"}} {}",
-                    h.count
+                write_histogram(
+                    &mut out,
+                    "tributary_batch_step_seconds",
+                    &l,
+                    &BUCKETS,
+                    &h.counts,
+                    h.sum,
+                    h.count,
                 );
-                let _ = writeln!(out, "tributary_batch_step_seconds_sum{{{l}}} {}", h.sum);
-                let _ = writeln!(out, "tributary_batch_step_seconds_count{{{l}}} {}", h.count);
             }
         }
         header(
@@ -479,27 +475,14 @@ impl AdminState {
         );
         for (key, g) in &inner.groups {
             let h = &g.event_to_commit;
-            let l = labels(key);
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "tributary_event_to_commit_seconds_bucket{{{l},le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "tributary_event_to_commit_seconds_bucket{{{l},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "tributary_event_to_commit_seconds_sum{{{l}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "tributary_event_to_commit_seconds_count{{{l}}} {}",
-                h.count
+            write_histogram(
+                &mut out,
+                "tributary_event_to_commit_seconds",
+                &labels(key),
+                &LATENCY_BUCKETS,
+                &h.buckets,
+                h.sum,
+                h.count,
             );
         }
         let pipeline = |p: &String| format!("pipeline=\"{p}\"");
@@ -662,6 +645,25 @@ fn write_family<K, S>(
             let _ = writeln!(out, "{name}{{{}}} {v}", labels(key));
         }
     }
+}
+
+/// One labelled series of a histogram family: its cumulative bucket
+/// counts (one per bound), `+Inf`, sum and count.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    sum: f64,
+    count: u64,
+) {
+    for (bound, n) in bounds.iter().zip(counts) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// The `# HELP` and `# TYPE` lines that open a metric family.

@@ -18,8 +18,8 @@ use tributary_spec::{BinaryOp, CastType, Expr, Literal};
 use crate::error::{Result, TransformError};
 use crate::functions::call;
 use crate::types::{
-    Value, boolean_operand, common_type, compare, convert, nulls_false, numeric_operand,
-    string_operand,
+    Value, boolean_operand, compare, convert, nulls_false, numeric_operand, string_operand,
+    to_common_type,
 };
 
 pub(crate) fn evaluate(e: &Expr, batch: &RecordBatch) -> Result<Value> {
@@ -252,12 +252,7 @@ fn case(branches: &[(Expr, Expr)], otherwise: Option<&Expr>, batch: &RecordBatch
         Some(e) => evaluate(e, batch)?,
         None => Value::computed(Arc::new(NullArray::new(batch.num_rows()))),
     });
-    let target = common_type(&results.iter().collect::<Vec<_>>())
-        .map_err(|e| TransformError::Type(format!("the results of CASE: {e}")))?;
-    let mut values = results
-        .into_iter()
-        .map(|v| convert(v, &target))
-        .collect::<Result<Vec<_>>>()?;
+    let mut values = to_common_type(results, "the results of CASE")?;
     let mut out = values.pop().expect("the ELSE value");
     // The first matching branch wins: fold from the last.
     for (condition, then) in conditions.iter().zip(values).rev() {

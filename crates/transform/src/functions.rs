@@ -14,8 +14,8 @@ use tributary_spec::{BinaryOp, Function};
 
 use crate::error::{Result, TransformError};
 use crate::types::{
-    Kind, Value, common_type, compare, convert, describe, nulls_false, numeric_operand,
-    string_operand,
+    Kind, Value, compare, convert, describe, nulls_false, numeric_operand, string_operand,
+    to_common_type,
 };
 
 pub(crate) fn call(function: Function, args: Vec<Value>) -> Result<Value> {
@@ -53,7 +53,7 @@ pub(crate) fn call(function: Function, args: Vec<Value>) -> Result<Value> {
                 Kind::Timestamp | Kind::Date | Kind::String | Kind::Null => {}
                 _ => return Err(not_temporal("date", v)),
             }
-            convert(clone(v), &DataType::Date32)?
+            convert(v.clone(), &DataType::Date32)?
         }
         Function::Hour => {
             let v = &args[0];
@@ -67,13 +67,6 @@ pub(crate) fn call(function: Function, args: Vec<Value>) -> Result<Value> {
     Ok(Value { array, literal })
 }
 
-fn clone(v: &Value) -> Value {
-    Value {
-        array: v.array.clone(),
-        literal: v.literal,
-    }
-}
-
 fn not_temporal(name: &str, v: &Value) -> TransformError {
     TransformError::Type(format!(
         "{name} needs a timestamp, not {}",
@@ -83,12 +76,7 @@ fn not_temporal(name: &str, v: &Value) -> TransformError {
 
 /// The first non-NULL argument, row by row.
 fn coalesce(args: Vec<Value>) -> Result<ArrayRef> {
-    let target = common_type(&args.iter().collect::<Vec<_>>())
-        .map_err(|e| TransformError::Type(format!("coalesce: {e}")))?;
-    let mut values = args
-        .into_iter()
-        .map(|v| convert(v, &target))
-        .collect::<Result<Vec<_>>>()?;
+    let mut values = to_common_type(args, "coalesce")?;
     let mut out = values.pop().expect("coalesce has an argument");
     for v in values.into_iter().rev() {
         out = zip(&is_not_null(&v)?, &v, &out)?;
@@ -99,25 +87,13 @@ fn coalesce(args: Vec<Value>) -> Result<ArrayRef> {
 /// least / greatest: the extreme of the non-NULL arguments (NULL when all
 /// are), as Spark skips NULLs here.
 fn extreme(args: Vec<Value>, wins: BinaryOp) -> Result<ArrayRef> {
-    let target = common_type(&args.iter().collect::<Vec<_>>())
-        .map_err(|e| TransformError::Type(format!("least / greatest: {e}")))?;
-    let mut values = args
-        .into_iter()
-        .map(|v| convert(v, &target))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter();
+    let mut values = to_common_type(args, "least / greatest")?.into_iter();
     let mut best = values.next().expect("least / greatest have arguments");
     for v in values {
         let better = compare(
             wins,
-            Value {
-                array: v.clone(),
-                literal: false,
-            },
-            Value {
-                array: best.clone(),
-                literal: false,
-            },
+            Value::computed(v.clone()),
+            Value::computed(best.clone()),
         )?;
         let take_new = boolean::or(
             &nulls_false(&better),
@@ -144,7 +120,7 @@ fn round(args: &[Value]) -> Result<ArrayRef> {
     let digits = match args.get(1) {
         None => 0,
         Some(d) if d.literal && d.kind() == Kind::Int && !d.array.is_empty() => {
-            let d = convert(clone(d), &DataType::Int64)?;
+            let d = convert(d.clone(), &DataType::Int64)?;
             i32::try_from(d.as_primitive::<Int64Type>().value(0)).unwrap_or(0)
         }
         Some(d) if d.literal && d.kind() == Kind::Int => 0,
@@ -157,13 +133,7 @@ fn round(args: &[Value]) -> Result<ArrayRef> {
     if numbers.data_type() == &DataType::Int64 && digits >= 0 {
         return Ok(numbers);
     }
-    let floats = convert(
-        Value {
-            array: numbers,
-            literal: false,
-        },
-        &DataType::Float64,
-    )?;
+    let floats = convert(Value::computed(numbers), &DataType::Float64)?;
     let scale = 10f64.powi(digits);
     let out: Float64Array = floats
         .as_primitive::<Float64Type>()

@@ -13,6 +13,7 @@ use crate::error::{Result, TransformError};
 /// An evaluated expression: one value per row. `literal` marks values
 /// computed from literals alone, whose failed conversions are errors (a
 /// mistyped constant) rather than NULLs (a bad record).
+#[derive(Clone)]
 pub(crate) struct Value {
     pub array: ArrayRef,
     pub literal: bool,
@@ -115,8 +116,8 @@ fn display_first(array: &ArrayRef) -> String {
 
 pub(crate) fn numeric_operand(v: &Value, op: &str) -> Result<ArrayRef> {
     match v.kind() {
-        Kind::Int => Ok(convert(v.clone_ref(), &DataType::Int64)?),
-        Kind::Float => Ok(convert(v.clone_ref(), &DataType::Float64)?),
+        Kind::Int => Ok(convert(v.clone(), &DataType::Int64)?),
+        Kind::Float => Ok(convert(v.clone(), &DataType::Float64)?),
         Kind::Null => Ok(new_null_array(&DataType::Int64, v.array.len())),
         _ => Err(TransformError::Type(format!(
             "{op} needs a number, not {}",
@@ -128,7 +129,7 @@ pub(crate) fn numeric_operand(v: &Value, op: &str) -> Result<ArrayRef> {
 pub(crate) fn boolean_operand(v: &Value, op: &str) -> Result<BooleanArray> {
     match v.kind() {
         Kind::Bool | Kind::Null => {
-            let b = convert(v.clone_ref(), &DataType::Boolean)?;
+            let b = convert(v.clone(), &DataType::Boolean)?;
             Ok(b.as_any()
                 .downcast_ref::<BooleanArray>()
                 .cloned()
@@ -143,20 +144,11 @@ pub(crate) fn boolean_operand(v: &Value, op: &str) -> Result<BooleanArray> {
 
 pub(crate) fn string_operand(v: &Value, op: &str) -> Result<ArrayRef> {
     match v.kind() {
-        Kind::String | Kind::Null => convert(v.clone_ref(), &DataType::Utf8),
+        Kind::String | Kind::Null => convert(v.clone(), &DataType::Utf8),
         _ => Err(TransformError::Type(format!(
             "{op} needs a string, not {}",
             describe(v.array.data_type())
         ))),
-    }
-}
-
-impl Value {
-    pub(crate) fn clone_ref(&self) -> Value {
-        Value {
-            array: self.array.clone(),
-            literal: self.literal,
-        }
     }
 }
 
@@ -194,6 +186,14 @@ fn comparison_type(left: &Value, right: &Value) -> Result<DataType> {
             ))
         }),
     }
+}
+
+/// The values in their common type (see `common_type`); `what` names the
+/// form in the message when they have none.
+pub(crate) fn to_common_type(values: Vec<Value>, what: &str) -> Result<Vec<ArrayRef>> {
+    let target = common_type(&values.iter().collect::<Vec<_>>())
+        .map_err(|e| TransformError::Type(format!("{what}: {e}")))?;
+    values.into_iter().map(|v| convert(v, &target)).collect()
 }
 
 /// The one type several values take (CASE results, coalesce, least):
