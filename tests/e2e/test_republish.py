@@ -63,12 +63,12 @@ def produce_payments(stack, schema_id, start, count):
                                for n in range(start, start + count)])
 
 
-def read_alerts(stack, expected, timeout=90):
+def read_alerts(stack, expected, timeout=90, topic="alerts"):
     """Every committed alert (read_committed), decoded with the registered schema."""
     consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": f"check-{time.monotonic_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "isolation.level": "read_committed"})
-    consumer.subscribe(["alerts"])
+    consumer.subscribe([topic])
     schemas, alerts = {}, []
     deadline = time.time() + timeout
     idle_since = None

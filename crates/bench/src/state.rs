@@ -87,6 +87,7 @@ fn config(delay: i64) -> OperatorConfig {
         group_by: Vec::new(),
         aggregations: Vec::new(),
         output_mode: OutputMode::Append,
+        features: None,
     }
 }
 

@@ -54,7 +54,8 @@ impl BatchWriter<'_> {
             filtered_rows,
             dimension_versions: _,
         } = batch;
-        let (output, operated) = operate(g.state.as_ref(), plan.batch_id, payload)?;
+        let (output, operated) = operate(g.state.as_mut(), plan.batch_id, payload)?;
+        let filtered_rows = filtered_rows + output.filtered;
         let output_rows = match &output.data {
             BatchRows::Encoded(e) => e.rows,
             BatchRows::Arrow(b) => b.iter().map(|b| b.num_rows() as u64).sum(),

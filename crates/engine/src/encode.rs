@@ -2,21 +2,20 @@
 //! them into Parquet as they arrive, on its own thread, so decoding (reader
 //! thread), encoding (this thread) and committing (async writer) overlap.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::datatypes::{DataType, Schema, SchemaRef};
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use tributary_avro::{delta_schema, to_delta_batch};
-use tributary_delta::{BatchEncoder, EncodedBatch, add_partition_columns};
-use tributary_spec::{PartitionColumn, TableSpec};
+use tributary_delta::{BatchEncoder, EncodedBatch};
+use tributary_spec::TableSpec;
 use tributary_transform::Transform;
 
 use crate::contracts::ReadBatch;
 use crate::enrich::{Dimensions, Pinned};
 use crate::error::{EngineError, Result};
-use crate::evolve::evolve;
+use crate::shape::TableShape;
 
 /// What the reader hands to the encoder.
 pub(crate) enum Chunk {
@@ -51,10 +50,9 @@ pub(crate) enum Payload {
 /// Decoded rows to the table's columns and types.
 pub(crate) struct Converter {
     spec: TableSpec,
-    partitions: Vec<PartitionColumn>,
-    /// The table's schema when it exists: rows are reordered and cast to it.
-    table_schema: Option<SchemaRef>,
-    checked: HashSet<SchemaRef>,
+    /// `None` with `features`: the operators add columns, and their output
+    /// is transformed and shaped after them (see `stateful`).
+    shape: Option<TableShape>,
     transform: Option<Transform>,
     dimensions: Option<Arc<Dimensions>>,
     /// The dimensions the batch being converted joins.
@@ -70,28 +68,28 @@ impl Converter {
     /// `records_schema`: the schema the records have so far (see
     /// `records_schema` in the pipeline). A windowed table holds aggregates,
     /// not records: its partition columns are derived from the output.
+    /// With `features`, rows leave enriched only: the transform and the
+    /// table's shape come after the operators.
     pub(crate) fn new(
         spec: &TableSpec,
         records_schema: Option<SchemaRef>,
         hidden: Vec<String>,
         dimensions: Option<Arc<Dimensions>>,
     ) -> Result<Converter> {
-        let transform = spec
-            .transform
-            .as_ref()
-            .map(Transform::new)
-            .transpose()
-            .map_err(|e| EngineError::Spec(format!("transform: {e}")))?;
+        let after_operators = spec.features.is_some();
+        let partitions = if spec.window.is_some() {
+            Vec::new()
+        } else {
+            spec.partition_columns()
+        };
         Ok(Converter {
             spec: spec.clone(),
-            partitions: if spec.window.is_some() {
-                Vec::new()
+            shape: (!after_operators).then(|| TableShape::new(spec, records_schema, partitions)),
+            transform: if after_operators {
+                None
             } else {
-                spec.partition_columns()
+                transform_of(spec)?
             },
-            table_schema: records_schema,
-            checked: HashSet::new(),
-            transform,
             dimensions,
             pinned: None,
             filtered: 0,
@@ -127,22 +125,25 @@ impl Converter {
     }
 
     pub(crate) fn partition_names(&self) -> Vec<String> {
-        self.partitions
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect()
+        self.shape
+            .as_ref()
+            .map(TableShape::partition_names)
+            .unwrap_or_default()
     }
 
     pub(crate) fn convert(&mut self, decoded: &RecordBatch) -> Result<RecordBatch> {
         let schema = decoded.schema();
-        let (visible, hidden) = self.split_hidden(&schema);
+        let (visible, hidden) = split_hidden(&self.hidden, &schema);
         let record = decoded.project(&visible)?;
         let typed = to_delta_batch(&record, &delta_schema(&record.schema())?)?;
         // Joins and the filter change the rows: the Kafka columns kept
         // aside go through them too.
         let rows = self.per_row_steps(append(&typed, &decoded.project(&hidden)?)?)?;
-        let (visible, hidden) = self.split_hidden(&rows.schema());
-        let converted = self.table_shaped(&rows.project(&visible)?, schema.metadata())?;
+        let Some(shape) = &mut self.shape else {
+            return Ok(rows);
+        };
+        let (visible, hidden) = split_hidden(&self.hidden, &rows.schema());
+        let converted = shape.shape(&rows.project(&visible)?, schema.metadata())?;
         append(&converted, &rows.project(&hidden)?)
     }
 
@@ -163,12 +164,6 @@ impl Converter {
             .collect()
     }
 
-    /// The indices of the columns of `schema` that are the table's, and of
-    /// the Kafka columns only the operators read.
-    fn split_hidden(&self, schema: &Schema) -> (Vec<usize>, Vec<usize>) {
-        (0..schema.fields().len()).partition(|&i| !self.hidden.contains(schema.field(i).name()))
-    }
-
     /// `enrich`, then `transform`: what changes the rows themselves.
     fn per_row_steps(&mut self, typed: RecordBatch) -> Result<RecordBatch> {
         let mut rows = typed;
@@ -184,49 +179,6 @@ impl Converter {
             rows = out.rows;
         }
         Ok(rows)
-    }
-
-    /// Rows in the table's shape: partition columns derived, the schema
-    /// evolved or cast to. `metadata`: the decoded rows' (their writer schema id).
-    fn table_shaped(
-        &mut self,
-        transformed: &RecordBatch,
-        metadata: &std::collections::HashMap<String, String>,
-    ) -> Result<RecordBatch> {
-        if self.checked.insert(transformed.schema()) {
-            check_columns(&self.spec, &transformed.schema())?;
-        }
-        let row = add_partition_columns(transformed, &self.partitions)?;
-        let Some(table) = &self.table_schema else {
-            // A new table: its first rows define it, later versions evolve it.
-            self.table_schema = Some(row.schema());
-            return Ok(row);
-        };
-        let writer = metadata
-            .get(tributary_avro::SCHEMA_ID_METADATA)
-            .map(|id| format!(" (writer schema id {id})"))
-            .unwrap_or_default();
-        match evolve(table, &row.schema()).map_err(|m| {
-            EngineError::Schema(format!(
-                "subject {}{writer}: {m}. Nothing of this batch was written",
-                self.spec.value_subject()
-            ))
-        })? {
-            Some(evolved) => {
-                let added: Vec<&str> = evolved
-                    .fields()
-                    .iter()
-                    .filter(|f| table.field_with_name(f.name()).ok() != Some(f.as_ref()))
-                    .map(|f| f.name().as_str())
-                    .collect();
-                tracing::info!(pipeline = %self.spec.pipeline, columns = ?added,
-                    "a new writer schema adds columns: the table's schema evolves with this batch");
-                let evolved = Arc::new(evolved);
-                self.table_schema = Some(evolved.clone());
-                Ok(to_delta_batch(&row, &evolved)?)
-            }
-            None => Ok(to_delta_batch(&row, table)?),
-        }
     }
 
     /// Converts a whole batch's rows at once (replays): encoded, or for
@@ -249,6 +201,21 @@ impl Converter {
         }
         Ok(Payload::Encoded(encoder.finish()?))
     }
+}
+
+/// The transform of a spec, checked.
+pub(crate) fn transform_of(spec: &TableSpec) -> Result<Option<Transform>> {
+    spec.transform
+        .as_ref()
+        .map(Transform::new)
+        .transpose()
+        .map_err(|e| EngineError::Spec(format!("transform: {e}")))
+}
+
+/// The indices of the columns of `schema` that are the table's, and of
+/// the Kafka columns only the operators read (`hidden`).
+fn split_hidden(hidden: &[String], schema: &Schema) -> (Vec<usize>, Vec<usize>) {
+    (0..schema.fields().len()).partition(|&i| !hidden.contains(schema.field(i).name()))
 }
 
 /// `rows` with the columns of `more` (the same rows) after its own.
@@ -334,46 +301,4 @@ pub(crate) fn run_encoder(
             return;
         }
     }
-}
-
-/// Column references of the spec against the decoded schema. The Kafka
-/// columns the decoder appended are not the record's; a value field with one
-/// of their names appears twice, a collision.
-fn check_columns(spec: &TableSpec, schema: &Schema) -> Result<()> {
-    let named: Vec<&str> = spec
-        .source
-        .columns
-        .named()
-        .into_iter()
-        .map(|(_, name, _)| name)
-        .collect();
-    for name in &named {
-        if schema.fields().iter().filter(|f| f.name() == name).count() > 1 {
-            return Err(EngineError::Spec(format!(
-                "source.columns: column {name:?} collides with a field of the record"
-            )));
-        }
-    }
-    let columns: Vec<(String, bool)> = schema
-        .fields()
-        .iter()
-        .filter(|f| !named.contains(&f.name().as_str()))
-        .map(|f| {
-            (
-                f.name().clone(),
-                matches!(f.data_type(), DataType::Timestamp(..)),
-            )
-        })
-        .collect();
-    let problems = spec.check_columns(&columns);
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(EngineError::Spec(
-        problems
-            .into_iter()
-            .map(|(p, m)| format!("{p}: {m}"))
-            .collect::<Vec<_>>()
-            .join("; "),
-    ))
 }

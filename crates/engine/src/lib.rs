@@ -42,6 +42,7 @@ mod read;
 mod recovery;
 mod repartition;
 mod report;
+mod shape;
 mod stages;
 mod stateful;
 mod verify;
@@ -53,6 +54,7 @@ pub use enrich::open_dimension;
 pub use error::{EngineError, Result};
 pub use offset_log::OffsetLog;
 pub use open::reader_config;
+pub use operator_config::with_feature_columns;
 pub use options::{
     CheckpointStore, Components, DEFAULT_PROGRESS_JSON_MAX_BYTES, FailureCallback, GroupCallback,
     GroupEvent, GroupFailure, GroupStep, PipelineOptions, ProgressCallback, RunSummary,

@@ -74,7 +74,7 @@ impl Group {
     ) -> Result<Group> {
         let mut columns = record_columns(spec);
         let hidden = add_operator_columns(spec, &mut columns);
-        let state = if spec.is_stateful() {
+        let mut state = if spec.is_stateful() {
             let config = operator_config(spec, &columns, hidden.clone())?;
             Some(GroupState::open(spec, components, name, config).await?)
         } else {
@@ -96,10 +96,14 @@ impl Group {
             None => None,
         };
         let log = OffsetLog::open(&components.checkpoint, name)?;
+        let data = DeltaTableSink::open(data).await?;
+        if let Some(state) = &mut state {
+            state.follow_table(data.schema());
+        }
         Ok(Group {
             name: name.to_string(),
             app_id: app_id(&spec.pipeline, name),
-            data: Box::new(DeltaTableSink::open(data).await?),
+            data: Box::new(data),
             dead_letters: Box::new(
                 DeltaTableSink::open(table(&spec.dead_letter_uri(), vec![])).await?,
             ),

@@ -2,9 +2,12 @@
 //! columns they need beside the table's, and the spec's event-time sections
 //! in the operators' own terms (microseconds, no YAML types).
 
+use std::sync::Arc;
+
+use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use tributary_avro::RecordColumns;
 use tributary_spec::{AggregationSpec, OutputMode, TableSpec, WindowKind, WindowSpec};
-use tributary_stream::{Aggregation, OperatorConfig, Window};
+use tributary_stream::{Aggregation, Features, OperatorConfig, Window};
 
 use crate::error::{EngineError, Result};
 
@@ -90,6 +93,11 @@ pub(crate) fn operator_config(
             OutputMode::Append => tributary_stream::OutputMode::Append,
             OutputMode::Update => tributary_stream::OutputMode::Update,
         },
+        features: spec.features.as_ref().map(|f| Features {
+            group_by: f.group_by.clone(),
+            range: micros(f.range.0),
+            aggregations: f.aggregations.iter().map(aggregation).collect(),
+        }),
     })
 }
 
@@ -111,4 +119,23 @@ fn aggregation(spec: &AggregationSpec) -> Aggregation {
         },
         column: spec.column.clone(),
     }
+}
+
+/// `schema` with the columns `features` adds to each row, typed as the
+/// operators type them (for checking what reads them before a run).
+pub fn with_feature_columns(spec: &TableSpec, schema: &SchemaRef) -> SchemaRef {
+    let Some(features) = &spec.features else {
+        return schema.clone();
+    };
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    for a in &features.aggregations {
+        let input = a
+            .column
+            .as_ref()
+            .and_then(|c| schema.field_with_name(c).ok())
+            .map(|f| f.data_type().clone());
+        let t = tributary_stream::output_type(&aggregation(a), input.as_ref());
+        fields.push(Arc::new(Field::new(&a.name, t, true)));
+    }
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }

@@ -9,17 +9,20 @@
 use std::path::PathBuf;
 
 use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::SchemaRef;
 use object_store::path::Path as ObjectPath;
 use tributary_delta::BatchRows;
 use tributary_spec::{OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START};
 use tributary_state::{MemoryStore, RocksOptions, RocksStore, Snapshots, StateStore};
 use tributary_stream::{Operated, Operator, OperatorConfig};
+use tributary_transform::Transform;
 
 use crate::contracts::CommitMode;
-use crate::encode::Payload;
+use crate::encode::{Payload, transform_of};
 use crate::error::{EngineError, Result};
 use crate::options::{CheckpointStore, Components, StateBackend};
 use crate::progress::{EventTimeProgress, format_micros};
+use crate::shape::TableShape;
 
 /// The rows of a batch, by table.
 pub(crate) struct BatchOutput {
@@ -28,6 +31,8 @@ pub(crate) struct BatchOutput {
     pub late: Option<RecordBatch>,
     /// The watermark the batch ran with, in microseconds.
     pub watermark: Option<i64>,
+    /// Rows the transform after the features dropped.
+    pub filtered: u64,
 }
 
 /// Runs a stateful group's operators on a batch's rows, on the state the
@@ -35,7 +40,7 @@ pub(crate) struct BatchOutput {
 /// rows pass through. Returns the rows for each table and, for a stateful
 /// group, the staged state change.
 pub(crate) fn operate(
-    state: Option<&GroupState>,
+    state: Option<&mut GroupState>,
     batch_id: u64,
     payload: Payload,
 ) -> Result<(BatchOutput, Option<Operated>)> {
@@ -46,6 +51,7 @@ pub(crate) fn operate(
                 mode: CommitMode::Append,
                 late: None,
                 watermark: None,
+                filtered: 0,
             };
             return Ok((output, None));
         }
@@ -54,11 +60,13 @@ pub(crate) fn operate(
     let state = state
         .ok_or_else(|| EngineError::Internal("rows for operators without their state".into()))?;
     let mut operated = tokio::task::block_in_place(|| state.operate(batch_id, &rows))?;
+    let (rows, filtered) = state.table_rows(&operated)?;
     let output = BatchOutput {
-        data: BatchRows::Arrow(state.table_rows(&operated)?),
+        data: BatchRows::Arrow(rows),
         mode: state.commit_mode(),
         late: operated.late.take(),
         watermark: operated.watermarks.eviction,
+        filtered,
     };
     Ok((output, Some(operated)))
 }
@@ -108,6 +116,9 @@ pub(crate) struct GroupState {
     output_partitions: Option<Vec<PartitionColumn>>,
     /// The columns identifying a window row, for update mode's MERGE.
     merge_keys: Option<Vec<String>>,
+    /// With `features`: the transform, which reads them, and the table's
+    /// shape, applied to the operators' output.
+    after_features: Option<(Option<Transform>, TableShape)>,
 }
 
 /// A group's state store, of the backend the caller picked.
@@ -212,13 +223,28 @@ impl GroupState {
             keys.extend(spec.group_by.iter().cloned());
             keys
         });
+        let after_features = match &spec.features {
+            Some(_) => Some((
+                transform_of(spec)?,
+                TableShape::new(spec, None, spec.partition_columns()),
+            )),
+            None => None,
+        };
         Ok(GroupState {
             operator: Operator::new(config),
             store,
             snapshot_every: spec.checkpoint.state_snapshot_every,
             output_partitions: windowed.then(|| spec.partition_columns()),
             merge_keys,
+            after_features,
         })
+    }
+
+    /// The table's schema, which rows with features are shaped to.
+    pub(crate) fn follow_table(&mut self, table_schema: Option<SchemaRef>) {
+        if let Some((_, shape)) = &mut self.after_features {
+            shape.follow(table_schema);
+        }
     }
 
     /// The last batch whose state is applied.
@@ -240,14 +266,26 @@ impl GroupState {
             .process(self.store.contract(), batch_id, rows)?)
     }
 
-    /// The table rows of an operated batch, partition columns included.
-    pub(crate) fn table_rows(&self, operated: &Operated) -> Result<Vec<RecordBatch>> {
+    /// The table rows of an operated batch, partition columns included,
+    /// and the rows the transform after the features dropped.
+    pub(crate) fn table_rows(&mut self, operated: &Operated) -> Result<(Vec<RecordBatch>, u64)> {
         let Some(rows) = &operated.rows else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
+        if let Some((transform, shape)) = &mut self.after_features {
+            let (rows, filtered) = match transform {
+                Some(t) => {
+                    let out = t.apply(rows)?;
+                    (out.rows, out.filtered as u64)
+                }
+                None => (rows.clone(), 0),
+            };
+            let metadata = rows.schema().metadata().clone();
+            return Ok((vec![shape.shape(&rows, &metadata)?], filtered));
+        }
         Ok(match &self.output_partitions {
-            Some(p) => vec![tributary_delta::add_partition_columns(rows, p)?],
-            None => vec![rows.clone()],
+            Some(p) => (vec![tributary_delta::add_partition_columns(rows, p)?], 0),
+            None => (vec![rows.clone()], 0),
         })
     }
 

@@ -122,6 +122,8 @@ fn column_problems(
     schema: &SchemaRef,
     kafka: &[String],
 ) -> Vec<(String, String)> {
+    // With features, the transform reads the columns they add.
+    let schema = &tributary_engine::with_feature_columns(spec, schema);
     let (transformed, mut problems, failed) = match &spec.transform {
         None => (schema.clone(), Vec::new(), Vec::new()),
         Some(t) => match Transform::new(t) {

@@ -125,7 +125,27 @@ impl WindowSpec {
     }
 }
 
-/// An aggregate column of a windowed table.
+/// Rolling features: each row gets the aggregates of its key's rows over
+/// the `range` before it (the streaming form of SQL's `OVER (PARTITION BY
+/// group_by ORDER BY ts RANGE BETWEEN range PRECEDING AND CURRENT ROW)`).
+/// The table keeps the records, with the feature columns after theirs; the
+/// keys' recent rows live in the state store and are forgotten as the
+/// watermark passes them. See docs/event-time.md.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSpec {
+    /// Columns whose values together form the key (`[card_id]`).
+    pub group_by: Vec<String>,
+    /// How far back a row looks: its features aggregate the rows of its
+    /// key with event times from its own minus `range` to its own,
+    /// inclusive, that were read before it or are it.
+    pub range: HumanDuration,
+    /// The feature columns: `count`, `count_distinct`, `sum`, `min`, `max`
+    /// or `avg`, typed as a window's aggregates are.
+    pub aggregations: Vec<AggregationSpec>,
+}
+
+/// An aggregate column of a windowed table, or a rolling feature.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregationSpec {

@@ -10,7 +10,7 @@ use crate::model::{PartitionColumn, TableSpec};
 impl TableSpec {
     /// Whether the pipeline keeps operator state.
     pub fn is_stateful(&self) -> bool {
-        self.dedup.is_some() || self.window.is_some()
+        self.dedup.is_some() || self.window.is_some() || self.features.is_some()
     }
 
     /// The late-rows table, when late rows are kept.
@@ -25,6 +25,7 @@ impl TableSpec {
             for (set, path) in [
                 (self.dedup.is_some(), "dedup"),
                 (windowed, "window"),
+                (self.features.is_some(), "features"),
                 (self.late_rows.is_some(), "late_rows"),
             ] {
                 if set {
@@ -123,6 +124,7 @@ impl TableSpec {
                 );
             }
         }
+        self.validate_features(problem);
         if self.output_mode == OutputMode::Update {
             if !windowed {
                 problem(
@@ -188,6 +190,102 @@ impl TableSpec {
         }
     }
 
+    /// Problems of `features`.
+    fn validate_features(&self, problem: &mut impl FnMut(&str, String)) {
+        let Some(f) = &self.features else {
+            return;
+        };
+        if self.window.is_some() {
+            problem(
+                "features",
+                "does not go with window: features add columns to each row, a window replaces \
+                 the rows by one row per window; use one pipeline for each"
+                    .into(),
+            );
+        }
+        if f.group_by.is_empty() {
+            problem(
+                "features.group_by",
+                "name at least one key column (the features are per key)".into(),
+            );
+        }
+        if f.range.0.is_zero() {
+            problem("features.range", "must be greater than zero".into());
+        }
+        if f.aggregations.is_empty() {
+            problem(
+                "features.aggregations",
+                "name at least one feature column".into(),
+            );
+        }
+        let computed: Vec<&str> = self
+            .transform
+            .iter()
+            .flat_map(|t| t.columns.0.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        let mut names: Vec<&str> = Vec::new();
+        for (i, a) in f.aggregations.iter().enumerate() {
+            let path = format!("features.aggregations[{i}]");
+            if a.name.is_empty() {
+                problem(&format!("{path}.name"), "must not be empty".into());
+            } else if names.contains(&a.name.as_str()) || f.group_by.contains(&a.name) {
+                problem(
+                    &format!("{path}.name"),
+                    format!("column {:?} is named twice", a.name),
+                );
+            }
+            names.push(&a.name);
+            if matches!(
+                a.function,
+                AggregateFunction::First | AggregateFunction::Last
+            ) {
+                problem(
+                    &format!("{path}.function"),
+                    format!(
+                        "{} is not a rolling feature; use count, count_distinct, sum, min, \
+                         max or avg",
+                        a.function.name()
+                    ),
+                );
+            }
+            if a.column.is_none() && a.function != AggregateFunction::Count {
+                problem(
+                    &format!("{path}.column"),
+                    format!("{} needs a column", a.function.name()),
+                );
+            }
+        }
+        // The transform runs after the features (so it can read them): the
+        // columns the operators read must exist before it.
+        let mut read_before: Vec<(String, &str)> = Vec::new();
+        if let Some(c) = self.event_time.as_ref().and_then(|e| e.column.as_ref()) {
+            read_before.push(("event_time.column".into(), c));
+        }
+        for (i, k) in self.dedup.iter().flat_map(|d| &d.keys).enumerate() {
+            read_before.push((format!("dedup.keys[{i}]"), k));
+        }
+        for (i, k) in f.group_by.iter().enumerate() {
+            read_before.push((format!("features.group_by[{i}]"), k));
+        }
+        for (i, a) in f.aggregations.iter().enumerate() {
+            if let Some(c) = &a.column {
+                read_before.push((format!("features.aggregations[{i}].column"), c));
+            }
+        }
+        for (path, column) in read_before {
+            if computed.contains(&column) {
+                problem(
+                    &path,
+                    format!(
+                        "{column:?} is a transform column, and with features the transform \
+                         runs after the operators (so it can read the features); use a \
+                         column of the record or of enrich"
+                    ),
+                );
+            }
+        }
+    }
+
     /// The columns a windowed table has: window bounds (timestamps), group
     /// keys, aggregates. `None` for a table of rows.
     pub fn window_output_columns(&self) -> Option<Vec<String>> {
@@ -235,6 +333,16 @@ impl TableSpec {
         for (i, a) in self.aggregations.iter().enumerate() {
             if let Some(c) = &a.column {
                 check(format!("aggregations[{i}].column"), c);
+            }
+        }
+        if let Some(f) = &self.features {
+            for (i, g) in f.group_by.iter().enumerate() {
+                check(format!("features.group_by[{i}]"), g);
+            }
+            for (i, a) in f.aggregations.iter().enumerate() {
+                if let Some(c) = &a.column {
+                    check(format!("features.aggregations[{i}].column"), c);
+                }
             }
         }
     }

@@ -17,8 +17,8 @@ mod validate;
 
 pub use error::{Problem, Result, SpecError};
 pub use event_time::{
-    AggregateFunction, AggregationSpec, DedupSpec, EventTimeSpec, OutputMode, SessionSpec,
-    SlidingSpec, TumblingSpec, WINDOW_END, WINDOW_START, WindowKind, WindowSpec,
+    AggregateFunction, AggregationSpec, DedupSpec, EventTimeSpec, FeaturesSpec, OutputMode,
+    SessionSpec, SlidingSpec, TumblingSpec, WINDOW_END, WINDOW_START, WindowKind, WindowSpec,
 };
 pub use expression::{BinaryOp, CastType, Expr, Function, Literal};
 pub use model::*;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event_time::{AggregationSpec, DedupSpec, EventTimeSpec, OutputMode, WindowSpec};
+use crate::event_time::{
+    AggregationSpec, DedupSpec, EventTimeSpec, FeaturesSpec, OutputMode, WindowSpec,
+};
 use crate::transform::{EnrichSpec, TransformSpec};
 use crate::units::{ByteSize, HumanDuration};
 
@@ -53,7 +55,8 @@ pub struct TableSpec {
     #[serde(default)]
     pub enrich: Vec<EnrichSpec>,
     /// Computed columns and a row filter, applied to the records before
-    /// the event-time operators and the table.
+    /// the event-time operators and the table; with `features`, after
+    /// them, so the expressions can read the features.
     #[serde(default)]
     pub transform: Option<TransformSpec>,
     /// The event time of rows and its watermark; needed by `dedup` and
@@ -63,6 +66,11 @@ pub struct TableSpec {
     /// Drop duplicate rows within the watermark.
     #[serde(default)]
     pub dedup: Option<DedupSpec>,
+    /// Rolling aggregates of each row's key over the time before it, added
+    /// to the row (a transaction's count and amount on its card over the
+    /// last 10 minutes). Not with `window`.
+    #[serde(default)]
+    pub features: Option<FeaturesSpec>,
     /// Aggregate rows per event-time window: the table then holds one row
     /// per window and group (`window_start`, `window_end`, the `group_by`
     /// columns, the aggregates) instead of the records.

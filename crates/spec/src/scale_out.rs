@@ -8,12 +8,18 @@ use crate::model::{StateScope, TableSpec};
 
 impl TableSpec {
     /// The columns the repartition stage shuffles records by: the ones
-    /// given, else `group_by` for a window, else the dedup keys.
+    /// given, else `group_by` for a window, else the features' keys, else
+    /// the dedup keys.
     pub fn repartition_keys(&self) -> Vec<String> {
         match &self.repartition {
             None => Vec::new(),
             Some(r) if !r.keys.is_empty() => r.keys.clone(),
             Some(_) if self.window.is_some() => self.group_by.clone(),
+            Some(_) if self.features.is_some() => self
+                .features
+                .iter()
+                .flat_map(|f| f.group_by.clone())
+                .collect(),
             Some(_) => self.dedup.iter().flat_map(|d| d.keys.clone()).collect(),
         }
     }
@@ -65,6 +71,11 @@ impl TableSpec {
                 "dedup.keys",
                 "a row's duplicates",
             ),
+            (
+                self.features.as_ref().map(|f| &f.group_by),
+                "features.group_by",
+                "a key's recent rows",
+            ),
         ] {
             let Some(set) = set.filter(|_| set_path != "group_by" || self.window.is_some()) else {
                 continue;
@@ -102,6 +113,9 @@ impl TableSpec {
         if let Some(d) = &self.dedup {
             keys.push(format!("dedup.keys [{}]", d.keys.join(", ")));
         }
+        if let Some(f) = &self.features {
+            keys.push(format!("features.group_by [{}]", f.group_by.join(", ")));
+        }
         format!(
             "partition keeps state per Kafka partition, so {} must hold all rows of a key in \
              one partition; either declare source.partitioned_by: [...] when the producers key \
@@ -127,7 +141,7 @@ impl TableSpec {
         if !self.is_stateful() {
             problem(
                 "repartition",
-                "shuffles records for dedup and windows; a pipeline without them scales with \
+                "shuffles records for dedup, windows and features; a pipeline without them scales with \
                  state_scope: partition alone"
                     .into(),
             );

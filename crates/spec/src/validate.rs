@@ -713,6 +713,44 @@ checkpoint:
     }
 
     #[test]
+    fn features_nonsense_is_refused() {
+        let src = "pipeline: p
+source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}
+table: {uri: /t}
+checkpoint: {location: /c}
+transform:
+  columns:
+    card_hash: \"abs(card_id)\"
+dedup: {keys: [card_hash]}
+features:
+  group_by: []
+  range: 0s
+  aggregations:
+    - {name: n, function: count}
+    - {name: n, function: last, column: amount}
+    - {name: total, function: sum}
+window: {tumbling: {size: 1m}}
+aggregations: [{name: c, function: count}]
+";
+        let report = parse_spec("s.yaml", src).unwrap_err().report();
+        assert_eq!(
+            report,
+            vec![
+                "s.yaml:8: dedup: needs event_time: say which column holds the event time (or leave event_time.column out for the Kafka timestamp) and a watermark_delay",
+                "s.yaml:16: window: needs event_time: say which column holds the event time (or leave event_time.column out for the Kafka timestamp) and a watermark_delay",
+                "s.yaml:9: features: needs event_time: say which column holds the event time (or leave event_time.column out for the Kafka timestamp) and a watermark_delay",
+                "s.yaml:9: features: does not go with window: features add columns to each row, a window replaces the rows by one row per window; use one pipeline for each",
+                "s.yaml:10: features.group_by: name at least one key column (the features are per key)",
+                "s.yaml:11: features.range: must be greater than zero",
+                "s.yaml:14: features.aggregations[1].name: column \"n\" is named twice",
+                "s.yaml:14: features.aggregations[1].function: last is not a rolling feature; use count, count_distinct, sum, min, max or avg",
+                "s.yaml:15: features.aggregations[2].column: sum needs a column",
+                "s.yaml:8: dedup.keys[0]: \"card_hash\" is a transform column, and with features the transform runs after the operators (so it can read the features); use a column of the record or of enrich",
+            ]
+        );
+    }
+
+    #[test]
     fn compaction_nonsense_is_refused() {
         let src = "pipeline: p
 source: {kafka: {bootstrap_servers: 'h:1', topic: t}, schema_registry: {url: 'http://h:1'}}

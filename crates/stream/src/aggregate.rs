@@ -2,8 +2,13 @@
 //! state store, and how two of them merge (sessions).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use crate::config::AggregateFunction;
+use arrow::array::{ArrayRef, Float64Array, Int64Array, new_null_array};
+use arrow::datatypes::DataType;
+use arrow::row::{RowConverter, SortField};
+
+use crate::config::{AggregateFunction, Aggregation};
 
 use crate::error::{Result, StreamError};
 
@@ -153,6 +158,52 @@ impl Acc {
 
 fn earlier(a: &Stamped, b: &Stamped) -> bool {
     (a.time, a.arrival) < (b.time, b.arrival)
+}
+
+/// The output column of aggregate `spec`, of type `output` (see
+/// `prepare::output_type`), from each output row's accumulator.
+pub(crate) fn aggregate_column(
+    spec: &Aggregation,
+    output: &DataType,
+    accs: &[&Acc],
+) -> Result<ArrayRef> {
+    use AggregateFunction as F;
+    Ok(match output {
+        DataType::Int64 => Arc::new(Int64Array::from_iter(accs.iter().map(|acc| match acc {
+            Acc::Count(n) | Acc::DistinctCount(n) => Some(*n),
+            Acc::DistinctSet(s) => Some(s.len() as i64),
+            Acc::SumInt(s) => *s,
+            _ => None,
+        }))),
+        DataType::Float64 if !matches!(spec.function, F::Min | F::Max | F::First | F::Last) => {
+            Arc::new(Float64Array::from_iter(accs.iter().map(|acc| match acc {
+                Acc::SumFloat(s) => *s,
+                Acc::SumInt(s) => s.map(|v| v as f64),
+                Acc::Avg { sum, count } => (*count > 0).then(|| sum / *count as f64),
+                _ => None,
+            })))
+        }
+        value_type => {
+            let converter = RowConverter::new(vec![SortField::new(value_type.clone())])?;
+            let null = converter
+                .convert_columns(&[new_null_array(value_type, 1)])?
+                .row(0)
+                .data()
+                .to_vec();
+            let values: Vec<&[u8]> = accs
+                .iter()
+                .map(|acc| match acc {
+                    Acc::Min(Some(v)) | Acc::Max(Some(v)) => v.as_slice(),
+                    Acc::First(Some(s)) | Acc::Last(Some(s)) => s.value.as_slice(),
+                    _ => null.as_slice(),
+                })
+                .collect();
+            let parser = converter.parser();
+            converter
+                .convert_rows(values.iter().map(|v| parser.parse(v)))?
+                .remove(0)
+        }
+    })
 }
 
 /// Appends accumulators to `out` in the state's byte format.

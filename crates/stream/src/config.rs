@@ -13,6 +13,17 @@ pub struct Aggregation {
     pub column: Option<String>,
 }
 
+/// Rolling features: each row gets its key's aggregates over the rows in
+/// `[t - range, t]` read before it (see `features`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Features {
+    pub group_by: Vec<String>,
+    /// Microseconds.
+    pub range: i64,
+    /// Not `first` / `last`.
+    pub aggregations: Vec<Aggregation>,
+}
+
 /// Aggregate functions. Null inputs are ignored, as in SQL, except by
 /// `First` and `Last`, which return the value of the earliest / latest row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,8 @@ pub(crate) const MAX_EVENT_TIME: &[u8] = &[0x01, b'M'];
 pub(crate) const LAST_WATERMARK: &[u8] = &[0x01, b'L'];
 /// The types of group keys and aggregate inputs the windows hold.
 pub(crate) const WINDOW_TYPES: &[u8] = &[0x01, b'T'];
+/// The types of the features' aggregated columns.
+pub(crate) const FEATURE_TYPES: &[u8] = &[0x01, b'F'];
 /// Dedup key -> its expiry.
 pub(crate) const DEDUP_KEY: u8 = b'K';
 /// Dedup expiry index: (expiry, key) -> ().
@@ -24,6 +26,10 @@ pub(crate) const DISTINCT: u8 = b'V';
 pub(crate) const SESSIONS: u8 = b'S';
 /// Session end index: (session end, group) -> ().
 pub(crate) const SESSION_END: u8 = b'E';
+/// Features' key -> its recent rows.
+pub(crate) const FEATURE_ROWS: u8 = b'R';
+/// Features' index: (newest row's event time, key) -> ().
+pub(crate) const FEATURE_NEWEST: u8 = b'X';
 
 /// Every tag an operator writes, for tests that look for leftovers.
 #[cfg(test)]
@@ -34,6 +40,8 @@ pub(crate) const ALL_TAGS: &[u8] = &[
     DISTINCT,
     SESSIONS,
     SESSION_END,
+    FEATURE_ROWS,
+    FEATURE_NEWEST,
 ];
 
 pub(crate) fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! Event-time operators over Arrow batches: late-row filtering against the
-//! watermark, deduplication, and tumbling / sliding / session windows with
-//! their aggregations. [`Operator::process`] is a pure function of (the
+//! watermark, deduplication, tumbling / sliding / session windows with
+//! their aggregations, and per-row rolling features. [`Operator::process`] is a pure function of (the
 //! committed state, the batch's rows): it returns the batch's output and its
 //! state changes *staged*, which the engine applies once the output is
 //! committed. The rules, Spark's, are stated with worked timelines in
@@ -9,6 +9,7 @@
 mod aggregate;
 mod config;
 mod error;
+mod features;
 mod key_filter;
 mod keys;
 mod operator;
@@ -17,6 +18,7 @@ mod prepare;
 #[cfg(test)]
 mod oracle_tests;
 
-pub use config::{AggregateFunction, Aggregation, OutputMode, WINDOW_END, WINDOW_START};
+pub use config::{AggregateFunction, Aggregation, Features, OutputMode, WINDOW_END, WINDOW_START};
 pub use error::{Result, StreamError};
 pub use operator::{Operated, Operator, OperatorConfig, Watermarks, Window};
+pub use prepare::output_type;

@@ -1,17 +1,15 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{AggregateFunction, Aggregation, OutputMode, WINDOW_END, WINDOW_START};
-use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
-    UInt32Array, new_null_array,
+use crate::config::{
+    AggregateFunction, Aggregation, Features, OutputMode, WINDOW_END, WINDOW_START,
 };
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, TimeUnit};
-use arrow::row::{RowConverter, SortField};
 use tributary_core::{StagedWrites, StateStore};
 
-use crate::aggregate::{Acc, Arrival, Reader, encode_accs};
+use crate::aggregate::{Acc, Arrival, Reader, aggregate_column, encode_accs};
 use crate::error::{Result, StreamError};
 use crate::key_filter::{KeyFilter, KeyHash};
 
@@ -48,6 +46,8 @@ pub struct OperatorConfig {
     pub group_by: Vec<String>,
     pub aggregations: Vec<Aggregation>,
     pub output_mode: OutputMode,
+    /// Rolling features of the kept rows; not with a window.
+    pub features: Option<Features>,
 }
 
 /// The two watermarks a batch runs with, as Spark's since 3.5: rows are late
@@ -249,12 +249,29 @@ impl Operator {
             kept
         };
 
+        if let Some(f) = &c.features {
+            crate::features::expire(f, store, watermarks.eviction, &mut out.writes)?;
+        }
         out.rows = match c.window {
             None => match &batch {
-                Some(b) if !kept.is_empty() => Some(without(
-                    &take_record_batch(b, &UInt32Array::from(kept))?,
-                    &c.hidden_columns,
-                )?),
+                Some(b) if !kept.is_empty() => {
+                    let kept_times: Vec<i64> = kept
+                        .iter()
+                        .map(|&i| times[i as usize].unwrap_or_default())
+                        .collect();
+                    let mut rows = take_record_batch(b, &UInt32Array::from(kept))?;
+                    if let Some(f) = &c.features {
+                        rows = crate::features::attach(
+                            f,
+                            store,
+                            &rows,
+                            &kept_times,
+                            watermarks.eviction,
+                            &mut out.writes,
+                        )?;
+                    }
+                    Some(without(&rows, &c.hidden_columns)?)
+                }
                 _ => None,
             },
             Some(window) => {
@@ -781,55 +798,9 @@ impl Operator {
             columns.push(array);
         }
         for (a, spec) in c.aggregations.iter().enumerate() {
-            let input = types.inputs[a].as_ref();
-            let t = output_type(spec, input);
-            let array: ArrayRef = match &t {
-                DataType::Int64 => {
-                    Arc::new(Int64Array::from_iter(rows.iter().map(|r| {
-                        match &r.accs[a] {
-                            Acc::Count(n) | Acc::DistinctCount(n) => Some(*n),
-                            Acc::DistinctSet(s) => Some(s.len() as i64),
-                            Acc::SumInt(s) => *s,
-                            _ => None,
-                        }
-                    })))
-                }
-                DataType::Float64
-                    if spec.function != AggregateFunction::Min
-                        && spec.function != AggregateFunction::Max
-                        && spec.function != AggregateFunction::First
-                        && spec.function != AggregateFunction::Last =>
-                {
-                    Arc::new(Float64Array::from_iter(rows.iter().map(
-                        |r| match &r.accs[a] {
-                            Acc::SumFloat(s) => *s,
-                            Acc::SumInt(s) => s.map(|v| v as f64),
-                            Acc::Avg { sum, count } => (*count > 0).then(|| sum / *count as f64),
-                            _ => None,
-                        },
-                    )))
-                }
-                value_type => {
-                    let converter = RowConverter::new(vec![SortField::new(value_type.clone())])?;
-                    let null = converter
-                        .convert_columns(&[new_null_array(value_type, 1)])?
-                        .row(0)
-                        .data()
-                        .to_vec();
-                    let values: Vec<&[u8]> = rows
-                        .iter()
-                        .map(|r| match &r.accs[a] {
-                            Acc::Min(Some(v)) | Acc::Max(Some(v)) => v.as_slice(),
-                            Acc::First(Some(s)) | Acc::Last(Some(s)) => s.value.as_slice(),
-                            _ => null.as_slice(),
-                        })
-                        .collect();
-                    let parser = converter.parser();
-                    converter
-                        .convert_rows(values.iter().map(|v| parser.parse(v)))?
-                        .remove(0)
-                }
-            };
+            let t = output_type(spec, types.inputs[a].as_ref());
+            let accs: Vec<&Acc> = rows.iter().map(|r| &r.accs[a]).collect();
+            let array = aggregate_column(spec, &t, &accs)?;
             fields.push(Field::new(&spec.name, t, true));
             columns.push(array);
         }

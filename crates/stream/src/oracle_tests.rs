@@ -16,7 +16,7 @@ use arrow::datatypes::{
 };
 use tributary_state::{MemoryStore, RocksOptions, RocksStore, StateStore};
 
-use crate::{Operator, OperatorConfig, Watermarks, Window};
+use crate::{Features, Operator, OperatorConfig, Watermarks, Window};
 
 const MINUTE: i64 = 60_000_000;
 
@@ -212,6 +212,7 @@ fn config(window: Option<Window>, dedup: bool, mode: OutputMode, delay: i64) -> 
             vec![]
         },
         output_mode: mode,
+        features: None,
     }
 }
 
@@ -258,6 +259,8 @@ struct Oracle {
     /// Fixed windows: (start, end, user) -> rows; sessions: user -> open rows.
     windows: BTreeMap<(i64, i64, String), Vec<(u64, Event)>>,
     open: BTreeMap<String, Vec<(u64, Event)>>,
+    /// Every kept row so far, in the order read (features).
+    history: Vec<Event>,
 }
 
 impl Oracle {
@@ -269,6 +272,7 @@ impl Oracle {
             dedup: HashMap::new(),
             windows: BTreeMap::new(),
             open: BTreeMap::new(),
+            history: Vec::new(),
         }
     }
 
@@ -315,19 +319,34 @@ impl Oracle {
         let mut out: Vec<Vec<V>> = Vec::new();
         match c.window {
             None => {
-                out = kept
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            V::I(e.ts.unwrap()),
-                            V::I(e.id),
-                            V::S(e.user.clone()),
-                            V::I(e.card),
-                            e.amount.map_or(V::Null, V::F),
-                            e.merchant.clone().map_or(V::Null, V::S),
-                        ]
-                    })
-                    .collect();
+                for e in &kept {
+                    let mut row = vec![
+                        V::I(e.ts.unwrap()),
+                        V::I(e.id),
+                        V::S(e.user.clone()),
+                        V::I(e.card),
+                        e.amount.map_or(V::Null, V::F),
+                        e.merchant.clone().map_or(V::Null, V::S),
+                    ];
+                    if let Some(f) = &c.features {
+                        // The key's rows read so far, this one included,
+                        // within [t - range, t]: nothing is ever forgotten
+                        // here, so the operator's expiry must not matter.
+                        self.history.push(e.clone());
+                        let t = e.ts.unwrap();
+                        let frame: Vec<(u64, Event)> = self
+                            .history
+                            .iter()
+                            .filter(|h| h.user == e.user)
+                            .filter(|h| (t - f.range..=t).contains(&h.ts.unwrap()))
+                            .map(|h| (0, h.clone()))
+                            .collect();
+                        let all = window_row(&(0, 0, String::new()), &frame);
+                        // The window row's aggregates, without first / last.
+                        row.extend_from_slice(&all[3..all.len() - 2]);
+                    }
+                    out.push(row);
+                }
             }
             Some(Window::Sliding { size, slide }) => {
                 let mut touched = BTreeSet::new();
@@ -647,6 +666,52 @@ fn rocksdb_gives_the_same_results() {
             &mut rocks,
         );
     }
+}
+
+fn with_features(mut config: OperatorConfig, range: i64) -> OperatorConfig {
+    config.features = Some(Features {
+        group_by: vec!["user".into()],
+        range,
+        aggregations: aggregations()
+            .into_iter()
+            .filter(|a| !matches!(a.function, F::First | F::Last))
+            .collect(),
+    });
+    config
+}
+
+#[test]
+fn features_match_the_oracle() {
+    for dedup in [false, true] {
+        for delay in [0, 5 * MINUTE] {
+            for range in [MINUTE, 10 * MINUTE] {
+                check(
+                    with_features(config(None, dedup, OutputMode::Append, delay), range),
+                    0..25,
+                    &mut memory,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn features_over_rocksdb_match_the_oracle() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    let mut rocks = || -> Box<dyn StateStore> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+        dirs.borrow_mut().push(dir);
+        Box::new(store)
+    };
+    check(
+        with_features(
+            config(None, true, OutputMode::Append, 2 * MINUTE),
+            5 * MINUTE,
+        ),
+        0..6,
+        &mut rocks,
+    );
 }
 
 /// Spark's boundaries for sessions, seen in pyspark 4: a row exactly at a

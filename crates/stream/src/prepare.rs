@@ -209,7 +209,7 @@ impl AggInput {
 }
 
 /// The output type of an aggregate over a column of `input` type.
-pub(crate) fn output_type(spec: &Aggregation, input: Option<&DataType>) -> DataType {
+pub fn output_type(spec: &Aggregation, input: Option<&DataType>) -> DataType {
     use AggregateFunction as F;
     match (spec.function, input) {
         (F::Count | F::CountDistinct, _) => DataType::Int64,

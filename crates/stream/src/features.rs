@@ -1,0 +1,366 @@
+//! Rolling features: each row gets the aggregates of its key's rows whose
+//! event times lie in `[t - range, t]` and that were read before it (or are
+//! it), the streaming form of SQL's `RANGE BETWEEN range PRECEDING AND
+//! CURRENT ROW`. A key's recent rows are one state value, rewritten when
+//! the key has rows in a batch; an index by each key's newest event time
+//! forgets whole keys once the watermark is `range` past them.
+//!
+//! Invariant: after batch N, every row of a key with an event time after
+//! N's watermark minus `range` is stored. Rows of batch N+1 are after N's
+//! watermark (older ones are late), so their frames only reach stored rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{Field, Schema};
+use tributary_core::{StagedWrites, StateStore};
+
+use crate::aggregate::{Acc, Input, Reader, aggregate_column};
+use crate::config::{AggregateFunction, Features};
+use crate::error::{Result, StreamError};
+use crate::keys;
+use crate::prepare::{AggInput, KeyCodec, column, output_type};
+
+/// A stored row of a key: its event time and its aggregate inputs.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    time: i64,
+    inputs: Vec<Stored>,
+}
+
+/// One aggregate input of a stored row.
+#[derive(Debug, Clone, PartialEq)]
+enum Stored {
+    /// `count` of rows: nothing to keep.
+    Row,
+    Null,
+    Int(i64),
+    Float(f64),
+    /// In Arrow's row format.
+    Value(Vec<u8>),
+}
+
+impl Stored {
+    fn of(input: Input<'_>) -> Stored {
+        match input {
+            Input::Row => Stored::Row,
+            Input::Null(_) => Stored::Null,
+            Input::Int(v) => Stored::Int(v),
+            Input::Float(v) => Stored::Float(v),
+            Input::Value(v) => Stored::Value(v.to_vec()),
+        }
+    }
+
+    fn input(&self) -> Input<'_> {
+        match self {
+            Stored::Row => Input::Row,
+            Stored::Null => Input::Null(&[]),
+            Stored::Int(v) => Input::Int(*v),
+            Stored::Float(v) => Input::Float(*v),
+            Stored::Value(v) => Input::Value(v),
+        }
+    }
+}
+
+fn encode_entries(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 24);
+    for e in entries {
+        out.extend_from_slice(&e.time.to_be_bytes());
+        for input in &e.inputs {
+            match input {
+                Stored::Row => {}
+                Stored::Null => out.push(0),
+                Stored::Int(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                Stored::Float(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                Stored::Value(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How each aggregate's input is stored, from the function and input type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Row,
+    Int,
+    Float,
+    Value,
+}
+
+fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>> {
+    let mut r = Reader::new(bytes);
+    let mut entries = Vec::new();
+    while !r.is_done() {
+        let time = r.i64()?;
+        let inputs = kinds
+            .iter()
+            .map(|k| {
+                Ok(match k {
+                    Kind::Row => Stored::Row,
+                    _ if r.u8()? == 0 => Stored::Null,
+                    Kind::Int => Stored::Int(r.i64()?),
+                    Kind::Float => Stored::Float(r.f64()?),
+                    Kind::Value => Stored::Value(r.bytes()?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        entries.push(Entry { time, inputs });
+    }
+    Ok(entries)
+}
+
+/// Forgets the keys whose newest row is `range` or more before `watermark`:
+/// no row after the watermark can reach them.
+pub(crate) fn expire(
+    features: &Features,
+    store: &dyn StateStore,
+    watermark: Option<i64>,
+    writes: &mut StagedWrites,
+) -> Result<()> {
+    let Some(w) = watermark else {
+        return Ok(());
+    };
+    let horizon = w.saturating_sub(features.range);
+    let (lo, hi) = keys::older_than(keys::FEATURE_NEWEST, horizon.saturating_add(1));
+    let expired = store.scan(&lo, &hi)?;
+    if expired.is_empty() {
+        return Ok(());
+    }
+    for (k, _) in expired {
+        writes.delete(keys::tagged(keys::FEATURE_ROWS, &k[9..]));
+    }
+    writes.delete_range(lo, hi);
+    Ok(())
+}
+
+/// `rows` (the batch's kept rows, in Kafka order) with their features
+/// after their columns. `times`: their event times. Stages the keys' new
+/// stored rows, trimmed to what rows after `watermark` can reach.
+pub(crate) fn attach(
+    features: &Features,
+    store: &dyn StateStore,
+    rows: &RecordBatch,
+    times: &[i64],
+    watermark: Option<i64>,
+    writes: &mut StagedWrites,
+) -> Result<RecordBatch> {
+    if let Some(a) = features.aggregations.iter().find(|a| {
+        matches!(
+            a.function,
+            AggregateFunction::First | AggregateFunction::Last
+        )
+    }) {
+        return Err(StreamError::Spec(format!(
+            "feature {:?}: {} is not a rolling feature",
+            a.name,
+            a.function.name()
+        )));
+    }
+    let group_columns = features
+        .group_by
+        .iter()
+        .map(|g| column(rows, g).cloned())
+        .collect::<Result<Vec<_>>>()?;
+    let group_types: Vec<_> = group_columns
+        .iter()
+        .map(|a| a.data_type().clone())
+        .collect();
+    let groups = KeyCodec::new(&group_types)?.encode(&group_columns)?;
+    let inputs = features
+        .aggregations
+        .iter()
+        .map(|a| AggInput::prepare(a, rows))
+        .collect::<Result<Vec<_>>>()?;
+    let input_types: Vec<_> = features
+        .aggregations
+        .iter()
+        .map(|a| {
+            a.column
+                .as_ref()
+                .map(|c| column(rows, c).map(|a| a.data_type().clone()))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    check_types(store, &input_types, writes)?;
+    let kinds: Vec<Kind> = inputs
+        .iter()
+        .map(|i| match i {
+            AggInput::Rows => Kind::Row,
+            AggInput::Ints(_) => Kind::Int,
+            AggInput::Floats(_) => Kind::Float,
+            AggInput::Values { .. } => Kind::Value,
+        })
+        .collect();
+    let template: Vec<Acc> = features
+        .aggregations
+        .iter()
+        .zip(&kinds)
+        .map(|(a, k)| Acc::new(a.function, *k == Kind::Float, true))
+        .collect();
+
+    // Each key's rows, keys in order of first appearance.
+    let mut order: Vec<&[u8]> = Vec::new();
+    let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    for i in 0..rows.num_rows() {
+        let key = groups.get(i);
+        by_key
+            .entry(key)
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push(i);
+    }
+    let lookups: Vec<Vec<u8>> = order
+        .iter()
+        .map(|k| keys::tagged(keys::FEATURE_ROWS, k))
+        .collect();
+    let found = store.multi_get(&lookups)?;
+    let horizon = watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range));
+    let batch_entry = |i: usize| Entry {
+        time: times[i],
+        inputs: inputs.iter().map(|input| Stored::of(input.at(i))).collect(),
+    };
+
+    let mut accs: Vec<Vec<Acc>> = vec![Vec::new(); rows.num_rows()];
+    for ((key, lookup), stored) in order.iter().zip(lookups).zip(found) {
+        let mut stored = match stored {
+            Some(bytes) => decode_entries(&bytes, &kinds)?,
+            None => Vec::new(),
+        };
+        let members = &by_key[key];
+        for (pos, &i) in members.iter().enumerate() {
+            let t = times[i];
+            let from = t.saturating_sub(features.range);
+            let mut row_accs = template.clone();
+            let start = stored.partition_point(|e| e.time < from);
+            for e in stored[start..].iter().take_while(|e| e.time <= t) {
+                for (acc, input) in row_accs.iter_mut().zip(&e.inputs) {
+                    acc.add(&input.input(), e.time, (0, 0, 0));
+                }
+            }
+            for &j in &members[..=pos] {
+                if (from..=t).contains(&times[j]) {
+                    for (acc, input) in row_accs.iter_mut().zip(&inputs) {
+                        acc.add(&input.at(j), times[j], (0, 0, 0));
+                    }
+                }
+            }
+            accs[i] = row_accs;
+        }
+        let old_newest = stored.last().map(|e| e.time);
+        stored.retain(|e| e.time > horizon);
+        stored.extend(
+            members
+                .iter()
+                .filter(|&&i| times[i] > horizon)
+                .map(|&i| batch_entry(i)),
+        );
+        // Stable: rows of one time stay in the order they were read.
+        stored.sort_by_key(|e| e.time);
+        let new_newest = stored.last().map(|e| e.time);
+        if stored.is_empty() {
+            writes.delete(lookup);
+        } else {
+            writes.put(lookup, encode_entries(&stored));
+        }
+        if old_newest != new_newest {
+            if let Some(t) = old_newest {
+                writes.delete(keys::timed(keys::FEATURE_NEWEST, t, &[key]));
+            }
+            if let Some(t) = new_newest {
+                writes.put(keys::timed(keys::FEATURE_NEWEST, t, &[key]), Vec::new());
+            }
+        }
+    }
+
+    let schema = rows.schema();
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+    for (a, spec) in features.aggregations.iter().enumerate() {
+        let t = output_type(spec, input_types[a].as_ref());
+        let column_accs: Vec<&Acc> = accs.iter().map(|r| &r[a]).collect();
+        columns.push(aggregate_column(spec, &t, &column_accs)?);
+        fields.push(Arc::new(Field::new(&spec.name, t, true)));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        columns,
+    )?)
+}
+
+/// Refuses inputs whose type differs from the stored rows' (their values
+/// would not compare), and records the types the first time.
+fn check_types(
+    store: &dyn StateStore,
+    types: &[Option<arrow::datatypes::DataType>],
+    writes: &mut StagedWrites,
+) -> Result<()> {
+    let text: String = types
+        .iter()
+        .map(|t| t.as_ref().map_or("-".to_string(), |t| t.to_string()))
+        .collect::<Vec<_>>()
+        .join("\t");
+    match store.get(keys::FEATURE_TYPES)? {
+        Some(stored) if stored == text.as_bytes() => Ok(()),
+        Some(stored) => Err(StreamError::Spec(format!(
+            "features: the aggregated columns were of types [{}] in earlier batches and are \
+             [{}] now; the stored rows cannot be aggregated with them (reset the pipeline's \
+             state to start the features afresh)",
+            String::from_utf8_lossy(&stored).replace('\t', ", "),
+            text.replace('\t', ", ")
+        ))),
+        None => {
+            writes.put(keys::FEATURE_TYPES.to_vec(), text.into_bytes());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_rows_round_trip_through_bytes() {
+        let kinds = [Kind::Row, Kind::Int, Kind::Float, Kind::Value, Kind::Value];
+        let entries = vec![
+            Entry {
+                time: -3,
+                inputs: vec![
+                    Stored::Row,
+                    Stored::Int(i64::MIN),
+                    Stored::Float(2.5),
+                    Stored::Value(vec![1, 2, 3]),
+                    Stored::Null,
+                ],
+            },
+            Entry {
+                time: 7,
+                inputs: vec![
+                    Stored::Row,
+                    Stored::Null,
+                    Stored::Null,
+                    Stored::Value(vec![]),
+                    Stored::Value(vec![9]),
+                ],
+            },
+        ];
+        let bytes = encode_entries(&entries);
+        assert_eq!(decode_entries(&bytes, &kinds).unwrap(), entries);
+        // Truncated state is an error, not a panic.
+        assert!(decode_entries(&bytes[..bytes.len() - 1], &kinds).is_err());
+    }
+}
