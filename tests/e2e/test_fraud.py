@@ -6,8 +6,10 @@ oracle of the documented rules and against DuckDB's own window functions;
 the alerts against the oracle, read by a `read_committed` consumer."""
 
 import json
+import os
 import random
 import signal
+import subprocess
 import time
 
 import pyarrow as pa
@@ -173,3 +175,23 @@ def row_count(table):
         return duck().execute(f"select count(*) from delta_scan('{table}')").fetchone()[0]
     except Exception:
         return 0
+
+
+@pytest.mark.parametrize("dev_stack", [["transactions:1"]], indirect=True)
+def test_validate_types_the_feature_columns_the_score_reads(binary, dev_stack, tmp_path):
+    write_deltalake(str(tmp_path / "lake" / "card_risk_tiers"), pa.table({"card_id": ["c1"], "risk_tier": ["low"]}))
+    dev_stack.register("transactions-value", SCHEMA)
+    env = dict(os.environ, **env_for(dev_stack, tmp_path))
+    spec = tmp_path / "fraud-scoring.yaml"
+    spec.write_text(SPEC.read_text())
+    ok = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True, timeout=60, env=env)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{spec}: ok", ok.stdout + ok.stderr
+    # A feature is a long: comparing it with text is a type error, found
+    # before the pipeline runs, at the line that says it.
+    text = SPEC.read_text().replace("tx_count_10m >= 6 OR", "tx_count_10m >= 'many' OR")
+    spec.write_text(text)
+    bad = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True, timeout=60, env=env)
+    line = next(n for n, l in enumerate(text.splitlines(), 1) if "'many'" in l)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert bad.stdout.splitlines() == [
+        f"{spec}:{line}: transform.columns.is_suspicious: cannot compare an integer with a string"]
