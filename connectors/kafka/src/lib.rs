@@ -10,7 +10,9 @@ mod shuffle;
 mod source;
 
 pub use error::{KafkaSourceError, Result};
-pub use producer::publisher::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
+pub use producer::publisher::{
+    OutRecord, Position, ProgressTopicCheck, PublisherConfig, TransactionalPublisher,
+};
 pub use shuffle::{
     SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER, Shuffle, ShuffleConfig,
 };

@@ -1,9 +1,11 @@
 //! The development stack: an in-process Kafka (librdkafka's mock cluster,
 //! which speaks the real protocol on localhost), a development schema
-//! registry (the Confluent REST subset Tributary and producers use), and a
-//! generator of realistic click streams. `tributary demo`, `tributary dev`
+//! registry (the Confluent REST subset Tributary and producers use), and
+//! generators of realistic click streams and of card transactions with
+//! planted fraud. `tributary demo`, `tributary dev`
 //! and the benchmarks run on it; a production pipeline never does.
 
+pub mod fraud;
 pub mod generator;
 pub mod kafka;
 pub mod registry;

@@ -10,4 +10,5 @@ mod error;
 mod sink;
 
 pub use error::{RepublishError, Result};
-pub use sink::{RepublishCallback, RepublishProgress, run_republisher};
+pub use sink::{RepublishCallback, RepublishProgress, run_republisher, run_republisher_checking};
+pub use tributary_kafka::ProgressTopicCheck;

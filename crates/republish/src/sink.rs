@@ -12,7 +12,9 @@ use serde::Serialize;
 use tributary_avro::RegistryClient;
 use tributary_core::{Classify, ErrorKind};
 use tributary_delta::{DeltaTableSink, TableOptions};
-use tributary_kafka::{OutRecord, Position, PublisherConfig, TransactionalPublisher};
+use tributary_kafka::{
+    OutRecord, Position, ProgressTopicCheck, PublisherConfig, TransactionalPublisher,
+};
 use tributary_spec::{Expr, RepublishFormat, RepublishSpec, TableSpec};
 
 use crate::encode::{RowEncoder, ValueFormat};
@@ -60,6 +62,25 @@ pub async fn run_republisher(
     on_progress: Option<RepublishCallback>,
     registry: Arc<RegistryClient>,
 ) -> Result<()> {
+    run_republisher_checking(
+        spec,
+        stop,
+        on_progress,
+        registry,
+        ProgressTopicCheck::Describe,
+    )
+    .await
+}
+
+/// [`run_republisher`], with the progress topic checked as `check` says
+/// (the development stack's demo trusts the topic it created).
+pub async fn run_republisher_checking(
+    spec: TableSpec,
+    stop: Arc<AtomicBool>,
+    on_progress: Option<RepublishCallback>,
+    registry: Arc<RegistryClient>,
+    check: ProgressTopicCheck,
+) -> Result<()> {
     let Some(republish) = spec.republish.clone() else {
         return Err(RepublishError::Columns(format!(
             "pipeline {} has no republish section",
@@ -72,7 +93,7 @@ pub async fn run_republisher(
         .map(Expr::parse)
         .transpose()
         .map_err(RepublishError::Filter)?;
-    let publisher = connect(&spec, &republish).await?;
+    let publisher = connect(&spec, &republish, check).await?;
     let mut sink = Sink {
         spec,
         republish,
@@ -94,6 +115,10 @@ pub async fn run_republisher(
                 tracing::warn!(pipeline = %sink.spec.pipeline, error = %e, retry_in = ?backoff,
                     "republishing failed; retrying from the last committed transaction");
                 sleep_unless_stopped(backoff, &stop).await;
+                if stop.load(Ordering::Relaxed) {
+                    // Stopped while failing: nothing more can be published.
+                    return Err(e);
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
@@ -112,6 +137,7 @@ pub async fn run_republisher(
 async fn connect(
     spec: &TableSpec,
     republish: &RepublishSpec,
+    progress_topic_check: ProgressTopicCheck,
 ) -> Result<Arc<TransactionalPublisher>> {
     let config = PublisherConfig {
         bootstrap_servers: republish
@@ -122,6 +148,7 @@ async fn connect(
         transactional_id: republish.transactional_id(&spec.pipeline),
         progress_topic: republish.progress_topic.clone(),
         properties: republish.properties.clone(),
+        progress_topic_check,
     };
     let publisher = blocking(move || TransactionalPublisher::connect(config)).await?;
     Ok(Arc::new(publisher))

@@ -74,12 +74,20 @@ pub async fn produce_only(
     Ok(())
 }
 
-pub async fn run(dir: PathBuf, duration: Duration, rate: u64) -> anyhow::Result<()> {
+pub async fn run(
+    dir: PathBuf,
+    duration: Duration,
+    rate: u64,
+    scenario: crate::Scenario,
+) -> anyhow::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
+    if scenario == crate::Scenario::Fraud {
+        return crate::fraud_demo::run(&dir, duration, rate).await;
+    }
 
     let kafka = dev::kafka::start(1, &[(TOPIC, 4)])?;
     let registry = dev::registry::start(([127, 0, 0, 1], 0).into(), None, None).await?;

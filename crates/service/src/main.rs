@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod components;
 mod demo;
+mod fraud_demo;
 mod readback;
 mod status;
 mod validate;
@@ -34,6 +35,16 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `tributary demo` runs.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    /// A click stream into a date-partitioned table.
+    Clicks,
+    /// The fraud-scoring example: enrichment, rolling features, scores and
+    /// alerts republished to Kafka, with planted fraud to catch.
+    Fraud,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,6 +164,15 @@ enum Command {
         /// Events per second.
         #[arg(long, default_value_t = 5000)]
         rate: u64,
+        /// What to run: `clicks` (ingest), or `fraud` (the fraud-scoring
+        /// example: enrich, rolling features, scores, alerts).
+        #[arg(
+            long,
+            value_enum,
+            default_value = "clicks",
+            conflicts_with = "produce_only"
+        )]
+        scenario: Scenario,
         /// Only produce: register the click schema as `<topic>-value`, create
         /// the topic if missing, produce until --duration ends or SIGINT /
         /// SIGTERM, and print one JSON line of what was produced.
@@ -331,8 +351,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             duration,
             rate,
+            scenario,
             ..
-        } => demo::run(dir, duration, rate)
+        } => demo::run(dir, duration, rate, scenario)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::DevStack {

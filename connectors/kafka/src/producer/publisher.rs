@@ -46,6 +46,18 @@ pub struct PublisherConfig {
     pub progress_topic: String,
     /// Passed through to librdkafka (security, compression, timeouts).
     pub properties: BTreeMap<String, String>,
+    pub progress_topic_check: ProgressTopicCheck,
+}
+
+/// Whether the progress topic's cleanup policy is checked at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressTopicCheck {
+    /// Described, created compacted when missing, refused unless compacted.
+    Describe,
+    /// Taken as it is: for the development stack's mock cluster, which
+    /// cannot describe configs and keeps everything anyway; the caller
+    /// created the topic.
+    TrustDevStack,
 }
 
 /// Where the sink stands: the next table version to publish, and within it
@@ -113,7 +125,9 @@ impl TransactionalPublisher {
             .set("bootstrap.servers", &config.bootstrap_servers)
             .create()
             .map_err(|source| client("creating the admin client", source))?;
-        check_progress_topic(&admin, &config.progress_topic)?;
+        if config.progress_topic_check == ProgressTopicCheck::Describe {
+            check_progress_topic(&admin, &config.progress_topic)?;
+        }
         consumer
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("group.id", &config.transactional_id)
