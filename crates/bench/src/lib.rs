@@ -1,7 +1,9 @@
 //! The throughput benchmarks of `tributary bench` (docs/benchmarks.md):
 //! decoding and encoding alone, a drain from Kafka into Delta end to end,
-//! and the dedup and sliding-window operators over RocksDB state.
+//! the dedup and sliding-window operators over RocksDB state, and the
+//! fraud-scoring example.
 
+pub mod fraud;
 mod produce;
 mod state;
 
@@ -46,6 +48,8 @@ pub enum BenchError {
     Arrow(#[from] deltalake::arrow::error::ArrowError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("Delta: {0}")]
+    Delta(#[from] tributary_delta::DeltaSinkError),
     #[error("a benchmark thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     /// The benchmark ran but its result is wrong (lost records, say).

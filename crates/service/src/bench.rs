@@ -59,6 +59,28 @@ pub enum Bench {
         #[arg(long, default_value_t = 100_000)]
         batch_rows: usize,
     },
+    /// The fraud-scoring example (table-specs/fraud/fraud-scoring.yaml):
+    /// enrich, dedup, 10-minute rolling features per card, the score and
+    /// the commit. Without --rate: a backlog of --transactions drained
+    /// (transactions/s). With --rate: a steady stream for --seconds at the
+    /// example's 1 s trigger (event -> commit latency).
+    Fraud {
+        #[arg(long, default_value_t = 2_000_000)]
+        transactions: u64,
+        /// Transactions a second, for the latency measure.
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Default: 8 on a real broker; on the mock cluster, enough that
+        /// none holds more than 4 MiB.
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// A Kafka cluster running as other processes: the transactions go
+        /// to a new topic `tributary-fraud-<time>` on it.
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+    },
     /// Sliding-window aggregation (10-minute windows every 2 minutes, per
     /// card: count, sum, distinct merchants) with RocksDB state on disk.
     Windows {
@@ -100,6 +122,45 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         } => {
             tokio::task::spawn_blocking(move || tributary_bench::windows(rows, batch_rows, cards))
                 .await??
+        }
+        Bench::Fraud {
+            transactions,
+            rate,
+            seconds,
+            partitions,
+            bootstrap_servers,
+        } => {
+            use tributary_bench::fraud::{FraudLoad, TRANSACTION_BYTES, fraud};
+            let load = match rate {
+                Some(rate) => FraudLoad::Steady {
+                    rate,
+                    duration: std::time::Duration::from_secs(seconds),
+                },
+                None => FraudLoad::Backlog(transactions),
+            };
+            let total = rate.map_or(transactions, |r| r * seconds);
+            match bootstrap_servers {
+                Some(bootstrap) => {
+                    let topic =
+                        format!("tributary-fraud-{}", chrono::Utc::now().timestamp_millis());
+                    let partitions = partitions.unwrap_or(8);
+                    dev::kafka::ensure_topic(&bootstrap, &topic, partitions).await?;
+                    fraud(bootstrap, topic, partitions, load).await?
+                }
+                None => {
+                    let partitions = partitions.unwrap_or_else(|| {
+                        (total * TRANSACTION_BYTES).div_ceil(4 << 20).max(1) as i32
+                    });
+                    let kafka = dev::kafka::start(1, &[("transactions", partitions)])?;
+                    fraud(
+                        kafka.bootstrap_servers(),
+                        "transactions".into(),
+                        partitions,
+                        load,
+                    )
+                    .await?
+                }
+            }
         }
         Bench::Ingest {
             rows,

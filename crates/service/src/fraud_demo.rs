@@ -11,28 +11,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use deltalake::arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::datatypes::Int64Type;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, FileIntent, TableOptions};
+use tributary_bench::fraud::{FRAUD_SPEC, fraud_spec_text, write_risk_tiers};
 use tributary_devstack as dev;
-use tributary_devstack::fraud::{
-    Planted, TRANSACTION_SCHEMA, TransactionStream, card_name, tier_of,
-};
+use tributary_devstack::fraud::{Planted, TRANSACTION_SCHEMA, TransactionStream};
 use tributary_devstack::generator::frame;
 use tributary_engine::{BatchProgress, PipelineOptions, run_pipeline};
 
-/// The example spec, run as it is with the demo's addresses.
-const SPEC: &str = include_str!("../../../table-specs/fraud/fraud-scoring.yaml");
 const TOPIC: &str = "transactions";
 const ALERTS: &str = "fraud-alerts";
 
 pub async fn run(dir: &Path, duration: Duration, rate: u64) -> anyhow::Result<()> {
     // The mock cluster cannot describe topic configs: the sink's progress
     // topic is created here and trusted (it keeps every record anyway).
-    let progress_topic = tributary_spec::parse_spec("fraud-scoring.yaml", SPEC)
+    let progress_topic = tributary_spec::parse_spec("fraud-scoring.yaml", FRAUD_SPEC)
         .map_err(|e| anyhow::anyhow!(e.report().join("\n")))?
         .republish
         .map(|r| r.progress_topic)
@@ -66,14 +62,7 @@ pub async fn run(dir: &Path, duration: Duration, rate: u64) -> anyhow::Result<()
         lake.display()
     );
 
-    let spec_text = with_variables(SPEC, |name| match name {
-        "KAFKA_BOOTSTRAP_SERVERS" => Some(bootstrap.clone()),
-        "SCHEMA_REGISTRY_URL" => Some(registry.url.clone()),
-        "TRIBUTARY_LAKE" => Some(format!("file://{}", lake.display())),
-        "TRIBUTARY_CHECKPOINTS" => Some(format!("file://{}/checkpoints", dir.display())),
-        "TRIBUTARY_STATE_DIR" => Some(format!("{}/state", dir.display())),
-        _ => None,
-    });
+    let spec_text = fraud_spec_text(dir, &bootstrap, &registry.url);
     let spec_path = dir.join("fraud-scoring.yaml");
     std::fs::write(&spec_path, spec_text)?;
     println!("Table spec                        {}", spec_path.display());
@@ -225,71 +214,6 @@ fn report(produced: u64, planted: &Planted, scored: &Scored, alerts: u64) -> any
     Ok(())
 }
 
-/// `text` with `${NAME:-default}` replaced by `value(NAME)` where it gives
-/// one (the spec parser resolves the others from the environment).
-fn with_variables(text: &str, value: impl Fn(&str) -> Option<String>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find('}') else {
-            break;
-        };
-        let inner = &rest[start + 2..start + len];
-        let name = inner.split(":-").next().unwrap_or(inner);
-        match value(name) {
-            Some(v) => out.push_str(&v),
-            None => out.push_str(&rest[start..=start + len]),
-        }
-        rest = &rest[start + len + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Writes the cards' risk tiers as a Delta table.
-async fn write_risk_tiers(path: &Path, cards: u64) -> anyhow::Result<()> {
-    let (ids, tiers): (Vec<String>, Vec<&str>) = (0..cards)
-        .filter_map(|n| tier_of(n, cards).map(|t| (card_name(n), t)))
-        .unzip();
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("card_id", DataType::Utf8, false),
-            Field::new("risk_tier", DataType::Utf8, false),
-        ])),
-        vec![
-            Arc::new(StringArray::from(ids)),
-            Arc::new(StringArray::from(tiers)),
-        ],
-    )?;
-    std::fs::create_dir_all(path)?;
-    let mut sink = DeltaTableSink::open(TableOptions {
-        uri: path.display().to_string(),
-        target_file_size: 64 << 20,
-        ..TableOptions::default()
-    })
-    .await?;
-    let commit = BatchCommit {
-        app_id: "tributary-demo/card_risk_tiers".into(),
-        batch_id: 0,
-        rows: BatchRows::Arrow(vec![batch]),
-        info: serde_json::json!({"writer": "tributary demo --scenario fraud"}),
-        file_name: "card-risk-tiers".into(),
-    };
-    sink.commit(commit, &NothingToRecover).await?;
-    Ok(())
-}
-
-/// The demo's directory is new each run: no file to recover after a crash.
-struct NothingToRecover;
-
-#[async_trait::async_trait]
-impl FileIntent for NothingToRecover {
-    async fn announce(&self, _table_uri: &str, _path: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The table's row count and flagged transactions (id, card).
 async fn read_scored(uri: &str) -> anyhow::Result<Scored> {
     let table = deltalake::open_table(deltalake::ensure_table_uri(uri)?).await?;
@@ -376,16 +300,4 @@ async fn produce(
         Ok((sent, stream.planted))
     })
     .await?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn variables_the_demo_knows_are_replaced_and_the_others_kept() {
-        let text = "a: ${KNOWN:-x}\nb: ${OTHER:-y}/z\nc: plain";
-        let out = with_variables(text, |n| (n == "KNOWN").then(|| "v".to_string()));
-        assert_eq!(out, "a: v\nb: ${OTHER:-y}/z\nc: plain");
-    }
 }
