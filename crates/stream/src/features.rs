@@ -19,8 +19,12 @@ use tributary_core::{StagedWrites, StateStore};
 use crate::aggregate::{Acc, Input, Reader, aggregate_column};
 use crate::config::{AggregateFunction, Features};
 use crate::error::{Result, StreamError};
+use crate::key_filter::{KeyFilter, KeyHash};
 use crate::keys;
 use crate::prepare::{AggInput, KeyCodec, column, output_type};
+
+/// The hasher of per-batch maps: fast; their order is never relied on.
+type FastHash = foldhash::fast::RandomState;
 
 /// A stored row of a key: its event time and its aggregate inputs.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,8 +125,23 @@ fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// A filter of the keys in the state, each filed at its newest row's time
+/// plus `range`, when the watermark passing it forgets the key.
+pub(crate) fn load_filter(features: &Features, store: &dyn StateStore) -> Result<KeyFilter> {
+    crate::key_filter::load_shifted(
+        store,
+        keys::FEATURE_NEWEST,
+        8,
+        features.range,
+        features.range,
+    )
+}
+
 /// Forgets the keys whose newest row is `range` or more before `watermark`:
-/// no row after the watermark can reach them.
+/// no row after the watermark can reach them. The batch's own rows may
+/// (they are only after the previous watermark): they read the committed
+/// state, and the key filter forgets the keys after them
+/// ([`forget_in_filter`]).
 pub(crate) fn expire(
     features: &Features,
     store: &dyn StateStore,
@@ -145,12 +164,21 @@ pub(crate) fn expire(
     Ok(())
 }
 
+/// Drops from `filter` the keys [`expire`] forgot, once the batch's rows
+/// have looked theirs up.
+pub(crate) fn forget_in_filter(filter: &mut KeyFilter, watermark: Option<i64>) {
+    if let Some(w) = watermark {
+        filter.expire(w.saturating_add(1));
+    }
+}
+
 /// `rows` (the batch's kept rows, in Kafka order) with their features
 /// after their columns. `times`: their event times. Stages the keys' new
 /// stored rows, trimmed to what rows after `watermark` can reach.
 pub(crate) fn attach(
     features: &Features,
     store: &dyn StateStore,
+    filter: &mut KeyFilter,
     rows: &RecordBatch,
     times: &[i64],
     watermark: Option<i64>,
@@ -212,7 +240,7 @@ pub(crate) fn attach(
 
     // Each key's rows, keys in order of first appearance.
     let mut order: Vec<&[u8]> = Vec::new();
-    let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    let mut by_key: HashMap<&[u8], Vec<usize>, FastHash> = HashMap::default();
     for i in 0..rows.num_rows() {
         let key = groups.get(i);
         by_key
@@ -227,7 +255,17 @@ pub(crate) fn attach(
         .iter()
         .map(|k| keys::tagged(keys::FEATURE_ROWS, k))
         .collect();
-    let found = store.multi_get(&lookups)?;
+    // Only keys the filter may hold are looked up: most keys of a batch are
+    // often new, and an absent key still costs RocksDB a probe per level.
+    let hashes: Vec<KeyHash> = order.iter().map(|k| KeyHash::of(k)).collect();
+    let maybe: Vec<usize> = (0..order.len())
+        .filter(|&n| filter.may_contain(hashes[n]))
+        .collect();
+    let mut found: Vec<Option<Vec<u8>>> = vec![None; order.len()];
+    let asked: Vec<Vec<u8>> = maybe.iter().map(|&n| lookups[n].clone()).collect();
+    for (n, value) in maybe.into_iter().zip(store.multi_get(&asked)?) {
+        found[n] = value;
+    }
     let horizon = watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range));
     let batch_entry = |i: usize| Entry {
         time: times[i],
@@ -235,7 +273,9 @@ pub(crate) fn attach(
     };
 
     let mut accs: Vec<Vec<Acc>> = vec![Vec::new(); rows.num_rows()];
-    for ((key, lookup), stored) in order.iter().zip(lookups).zip(found) {
+    let mut rows_out: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(order.len());
+    let (mut index_gone, mut index_new) = (Vec::new(), Vec::with_capacity(order.len()));
+    for (((key, lookup), stored), hash) in order.iter().zip(lookups).zip(found).zip(hashes) {
         let mut stored = match stored {
             Some(bytes) => decode_entries(&bytes, &kinds)?,
             None => Vec::new(),
@@ -271,19 +311,38 @@ pub(crate) fn attach(
         // Stable: rows of one time stay in the order they were read.
         stored.sort_by_key(|e| e.time);
         let new_newest = stored.last().map(|e| e.time);
-        if stored.is_empty() {
-            writes.delete(lookup);
-        } else {
-            writes.put(lookup, encode_entries(&stored));
+        if let Some(t) = new_newest {
+            filter.insert(hash, t.saturating_add(features.range));
         }
+        rows_out.push((
+            lookup,
+            (!stored.is_empty()).then(|| encode_entries(&stored)),
+        ));
         if old_newest != new_newest {
             if let Some(t) = old_newest {
-                writes.delete(keys::timed(keys::FEATURE_NEWEST, t, &[key]));
+                index_gone.push(keys::timed(keys::FEATURE_NEWEST, t, &[key]));
             }
             if let Some(t) = new_newest {
-                writes.put(keys::timed(keys::FEATURE_NEWEST, t, &[key]), Vec::new());
+                index_new.push(keys::timed(keys::FEATURE_NEWEST, t, &[key]));
             }
         }
+    }
+    // In key order: RocksDB inserts sorted keys into its memtable several
+    // times faster than random ones. No two of these writes share a key.
+    rows_out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    index_gone.sort_unstable();
+    index_new.sort_unstable();
+    for k in index_gone {
+        writes.delete(k);
+    }
+    for (k, v) in rows_out {
+        match v {
+            Some(v) => writes.put(k, v),
+            None => writes.delete(k),
+        }
+    }
+    for k in index_new {
+        writes.put(k, Vec::new());
     }
 
     let schema = rows.schema();

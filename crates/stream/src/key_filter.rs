@@ -1,4 +1,4 @@
-//! An in-memory filter of the dedup keys in the state, so that new keys —
+//! An in-memory filter of the dedup keys (and features' keys) in the state, so that new keys —
 //! most keys — need no RocksDB lookup: a key the filter has never seen is
 //! certainly not in the state. Keys are filed by expiry bucket, and a bucket
 //! the watermark has passed is dropped whole, so the filter stays as bounded
@@ -8,6 +8,11 @@
 //! never a wrong answer.
 
 use std::collections::BTreeMap;
+
+use tributary_core::StateStore;
+
+use crate::error::Result;
+use crate::keys;
 
 /// 512-bit blocks: every probe of a key touches one cache line.
 const BLOCK_WORDS: usize = 8;
@@ -136,6 +141,27 @@ impl KeyFilter {
         self.buckets
             .retain(|b, _| b.saturating_add(1).saturating_mul(width) > watermark);
     }
+}
+
+/// A filter of the `tag` keys in the store, filed by their leading time
+/// plus `shift` (keys that expire `shift` after the time they are indexed
+/// by); keyed by the key's bytes after the tag and `skip` more bytes.
+/// Buckets are `width` wide (at least a second).
+pub(crate) fn load_shifted(
+    store: &dyn StateStore,
+    tag: u8,
+    skip: usize,
+    width: i64,
+    shift: i64,
+) -> Result<KeyFilter> {
+    let mut filter = KeyFilter::new(width.max(1_000_000));
+    let (lo, _) = keys::older_than(tag, i64::MIN);
+    for (k, _) in store.scan(&lo, &[tag + 1])? {
+        if let (Some(time), Some(rest)) = (keys::time_of(&k), k.get(1 + skip..)) {
+            filter.insert(KeyHash::of(rest), time.saturating_add(shift));
+        }
+    }
+    Ok(filter)
 }
 
 #[cfg(test)]

@@ -103,6 +103,8 @@ pub struct Operator {
     key_filter: Mutex<Option<KeyFilter>>,
     /// The same for the distinct values of windows' `count_distinct`.
     distinct_filter: Mutex<Option<KeyFilter>>,
+    /// The same for the keys of `features`.
+    feature_filter: Mutex<Option<KeyFilter>>,
 }
 
 impl std::fmt::Debug for Operator {
@@ -152,6 +154,7 @@ impl Operator {
             config,
             key_filter: Mutex::new(None),
             distinct_filter: Mutex::new(None),
+            feature_filter: Mutex::new(None),
         }
     }
 
@@ -249,7 +252,14 @@ impl Operator {
             kept
         };
 
+        let mut feature_filter = self
+            .feature_filter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(f) = &c.features {
+            if feature_filter.is_none() {
+                *feature_filter = Some(crate::features::load_filter(f, store)?);
+            }
             crate::features::expire(f, store, watermarks.eviction, &mut out.writes)?;
         }
         out.rows = match c.window {
@@ -260,10 +270,11 @@ impl Operator {
                         .map(|&i| times[i as usize].unwrap_or_default())
                         .collect();
                     let mut rows = take_record_batch(b, &UInt32Array::from(kept))?;
-                    if let Some(f) = &c.features {
+                    if let (Some(f), Some(filter)) = (&c.features, feature_filter.as_mut()) {
                         rows = crate::features::attach(
                             f,
                             store,
+                            filter,
                             &rows,
                             &kept_times,
                             watermarks.eviction,
@@ -289,6 +300,10 @@ impl Operator {
                 self.windows(store, batch_id, rows, window, watermarks, &mut out.writes)?
             }
         };
+        if let Some(filter) = feature_filter.as_mut() {
+            crate::features::forget_in_filter(filter, watermarks.eviction);
+        }
+        drop(feature_filter);
 
         let before = read_time(store, keys::MAX_EVENT_TIME)?;
         let max = match (before, batch_max) {
@@ -916,14 +931,7 @@ fn filtered_get(store: &dyn StateStore, filter: &KeyFilter, keys: &[Vec<u8>]) ->
 /// filter is keyed by the key's bytes after the tag and `skip` more bytes.
 /// Buckets are `width` wide (at least a second).
 fn load_filter(store: &dyn StateStore, tag: u8, skip: usize, width: i64) -> Result<KeyFilter> {
-    let mut filter = KeyFilter::new(width.max(1_000_000));
-    let (lo, _) = keys::older_than(tag, i64::MIN);
-    for (k, _) in store.scan(&lo, &[tag + 1])? {
-        if let (Some(time), Some(rest)) = (keys::time_of(&k), k.get(1 + skip..)) {
-            filter.insert(KeyHash::of(rest), time);
-        }
-    }
-    Ok(filter)
+    crate::key_filter::load_shifted(store, tag, skip, width, 0)
 }
 
 /// A time stored under `key` (the max event time, the last watermark).
