@@ -19,9 +19,9 @@ use tributary_core::{StagedWrites, StateStore};
 use crate::aggregate::{Acc, Input, Reader, aggregate_column};
 use crate::config::{AggregateFunction, Features};
 use crate::error::{Result, StreamError};
-use crate::key_filter::{KeyFilter, KeyHash};
+use crate::key_filter::{KeyFilter, filtered_get};
 use crate::keys;
-use crate::prepare::{AggInput, KeyCodec, column, output_type};
+use crate::prepare::{AggInput, agg_inputs, group_keys, output_type};
 
 /// The hasher of per-batch maps: fast; their order is never relied on.
 type FastHash = foldhash::fast::RandomState;
@@ -196,31 +196,8 @@ pub(crate) fn attach(
             a.function.name()
         )));
     }
-    let group_columns = features
-        .group_by
-        .iter()
-        .map(|g| column(rows, g).cloned())
-        .collect::<Result<Vec<_>>>()?;
-    let group_types: Vec<_> = group_columns
-        .iter()
-        .map(|a| a.data_type().clone())
-        .collect();
-    let groups = KeyCodec::new(&group_types)?.encode(&group_columns)?;
-    let inputs = features
-        .aggregations
-        .iter()
-        .map(|a| AggInput::prepare(a, rows))
-        .collect::<Result<Vec<_>>>()?;
-    let input_types: Vec<_> = features
-        .aggregations
-        .iter()
-        .map(|a| {
-            a.column
-                .as_ref()
-                .map(|c| column(rows, c).map(|a| a.data_type().clone()))
-                .transpose()
-        })
-        .collect::<Result<_>>()?;
+    let (_, groups) = group_keys(rows, &features.group_by)?;
+    let (inputs, input_types) = agg_inputs(&features.aggregations, rows)?;
     check_types(store, &input_types, writes)?;
     let kinds: Vec<Kind> = inputs
         .iter()
@@ -257,15 +234,7 @@ pub(crate) fn attach(
         .collect();
     // Only keys the filter may hold are looked up: most keys of a batch are
     // often new, and an absent key still costs RocksDB a probe per level.
-    let hashes: Vec<KeyHash> = order.iter().map(|k| KeyHash::of(k)).collect();
-    let maybe: Vec<usize> = (0..order.len())
-        .filter(|&n| filter.may_contain(hashes[n]))
-        .collect();
-    let mut found: Vec<Option<Vec<u8>>> = vec![None; order.len()];
-    let asked: Vec<Vec<u8>> = maybe.iter().map(|&n| lookups[n].clone()).collect();
-    for (n, value) in maybe.into_iter().zip(store.multi_get(&asked)?) {
-        found[n] = value;
-    }
+    let (found, hashes) = filtered_get(store, filter, &lookups)?;
     let horizon = watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range));
     let batch_entry = |i: usize| Entry {
         time: times[i],

@@ -164,6 +164,29 @@ pub(crate) fn load_shifted(
     Ok(filter)
 }
 
+/// Stored values of looked-up keys (`None`: absent) and the keys' hashes.
+pub(crate) type Lookup = (Vec<Option<Vec<u8>>>, Vec<KeyHash>);
+
+/// Looks up tagged `keys`, asking the store only for those `filter` may
+/// hold: the others are certainly absent (new). Returns the values and each
+/// key's hash (of its bytes after the tag), to file the new keys with.
+pub(crate) fn filtered_get(
+    store: &dyn StateStore,
+    filter: &KeyFilter,
+    keys: &[Vec<u8>],
+) -> Result<Lookup> {
+    let hashes: Vec<KeyHash> = keys.iter().map(|k| KeyHash::of(&k[1..])).collect();
+    let maybe: Vec<usize> = (0..keys.len())
+        .filter(|&n| filter.may_contain(hashes[n]))
+        .collect();
+    let found = store.multi_get(&maybe.iter().map(|&n| keys[n].clone()).collect::<Vec<_>>())?;
+    let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    for (n, value) in maybe.into_iter().zip(found) {
+        values[n] = value;
+    }
+    Ok((values, hashes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

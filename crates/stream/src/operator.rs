@@ -11,12 +11,15 @@ use tributary_core::{StagedWrites, StateStore};
 
 use crate::aggregate::{Acc, Arrival, Reader, aggregate_column, encode_accs};
 use crate::error::{Result, StreamError};
-use crate::key_filter::{KeyFilter, KeyHash};
+use crate::key_filter::{KeyFilter, filtered_get};
 
 /// The hasher of per-batch maps: fast; their order is never relied on.
 type FastHash = foldhash::fast::RandomState;
 use crate::keys;
-use crate::prepare::{AggInput, KeyCodec, canonical, column, event_times, output_type, without};
+use crate::prepare::{
+    AggInput, KeyCodec, agg_inputs, canonical, column, event_times, group_keys, output_type,
+    without,
+};
 
 /// An event-time window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -847,31 +850,8 @@ impl Prepared {
     /// `times`: the rows' event times (every row has one: late rows and
     /// rows without one never reach the windows).
     fn new(c: &OperatorConfig, batch: &RecordBatch, times: Vec<i64>) -> Result<Prepared> {
-        let group_columns = c
-            .group_by
-            .iter()
-            .map(|g| column(batch, g).cloned())
-            .collect::<Result<Vec<_>>>()?;
-        let group_types: Vec<DataType> = group_columns
-            .iter()
-            .map(|a| a.data_type().clone())
-            .collect();
-        let groups = KeyCodec::new(&group_types)?.encode(&group_columns)?;
-        let inputs = c
-            .aggregations
-            .iter()
-            .map(|a| AggInput::prepare(a, batch))
-            .collect::<Result<Vec<_>>>()?;
-        let input_types = c
-            .aggregations
-            .iter()
-            .map(|a| {
-                a.column
-                    .as_ref()
-                    .and_then(|n| batch.column_by_name(n))
-                    .map(|a| a.data_type().clone())
-            })
-            .collect();
+        let (group_types, groups) = group_keys(batch, &c.group_by)?;
+        let (inputs, input_types) = agg_inputs(&c.aggregations, batch)?;
         let partitions = cast_values::<Int32Type>(column(batch, &c.partition_column)?)?;
         let offsets = cast_values::<Int64Type>(column(batch, &c.offset_column)?)?;
         Ok(Prepared {
@@ -906,25 +886,6 @@ where
     let cast = arrow::compute::cast(array, &T::DATA_TYPE)?;
     let values = cast.as_primitive::<T>();
     Ok((0..values.len()).map(|i| values.value(i)).collect())
-}
-
-/// Stored values of looked-up keys (`None`: absent) and the keys' hashes.
-type Lookup = (Vec<Option<Vec<u8>>>, Vec<KeyHash>);
-
-/// Looks up tagged `keys`, asking the store only for those `filter` may
-/// hold: the others are certainly absent (new). Returns the values and each
-/// key's hash (of its bytes after the tag), to file the new keys with.
-fn filtered_get(store: &dyn StateStore, filter: &KeyFilter, keys: &[Vec<u8>]) -> Result<Lookup> {
-    let hashes: Vec<KeyHash> = keys.iter().map(|k| KeyHash::of(&k[1..])).collect();
-    let maybe: Vec<usize> = (0..keys.len())
-        .filter(|&n| filter.may_contain(hashes[n]))
-        .collect();
-    let found = store.multi_get(&maybe.iter().map(|&n| keys[n].clone()).collect::<Vec<_>>())?;
-    let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-    for (n, value) in maybe.into_iter().zip(found) {
-        values[n] = value;
-    }
-    Ok((values, hashes))
 }
 
 /// A filter of the `tag` keys in the store, by their leading time; the

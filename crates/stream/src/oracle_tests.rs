@@ -666,6 +666,14 @@ fn rocksdb_gives_the_same_results() {
             &mut rocks,
         );
     }
+    check(
+        with_features(
+            config(None, true, OutputMode::Append, 2 * MINUTE),
+            5 * MINUTE,
+        ),
+        0..6,
+        &mut rocks,
+    );
 }
 
 fn with_features(mut config: OperatorConfig, range: i64) -> OperatorConfig {
@@ -693,25 +701,6 @@ fn features_match_the_oracle() {
             }
         }
     }
-}
-
-#[test]
-fn features_over_rocksdb_match_the_oracle() {
-    let dirs = std::cell::RefCell::new(Vec::new());
-    let mut rocks = || -> Box<dyn StateStore> {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
-        dirs.borrow_mut().push(dir);
-        Box::new(store)
-    };
-    check(
-        with_features(
-            config(None, true, OutputMode::Append, 2 * MINUTE),
-            5 * MINUTE,
-        ),
-        0..6,
-        &mut rocks,
-    );
 }
 
 /// Spark's boundaries for sessions, seen in pyspark 4: a row exactly at a

@@ -208,6 +208,42 @@ impl AggInput {
     }
 }
 
+/// The rows' keys of the `names` columns in row format, and the columns'
+/// types.
+pub(crate) fn group_keys(
+    batch: &RecordBatch,
+    names: &[String],
+) -> Result<(Vec<DataType>, EncodedKeys)> {
+    let columns = names
+        .iter()
+        .map(|g| column(batch, g).cloned())
+        .collect::<Result<Vec<_>>>()?;
+    let types: Vec<DataType> = columns.iter().map(|a| a.data_type().clone()).collect();
+    let keys = KeyCodec::new(&types)?.encode(&columns)?;
+    Ok((types, keys))
+}
+
+/// Each aggregation's input over `batch`, and its column's type.
+pub(crate) fn agg_inputs(
+    aggregations: &[Aggregation],
+    batch: &RecordBatch,
+) -> Result<(Vec<AggInput>, Vec<Option<DataType>>)> {
+    let inputs = aggregations
+        .iter()
+        .map(|a| AggInput::prepare(a, batch))
+        .collect::<Result<Vec<_>>>()?;
+    let types = aggregations
+        .iter()
+        .map(|a| {
+            a.column
+                .as_ref()
+                .and_then(|n| batch.column_by_name(n))
+                .map(|a| a.data_type().clone())
+        })
+        .collect();
+    Ok((inputs, types))
+}
+
 /// The output type of an aggregate over a column of `input` type.
 pub fn output_type(spec: &Aggregation, input: Option<&DataType>) -> DataType {
     use AggregateFunction as F;
