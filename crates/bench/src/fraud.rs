@@ -218,18 +218,10 @@ impl Producing {
             body.clear();
             tx.encode(&mut body);
             let payload = frame(self.schema_id, &body);
-            let mut record = BaseRecord::to(&self.topic)
+            let record = BaseRecord::to(&self.topic)
                 .key(tx.card_id.as_str())
                 .payload(&payload);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
+            crate::produce::send_waiting(&producer, record)?;
         }
         producer.flush(Duration::from_secs(120))?;
         Ok(())

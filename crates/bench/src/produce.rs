@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tributary_devstack::generator::{BENCH_SCHEMA, Rng, bench_event, frame};
 
@@ -76,9 +77,9 @@ fn send_steadily(stream: &Stream, id: u32) -> Result<()> {
 }
 
 /// Sends `record`, waiting while the producer's queue is full.
-pub(crate) fn send_waiting(
+pub(crate) fn send_waiting<K: ToBytes + ?Sized>(
     producer: &ThreadedProducer<DefaultProducerContext>,
-    mut record: BaseRecord<'_, (), Vec<u8>>,
+    mut record: BaseRecord<'_, K, Vec<u8>>,
 ) -> Result<()> {
     loop {
         match producer.send(record) {

@@ -1,5 +1,5 @@
-//! librdkafka's mock cluster as the development broker, and topic creation
-//! on any broker.
+//! librdkafka's mock cluster as the development broker, topic creation on
+//! any broker, and the demos' patient send.
 
 use std::time::Duration;
 
@@ -7,8 +7,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::ToBytes;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 
 use crate::{DevError, Result};
 
@@ -66,4 +67,21 @@ pub async fn ensure_topic(bootstrap_servers: &str, name: &str, partitions: i32) 
         }
     }
     Ok(())
+}
+
+/// Sends `record`, retrying every 5 ms while the producer refuses it (its
+/// queue is full).
+pub fn send_retrying<K: ToBytes + ?Sized>(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, K, Vec<u8>>,
+) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 }

@@ -273,16 +273,10 @@ async fn produce(
                     frame(schema_id, &stream.next(now_ms))
                 };
                 let key = (sent % 997).to_string();
-                let mut record = BaseRecord::to(&topic).key(&key).payload(&payload);
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((_, r)) => {
-                            record = r;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
+                dev::kafka::send_retrying(
+                    &producer,
+                    BaseRecord::to(&topic).key(&key).payload(&payload),
+                );
                 sent += 1;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -282,16 +282,10 @@ async fn produce(
                 body.clear();
                 tx.encode(&mut body);
                 let payload = frame(schema_id, &body);
-                let mut record = BaseRecord::to(TOPIC).key(&tx.card_id).payload(&payload);
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((_, r)) => {
-                            record = r;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
+                dev::kafka::send_retrying(
+                    &producer,
+                    BaseRecord::to(TOPIC).key(&tx.card_id).payload(&payload),
+                );
                 sent += 1;
             }
             std::thread::sleep(Duration::from_millis(10));
