@@ -17,7 +17,8 @@ import pytest
 from deltalake import write_deltalake
 
 from conftest import ROOT, confluent, duck
-from test_exactly_once import log_of, start, verify, wait_until
+from test_event_time import env_for as event_time_env
+from test_exactly_once import log_of, row_count, start, verify, wait_until
 from test_republish import read_alerts
 
 SPEC = ROOT / "table-specs/fraud/fraud-scoring.yaml"
@@ -87,14 +88,10 @@ def oracle(events):
 
 
 def env_for(stack, tmp_path):
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-        "SCHEMA_REGISTRY_URL": stack.registry,
-        "TRIBUTARY_LAKE": f"file://{tmp_path}/lake",
-        "TRIBUTARY_CHECKPOINTS": f"file://{tmp_path}/checkpoints",
-        "TRIBUTARY_STATE_DIR": str(tmp_path / "state"),
-        "TRIBUTARY_MAX_OFFSETS": "300",
-    }
+    """The example specs' variables, 300 records a trigger. The fraud spec
+    has no `available_now` variable: it runs continuously, as its republish
+    sink runs inside `tributary run` only then."""
+    return event_time_env(stack, tmp_path, 300)
 
 
 @pytest.mark.parametrize("dev_stack", [["transactions:4", "fraud-alerts:1"]], indirect=True)
@@ -168,13 +165,6 @@ def test_fraud_scoring_survives_kills_and_alerts_exactly_the_planted_fraud(binar
     for key, alert in alerts:
         assert key == alert["card_id"].encode()
         assert alert["tx_count_10m"] == expected[alert["tx_id"]]["tx_count_10m"]
-
-
-def row_count(table):
-    try:
-        return duck().execute(f"select count(*) from delta_scan('{table}')").fetchone()[0]
-    except Exception:
-        return 0
 
 
 @pytest.mark.parametrize("dev_stack", [["transactions:1"]], indirect=True)
