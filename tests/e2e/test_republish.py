@@ -397,7 +397,11 @@ def test_the_sink_inside_run_publishes_and_reports_its_lag(binary, dev_stack, tm
 
     schema_id = dev_stack.register("payments-value", PAYMENT)
     spec = fraud_spec(dev_stack, tmp_path, republish_enabled=True)
+    # The table keeps each record's Kafka timestamp, so the sink measures
+    # its latency from there (not from `ts`, which is months old).
+    spec.write_text(spec.read_text().replace("  schema_registry:\n", "  columns:\n    timestamp: kafka_ts\n  schema_registry:\n"))
     table = tmp_path / "lake" / "payments"
+    produced_at = time.time()
     produce_payments(dev_stack, schema_id, 0, 900)
     run = start(binary, spec)
     try:
@@ -410,6 +414,15 @@ def test_the_sink_inside_run_publishes_and_reports_its_lag(binary, dev_stack, tm
         assert total(samples, "tributary_republish_lag_versions") == 0
         assert total(samples, "tributary_republish_rows_total") == sum(1 for n in range(900) if payment(n)["is_suspicious"])
         assert total(samples, "tributary_republish_failures_total") == 0
+        # Every published row's Kafka timestamp to its transaction's commit.
+        suspicious = sum(1 for n in range(900) if payment(n)["is_suspicious"])
+        count = total(samples, "tributary_republish_event_to_publish_seconds_count")
+        assert count == suspicious, count
+        mean = total(samples, "tributary_republish_event_to_publish_seconds_sum") / count
+        assert 0 < mean <= time.time() - produced_at, mean
+        within_an_hour = [v for (name, labels), v in samples.items()
+                          if name == "tributary_republish_event_to_publish_seconds_bucket" and float(dict(labels)["le"]) == 3600]
+        assert within_an_hour == [suspicious], within_an_hour
         metrics = {name for name, _ in samples}
         # Every republish metric the alerts name is exported.
         rules = yaml.safe_load((ROOT / "docs/alerts.yaml").read_text())

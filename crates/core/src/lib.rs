@@ -2,10 +2,12 @@
 //! ranges, error classification. No I/O lives here.
 
 mod crash;
+mod latency;
 mod offsets;
 mod state;
 
 pub use crash::{CrashPoint, crash_point};
+pub use latency::{LATENCY_BUCKETS, LatencyProgress};
 pub use offsets::{OffsetRanges, PartitionRange};
 pub use state::{
     StagedWrites, StateError, StateResult, StateStore, Write, decode_time, encode_time,

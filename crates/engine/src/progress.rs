@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::Serialize;
+pub use tributary_core::{LATENCY_BUCKETS, LatencyProgress};
 
 /// One committed batch of one group (`tributary run --progress-json`, the
 /// admin server's `/progress`).
@@ -41,63 +42,6 @@ pub struct BatchProgress {
     /// for a batch without timestamped records.
     pub event_to_commit: Option<LatencyProgress>,
     pub sink: SinkProgress,
-}
-
-/// Upper bounds (seconds) of the event-to-commit histogram's buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
-];
-
-/// How long a batch's records took from their Kafka timestamp (the
-/// producer's or the broker's clock) to being committed in the table.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LatencyProgress {
-    pub p50_ms: i64,
-    pub p95_ms: i64,
-    pub p99_ms: i64,
-    pub max_ms: i64,
-    /// Records at or under each of `LATENCY_BUCKETS` (cumulative), for the
-    /// metrics' histogram.
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub buckets: [u64; LATENCY_BUCKETS.len()],
-    /// Records measured, and the sum of their latencies (seconds).
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub count: u64,
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub sum_seconds: f64,
-}
-
-impl LatencyProgress {
-    /// The latencies of records with Kafka timestamps `sorted_times` (ms,
-    /// ascending) committed at `commit_ms`. Percentiles by nearest rank.
-    pub fn of(sorted_times: &[i64], commit_ms: i64) -> Option<LatencyProgress> {
-        let n = sorted_times.len();
-        let oldest = *sorted_times.first()?;
-        // The k-th smallest latency is the k-th newest timestamp.
-        let percentile = |p: f64| {
-            let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
-            commit_ms - sorted_times[n - rank]
-        };
-        let mut buckets = [0u64; LATENCY_BUCKETS.len()];
-        for (bucket, bound) in buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            let newer_than = commit_ms - (bound * 1000.0) as i64;
-            *bucket = (n - sorted_times.partition_point(|t| *t < newer_than)) as u64;
-        }
-        let sum_ms: i128 = sorted_times.iter().map(|t| i128::from(commit_ms - t)).sum();
-        Some(LatencyProgress {
-            p50_ms: percentile(0.50),
-            p95_ms: percentile(0.95),
-            p99_ms: percentile(0.99),
-            max_ms: commit_ms - oldest,
-            buckets,
-            count: n as u64,
-            sum_seconds: sum_ms as f64 / 1000.0,
-        })
-    }
 }
 
 /// What the event-time operators did in a batch.
@@ -156,28 +100,6 @@ pub fn progress_schema() -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::LatencyProgress;
-
-    #[test]
-    fn latencies_are_nearest_rank_percentiles_of_commit_minus_timestamp() {
-        // 100 records stamped 1..=100 ms, committed at 1,000: latencies 900..=999.
-        let times: Vec<i64> = (1..=100).collect();
-        let l = LatencyProgress::of(&times, 1_000).unwrap();
-        assert_eq!(
-            (l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms),
-            (949, 994, 998, 999)
-        );
-        assert_eq!(l.count, 100);
-        assert!((l.sum_seconds - (900..=999).sum::<i64>() as f64 / 1000.0).abs() < 1e-9);
-        // Cumulative buckets: none within 0.1 s .. 0.5 s, all within 1 s.
-        assert_eq!(l.buckets[..4], [0, 0, 0, 100]);
-        let one = LatencyProgress::of(&[0, 4_900], 5_000).unwrap();
-        assert_eq!(
-            (one.p50_ms, one.p99_ms, one.buckets[0], one.buckets[6]),
-            (100, 5_000, 1, 2)
-        );
-        assert!(LatencyProgress::of(&[], 5).is_none());
-    }
     /// The committed schema must match the structs. Regenerate with
     /// `cargo run -p tributary -- progress-schema > docs/progress-schema.json`.
     #[test]

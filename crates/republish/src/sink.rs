@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::array::{AsArray, RecordBatch};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use serde::Serialize;
 use tributary_avro::RegistryClient;
-use tributary_core::{Classify, ErrorKind};
+use tributary_core::{Classify, ErrorKind, LatencyProgress};
 use tributary_delta::{DeltaTableSink, TableOptions};
 use tributary_kafka::{
     OutRecord, Position, ProgressTopicCheck, PublisherConfig, TransactionalPublisher,
@@ -44,6 +46,14 @@ pub struct RepublishProgress {
     /// Table versions committed but not yet published.
     pub lag_versions: u64,
     pub duration_ms: u64,
+    /// The column each published row's latency is measured from: the
+    /// Kafka timestamp (`source.columns.timestamp`) when the table keeps
+    /// it, else the `event_time` column.
+    pub latency_from: Option<String>,
+    /// From each published row's `latency_from` time to the commit of the
+    /// Kafka transaction that published it; absent when nothing was
+    /// published or no row had that time.
+    pub event_to_publish: Option<LatencyProgress>,
 }
 
 pub type RepublishCallback = Arc<dyn Fn(&RepublishProgress) + Send + Sync>;
@@ -222,7 +232,10 @@ impl Sink {
                 .await?
                 .ok_or(RepublishError::VersionGone { version })?;
             let encoder = self.encoder_for(table).await?;
+            let latency_from = self.latency_column(table);
             let mut records: Vec<OutRecord> = Vec::new();
+            // Each record's time to measure its latency from, in step with `records`.
+            let mut times: Vec<Option<i64>> = Vec::new();
             let mut rows_read = 0;
             for file in &added {
                 for batch in table.read_added(file).await? {
@@ -233,8 +246,10 @@ impl Sink {
                         None => batch,
                     };
                     records.extend(encoder.encode(&selected)?);
+                    times.extend(row_times_ms(&selected, latency_from.as_deref())?);
                 }
             }
+            let mut latencies: Vec<i64> = Vec::new();
             let records = Arc::new(records);
             let total = records.len();
             // A version with nothing to publish still moves the position.
@@ -255,6 +270,8 @@ impl Sink {
                 };
                 let (publisher, chunk) = (self.publisher.clone(), records.clone());
                 blocking(move || publisher.publish(&chunk[from..to], after)).await?;
+                let committed_ms = chrono::Utc::now().timestamp_millis();
+                latencies.extend(times[from..to].iter().flatten().map(|t| committed_ms - t));
                 transactions += 1;
                 next = after;
                 self.next = Some(next);
@@ -278,6 +295,8 @@ impl Sink {
                 transactions,
                 lag_versions: latest - version,
                 duration_ms: started.elapsed().as_millis() as u64,
+                latency_from,
+                event_to_publish: LatencyProgress::of_latencies(&latencies),
             };
             tracing::info!(pipeline = %progress.pipeline, topic = %progress.topic, version,
                 rows_read, rows_published = progress.rows_published, transactions,
@@ -287,6 +306,27 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// The column of the table to measure latencies from (see
+    /// [`RepublishProgress::latency_from`]).
+    fn latency_column(&self, table: &DeltaTableSink) -> Option<String> {
+        let schema = table.arrow_schema()?;
+        let kafka_timestamp = self.spec.source.columns.timestamp.as_deref();
+        let event_time = self
+            .spec
+            .event_time
+            .as_ref()
+            .and_then(|e| e.column.as_deref());
+        [kafka_timestamp, event_time]
+            .into_iter()
+            .flatten()
+            .find(|name| {
+                schema
+                    .field_with_name(name)
+                    .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(..)))
+            })
+            .map(str::to_string)
     }
 
     /// The encoder for the table's current schema; with Avro, the schema of
@@ -322,6 +362,25 @@ impl Sink {
         self.encoder = Some((schema, encoder.clone()));
         Ok(encoder)
     }
+}
+
+/// Each row's `column` as milliseconds since the epoch (`None` for every
+/// row without the column).
+fn row_times_ms(batch: &RecordBatch, column: Option<&str>) -> Result<Vec<Option<i64>>> {
+    let Some(array) = column.and_then(|c| batch.column_by_name(c)) else {
+        return Ok(vec![None; batch.num_rows()]);
+    };
+    let DataType::Timestamp(_, zone) = array.data_type() else {
+        return Ok(vec![None; batch.num_rows()]);
+    };
+    let millis = cast(
+        array,
+        &DataType::Timestamp(TimeUnit::Millisecond, zone.clone()),
+    )?;
+    Ok(millis
+        .as_primitive::<TimestampMillisecondType>()
+        .iter()
+        .collect())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tributary_engine::{BatchProgress, LATENCY_BUCKETS};
+use tributary_engine::{BatchProgress, LATENCY_BUCKETS, LatencyProgress};
 
 /// Progress events kept for `/progress`.
 const RECENT: usize = 100;
@@ -44,13 +44,24 @@ impl Histogram {
     }
 }
 
-/// The `tributary_event_to_commit_seconds` histogram: cumulative counts
-/// per `LATENCY_BUCKETS` bound, as the batches report them.
+/// A latency histogram (`tributary_event_to_commit_seconds`,
+/// `tributary_republish_event_to_publish_seconds`): cumulative counts per
+/// `LATENCY_BUCKETS` bound, as the batches or transactions report them.
 #[derive(Default)]
 struct EventLatency {
     buckets: [u64; LATENCY_BUCKETS.len()],
     count: u64,
     sum: f64,
+}
+
+impl EventLatency {
+    fn add(&mut self, l: &LatencyProgress) {
+        for (total, more) in self.buckets.iter_mut().zip(l.buckets) {
+            *total += more;
+        }
+        self.count += l.count;
+        self.sum += l.sum_seconds;
+    }
 }
 
 #[derive(Default)]
@@ -104,6 +115,8 @@ struct RepublishStats {
     last_version: Option<u64>,
     lag_versions: u64,
     failures: u64,
+    /// Published rows' time to the commit of their Kafka transaction.
+    event_to_publish: EventLatency,
 }
 
 /// Results of `run --verify-every`.
@@ -204,12 +217,7 @@ impl AdminState {
             }
         }
         if let Some(l) = &p.event_to_commit {
-            let h = &mut g.event_to_commit;
-            for (total, batch) in h.buckets.iter_mut().zip(l.buckets) {
-                *total += batch;
-            }
-            h.count += l.count;
-            h.sum += l.sum_seconds;
+            g.event_to_commit.add(l);
         }
         g.input_bytes += p.input_bytes;
         g.files += p.sink.num_files as u64;
@@ -283,6 +291,9 @@ impl AdminState {
         r.rows += p.rows_published;
         r.last_version = Some(p.version);
         r.lag_versions = p.lag_versions;
+        if let Some(l) = &p.event_to_publish {
+            r.event_to_publish.add(l);
+        }
     }
 
     /// Counts a republish sink that stopped on an error.
@@ -597,6 +608,24 @@ impl AdminState {
             "Republish sinks that stopped on an error (fenced, or a version lost to log retention).",
             &|r| Some(r.failures as f64),
         );
+        header(
+            &mut out,
+            "tributary_republish_event_to_publish_seconds",
+            "histogram",
+            "Time from each republished row's Kafka timestamp (or event time) to the commit of the Kafka transaction that published it.",
+        );
+        for (name, r) in &inner.republish {
+            let h = &r.event_to_publish;
+            write_histogram(
+                &mut out,
+                "tributary_republish_event_to_publish_seconds",
+                &pipeline(name),
+                &LATENCY_BUCKETS,
+                &h.buckets,
+                h.sum,
+                h.count,
+            );
+        }
         let mut verify =
             |name: &str, kind: &str, help: &str, value: &dyn Fn(&VerifyStats) -> Option<f64>| {
                 write_family(&mut out, name, kind, help, &inner.verify, pipeline, value)

@@ -108,6 +108,12 @@ pub async fn run(dir: &Path, duration: Duration, rate: u64) -> anyhow::Result<()
             move |p: &tributary_republish::RepublishProgress| {
                 count.fetch_add(p.rows_published, Ordering::Relaxed);
                 version.fetch_max(p.version, Ordering::Relaxed);
+                if let Some(l) = &p.event_to_publish {
+                    println!(
+                        "  alerts    {:>6} published from table v{:<4} event->publish p95 {} ms",
+                        p.rows_published, p.version, l.p95_ms
+                    );
+                }
             },
         )),
         registry_client,
