@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 
+import pyarrow as pa
 import pytest
 
 from conftest import ROOT, confluent, duck, run_spec, write_spec
@@ -156,3 +157,60 @@ output_mode: update
         n, total, distinct = got[key]
         assert (n, distinct) == (count, len(ids)), key
         assert abs(total - eur) < 1e-6, (key, total, eur)
+
+
+SELECT = ("SELECT payment_id AS id, upper(size) AS size, amount_eur * 100 AS eur_cents, "
+          "* EXCLUDE (payment_id, size, amount_eur, note) FROM batch WHERE NOT suspicious AND amount_cents >= 1000")
+
+
+@pytest.mark.parametrize("dev_stack", [["payments:2"]], indirect=True)
+def test_a_select_shapes_the_table_as_duckdb_runs_it(binary, dev_stack, tmp_path):
+    """`transform.sql` after the columns and `where`: the table is what
+    DuckDB's own run of the same SELECT gives over the transformed rows."""
+    schema_id = dev_stack.register("payments-value", PAYMENT)
+    records = [payment(n) for n in range(1500)]
+    dev_stack.produce("payments", [(None, confluent(schema_id, PAYMENT, r), None) for r in records])
+    table = tmp_path / "lake" / "selected"
+    spec = write_spec(tmp_path / "selected.yaml", pipeline="selected", bootstrap=dev_stack.bootstrap,
+                      topic="payments", registry=dev_stack.registry, table=table, checkpoint=tmp_path / "ckpt",
+                      extra=TRANSFORM + f"  sql: \"{SELECT}\"\n")
+    env = dict(os.environ, SCHEMA_REGISTRY_URL=dev_stack.registry)
+    checked = subprocess.run([binary, "validate", str(spec)], capture_output=True, text=True, timeout=60, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    progress = tmp_path / "progress.jsonl"
+    result = run_spec(binary, spec, extra=("--progress-json", str(progress)))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # The rows the SELECT reads: the records with the computed columns, after `where`.
+    con = duck()
+    transformed = [dict(r, **{k: v for k, v in o.items() if k != "payment_id"})
+                   for r, o in zip(records, map(oracle, records)) if o is not None]
+    batch = pa.Table.from_pylist([dict(r, ts=datetime.datetime.fromtimestamp(r["ts"] / 1000, datetime.timezone.utc))
+                                  for r in transformed])
+    con.register("batch", batch)
+    # Timestamps compared as epoch milliseconds (a TIMESTAMPTZ in Python needs pytz).
+    want = con.execute(f"SELECT * REPLACE (epoch_ms(ts) AS ts) FROM ({SELECT})")
+    want_columns = [d[0] for d in want.description]
+    want_rows = sorted(want.fetchall())
+    got = con.execute(f"SELECT * REPLACE (epoch_ms(ts) AS ts) FROM delta_scan('{table}')")
+    assert [d[0] for d in got.description] == want_columns
+    assert want_columns[:4] == ["id", "size", "eur_cents", "merchant"]
+    got_rows = sorted(got.fetchall())
+    assert len(got_rows) == len(want_rows) and 0 < len(want_rows) < len(transformed)
+    for g, w in zip(got_rows, want_rows):
+        assert g[0] == w[0] and abs(g[2] - w[2]) < 1e-6 and g[:2] + g[3:] == w[:2] + w[3:], (g, w)
+    events = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert sum(e["numFilteredRows"] for e in events) == len(records) - len(want_rows)
+    verify(spec, env={"SCHEMA_REGISTRY_URL": dev_stack.registry})
+
+    # A SELECT that reads what the rows lack, or asks what a batch cannot
+    # answer, is refused at its line.
+    for sql, message in [("SELECT nope FROM batch", 'transform.sql: unknown column "nope"'),
+                         ("SELECT merchant, count(*) AS n FROM batch GROUP BY merchant",
+                          "transform.sql: GROUP BY over a batch depends on how the stream is cut")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(spec.read_text().replace(SELECT, sql))
+        line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if text.strip().startswith("sql:"))
+        out = subprocess.run([binary, "validate", str(bad)], capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"{bad}:{line}: {message}" in out.stdout, out.stdout + out.stderr

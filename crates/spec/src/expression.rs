@@ -219,7 +219,7 @@ impl Expr {
 
 /// sqlparser's messages start with "sql parser error: "; the spec's path
 /// already says where.
-fn clean(message: &str) -> String {
+pub(crate) fn clean(message: &str) -> String {
     message
         .trim_start_matches("sql parser error: ")
         .trim()
@@ -230,7 +230,7 @@ fn boxed(e: ast::Expr) -> Result<Box<Expr>, String> {
     convert(e).map(Box::new)
 }
 
-fn convert(e: ast::Expr) -> Result<Expr, String> {
+pub(crate) fn convert(e: ast::Expr) -> Result<Expr, String> {
     use ast::Expr as E;
     Ok(match e {
         // Spark reads "x" as a string, SQL as a name: refuse the ambiguity.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 
 use crate::expression::Expr;
+use crate::select::Select;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Computed columns and a row filter, applied to every record before the
@@ -29,6 +30,14 @@ pub struct TransformSpec {
     /// it drops are counted in the progress events (`filtered_rows`).
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
+    /// A SELECT over the rows (named `batch`), after `columns` and
+    /// `where`: `SELECT tx_id, amount / 100.0 AS amount, * EXCEPT (note)
+    /// FROM batch WHERE amount > 0`. It chooses, renames and orders the
+    /// columns the table gets. Its WHERE reads the rows' columns, not the
+    /// SELECT's names. No GROUP BY, DISTINCT, ORDER BY, LIMIT or JOIN: they
+    /// would depend on how the stream is cut into batches (docs/transform.md).
+    #[serde(default)]
+    pub sql: Option<String>,
 }
 
 /// A stream-static join: each record looks up its key in a Delta table
@@ -138,6 +147,7 @@ pub struct ParsedTransform {
     /// (name, expression), in the order written.
     pub columns: Vec<(String, Expr)>,
     pub filter: Option<Expr>,
+    pub select: Option<Select>,
 }
 
 impl TransformSpec {
@@ -150,6 +160,11 @@ impl TransformSpec {
             .map(|(name, text)| Ok((name.clone(), Expr::parse(text)?)))
             .collect::<Result<_, String>>()?;
         let filter = self.filter.as_deref().map(Expr::parse).transpose()?;
-        Ok(ParsedTransform { columns, filter })
+        let select = self.sql.as_deref().map(Select::parse).transpose()?;
+        Ok(ParsedTransform {
+            columns,
+            filter,
+            select,
+        })
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use crate::event_time::OutputMode;
 use crate::expression::Expr;
 use crate::model::{PartitionColumn, TableSpec, is_identifier};
+use crate::select::Select;
 use crate::transform::{EnrichSpec, TransformSpec};
 
 /// librdkafka properties Tributary sets itself because its guarantees rest on them.
@@ -651,6 +652,11 @@ fn validate_transform(t: &TransformSpec, out: &mut Vec<(String, String)>) {
             "transform.where".into(),
             format!("invalid condition {text:?}: {m}"),
         ));
+    }
+    if let Some(text) = &t.sql
+        && let Err(m) = Select::parse(text)
+    {
+        out.push(("transform.sql".into(), m));
     }
 }
 

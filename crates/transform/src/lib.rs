@@ -13,10 +13,12 @@ mod types;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, RecordBatch, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, new_null_array,
+};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use tributary_spec::{Expr, TransformSpec};
+use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use tributary_spec::{Expr, Select, SelectItem, TransformSpec};
 
 pub use error::{Result, TransformError};
 use evaluate::evaluate;
@@ -27,6 +29,7 @@ use types::{Kind, describe, kind, nulls_false};
 pub struct Transform {
     columns: Vec<(String, Expr)>,
     filter: Option<Expr>,
+    select: Option<Select>,
 }
 
 /// What `Transform::check` found.
@@ -52,6 +55,7 @@ impl Transform {
         Ok(Transform {
             columns: parsed.columns,
             filter: parsed.filter,
+            select: parsed.select,
         })
     }
 
@@ -109,8 +113,18 @@ impl Transform {
                 .skip(input.fields().len())
                 .map(|f| f.as_ref().clone()),
         );
+        let mut schema = Arc::new(Schema::new_with_metadata(fields, input.metadata().clone()));
+        // A SELECT reading a column that failed would only repeat its problem.
+        if let Some(select) = &self.select
+            && failed.is_empty()
+        {
+            match project(select, &rows, &schema) {
+                Ok(selected) => schema = selected.rows.schema(),
+                Err(e) => problems.push(("transform.sql".to_string(), e.to_string())),
+            }
+        }
         Checked {
-            schema: Arc::new(Schema::new_with_metadata(fields, input.metadata().clone())),
+            schema,
             problems,
             failed,
         }
@@ -125,17 +139,24 @@ impl Transform {
                 .add_column(&rows, name, expr)
                 .map_err(|e| TransformError::Evaluate(format!("transform.columns.{name}: {e}")))?;
         }
-        let Some(condition) = &self.filter else {
-            return Ok(Transformed { rows, filtered: 0 });
-        };
-        let mask = condition_mask(condition, &rows)
-            .map_err(|e| TransformError::Evaluate(format!("transform.where: {e}")))?;
-        let kept = mask.true_count();
-        let filtered = rows.num_rows() - kept;
-        if filtered > 0 {
-            rows = filter_record_batch(&rows, &mask)?;
+        let mut filtered = 0;
+        if let Some(condition) = &self.filter {
+            let mask = condition_mask(condition, &rows)
+                .map_err(|e| TransformError::Evaluate(format!("transform.where: {e}")))?;
+            filtered = rows.num_rows() - mask.true_count();
+            if filtered > 0 {
+                rows = filter_record_batch(&rows, &mask)?;
+            }
         }
-        Ok(Transformed { rows, filtered })
+        let Some(select) = &self.select else {
+            return Ok(Transformed { rows, filtered });
+        };
+        let selected = project(select, &rows, rows.schema_ref())
+            .map_err(|e| TransformError::Evaluate(format!("transform.sql: {e}")))?;
+        Ok(Transformed {
+            rows: selected.rows,
+            filtered: filtered + selected.filtered,
+        })
     }
 
     fn add_column(&self, rows: &RecordBatch, name: &str, expr: &Expr) -> Result<RecordBatch> {
@@ -161,6 +182,82 @@ impl Transform {
             columns,
         )?)
     }
+}
+
+/// The rows of the SELECT: its WHERE, then its columns. A column taken as
+/// it is keeps its field in `fields` (the rows' schema, with the
+/// nullability the output should have), renamed by its alias.
+fn project(select: &Select, rows: &RecordBatch, fields: &Schema) -> Result<Transformed> {
+    let (rows, filtered) = match &select.filter {
+        Some(condition) => {
+            let mask = condition_mask(condition, rows)?;
+            let filtered = rows.num_rows() - mask.true_count();
+            (filter_record_batch(rows, &mask)?, filtered)
+        }
+        None => (rows.clone(), 0),
+    };
+    let mut out_fields: Vec<FieldRef> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for item in &select.items {
+        match item {
+            SelectItem::All { except } => {
+                if let Some(unknown) = except.iter().find(|c| fields.column_with_name(c).is_none())
+                {
+                    return Err(TransformError::Type(format!(
+                        "* leaves out {unknown:?}, which is not a column of the rows"
+                    )));
+                }
+                for (i, field) in fields.fields().iter().enumerate() {
+                    if !except.contains(field.name()) {
+                        out_fields.push(field.clone());
+                        columns.push(rows.column(i).clone());
+                    }
+                }
+            }
+            SelectItem::Column { name, expr } => {
+                if let Expr::Column(c) = expr
+                    && let Some((i, field)) = fields.column_with_name(c)
+                {
+                    out_fields.push(Arc::new(field.clone().with_name(name)));
+                    columns.push(rows.column(i).clone());
+                    continue;
+                }
+                let value = match expr {
+                    Expr::Column(_) => evaluate(expr, &rows)?,
+                    _ => evaluate(expr, &rows)
+                        .map_err(|e| TransformError::Type(format!("{name}: {e}")))?,
+                };
+                if kind(value.array.data_type()) == Kind::Null {
+                    return Err(TransformError::Type(format!(
+                        "{name}: the expression is always NULL; CAST it to the column's type"
+                    )));
+                }
+                out_fields.push(Arc::new(Field::new(
+                    name,
+                    value.array.data_type().clone(),
+                    true,
+                )));
+                columns.push(value.array);
+            }
+        }
+    }
+    for (i, field) in out_fields.iter().enumerate() {
+        if out_fields[..i].iter().any(|f| f.name() == field.name()) {
+            return Err(TransformError::Type(format!(
+                "the SELECT names column {:?} twice",
+                field.name()
+            )));
+        }
+    }
+    if out_fields.is_empty() {
+        return Err(TransformError::Type("the SELECT keeps no column".into()));
+    }
+    let schema = Schema::new_with_metadata(out_fields, fields.metadata().clone());
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
+    Ok(Transformed {
+        rows: RecordBatch::try_new_with_options(Arc::new(schema), columns, &options)?,
+        filtered,
+    })
 }
 
 /// Where `condition` is true; NULL counts as false, as in SQL's WHERE.
@@ -197,6 +294,7 @@ pub fn check_condition(condition: &Expr, schema: &Schema) -> Result<()> {
     let transform = Transform {
         columns: Vec::new(),
         filter: Some(condition.clone()),
+        select: None,
     };
     let problems = transform.check(schema).problems;
     if problems.is_empty() {

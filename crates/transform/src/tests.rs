@@ -44,6 +44,14 @@ fn rows() -> RecordBatch {
 }
 
 fn transform(columns: &[(&str, &str)], filter: Option<&str>) -> Transform {
+    transform_with_sql(columns, filter, None)
+}
+
+fn transform_with_sql(
+    columns: &[(&str, &str)],
+    filter: Option<&str>,
+    sql: Option<&str>,
+) -> Transform {
     Transform::new(&TransformSpec {
         columns: ComputedColumns(
             columns
@@ -52,6 +60,7 @@ fn transform(columns: &[(&str, &str)], filter: Option<&str>) -> Transform {
                 .collect(),
         ),
         filter: filter.map(str::to_string),
+        sql: sql.map(str::to_string),
     })
     .unwrap()
 }
@@ -334,4 +343,75 @@ fn the_republish_filters_of_before_keep_their_meaning() {
         let err = select(&Expr::parse(text).unwrap(), &batch).unwrap_err();
         assert!(err.to_string().contains(message), "{text}: {err}");
     }
+}
+
+#[test]
+fn a_select_chooses_renames_and_orders_the_columns_after_columns_and_where() {
+    let t = transform_with_sql(
+        &[("doubled", "amount * 2")],
+        Some("amount IS NOT NULL"),
+        Some(
+            "SELECT doubled AS twice, upper(tier) AS tier, * EXCEPT (tier, doubled, score) \
+             FROM batch WHERE doubled > 0",
+        ),
+    );
+    let mut input = rows().schema().as_ref().clone();
+    // `ts` is declared NOT NULL: taken as it is, it stays so; computed columns may be NULL.
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[3] = fields[3].clone().with_nullable(false);
+    input = Schema::new(fields);
+    let checked = t.check(&input);
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+    let names: Vec<&str> = checked
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(names, ["twice", "tier", "amount", "ts"]);
+    assert_eq!(checked.schema.field(0).data_type(), &DataType::Int64);
+    assert!(!checked.schema.field(3).is_nullable());
+    assert!(checked.schema.field(1).is_nullable());
+
+    // amount 10, 0, 7, NULL: `where` drops NULL, the SELECT's WHERE drops 0.
+    let out = t.apply(&rows()).unwrap();
+    assert_eq!(out.filtered, 2);
+    assert_eq!(ints(out.rows.column(0)), [Some(20), Some(14)]);
+    let tiers: Vec<Option<&str>> = out.rows.column(1).as_string::<i32>().iter().collect();
+    assert_eq!(tiers, [Some("HIGH"), None]);
+    assert_eq!(out.rows.schema().field(2).name(), "amount");
+    assert_eq!(out.rows.num_columns(), 4);
+}
+
+#[test]
+fn a_select_is_checked_against_the_rows() {
+    for (sql, expected) in [
+        ("SELECT nope FROM batch", "unknown column \"nope\""),
+        (
+            "SELECT amount + tier AS x FROM batch",
+            "x: + needs a number, not a string",
+        ),
+        (
+            "SELECT amount, amount FROM batch",
+            "names column \"amount\" twice",
+        ),
+        ("SELECT * EXCEPT (nope) FROM batch", "leaves out \"nope\""),
+        (
+            "SELECT * EXCEPT (amount, tier, score, ts) FROM batch",
+            "keeps no column",
+        ),
+        ("SELECT NULL AS n FROM batch", "always NULL"),
+        ("SELECT * FROM batch WHERE score", "must be true or false"),
+    ] {
+        let t = transform_with_sql(&[], None, Some(sql));
+        let problems = t.check(&rows().schema()).problems;
+        assert_eq!(problems.len(), 1, "{sql}: {problems:?}");
+        assert_eq!(problems[0].0, "transform.sql");
+        assert!(problems[0].1.contains(expected), "{sql}: {}", problems[0].1);
+    }
+    // A computed column that failed is reported once, not again by the SELECT.
+    let t = transform_with_sql(&[("bad", "nope + 1")], None, Some("SELECT bad FROM batch"));
+    let problems = t.check(&rows().schema()).problems;
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].0, "transform.columns.bad");
 }
