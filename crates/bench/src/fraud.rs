@@ -18,7 +18,8 @@ use tributary_delta::{BatchCommit, BatchRows, DeltaTableSink, FileIntent, TableO
 use tributary_devstack::fraud::{TRANSACTION_SCHEMA, TransactionStream, card_name, tier_of};
 use tributary_devstack::generator::frame;
 use tributary_engine::{
-    BatchProgress, CheckpointStore, Components, PipelineOptions, StateBackend, run_pipeline,
+    BatchProgress, CheckpointStore, Components, LATENCY_BUCKETS, LatencyProgress, PipelineOptions,
+    StateBackend, run_pipeline,
 };
 
 use crate::{BenchError, Result, ensure, partitions_of};
@@ -274,14 +275,14 @@ async fn steady(
 ) -> Result<()> {
     let count = rate * duration.as_secs().max(1);
     let stop = Arc::new(AtomicBool::new(false));
-    let latencies: Arc<Mutex<Vec<(u64, i64, i64)>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<(u64, LatencyProgress)>>> = Arc::default();
     let seen = latencies.clone();
     let options = PipelineOptions {
         stop: stop.clone(),
         on_progress: Some(Arc::new(move |p: &BatchProgress| {
             if let Some(l) = &p.event_to_commit {
                 let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                seen.push((p.num_input_rows, l.p95_ms, l.max_ms));
+                seen.push((p.num_input_rows, l.clone()));
             }
         })),
         ..PipelineOptions::default()
@@ -297,7 +298,7 @@ async fn steady(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(n, _, _)| n)
+            .map(|(n, _)| n)
             .sum();
         if rows >= count || Instant::now() > drained {
             break;
@@ -314,24 +315,57 @@ async fn steady(
     let batches = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // The first batches meet a cold start (the dimension load, RocksDB):
     // the steady state is what the rate is for.
-    let warm: Vec<&(u64, i64, i64)> = batches.iter().skip(3).collect();
-    let worst_p95 = warm.iter().map(|b| b.1).max().unwrap_or_default();
-    let mut p95s: Vec<i64> = warm.iter().map(|b| b.1).collect();
+    let warm: Vec<&LatencyProgress> = batches.iter().skip(3).map(|(_, l)| l).collect();
+    let worst_p95 = warm.iter().map(|l| l.p95_ms).max().unwrap_or_default();
+    let mut p95s: Vec<i64> = warm.iter().map(|l| l.p95_ms).collect();
     p95s.sort_unstable();
     let median_p95 = p95s.get(p95s.len() / 2).copied().unwrap_or_default();
-    let worst = warm.iter().map(|b| b.2).max().unwrap_or_default();
+    let worst = warm.iter().map(|l| l.max_ms).max().unwrap_or_default();
+    let (within, p95_bound) = over_the_run(&warm, 3.0);
     println!(
         "bench fraud (steady): {rate} transactions/s for {}s, 1 s trigger, {} batches after 3 warm-up batches, zero loss\n  \
-         event -> commit per batch: p95 median {median_p95} ms, worst batch p95 {worst_p95} ms, worst record {worst} ms",
+         event -> commit per batch: p95 median {median_p95} ms, worst batch p95 {worst_p95} ms, worst record {worst} ms\n  \
+         over the run: {:.1} % of transactions within 3 s, p95 <= {p95_bound} s",
         duration.as_secs(),
-        warm.len()
+        warm.len(),
+        within * 100.0
     );
     Ok(())
+}
+
+/// Over every record of `batches`: the share committed within `seconds`
+/// (a bucket bound), and the smallest bucket bound holding 95 % of them.
+fn over_the_run(batches: &[&LatencyProgress], seconds: f64) -> (f64, String) {
+    let count: u64 = batches.iter().map(|l| l.count).sum();
+    let within = |bound: usize| batches.iter().map(|l| l.buckets[bound]).sum::<u64>();
+    let share = LATENCY_BUCKETS
+        .iter()
+        .position(|b| *b == seconds)
+        .map_or(0.0, |i| within(i) as f64 / count.max(1) as f64);
+    let p95 = (0..LATENCY_BUCKETS.len())
+        .find(|&i| within(i) as f64 >= 0.95 * count as f64)
+        .map_or("> 3600".to_string(), |i| LATENCY_BUCKETS[i].to_string());
+    (share, p95)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_run_wide_share_and_p95_come_from_every_batch_buckets() {
+        // 100 records 0.9 s..1.89 s old, 100 records 2.9 s..3.89 s old.
+        let fast =
+            LatencyProgress::of(&(0..100).map(|t| t * 10).collect::<Vec<_>>(), 1_890).unwrap();
+        let slow =
+            LatencyProgress::of(&(0..100).map(|t| t * 10).collect::<Vec<_>>(), 3_890).unwrap();
+        let (share, p95) = over_the_run(&[&fast, &slow], 3.0);
+        // All of `fast` and the 11 of `slow` at 2.9 s..3.0 s.
+        assert!((share - 111.0 / 200.0).abs() < 1e-9, "{share}");
+        assert_eq!(p95, "5");
+        let (share, p95) = over_the_run(&[&fast], 3.0);
+        assert_eq!((share, p95.as_str()), (1.0, "2"));
+    }
 
     #[test]
     fn variables_given_are_replaced_and_the_others_kept() {
