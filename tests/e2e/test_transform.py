@@ -203,6 +203,24 @@ def test_a_select_shapes_the_table_as_duckdb_runs_it(binary, dev_stack, tmp_path
     assert sum(e["numFilteredRows"] for e in events) == len(records) - len(want_rows)
     verify(spec, env={"SCHEMA_REGISTRY_URL": dev_stack.registry})
 
+    # Before the operators, a SELECT naming only its columns: the Kafka
+    # positions and timestamp dedup reads are kept for it, out of the table.
+    deduped = tmp_path / "lake" / "deduped"
+    stateful = write_spec(tmp_path / "deduped.yaml", pipeline="deduped", bootstrap=dev_stack.bootstrap,
+                          topic="payments", registry=dev_stack.registry, table=deduped,
+                          checkpoint=tmp_path / "ckpt-deduped",
+                          extra=TRANSFORM + """  sql: "SELECT payment_id AS id, amount_eur FROM batch"
+event_time: {watermark_delay: 1h}
+dedup: {keys: [id]}
+""")
+    stateful.write_text(stateful.read_text().replace(
+        "checkpoint:\n", f"checkpoint:\n  state_dir: '{tmp_path / 'state'}'\n"))
+    result = run_spec(binary, stateful)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = con.execute(f"SELECT * FROM delta_scan('{deduped}')")
+    assert [d[0] for d in got.description] == ["id", "amount_eur"]
+    assert sorted(r[0] for r in got.fetchall()) == sorted(r["payment_id"] for r in transformed)
+
     # A SELECT that reads what the rows lack, or asks what a batch cannot
     # answer, is refused at its line.
     for sql, message in [("SELECT nope FROM batch", 'transform.sql: unknown column "nope"'),

@@ -205,11 +205,7 @@ impl Converter {
 
 /// The transform of a spec, checked.
 pub(crate) fn transform_of(spec: &TableSpec) -> Result<Option<Transform>> {
-    spec.transform
-        .as_ref()
-        .map(Transform::new)
-        .transpose()
-        .map_err(|e| EngineError::Spec(format!("transform: {e}")))
+    Transform::of_spec(spec).map_err(|e| EngineError::Spec(format!("transform: {e}")))
 }
 
 /// The indices of the columns of `schema` that are the table's, and of

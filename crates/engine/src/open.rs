@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use tributary_avro::{
     FutureBound, KeyFormat, RecordColumns, RecordDecoder, RegistryClient, SchemaGate,
 };
@@ -200,8 +200,23 @@ fn schema_gate(spec: &TableSpec, table: Option<SchemaRef>) -> Option<SchemaGate>
     }
     let subject = spec.value_subject();
     let mut current = table;
+    // Only the fields that reach the table as they are can clash with it
+    // (a SELECT may rename or recompute one; its errors surface elsewhere).
+    let transform = crate::encode::transform_of(spec).ok().flatten();
     Some(Box::new(move |id, writer| {
-        let incoming = tributary_avro::delta_schema(writer).map_err(|e| e.to_string())?;
+        let mut incoming = tributary_avro::delta_schema(writer).map_err(|e| e.to_string())?;
+        if let Some(t) = &transform {
+            let fields: Vec<_> = incoming
+                .fields()
+                .iter()
+                .filter(|f| t.passes_through(f.name()))
+                .cloned()
+                .collect();
+            incoming = Arc::new(Schema::new_with_metadata(
+                fields,
+                incoming.metadata().clone(),
+            ));
+        }
         let Some(table) = &current else {
             current = Some(incoming);
             return Ok(());

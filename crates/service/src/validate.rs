@@ -124,15 +124,13 @@ fn column_problems(
 ) -> Vec<(String, String)> {
     // With features, the transform reads the columns they add.
     let schema = &tributary_engine::with_feature_columns(spec, schema);
-    let (transformed, mut problems, failed) = match &spec.transform {
-        None => (schema.clone(), Vec::new(), Vec::new()),
-        Some(t) => match Transform::new(t) {
-            Err(e) => return vec![("transform".into(), e.to_string())],
-            Ok(t) => {
-                let checked = t.check(schema);
-                (checked.schema, checked.problems, checked.failed)
-            }
-        },
+    let (transformed, mut problems, failed) = match Transform::of_spec(spec) {
+        Err(e) => return vec![("transform".into(), e.to_string())],
+        Ok(None) => (schema.clone(), Vec::new(), Vec::new()),
+        Ok(Some(t)) => {
+            let checked = t.check(schema);
+            (checked.schema, checked.problems, checked.failed)
+        }
     };
     let mut record: Vec<(String, bool)> = transformed
         .fields()

@@ -11,6 +11,10 @@ use crate::expression::{Expr, clean, convert};
 /// The name a SELECT reads the batch's rows by.
 pub const BATCH: &str = "batch";
 
+/// The start of the names of Tributary's own columns (the Kafka positions
+/// the operators read); a SELECT keeps them without naming them.
+pub const INTERNAL_COLUMN_PREFIX: &str = "__tributary_";
+
 /// A `transform.sql` SELECT, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Select {
@@ -170,9 +174,11 @@ fn item(item: &ast::SelectItem) -> Result<SelectItem, String> {
                 except.extend(e.additional_elements.iter().map(|i| i.value.clone()));
             }
             match &options.opt_exclude {
-                Some(ast::ExcludeSelectItem::Single(name)) => except.push(name.to_string()),
+                Some(ast::ExcludeSelectItem::Single(name)) => except.push(column_name(name)?),
                 Some(ast::ExcludeSelectItem::Multiple(names)) => {
-                    except.extend(names.iter().map(ToString::to_string));
+                    for name in names {
+                        except.push(column_name(name)?);
+                    }
                 }
                 None => {}
             }
@@ -180,6 +186,19 @@ fn item(item: &ast::SelectItem) -> Result<SelectItem, String> {
         }
         ast::SelectItem::QualifiedWildcard(..) => Err(format!("{item}: write * alone")),
         ast::SelectItem::ExprWithAliases { .. } => Err(format!("{item}: one name per column")),
+    }
+}
+
+/// The column an EXCLUDE names (one identifier, unquoted).
+fn column_name(name: &ast::ObjectName) -> Result<String, String> {
+    match name.0.as_slice() {
+        [part] => part
+            .as_ident()
+            .map(|ident| ident.value.clone())
+            .ok_or_else(|| format!("{name} is not a column name")),
+        _ => Err(format!(
+            "{name} names a field inside a column; name a column"
+        )),
     }
 }
 
@@ -215,11 +234,11 @@ mod tests {
             s.columns(),
             ["tx_id", "amount_cents", "note", "ts", "amount_cents"]
         );
-        let duck = Select::parse("select * exclude (note) from batch").unwrap();
+        let duck = Select::parse("select * exclude (note, `odd name`) from batch").unwrap();
         assert_eq!(
             duck.items,
             [SelectItem::All {
-                except: vec!["note".into()]
+                except: vec!["note".into(), "odd name".into()]
             }]
         );
     }

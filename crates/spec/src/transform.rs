@@ -31,11 +31,13 @@ pub struct TransformSpec {
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
     /// A SELECT over the rows (named `batch`), after `columns` and
-    /// `where`: `SELECT tx_id, amount / 100.0 AS amount, * EXCEPT (note)
-    /// FROM batch WHERE amount > 0`. It chooses, renames and orders the
-    /// columns the table gets. Its WHERE reads the rows' columns, not the
-    /// SELECT's names. No GROUP BY, DISTINCT, ORDER BY, LIMIT or JOIN: they
-    /// would depend on how the stream is cut into batches (docs/transform.md).
+    /// `where`: `SELECT tx_id, amount / 100.0 AS amount_eur, * EXCEPT
+    /// (tx_id, amount, note) FROM batch WHERE amount > 0`. It chooses,
+    /// renames and orders the columns the table gets; the Kafka columns
+    /// named in `source.columns` stay even when it leaves them out. Its
+    /// WHERE reads the rows' columns, not the SELECT's names. No GROUP BY,
+    /// DISTINCT, ORDER BY, LIMIT or JOIN: they would depend on how the
+    /// stream is cut into batches (docs/transform.md).
     #[serde(default)]
     pub sql: Option<String>,
 }

@@ -18,7 +18,7 @@ use arrow::array::{
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
-use tributary_spec::{Expr, Select, SelectItem, TransformSpec};
+use tributary_spec::{Expr, INTERNAL_COLUMN_PREFIX, Select, SelectItem, TableSpec, TransformSpec};
 
 pub use error::{Result, TransformError};
 use evaluate::evaluate;
@@ -30,6 +30,8 @@ pub struct Transform {
     columns: Vec<(String, Expr)>,
     filter: Option<Expr>,
     select: Option<Select>,
+    /// Columns a SELECT keeps even when it does not name them.
+    keep: Vec<String>,
 }
 
 /// What `Transform::check` found.
@@ -56,7 +58,49 @@ impl Transform {
             columns: parsed.columns,
             filter: parsed.filter,
             select: parsed.select,
+            keep: Vec::new(),
         })
+    }
+
+    /// The transform of a spec: a SELECT keeps the Kafka columns named in
+    /// `source.columns` (the operators read the partition and offset, and
+    /// the table's spec names them) even when it leaves them out.
+    pub fn of_spec(spec: &TableSpec) -> Result<Option<Transform>> {
+        let Some(t) = &spec.transform else {
+            return Ok(None);
+        };
+        let mut transform = Transform::new(t)?;
+        transform.keep = spec
+            .source
+            .columns
+            .named()
+            .into_iter()
+            .map(|(_, name, _)| name.to_string())
+            .collect();
+        Ok(Some(transform))
+    }
+
+    /// Whether a column of the record reaches the table as it is, under
+    /// its own name (a SELECT may drop, rename or recompute it).
+    pub fn passes_through(&self, name: &str) -> bool {
+        let Some(select) = &self.select else {
+            return true;
+        };
+        let mut kept = self.keep.iter().any(|k| k == name);
+        for item in &select.items {
+            match item {
+                SelectItem::All { except } => kept |= !except.iter().any(|e| e == name),
+                SelectItem::Column { name: out, expr } if out.eq_ignore_ascii_case(name) => {
+                    // The name holds something else than the record's column.
+                    if *expr != Expr::Column(name.to_string()) {
+                        return false;
+                    }
+                    kept = true;
+                }
+                SelectItem::Column { .. } => {}
+            }
+        }
+        kept
     }
 
     /// Checks every expression against rows of `input` (their columns and
@@ -118,8 +162,8 @@ impl Transform {
         if let Some(select) = &self.select
             && failed.is_empty()
         {
-            match project(select, &rows, &schema) {
-                Ok(selected) => schema = selected.rows.schema(),
+            match project(select, &self.keep, &rows, &schema) {
+                Ok(projected) => schema = projected.schema,
                 Err(e) => problems.push(("transform.sql".to_string(), e.to_string())),
             }
         }
@@ -151,11 +195,12 @@ impl Transform {
         let Some(select) = &self.select else {
             return Ok(Transformed { rows, filtered });
         };
-        let selected = project(select, &rows, rows.schema_ref())
+        let (selected, dropped) = project(select, &self.keep, &rows, rows.schema_ref())
+            .and_then(|p| p.rows(rows.num_rows()))
             .map_err(|e| TransformError::Evaluate(format!("transform.sql: {e}")))?;
         Ok(Transformed {
-            rows: selected.rows,
-            filtered: filtered + selected.filtered,
+            rows: selected,
+            filtered: filtered + dropped,
         })
     }
 
@@ -184,18 +229,19 @@ impl Transform {
     }
 }
 
-/// The rows of the SELECT: its WHERE, then its columns. A column taken as
-/// it is keeps its field in `fields` (the rows' schema, with the
-/// nullability the output should have), renamed by its alias.
-fn project(select: &Select, rows: &RecordBatch, fields: &Schema) -> Result<Transformed> {
-    let (rows, filtered) = match &select.filter {
-        Some(condition) => {
-            let mask = condition_mask(condition, rows)?;
-            let filtered = rows.num_rows() - mask.true_count();
-            (filter_record_batch(rows, &mask)?, filtered)
-        }
-        None => (rows.clone(), 0),
-    };
+/// The columns of the SELECT over `rows`, and the rows its WHERE keeps.
+/// Like `columns` and `where`, the expressions are computed for every row
+/// and the WHERE selects among them after, so a column's type never
+/// depends on how many rows a batch kept. A column taken as it is keeps
+/// its field in `fields` (the rows' schema with the nullability the output
+/// should have), renamed by its alias. Columns in `keep` and Tributary's
+/// internal columns follow the SELECT's when it leaves them out.
+fn project(
+    select: &Select,
+    keep: &[String],
+    rows: &RecordBatch,
+    fields: &Schema,
+) -> Result<Projected> {
     let mut out_fields: Vec<FieldRef> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for item in &select.items {
@@ -223,8 +269,8 @@ fn project(select: &Select, rows: &RecordBatch, fields: &Schema) -> Result<Trans
                     continue;
                 }
                 let value = match expr {
-                    Expr::Column(_) => evaluate(expr, &rows)?,
-                    _ => evaluate(expr, &rows)
+                    Expr::Column(_) => evaluate(expr, rows)?,
+                    _ => evaluate(expr, rows)
                         .map_err(|e| TransformError::Type(format!("{name}: {e}")))?,
                 };
                 if kind(value.array.data_type()) == Kind::Null {
@@ -241,8 +287,12 @@ fn project(select: &Select, rows: &RecordBatch, fields: &Schema) -> Result<Trans
             }
         }
     }
+    // Delta's column names are case-insensitive.
     for (i, field) in out_fields.iter().enumerate() {
-        if out_fields[..i].iter().any(|f| f.name() == field.name()) {
+        if out_fields[..i]
+            .iter()
+            .any(|f| f.name().eq_ignore_ascii_case(field.name()))
+        {
             return Err(TransformError::Type(format!(
                 "the SELECT names column {:?} twice",
                 field.name()
@@ -252,12 +302,47 @@ fn project(select: &Select, rows: &RecordBatch, fields: &Schema) -> Result<Trans
     if out_fields.is_empty() {
         return Err(TransformError::Type("the SELECT keeps no column".into()));
     }
-    let schema = Schema::new_with_metadata(out_fields, fields.metadata().clone());
-    let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
-    Ok(Transformed {
-        rows: RecordBatch::try_new_with_options(Arc::new(schema), columns, &options)?,
-        filtered,
+    for (i, field) in fields.fields().iter().enumerate() {
+        let kept = keep.contains(field.name()) || field.name().starts_with(INTERNAL_COLUMN_PREFIX);
+        if kept && !out_fields.iter().any(|f| f.name() == field.name()) {
+            out_fields.push(field.clone());
+            columns.push(rows.column(i).clone());
+        }
+    }
+    let mask = select
+        .filter
+        .as_ref()
+        .map(|condition| condition_mask(condition, rows))
+        .transpose()?;
+    Ok(Projected {
+        schema: Arc::new(Schema::new_with_metadata(
+            out_fields,
+            fields.metadata().clone(),
+        )),
+        columns,
+        mask,
     })
+}
+
+/// What `project` made: the output's schema and columns (all rows), and
+/// the rows its WHERE keeps.
+struct Projected {
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+    mask: Option<BooleanArray>,
+}
+
+impl Projected {
+    /// The kept rows, and how many the WHERE dropped.
+    fn rows(self, num_rows: usize) -> Result<(RecordBatch, usize)> {
+        let options = RecordBatchOptions::new().with_row_count(Some(num_rows));
+        let all = RecordBatch::try_new_with_options(self.schema, self.columns, &options)?;
+        let Some(mask) = self.mask else {
+            return Ok((all, 0));
+        };
+        let filtered = num_rows - mask.true_count();
+        Ok((filter_record_batch(&all, &mask)?, filtered))
+    }
 }
 
 /// Where `condition` is true; NULL counts as false, as in SQL's WHERE.
@@ -295,6 +380,7 @@ pub fn check_condition(condition: &Expr, schema: &Schema) -> Result<()> {
         columns: Vec::new(),
         filter: Some(condition.clone()),
         select: None,
+        keep: Vec::new(),
     };
     let problems = transform.check(schema).problems;
     if problems.is_empty() {

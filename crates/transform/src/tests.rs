@@ -402,6 +402,15 @@ fn a_select_is_checked_against_the_rows() {
         ),
         ("SELECT NULL AS n FROM batch", "always NULL"),
         ("SELECT * FROM batch WHERE score", "must be true or false"),
+        (
+            "SELECT amount AS a, tier AS A FROM batch",
+            "names column \"A\" twice",
+        ),
+        // Typed over every row, not over the rows the WHERE keeps.
+        (
+            "SELECT ts > 'yesterday' AS recent FROM batch WHERE amount > 0",
+            "recent: the constant 'yesterday' is not a timestamp",
+        ),
     ] {
         let t = transform_with_sql(&[], None, Some(sql));
         let problems = t.check(&rows().schema()).problems;
@@ -414,4 +423,65 @@ fn a_select_is_checked_against_the_rows() {
     let problems = t.check(&rows().schema()).problems;
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].0, "transform.columns.bad");
+}
+
+#[test]
+fn a_select_keeps_the_kafka_and_internal_columns_it_leaves_out() {
+    let base = rows();
+    let mut fields: Vec<Field> = base
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns = base.columns().to_vec();
+    for name in ["kafka_partition", "__tributary_offset"] {
+        fields.push(Field::new(name, DataType::Int64, false));
+        columns.push(Arc::new(arrow::array::Int64Array::from(vec![
+            0i64, 1, 2, 3,
+        ])));
+    }
+    let input = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    let mut t = transform_with_sql(
+        &[],
+        None,
+        Some("SELECT amount * 2 AS twice FROM batch WHERE amount > 5"),
+    );
+    t.keep = vec!["kafka_partition".into()];
+    let out = t.apply(&input).unwrap();
+    let names: Vec<String> = out
+        .rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["twice", "kafka_partition", "__tributary_offset"]);
+    // amount 10, 0, 7, NULL: the kept columns follow the WHERE too.
+    assert_eq!(ints(out.rows.column(0)), [Some(20), Some(14)]);
+    assert_eq!(ints(out.rows.column(2)), [Some(0), Some(2)]);
+    assert_eq!(out.filtered, 2);
+    // Checked alike, and a NOT NULL column taken as it is is no problem.
+    let checked = t.check(&input.schema());
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+    assert_eq!(checked.schema.fields().len(), 3);
+    assert!(!checked.schema.field(1).is_nullable());
+}
+
+#[test]
+fn passes_through_tells_which_record_columns_reach_the_table_as_they_are() {
+    let t = transform_with_sql(
+        &[],
+        None,
+        Some(
+            "SELECT amount / 100.0 AS amount, tier AS level, score, * EXCLUDE (amount, tier, score) FROM batch",
+        ),
+    );
+    assert!(!t.passes_through("amount"), "recomputed under its name");
+    assert!(!t.passes_through("tier"), "renamed");
+    assert!(t.passes_through("score"));
+    assert!(t.passes_through("ts"), "by *");
+    let listed = transform_with_sql(&[], None, Some("SELECT score FROM batch"));
+    assert!(listed.passes_through("score") && !listed.passes_through("ts"));
+    assert!(transform(&[("x", "amount + 1")], None).passes_through("amount"));
 }
