@@ -176,3 +176,27 @@ def test_validate_finds_the_subject_by_each_naming_strategy(binary, dev_stack, t
                                  f"url: '{dev_stack.registry}'\n    subject_strategy: record_name"))
     out = subprocess.run([binary, "validate", "--offline", str(spec)], capture_output=True, text=True)
     assert out.returncode == 1 and "record_name: the record_name and topic_record_name strategies need" in out.stdout
+
+
+@pytest.mark.parametrize("dev_stack", [["recast:1"]], indirect=True)
+def test_a_select_that_retypes_a_field_is_not_a_schema_conflict(binary, dev_stack, tmp_path):
+    """With on_incompatible: dead_letter, each new run checks the writer
+    schema against the table. A field the SELECT recomputes under its own
+    name reaches the table with another type: that is no conflict, and no
+    record may be dead-lettered for it."""
+    schema_id = dev_stack.register("recast-value", V1)
+    table = tmp_path / "lake" / "recast"
+    spec = write_spec(tmp_path / "recast.yaml", pipeline="recast", bootstrap=dev_stack.bootstrap, topic="recast",
+                      registry=dev_stack.registry, table=table, checkpoint=tmp_path / "ckpt",
+                      extra="transform:\n  sql: \"SELECT CAST(id AS string) AS id, name FROM batch\"\n"
+                            "schema_evolution:\n  on_incompatible: dead_letter\n")
+    con = duck()
+    for first in (0, 50):
+        dev_stack.produce("recast", [(None, confluent(schema_id, V1, order(n, 1)), None) for n in range(first, first + 50)])
+        result = run_spec(binary, spec)
+        assert result.returncode == 0, result.stderr[-3000:]
+    dead_letter_commits = list((tmp_path / "lake" / "recast_dead_letters" / "_delta_log").glob("*.json"))
+    assert dead_letter_commits == [], "records were dead-lettered"
+    assert [r[:2] for r in con.execute(f"describe select * from delta_scan('{table}')").fetchall()] == [
+        ("id", "VARCHAR"), ("name", "VARCHAR")]
+    assert sorted(int(r[0]) for r in con.execute(f"select id from delta_scan('{table}')").fetchall()) == list(range(100))
