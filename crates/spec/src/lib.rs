@@ -25,6 +25,6 @@ pub use expression::{BinaryOp, CastType, Expr, Function, Literal};
 pub use model::*;
 pub use parse::{parse_spec, parse_spec_file, problems_at};
 pub use reference::{json_schema, reference_markdown};
-pub use select::{BATCH, INTERNAL_COLUMN_PREFIX, Select, SelectItem};
+pub use select::{INTERNAL_COLUMN_PREFIX, Select, SelectItem};
 pub use transform::{ComputedColumns, EnrichSpec, JoinKind, ParsedTransform, TransformSpec};
 pub use units::{ByteSize, HumanDuration};

@@ -9,7 +9,7 @@ use sqlparser::parser::Parser;
 use crate::expression::{Expr, clean, convert};
 
 /// The name a SELECT reads the batch's rows by.
-pub const BATCH: &str = "batch";
+const BATCH: &str = "batch";
 
 /// The start of the names of Tributary's own columns (the Kafka positions
 /// the operators read); a SELECT keeps them without naming them.
@@ -103,21 +103,6 @@ impl Select {
             ));
         }
         Ok(Select { items, filter })
-    }
-
-    /// The columns the SELECT reads, in order of appearance (not those of `*`).
-    pub fn columns(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        for item in &self.items {
-            match item {
-                SelectItem::Column { expr, .. } => out.extend(expr.columns()),
-                SelectItem::All { except } => out.extend(except.iter().map(String::as_str)),
-            }
-        }
-        if let Some(filter) = &self.filter {
-            out.extend(filter.columns());
-        }
-        out
     }
 }
 
@@ -230,10 +215,6 @@ mod tests {
             }
         );
         assert_eq!(s.filter, Some(Expr::parse("amount_cents > 0").unwrap()));
-        assert_eq!(
-            s.columns(),
-            ["tx_id", "amount_cents", "note", "ts", "amount_cents"]
-        );
         let duck = Select::parse("select * exclude (note, `odd name`) from batch").unwrap();
         assert_eq!(
             duck.items,

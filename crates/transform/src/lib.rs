@@ -210,23 +210,29 @@ impl Transform {
                 "{name:?} is already a column of the rows; choose another name"
             )));
         }
-        let value = evaluate(expr, rows)?;
-        let data_type = value.array.data_type().clone();
-        if kind(&data_type) == Kind::Null {
-            return Err(TransformError::Type(
-                "the expression is always NULL; CAST it to the column's type".into(),
-            ));
-        }
+        let value = computed_column(expr, rows)?;
         let schema = rows.schema();
         let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-        fields.push(Arc::new(Field::new(name, data_type, true)));
+        fields.push(Arc::new(Field::new(name, value.data_type().clone(), true)));
         let mut columns = rows.columns().to_vec();
-        columns.push(value.array);
+        columns.push(value);
         Ok(RecordBatch::try_new(
             Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
             columns,
         )?)
     }
+}
+
+/// The values of a computed column over `rows`; an expression that is
+/// NULL whatever the row has no type for the table and is refused.
+fn computed_column(expr: &Expr, rows: &RecordBatch) -> Result<ArrayRef> {
+    let value = evaluate(expr, rows)?;
+    if kind(value.array.data_type()) == Kind::Null {
+        return Err(TransformError::Type(
+            "the expression is always NULL; CAST it to the column's type".into(),
+        ));
+    }
+    Ok(value.array)
 }
 
 /// The columns of the SELECT over `rows`, and the rows its WHERE keeps.
@@ -269,21 +275,12 @@ fn project(
                     continue;
                 }
                 let value = match expr {
-                    Expr::Column(_) => evaluate(expr, rows)?,
-                    _ => evaluate(expr, rows)
+                    Expr::Column(_) => computed_column(expr, rows)?,
+                    _ => computed_column(expr, rows)
                         .map_err(|e| TransformError::Type(format!("{name}: {e}")))?,
                 };
-                if kind(value.array.data_type()) == Kind::Null {
-                    return Err(TransformError::Type(format!(
-                        "{name}: the expression is always NULL; CAST it to the column's type"
-                    )));
-                }
-                out_fields.push(Arc::new(Field::new(
-                    name,
-                    value.array.data_type().clone(),
-                    true,
-                )));
-                columns.push(value.array);
+                out_fields.push(Arc::new(Field::new(name, value.data_type().clone(), true)));
+                columns.push(value);
             }
         }
     }
