@@ -17,11 +17,15 @@ pub(crate) const FEATURE_TYPES: &[u8] = &[0x01, b'F'];
 pub(crate) const DEDUP_KEY: u8 = b'K';
 /// Dedup expiry index: (expiry, key) -> ().
 pub(crate) const DEDUP_EXPIRY: u8 = b'D';
-/// (window end, window start, group) -> accumulators.
-pub(crate) const WINDOW: u8 = b'W';
-/// (window end, window start, group, aggregate, value) -> (): the distinct
-/// values of a window's `count_distinct`.
-pub(crate) const DISTINCT: u8 = b'V';
+/// Tumbling and sliding windows' panes: (pane start, group) ->
+/// accumulators (see `panes`).
+pub(crate) const PANE: u8 = b'P';
+/// (pane start, group length, group, aggregate, value) -> (): the distinct
+/// values of a pane's `count_distinct`.
+pub(crate) const PANE_DISTINCT: u8 = b'Q';
+/// What earlier versions kept per window, before panes: refused, not read.
+pub(crate) const LEGACY_WINDOW: u8 = b'W';
+pub(crate) const LEGACY_DISTINCT: u8 = b'V';
 /// Group -> its open sessions.
 pub(crate) const SESSIONS: u8 = b'S';
 /// Session end index: (session end, group) -> ().
@@ -36,8 +40,8 @@ pub(crate) const FEATURE_NEWEST: u8 = b'X';
 pub(crate) const ALL_TAGS: &[u8] = &[
     DEDUP_KEY,
     DEDUP_EXPIRY,
-    WINDOW,
-    DISTINCT,
+    PANE,
+    PANE_DISTINCT,
     SESSIONS,
     SESSION_END,
     FEATURE_ROWS,
@@ -70,31 +74,4 @@ pub(crate) fn older_than(tag: u8, time: i64) -> (Vec<u8>, Vec<u8>) {
 pub(crate) fn time_of(key: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
     Some(tributary_core::decode_time(bytes))
-}
-
-/// A window key: (end, start, group).
-pub(crate) fn window_key(start: i64, end: i64, group: &[u8]) -> Vec<u8> {
-    timed(WINDOW, end, &[&encode_time(start), group])
-}
-
-/// The window of a window key: (start, end, group).
-pub(crate) fn parse_window_key(key: &[u8]) -> Option<(i64, i64, &[u8])> {
-    let end = time_of(key)?;
-    let start = tributary_core::decode_time(key.get(9..17)?.try_into().ok()?);
-    Some((start, end, key.get(17..)?))
-}
-
-/// A distinct value of aggregate `agg` in a window.
-pub(crate) fn distinct_key(start: i64, end: i64, group: &[u8], agg: u8, value: &[u8]) -> Vec<u8> {
-    timed(
-        DISTINCT,
-        end,
-        &[
-            &encode_time(start),
-            &(group.len() as u32).to_be_bytes(),
-            group,
-            &[agg],
-            value,
-        ],
-    )
 }

@@ -13,6 +13,7 @@ mod features;
 mod key_filter;
 mod keys;
 mod operator;
+mod panes;
 mod prepare;
 
 #[cfg(test)]

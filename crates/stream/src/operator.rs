@@ -13,9 +13,8 @@ use crate::aggregate::{Acc, Arrival, Reader, aggregate_column, encode_accs};
 use crate::error::{Result, StreamError};
 use crate::key_filter::{KeyFilter, filtered_get};
 
-/// The hasher of per-batch maps: fast; their order is never relied on.
-type FastHash = foldhash::fast::RandomState;
 use crate::keys;
+use crate::panes::{PaneBatch, Panes};
 use crate::prepare::{
     AggInput, KeyCodec, agg_inputs, canonical, column, event_times, group_keys, output_type,
     without,
@@ -104,8 +103,9 @@ pub struct Operator {
     /// Dedup keys that may be in the store, loaded from it at the first
     /// batch (see `key_filter`).
     key_filter: Mutex<Option<KeyFilter>>,
-    /// The same for the distinct values of windows' `count_distinct`.
-    distinct_filter: Mutex<Option<KeyFilter>>,
+    /// Whether the state was checked for windows in the layout before
+    /// panes.
+    checked_layout: Mutex<bool>,
     /// The same for the keys of `features`.
     feature_filter: Mutex<Option<KeyFilter>>,
 }
@@ -126,29 +126,12 @@ struct Session {
     accs: Vec<Acc>,
 }
 
-/// A window's state key (see `keys::window_key`).
-type WindowKey = Vec<u8>;
-
 /// A window's result, ready to become an output row.
-struct WindowRow {
-    start: i64,
-    end: i64,
-    group: Vec<u8>,
-    accs: Vec<Acc>,
-}
-
-impl WindowRow {
-    /// The row of the window with state key `key`.
-    fn of(key: &[u8], accs: Vec<Acc>) -> Result<WindowRow> {
-        let (start, end, group) = keys::parse_window_key(key)
-            .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
-        Ok(WindowRow {
-            start,
-            end,
-            group: group.to_vec(),
-            accs,
-        })
-    }
+pub(crate) struct WindowRow {
+    pub start: i64,
+    pub end: i64,
+    pub group: Vec<u8>,
+    pub accs: Vec<Acc>,
 }
 
 impl Operator {
@@ -156,7 +139,7 @@ impl Operator {
         Operator {
             config,
             key_filter: Mutex::new(None),
-            distinct_filter: Mutex::new(None),
+            checked_layout: Mutex::new(false),
             feature_filter: Mutex::new(None),
         }
     }
@@ -459,15 +442,25 @@ impl Operator {
         };
         let template = self.template(types.as_ref(), matches!(window, Window::Session { .. }));
         let emitted = match window {
-            Window::Sliding { size, slide } => self.fixed_windows(
-                store,
-                batch_id,
-                prepared.as_ref(),
-                &template,
-                (size, slide),
-                watermarks,
-                writes,
-            )?,
+            Window::Sliding { size, slide } => {
+                self.refuse_per_window_state(store)?;
+                let distinct: Vec<usize> = c
+                    .aggregations
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.function == AggregateFunction::CountDistinct)
+                    .map(|(a, _)| a)
+                    .collect();
+                let batch = PaneBatch {
+                    batch_id,
+                    prepared: prepared.as_ref(),
+                    template: &template,
+                    distinct: &distinct,
+                    watermarks,
+                    append: c.output_mode == OutputMode::Append,
+                };
+                Panes::new(size, slide).process(store, &batch, writes)?
+            }
             Window::Session { gap } => self.sessions(
                 store,
                 batch_id,
@@ -486,6 +479,32 @@ impl Operator {
         self.window_rows(&types, emitted).map(Some)
     }
 
+    /// Refuses state holding windows as an earlier version kept them, one
+    /// state entry per window: panes cannot be rebuilt from whole windows,
+    /// and reading on without them would lose the rows they hold.
+    fn refuse_per_window_state(&self, store: &dyn StateStore) -> Result<()> {
+        let mut checked = self
+            .checked_layout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *checked {
+            return Ok(());
+        }
+        for tag in [keys::LEGACY_WINDOW, keys::LEGACY_DISTINCT] {
+            if !store.scan(&[tag], &[tag + 1])?.is_empty() {
+                return Err(StreamError::Spec(
+                    "the state holds windows in the per-window layout of an earlier Tributary; \
+                     this version keeps sliding and tumbling windows as panes and cannot read \
+                     them. Finish the open windows with the earlier version (stop the producers \
+                     until the watermark passes them) or reset the pipeline's state"
+                        .into(),
+                ));
+            }
+        }
+        *checked = true;
+        Ok(())
+    }
+
     /// Empty accumulators for a window: a sum's type follows its input's.
     fn template(&self, types: Option<&Types>, sessions: bool) -> Vec<Acc> {
         self.config
@@ -499,178 +518,6 @@ impl Operator {
                 Acc::new(spec.function, float, sessions)
             })
             .collect()
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn fixed_windows(
-        &self,
-        store: &dyn StateStore,
-        batch_id: u64,
-        prepared: Option<&Prepared>,
-        template: &[Acc],
-        (size, slide): (i64, i64),
-        watermarks: Watermarks,
-        writes: &mut StagedWrites,
-    ) -> Result<Vec<WindowRow>> {
-        let mut touched = match prepared {
-            Some(p) => self.feed_windows(
-                store,
-                batch_id,
-                p,
-                template,
-                (size, slide),
-                watermarks,
-                writes,
-            )?,
-            None => Vec::new(),
-        };
-        let append = self.config.output_mode == OutputMode::Append;
-        let mut emitted = Vec::new();
-        touched.sort_unstable_by(|x, y| x.0.cmp(&y.0));
-        // Windows ending at or before the eviction watermark are final: in
-        // append mode written once, with this batch's rows, then dropped.
-        let closing = watermarks
-            .eviction
-            .map(|w| keys::older_than(keys::WINDOW, w.saturating_add(1)));
-        if let Some((lo, hi)) = closing.as_ref().filter(|_| append) {
-            for (k, v) in store.scan(lo, hi)? {
-                if touched.binary_search_by(|(t, _)| t.cmp(&k)).is_ok() {
-                    continue;
-                }
-                emitted.push(WindowRow::of(&k, read_accs(&v, template)?)?);
-            }
-        }
-        for (key, accs) in touched {
-            let closed = closing.as_ref().is_some_and(|(_, hi)| key < *hi);
-            if !closed {
-                let mut bytes = Vec::new();
-                encode_accs(&accs, &mut bytes);
-                writes.put(key.clone(), bytes);
-            }
-            if !append || closed {
-                emitted.push(WindowRow::of(&key, accs)?);
-            }
-        }
-        // Last, so that it also drops what this batch wrote for them.
-        if let Some(w) = watermarks.eviction {
-            let (lo, hi) = keys::older_than(keys::WINDOW, w.saturating_add(1));
-            writes.delete_range(lo, hi);
-            let (lo, hi) = keys::older_than(keys::DISTINCT, w.saturating_add(1));
-            writes.delete_range(lo, hi);
-        }
-        Ok(emitted)
-    }
-
-    /// Feeds the rows of `p` to the windows each falls in, leaving out the
-    /// windows that closed before this batch; returns each window fed with
-    /// its accumulators.
-    #[allow(clippy::too_many_arguments)]
-    fn feed_windows(
-        &self,
-        store: &dyn StateStore,
-        batch_id: u64,
-        p: &Prepared,
-        template: &[Acc],
-        (size, slide): (i64, i64),
-        watermarks: Watermarks,
-        writes: &mut StagedWrites,
-    ) -> Result<Vec<(WindowKey, Vec<Acc>)>> {
-        // The windows each row falls in, each window numbered once.
-        let mut numbers: HashMap<Vec<u8>, u32, FastHash> =
-            HashMap::with_hasher(FastHash::default());
-        let mut window_keys: Vec<Vec<u8>> = Vec::new();
-        let mut row_windows: Vec<(u32, u32)> = Vec::new();
-        let mut key = Vec::new();
-        let closed = |end: i64| watermarks.late.is_some_and(|w| end <= w);
-        for i in 0..p.len() {
-            let t = p.times[i];
-            let mut start = t - t.rem_euclid(slide);
-            while start > t.saturating_sub(size) && !closed(start.saturating_add(size)) {
-                key.clear();
-                key.extend_from_slice(&keys::window_key(
-                    start,
-                    start.saturating_add(size),
-                    p.groups.get(i),
-                ));
-                let n = match numbers.get(key.as_slice()) {
-                    Some(n) => *n,
-                    None => {
-                        let n = window_keys.len() as u32;
-                        numbers.insert(key.clone(), n);
-                        window_keys.push(key.clone());
-                        n
-                    }
-                };
-                row_windows.push((i as u32, n));
-                start -= slide;
-            }
-        }
-        drop(numbers);
-        let mut accs: Vec<Vec<Acc>> = Vec::with_capacity(window_keys.len());
-        for stored in store.multi_get(&window_keys)? {
-            accs.push(match stored {
-                Some(v) => read_accs(&v, template)?,
-                None => template.to_vec(),
-            });
-        }
-        // New distinct values raise their window's count once.
-        let distinct: Vec<usize> = self
-            .config
-            .aggregations
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.function == AggregateFunction::CountDistinct)
-            .map(|(a, _)| a)
-            .collect();
-        if !distinct.is_empty() {
-            let mut owner: HashMap<Vec<u8>, (u32, usize), FastHash> =
-                HashMap::with_hasher(FastHash::default());
-            for &(i, n) in &row_windows {
-                let (start, end, group) = keys::parse_window_key(&window_keys[n as usize])
-                    .ok_or_else(|| StreamError::Corrupt("a window key is truncated".into()))?;
-                for &a in &distinct {
-                    if let crate::aggregate::Input::Value(v) = p.inputs[a].at(i as usize) {
-                        owner
-                            .entry(keys::distinct_key(start, end, group, a as u8, v))
-                            .or_insert((n, a));
-                    }
-                }
-            }
-            let mut candidates: Vec<(Vec<u8>, (u32, usize))> = owner.into_iter().collect();
-            candidates.sort_unstable_by(|x, y| x.0.cmp(&y.0));
-            let (vkeys, owners): (Vec<Vec<u8>>, Vec<(u32, usize)>) = candidates.into_iter().unzip();
-            let mut filter = self
-                .distinct_filter
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let filter = match &mut *filter {
-                Some(f) => f,
-                empty => empty.insert(load_filter(store, keys::DISTINCT, 0, size)?),
-            };
-            // The state holds no window the previous batch closed.
-            if let Some(w) = watermarks.late {
-                filter.expire(w.saturating_add(1));
-            }
-            let (stored, hashes) = filtered_get(store, filter, &vkeys)?;
-            for (((vkey, (n, a)), stored), hash) in
-                vkeys.into_iter().zip(owners).zip(stored).zip(hashes)
-            {
-                if stored.is_some() {
-                    continue;
-                }
-                if let Some(end) = keys::time_of(&vkey) {
-                    filter.insert(hash, end);
-                }
-                if let Acc::DistinctCount(count) = &mut accs[n as usize][a] {
-                    *count += 1;
-                }
-                writes.put(vkey, Vec::new());
-            }
-        }
-        for &(i, n) in &row_windows {
-            p.feed(&mut accs[n as usize], i as usize, batch_id);
-        }
-        Ok(window_keys.into_iter().zip(accs).collect())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -837,12 +684,12 @@ struct Types {
 }
 
 /// A batch's rows ready for the windows.
-struct Prepared {
-    times: Vec<i64>,
+pub(crate) struct Prepared {
+    pub times: Vec<i64>,
     partitions: Vec<i32>,
     offsets: Vec<i64>,
-    groups: crate::prepare::EncodedKeys,
-    inputs: Vec<AggInput>,
+    pub groups: crate::prepare::EncodedKeys,
+    pub inputs: Vec<AggInput>,
     types: Types,
 }
 
@@ -867,11 +714,11 @@ impl Prepared {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.times.len()
     }
 
-    fn feed(&self, accs: &mut [Acc], i: usize, batch_id: u64) {
+    pub(crate) fn feed(&self, accs: &mut [Acc], i: usize, batch_id: u64) {
         let arrival: Arrival = (batch_id, self.partitions[i], self.offsets[i]);
         for (acc, input) in accs.iter_mut().zip(&self.inputs) {
             acc.add(&input.at(i), self.times[i], arrival);
@@ -952,7 +799,7 @@ fn write_types(types: &Types) -> Vec<u8> {
     format!("{}\n{}\n", groups.join("\t"), inputs.join("\t")).into_bytes()
 }
 
-fn read_accs(bytes: &[u8], template: &[Acc]) -> Result<Vec<Acc>> {
+pub(crate) fn read_accs(bytes: &[u8], template: &[Acc]) -> Result<Vec<Acc>> {
     let mut r = Reader::new(bytes);
     let accs = r.accs(template)?;
     if !r.is_done() {

@@ -646,6 +646,31 @@ fn windows_in_update_mode_match_the_oracle() {
 }
 
 #[test]
+fn window_state_of_the_layout_before_panes_is_refused() {
+    // One window's accumulators as versions before panes kept them.
+    let mut store = MemoryStore::new();
+    let mut writes = tributary_core::StagedWrites::default();
+    writes.put(vec![crate::keys::LEGACY_WINDOW, 0x80, 1], vec![0; 8]);
+    store.commit(0, writes).unwrap();
+    let window = windows()[1].1;
+    let operator = Operator::new(config(Some(window), false, OutputMode::Append, MINUTE));
+    let events = stream(&mut Rng(7));
+    let err = operator
+        .process(&store, 1, &[to_batch(&events)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("per-window layout"), "{err}");
+    // Sessions keep their own layout and are not refused.
+    let sessions = Operator::new(config(
+        Some(Window::Session { gap: MINUTE }),
+        false,
+        OutputMode::Append,
+        MINUTE,
+    ));
+    sessions.process(&store, 1, &[to_batch(&events)]).unwrap();
+}
+
+#[test]
 fn rocksdb_gives_the_same_results() {
     let dirs = std::cell::RefCell::new(Vec::new());
     let mut rocks = || -> Box<dyn StateStore> {
