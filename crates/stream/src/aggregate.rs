@@ -381,6 +381,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A window's result, ready to become an output row.
+pub(crate) struct WindowRow {
+    pub start: i64,
+    pub end: i64,
+    pub group: Vec<u8>,
+    pub accs: Vec<Acc>,
+}
+
+pub(crate) fn read_accs(bytes: &[u8], template: &[Acc]) -> Result<Vec<Acc>> {
+    let mut r = Reader::new(bytes);
+    let accs = r.accs(template)?;
+    if !r.is_done() {
+        return Err(StreamError::Corrupt(
+            "a window's accumulators do not match the spec's aggregations".into(),
+        ));
+    }
+    Ok(accs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,3 +66,60 @@ pub enum OutputMode {
     /// Every batch, for each window it changed (the table upserts them).
     Update,
 }
+
+/// An event-time window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Windows of `size` starting every `slide` microseconds, aligned to the
+    /// epoch; tumbling windows have `slide == size`.
+    Sliding { size: i64, slide: i64 },
+    /// Sessions closed by `gap` microseconds without rows.
+    Session { gap: i64 },
+}
+
+/// What one pipeline's operators do. Times are in microseconds.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// The input column holding the event time (timestamp, or long millis).
+    pub time_column: String,
+    /// Input columns with each row's Kafka partition and offset: they give
+    /// a batch's rows the same order on every replay.
+    pub partition_column: String,
+    pub offset_column: String,
+    /// Input columns that are not the table's (left out of output rows).
+    pub hidden_columns: Vec<String>,
+    pub watermark_delay: i64,
+    /// Empty: no deduplication.
+    pub dedup_keys: Vec<String>,
+    pub window: Option<Window>,
+    pub group_by: Vec<String>,
+    pub aggregations: Vec<Aggregation>,
+    pub output_mode: OutputMode,
+    /// Rolling features of the kept rows; not with a window.
+    pub features: Option<Features>,
+}
+
+/// The two watermarks a batch runs with, as Spark's since 3.5: rows are late
+/// against the previous batch's watermark, while windows close and keys are
+/// forgotten with this batch's. A row that arrives in the batch that closes
+/// its window still counts in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    /// The previous batch's watermark. A row is late when every window it
+    /// would update ends at or before it (a session: its row's time plus
+    /// the gap), or, for dedup, when its event time is at or before it.
+    pub late: Option<i64>,
+    /// This batch's watermark: windows and sessions ending at or before it
+    /// are final (written in append mode) and dropped from state, dedup keys
+    /// expiring at or before it forgotten.
+    pub eviction: Option<i64>,
+}
+
+impl Watermarks {
+    /// Past every event time: every row is late, every window closes and
+    /// every key expires (the end of a finite stream).
+    pub const PAST_EVERYTHING: Watermarks = Watermarks {
+        late: Some(i64::MAX),
+        eviction: Some(i64::MAX),
+    };
+}

@@ -20,6 +20,7 @@ mod prepare;
 mod oracle_tests;
 
 pub use config::{AggregateFunction, Aggregation, Features, OutputMode, WINDOW_END, WINDOW_START};
+pub use config::{OperatorConfig, Watermarks, Window};
 pub use error::{Result, StreamError};
-pub use operator::{Operated, Operator, OperatorConfig, Watermarks, Window};
+pub use operator::{Operated, Operator};
 pub use prepare::output_type;

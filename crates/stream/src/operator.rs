@@ -2,80 +2,22 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{
-    AggregateFunction, Aggregation, Features, OutputMode, WINDOW_END, WINDOW_START,
+    AggregateFunction, OperatorConfig, OutputMode, WINDOW_END, WINDOW_START, Watermarks, Window,
 };
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use tributary_core::{StagedWrites, StateStore};
 
-use crate::aggregate::{Acc, Arrival, Reader, aggregate_column, encode_accs};
+use crate::aggregate::{Acc, Reader, WindowRow, aggregate_column, encode_accs, read_accs};
 use crate::error::{Result, StreamError};
 use crate::key_filter::{KeyFilter, filtered_get};
 
 use crate::keys;
 use crate::panes::{PaneBatch, Panes};
 use crate::prepare::{
-    AggInput, KeyCodec, agg_inputs, canonical, column, event_times, group_keys, output_type,
-    without,
+    KeyCodec, Prepared, Types, canonical, column, event_times, output_type, without,
 };
-
-/// An event-time window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
-    /// Windows of `size` starting every `slide` microseconds, aligned to the
-    /// epoch; tumbling windows have `slide == size`.
-    Sliding { size: i64, slide: i64 },
-    /// Sessions closed by `gap` microseconds without rows.
-    Session { gap: i64 },
-}
-
-/// What one pipeline's operators do. Times are in microseconds.
-#[derive(Debug, Clone)]
-pub struct OperatorConfig {
-    /// The input column holding the event time (timestamp, or long millis).
-    pub time_column: String,
-    /// Input columns with each row's Kafka partition and offset: they give
-    /// a batch's rows the same order on every replay.
-    pub partition_column: String,
-    pub offset_column: String,
-    /// Input columns that are not the table's (left out of output rows).
-    pub hidden_columns: Vec<String>,
-    pub watermark_delay: i64,
-    /// Empty: no deduplication.
-    pub dedup_keys: Vec<String>,
-    pub window: Option<Window>,
-    pub group_by: Vec<String>,
-    pub aggregations: Vec<Aggregation>,
-    pub output_mode: OutputMode,
-    /// Rolling features of the kept rows; not with a window.
-    pub features: Option<Features>,
-}
-
-/// The two watermarks a batch runs with, as Spark's since 3.5: rows are late
-/// against the previous batch's watermark, while windows close and keys are
-/// forgotten with this batch's. A row that arrives in the batch that closes
-/// its window still counts in it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Watermarks {
-    /// The previous batch's watermark. A row is late when every window it
-    /// would update ends at or before it (a session: its row's time plus
-    /// the gap), or, for dedup, when its event time is at or before it.
-    pub late: Option<i64>,
-    /// This batch's watermark: windows and sessions ending at or before it
-    /// are final (written in append mode) and dropped from state, dedup keys
-    /// expiring at or before it forgotten.
-    pub eviction: Option<i64>,
-}
-
-impl Watermarks {
-    /// Past every event time: every row is late, every window closes and
-    /// every key expires (the end of a finite stream).
-    pub const PAST_EVERYTHING: Watermarks = Watermarks {
-        late: Some(i64::MAX),
-        eviction: Some(i64::MAX),
-    };
-}
 
 /// The result of operating one batch.
 #[derive(Debug, Default)]
@@ -124,14 +66,6 @@ struct Session {
     start: i64,
     end: i64,
     accs: Vec<Acc>,
-}
-
-/// A window's result, ready to become an output row.
-pub(crate) struct WindowRow {
-    pub start: i64,
-    pub end: i64,
-    pub group: Vec<u8>,
-    pub accs: Vec<Acc>,
 }
 
 impl Operator {
@@ -676,65 +610,6 @@ impl Operator {
     }
 }
 
-/// The types of a windowed pipeline's group keys and aggregate inputs.
-#[derive(Debug, Clone, PartialEq)]
-struct Types {
-    groups: Vec<DataType>,
-    inputs: Vec<Option<DataType>>,
-}
-
-/// A batch's rows ready for the windows.
-pub(crate) struct Prepared {
-    pub times: Vec<i64>,
-    partitions: Vec<i32>,
-    offsets: Vec<i64>,
-    pub groups: crate::prepare::EncodedKeys,
-    pub inputs: Vec<AggInput>,
-    types: Types,
-}
-
-impl Prepared {
-    /// `times`: the rows' event times (every row has one: late rows and
-    /// rows without one never reach the windows).
-    fn new(c: &OperatorConfig, batch: &RecordBatch, times: Vec<i64>) -> Result<Prepared> {
-        let (group_types, groups) = group_keys(batch, &c.group_by)?;
-        let (inputs, input_types) = agg_inputs(&c.aggregations, batch)?;
-        let partitions = cast_values::<Int32Type>(column(batch, &c.partition_column)?)?;
-        let offsets = cast_values::<Int64Type>(column(batch, &c.offset_column)?)?;
-        Ok(Prepared {
-            times,
-            partitions,
-            offsets,
-            groups,
-            inputs,
-            types: Types {
-                groups: group_types,
-                inputs: input_types,
-            },
-        })
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.times.len()
-    }
-
-    pub(crate) fn feed(&self, accs: &mut [Acc], i: usize, batch_id: u64) {
-        let arrival: Arrival = (batch_id, self.partitions[i], self.offsets[i]);
-        for (acc, input) in accs.iter_mut().zip(&self.inputs) {
-            acc.add(&input.at(i), self.times[i], arrival);
-        }
-    }
-}
-
-fn cast_values<T: arrow::datatypes::ArrowPrimitiveType>(array: &ArrayRef) -> Result<Vec<T::Native>>
-where
-    T::Native: Default,
-{
-    let cast = arrow::compute::cast(array, &T::DATA_TYPE)?;
-    let values = cast.as_primitive::<T>();
-    Ok((0..values.len()).map(|i| values.value(i)).collect())
-}
-
 /// A filter of the `tag` keys in the store, by their leading time; the
 /// filter is keyed by the key's bytes after the tag and `skip` more bytes.
 /// Buckets are `width` wide (at least a second).
@@ -797,17 +672,6 @@ fn write_types(types: &Types) -> Vec<u8> {
         .map(|t| t.as_ref().map_or("-".to_string(), |t| t.to_string()))
         .collect();
     format!("{}\n{}\n", groups.join("\t"), inputs.join("\t")).into_bytes()
-}
-
-pub(crate) fn read_accs(bytes: &[u8], template: &[Acc]) -> Result<Vec<Acc>> {
-    let mut r = Reader::new(bytes);
-    let accs = r.accs(template)?;
-    if !r.is_done() {
-        return Err(StreamError::Corrupt(
-            "a window's accumulators do not match the spec's aggregations".into(),
-        ));
-    }
-    Ok(accs)
 }
 
 fn write_sessions(sessions: &[Session]) -> Vec<u8> {

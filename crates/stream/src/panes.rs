@@ -15,9 +15,11 @@ use std::collections::HashMap;
 use tributary_core::{StagedWrites, StateStore, encode_time};
 
 use crate::aggregate::{Acc, Input, encode_accs};
+use crate::aggregate::{WindowRow, read_accs};
+use crate::config::Watermarks;
 use crate::error::{Result, StreamError};
 use crate::keys;
-use crate::operator::{Prepared, Watermarks, WindowRow, read_accs};
+use crate::prepare::Prepared;
 
 /// The hasher of per-batch maps: fast; their order is never relied on.
 type FastHash = foldhash::fast::RandomState;

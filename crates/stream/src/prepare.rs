@@ -3,11 +3,11 @@
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 
-use crate::aggregate::Input;
-use crate::config::{AggregateFunction, Aggregation};
+use crate::aggregate::{Acc, Arrival, Input};
+use crate::config::{AggregateFunction, Aggregation, OperatorConfig};
 use crate::error::{Result, StreamError};
 
 pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -268,4 +268,67 @@ pub(crate) fn without(batch: &RecordBatch, hidden: &[String]) -> Result<RecordBa
         .map(|(i, _)| i)
         .collect();
     Ok(batch.project(&keep)?)
+}
+
+/// The types of a windowed pipeline's group keys and aggregate inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Types {
+    pub groups: Vec<DataType>,
+    pub inputs: Vec<Option<DataType>>,
+}
+
+/// A batch's rows ready for the windows.
+pub(crate) struct Prepared {
+    pub times: Vec<i64>,
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+    pub groups: crate::prepare::EncodedKeys,
+    pub inputs: Vec<AggInput>,
+    pub types: Types,
+}
+
+impl Prepared {
+    /// `times`: the rows' event times (every row has one: late rows and
+    /// rows without one never reach the windows).
+    pub(crate) fn new(
+        c: &OperatorConfig,
+        batch: &RecordBatch,
+        times: Vec<i64>,
+    ) -> Result<Prepared> {
+        let (group_types, groups) = group_keys(batch, &c.group_by)?;
+        let (inputs, input_types) = agg_inputs(&c.aggregations, batch)?;
+        let partitions = cast_values::<Int32Type>(column(batch, &c.partition_column)?)?;
+        let offsets = cast_values::<Int64Type>(column(batch, &c.offset_column)?)?;
+        Ok(Prepared {
+            times,
+            partitions,
+            offsets,
+            groups,
+            inputs,
+            types: Types {
+                groups: group_types,
+                inputs: input_types,
+            },
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    pub(crate) fn feed(&self, accs: &mut [Acc], i: usize, batch_id: u64) {
+        let arrival: Arrival = (batch_id, self.partitions[i], self.offsets[i]);
+        for (acc, input) in accs.iter_mut().zip(&self.inputs) {
+            acc.add(&input.at(i), self.times[i], arrival);
+        }
+    }
+}
+
+fn cast_values<T: arrow::datatypes::ArrowPrimitiveType>(array: &ArrayRef) -> Result<Vec<T::Native>>
+where
+    T::Native: Default,
+{
+    let cast = arrow::compute::cast(array, &T::DATA_TYPE)?;
+    let values = cast.as_primitive::<T>();
+    Ok((0..values.len()).map(|i| values.value(i)).collect())
 }
