@@ -462,12 +462,13 @@ mod tests {
             ca_file: Some(ca_file),
             ..RegistryConfig::default()
         };
-        let pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/test-ca.pem");
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("test-ca.pem");
+        std::fs::write(&pem, include_bytes!("test-ca.pem")).unwrap();
         // The error, if any, is in the failure message (it once failed unexplained).
         RegistryClient::new(config(pem))
             .map(drop)
             .expect("the private CA is trusted");
-        let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("ca.pem");
         std::fs::write(&bad, "not a certificate").unwrap();
         let err = RegistryClient::new(config(bad.clone()))

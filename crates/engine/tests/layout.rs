@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 const MAX_ENGINE_FILE_LINES: usize = 400;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // At run time: a build cache shared by two checkouts must not check the
+    // other checkout's sources.
+    Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../..")
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
