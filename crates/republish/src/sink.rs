@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{AsArray, RecordBatch};
 use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
+use deltalake::arrow::datatypes::{
+    DataType, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
 use serde::Serialize;
 use tributary_avro::RegistryClient;
 use tributary_core::{Classify, ErrorKind, LatencyProgress};
@@ -232,7 +234,9 @@ impl Sink {
                 .await?
                 .ok_or(RepublishError::VersionGone { version })?;
             let encoder = self.encoder_for(table).await?;
-            let latency_from = self.latency_column(table);
+            let latency_from = table
+                .arrow_schema()
+                .and_then(|schema| latency_column(&self.spec, &schema));
             let mut records: Vec<OutRecord> = Vec::new();
             // Each record's time to measure its latency from, in step with `records`.
             let mut times: Vec<Option<i64>> = Vec::new();
@@ -308,27 +312,6 @@ impl Sink {
         Ok(())
     }
 
-    /// The column of the table to measure latencies from (see
-    /// [`RepublishProgress::latency_from`]).
-    fn latency_column(&self, table: &DeltaTableSink) -> Option<String> {
-        let schema = table.arrow_schema()?;
-        let kafka_timestamp = self.spec.source.columns.timestamp.as_deref();
-        let event_time = self
-            .spec
-            .event_time
-            .as_ref()
-            .and_then(|e| e.column.as_deref());
-        [kafka_timestamp, event_time]
-            .into_iter()
-            .flatten()
-            .find(|name| {
-                schema
-                    .field_with_name(name)
-                    .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(..)))
-            })
-            .map(str::to_string)
-    }
-
     /// The encoder for the table's current schema; with Avro, the schema of
     /// the published columns is registered as `<topic>-value` first.
     async fn encoder_for(&mut self, table: &DeltaTableSink) -> Result<Arc<RowEncoder>> {
@@ -362,6 +345,23 @@ impl Sink {
         self.encoder = Some((schema, encoder.clone()));
         Ok(encoder)
     }
+}
+
+/// The column of a table of `spec` to measure latencies from (see
+/// [`RepublishProgress::latency_from`]): the Kafka timestamp column, else
+/// the event-time column, whichever the table holds as a timestamp.
+fn latency_column(spec: &TableSpec, schema: &Schema) -> Option<String> {
+    let kafka_timestamp = spec.source.columns.timestamp.as_deref();
+    let event_time = spec.event_time.as_ref().and_then(|e| e.column.as_deref());
+    [kafka_timestamp, event_time]
+        .into_iter()
+        .flatten()
+        .find(|name| {
+            schema
+                .field_with_name(name)
+                .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(..)))
+        })
+        .map(str::to_string)
 }
 
 /// Each row's `column` as milliseconds since the epoch (`None` for every
@@ -401,5 +401,52 @@ async fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
                 .min(Duration::from_millis(100)),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::datatypes::Field;
+
+    fn spec(extra: &str) -> TableSpec {
+        let yaml = format!(
+            "pipeline: pay
+source:
+  kafka: {{bootstrap_servers: localhost:9092, topic: pay}}
+  schema_registry: {{url: http://localhost:8081}}
+{extra}table: {{uri: file:///tmp/lake/pay}}
+checkpoint: {{location: file:///tmp/ckpt/pay}}
+"
+        );
+        tributary_spec::parse_spec("s.yaml", &yaml).unwrap()
+    }
+
+    fn schema(fields: &[(&str, DataType)]) -> Schema {
+        Schema::new(
+            fields
+                .iter()
+                .map(|(name, t)| Field::new(*name, t.clone(), true))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn latency_is_measured_from_the_kafka_timestamp_else_the_event_time() {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let both = spec(
+            "  columns: {timestamp: kafka_ts}\nevent_time: {column: ts, watermark_delay: 1m}\n",
+        );
+        let table = schema(&[("kafka_ts", ts.clone()), ("ts", ts.clone())]);
+        assert_eq!(latency_column(&both, &table).as_deref(), Some("kafka_ts"));
+        // The table left the Kafka timestamp out (a SELECT dropped it).
+        let table = schema(&[("ts", ts.clone())]);
+        assert_eq!(latency_column(&both, &table).as_deref(), Some("ts"));
+        // An event time in long milliseconds is no timestamp to measure from.
+        let table = schema(&[("ts", DataType::Int64)]);
+        assert_eq!(latency_column(&both, &table), None);
+        let neither = spec("");
+        let table = schema(&[("kafka_ts", ts.clone()), ("ts", ts)]);
+        assert_eq!(latency_column(&neither, &table), None);
     }
 }
