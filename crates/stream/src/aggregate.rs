@@ -29,10 +29,8 @@ pub(crate) struct Stamped {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Acc {
     Count(i64),
-    /// Windows keep their distinct values as keys of their own; only the
-    /// count lives here.
-    DistinctCount(i64),
-    /// Sessions keep their distinct values inline, as sessions merge.
+    /// The distinct values themselves, so that panes and sessions merge
+    /// exactly.
     DistinctSet(BTreeSet<Vec<u8>>),
     SumInt(Option<i64>),
     SumFloat(Option<f64>),
@@ -61,12 +59,11 @@ pub(crate) enum Input<'a> {
 
 impl Acc {
     /// An empty accumulator; `float` says whether a sum is of floats.
-    pub(crate) fn new(function: AggregateFunction, float: bool, inline_distinct: bool) -> Acc {
+    pub(crate) fn new(function: AggregateFunction, float: bool) -> Acc {
         use AggregateFunction as F;
         match function {
             F::Count => Acc::Count(0),
-            F::CountDistinct if inline_distinct => Acc::DistinctSet(BTreeSet::new()),
-            F::CountDistinct => Acc::DistinctCount(0),
+            F::CountDistinct => Acc::DistinctSet(BTreeSet::new()),
             F::Sum if float => Acc::SumFloat(None),
             F::Sum => Acc::SumInt(None),
             F::Min => Acc::Min(None),
@@ -127,9 +124,7 @@ impl Acc {
     /// Folds another accumulator of the same function into this one.
     pub(crate) fn merge(&mut self, other: Acc) {
         match (self, other) {
-            (Acc::Count(a), Acc::Count(b)) | (Acc::DistinctCount(a), Acc::DistinctCount(b)) => {
-                *a += b
-            }
+            (Acc::Count(a), Acc::Count(b)) => *a += b,
             (Acc::DistinctSet(a), Acc::DistinctSet(b)) => a.extend(b),
             (Acc::SumInt(a), Acc::SumInt(Some(b))) => *a = Some(a.unwrap_or(0).wrapping_add(b)),
             (Acc::SumFloat(a), Acc::SumFloat(Some(b))) => *a = Some(a.unwrap_or(0.0) + b),
@@ -170,7 +165,7 @@ pub(crate) fn aggregate_column(
     use AggregateFunction as F;
     Ok(match output {
         DataType::Int64 => Arc::new(Int64Array::from_iter(accs.iter().map(|acc| match acc {
-            Acc::Count(n) | Acc::DistinctCount(n) => Some(*n),
+            Acc::Count(n) => Some(*n),
             Acc::DistinctSet(s) => Some(s.len() as i64),
             Acc::SumInt(s) => *s,
             _ => None,
@@ -210,7 +205,7 @@ pub(crate) fn aggregate_column(
 pub(crate) fn encode_accs(accs: &[Acc], out: &mut Vec<u8>) {
     for acc in accs {
         match acc {
-            Acc::Count(n) | Acc::DistinctCount(n) => out.extend_from_slice(&n.to_be_bytes()),
+            Acc::Count(n) => out.extend_from_slice(&n.to_be_bytes()),
             Acc::DistinctSet(set) => {
                 out.extend_from_slice(&(set.len() as u32).to_be_bytes());
                 for v in set {
@@ -330,7 +325,6 @@ impl<'a> Reader<'a> {
     fn acc(&mut self, template: &Acc) -> Result<Acc> {
         Ok(match template {
             Acc::Count(_) => Acc::Count(self.i64()?),
-            Acc::DistinctCount(_) => Acc::DistinctCount(self.i64()?),
             Acc::DistinctSet(_) => {
                 let n = self.u32()?;
                 let mut set = BTreeSet::new();
@@ -411,7 +405,7 @@ mod tests {
         set.insert(vec![]);
         let accs = vec![
             Acc::Count(3),
-            Acc::DistinctCount(-1),
+            Acc::Count(-1),
             Acc::DistinctSet(set),
             Acc::SumInt(None),
             Acc::SumInt(Some(i64::MIN)),

@@ -212,7 +212,7 @@ pub(crate) fn attach(
         .aggregations
         .iter()
         .zip(&kinds)
-        .map(|(a, k)| Acc::new(a.function, *k == Kind::Float, true))
+        .map(|(a, k)| Acc::new(a.function, *k == Kind::Float))
         .collect();
 
     // Each key's rows, keys in order of first appearance.

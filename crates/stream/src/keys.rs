@@ -20,9 +20,6 @@ pub(crate) const DEDUP_EXPIRY: u8 = b'D';
 /// Tumbling and sliding windows' panes: (pane start, group) ->
 /// accumulators (see `panes`).
 pub(crate) const PANE: u8 = b'P';
-/// (pane start, group length, group, aggregate, value) -> (): the distinct
-/// values of a pane's `count_distinct`.
-pub(crate) const PANE_DISTINCT: u8 = b'Q';
 /// What earlier versions kept per window, before panes: refused, not read.
 pub(crate) const LEGACY_WINDOW: u8 = b'W';
 pub(crate) const LEGACY_DISTINCT: u8 = b'V';
@@ -41,7 +38,6 @@ pub(crate) const ALL_TAGS: &[u8] = &[
     DEDUP_KEY,
     DEDUP_EXPIRY,
     PANE,
-    PANE_DISTINCT,
     SESSIONS,
     SESSION_END,
     FEATURE_ROWS,

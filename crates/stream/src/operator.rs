@@ -1,9 +1,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{
-    AggregateFunction, OperatorConfig, OutputMode, WINDOW_END, WINDOW_START, Watermarks, Window,
-};
+use crate::config::{OperatorConfig, OutputMode, WINDOW_END, WINDOW_START, Watermarks, Window};
 use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -374,22 +372,14 @@ impl Operator {
             }
             None => stored,
         };
-        let template = self.template(types.as_ref(), matches!(window, Window::Session { .. }));
+        let template = self.template(types.as_ref());
         let emitted = match window {
             Window::Sliding { size, slide } => {
                 self.refuse_per_window_state(store)?;
-                let distinct: Vec<usize> = c
-                    .aggregations
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, a)| a.function == AggregateFunction::CountDistinct)
-                    .map(|(a, _)| a)
-                    .collect();
                 let batch = PaneBatch {
                     batch_id,
                     prepared: prepared.as_ref(),
                     template: &template,
-                    distinct: &distinct,
                     watermarks,
                     append: c.output_mode == OutputMode::Append,
                 };
@@ -440,7 +430,7 @@ impl Operator {
     }
 
     /// Empty accumulators for a window: a sum's type follows its input's.
-    fn template(&self, types: Option<&Types>, sessions: bool) -> Vec<Acc> {
+    fn template(&self, types: Option<&Types>) -> Vec<Acc> {
         self.config
             .aggregations
             .iter()
@@ -449,7 +439,7 @@ impl Operator {
                 let float = types
                     .and_then(|t| t.inputs[a].as_ref())
                     .is_some_and(|t| t.is_floating());
-                Acc::new(spec.function, float, sessions)
+                Acc::new(spec.function, float)
             })
             .collect()
     }

@@ -2,8 +2,8 @@
 //! every `slide` is the union of consecutive panes `gcd(size, slide)` wide,
 //! so a row updates the one pane it falls in, not the `size / slide`
 //! windows holding it, and a window's aggregates are its panes' merged when
-//! it is written. `count_distinct` stays exact: a pane keeps each distinct
-//! value as a key of its own, and a window counts the union of its panes'.
+//! it is written. `count_distinct` stays exact: a pane keeps its distinct
+//! values in its accumulators, and a window counts the union of its panes'.
 //!
 //! A window is written (append mode) in the batch whose eviction watermark
 //! reaches its end, as before panes: the windows ending after the previous
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use tributary_core::{StagedWrites, StateStore, encode_time};
 
-use crate::aggregate::{Acc, Input, encode_accs};
+use crate::aggregate::{Acc, encode_accs};
 use crate::aggregate::{WindowRow, read_accs};
 use crate::config::Watermarks;
 use crate::error::{Result, StreamError};
@@ -32,15 +32,12 @@ pub(crate) struct Panes {
     width: i64,
 }
 
-/// One batch's windows: what rows to feed, which aggregates are distinct
-/// counts, and how to write the result.
+/// One batch's windows: what rows to feed and how to write the result.
 pub(crate) struct PaneBatch<'a> {
     pub batch_id: u64,
     pub prepared: Option<&'a Prepared>,
     /// Empty accumulators of a window.
     pub template: &'a [Acc],
-    /// The aggregates that are `count_distinct`.
-    pub distinct: &'a [usize],
     pub watermarks: Watermarks,
     /// Append mode: write closing windows; else the windows this batch changed.
     pub append: bool,
@@ -93,16 +90,13 @@ impl Panes {
         // Last, so that it also drops what this batch wrote for them.
         if let Some(w) = b.watermarks.eviction {
             let kept = self.first_kept(w);
-            for tag in [keys::PANE, keys::PANE_DISTINCT] {
-                let (lo, hi) = keys::older_than(tag, kept);
-                writes.delete_range(lo, hi);
-            }
+            let (lo, hi) = keys::older_than(keys::PANE, kept);
+            writes.delete_range(lo, hi);
         }
         Ok(emitted)
     }
 
-    /// Adds each row to its pane and stages the panes and their new
-    /// distinct values.
+    /// Adds each row to its pane and stages the panes.
     fn feed<'p>(
         &self,
         store: &dyn StateStore,
@@ -135,25 +129,6 @@ impl Panes {
         for (i, &n) in row_panes.iter().enumerate() {
             p.feed(&mut accs[n as usize], i, b.batch_id);
         }
-        // Each pane's distinct values: written as keys without a lookup (a
-        // value already there is written again), counted when windows are.
-        let mut values: Vec<(u32, u8, &[u8])> = Vec::new();
-        for &a in b.distinct {
-            for (i, &n) in row_panes.iter().enumerate() {
-                if let Input::Value(v) = p.inputs[a].at(i) {
-                    values.push((n, a as u8, v));
-                }
-            }
-        }
-        values.sort_unstable();
-        values.dedup();
-        let mut value_keys: Vec<Vec<u8>> = values
-            .iter()
-            .map(|&(n, a, v)| {
-                let (start, group) = panes[n as usize];
-                distinct_key(start, group, a, v)
-            })
-            .collect();
         // In key order: RocksDB inserts sorted keys into its memtable
         // several times faster than random ones.
         let mut order: Vec<usize> = (0..panes.len()).collect();
@@ -163,15 +138,10 @@ impl Panes {
             encode_accs(&accs[n], &mut bytes);
             writes.put(pane_keys[n].clone(), bytes);
         }
-        value_keys.sort_unstable();
-        for k in value_keys {
-            writes.put(k, Vec::new());
-        }
         Ok(Fed {
             numbers,
             panes,
             accs,
-            values,
         })
     }
 
@@ -240,50 +210,16 @@ impl Panes {
                 merge(pane, group, accs);
             }
         }
-        if !b.distinct.is_empty() {
-            let stored = store.scan(
-                &keys::timed(keys::PANE_DISTINCT, from, &[]),
-                &keys::timed(keys::PANE_DISTINCT, to, &[]),
-            )?;
-            let mut values: Vec<(u32, u8, &[u8])> = Vec::new();
-            let mut collect = |pane: i64, group: &[u8], a: u8, v| {
-                for s in self.starts(pane).filter(|s| wanted(*s)) {
-                    if let Some(n) = windows.number(s, self.size, group) {
-                        values.push((n, a, v));
-                    }
-                }
-            };
-            for (k, _) in &stored {
-                let (pane, group, a, v) = parse_distinct_key(k)?;
-                collect(pane, group, a, v);
-            }
-            for &(n, a, v) in &fed.values {
-                let (pane, group) = fed.panes[n as usize];
-                if (from..to).contains(&pane) {
-                    collect(pane, group, a, v);
-                }
-            }
-            values.sort_unstable();
-            values.dedup();
-            for (n, a, _) in values {
-                if let Acc::DistinctCount(count) = &mut windows.accs[n as usize][a as usize] {
-                    *count += 1;
-                }
-            }
-        }
         windows.rows()
     }
 }
 
-/// What feeding a batch left: its panes with their new accumulators, and
-/// their distinct values.
+/// What feeding a batch left: its panes with their new accumulators.
 #[derive(Default)]
 struct Fed<'p> {
     numbers: HashMap<(i64, &'p [u8]), u32, FastHash>,
     panes: Vec<(i64, &'p [u8])>,
     accs: Vec<Vec<Acc>>,
-    /// (pane, aggregate, value), each once.
-    values: Vec<(u32, u8, &'p [u8])>,
 }
 
 /// The windows being written, numbered by their state-key bytes (end,
@@ -378,27 +314,6 @@ fn parse_pane_key(key: &[u8]) -> Result<(i64, &[u8])> {
     }
 }
 
-/// A distinct value of aggregate `agg` in a pane.
-fn distinct_key(pane: i64, group: &[u8], agg: u8, value: &[u8]) -> Vec<u8> {
-    keys::timed(
-        keys::PANE_DISTINCT,
-        pane,
-        &[&(group.len() as u32).to_be_bytes(), group, &[agg], value],
-    )
-}
-
-/// (pane start, group, aggregate, value) of a distinct-value key.
-fn parse_distinct_key(key: &[u8]) -> Result<(i64, &[u8], u8, &[u8])> {
-    let parsed = || {
-        let pane = keys::time_of(key)?;
-        let len = u32::from_be_bytes(key.get(9..13)?.try_into().ok()?) as usize;
-        let group = key.get(13..13 + len)?;
-        let agg = *key.get(13 + len)?;
-        Some((pane, group, agg, key.get(14 + len..)?))
-    };
-    parsed().ok_or_else(|| StreamError::Corrupt("a distinct-value key is truncated".into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,15 +345,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn distinct_keys_round_trip() {
-        let key = distinct_key(-5, b"card-7", 2, b"merchant");
-        assert_eq!(
-            parse_distinct_key(&key).unwrap(),
-            (-5, b"card-7".as_slice(), 2, b"merchant".as_slice())
-        );
-        assert!(parse_distinct_key(&key[..12]).is_err());
     }
 }
