@@ -149,9 +149,10 @@ fn drive(
     Ok((operate, commit, out_rows, dropped))
 }
 
-pub fn dedup(keys: u64, batch_rows: usize) -> Result<()> {
+/// `state_memory`: the state's budget, as `tributary run --state-memory`.
+pub fn dedup(keys: u64, batch_rows: usize, state_memory: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut store = RocksStore::open(dir.path(), RocksOptions::default())?;
+    let mut store = RocksStore::open(dir.path(), RocksOptions::with_memory(state_memory))?;
     // A watermark delay longer than the stream: every key stays in state.
     let mut config = config(24 * 60 * MINUTE);
     config.dedup_keys = vec!["event_id".into()];
@@ -175,11 +176,13 @@ pub fn dedup(keys: u64, batch_rows: usize) -> Result<()> {
         "replayed keys were not recognised as duplicates"
     );
     println!(
-        "bench dedup: {keys} distinct keys (32-character ids) in batches of {batch_rows}, RocksDB on disk\n  \
+        "bench dedup: {keys} distinct keys (32-character ids) in batches of {batch_rows}, RocksDB on disk \
+         with a {} MiB state budget\n  \
          operator thread (operate + commit): {:>6.0} rows/s\n  \
          operate (sort, lookups, staging): {:>8.0} rows/s\n  \
          state commits:                  {:>10.0} rows/s\n  \
          peak RSS {:.0} MiB; state on disk {:.0} MiB",
+        state_memory >> 20,
         keys as f64 / total.as_secs_f64(),
         keys as f64 / operate.as_secs_f64(),
         keys as f64 / commit.as_secs_f64(),
@@ -189,9 +192,9 @@ pub fn dedup(keys: u64, batch_rows: usize) -> Result<()> {
     Ok(())
 }
 
-pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> Result<()> {
+pub fn windows(rows_total: u64, batch_rows: usize, cards: u64, state_memory: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut store = RocksStore::open(dir.path(), RocksOptions::default())?;
+    let mut store = RocksStore::open(dir.path(), RocksOptions::with_memory(state_memory))?;
     let mut config = config(DELAY);
     config.window = Some(Window::Sliding {
         size: SIZE,
@@ -231,11 +234,13 @@ pub fn windows(rows_total: u64, batch_rows: usize, cards: u64) -> Result<()> {
     oracle.complete(&seen)?;
     println!(
         "bench windows: {rows_total} rows, {cards} cards, 10-minute windows sliding every 2 minutes \
-         (5 per row), count + sum + count_distinct, batches of {batch_rows}, RocksDB on disk\n  \
+         (5 per row), count + sum + count_distinct, batches of {batch_rows}, RocksDB on disk with a \
+         {} MiB state budget\n  \
          operator thread (operate + commit): {:>6.0} rows/s\n  \
          operate:                        {:>10.0} rows/s\n  \
          state commits:                  {:>10.0} rows/s\n  \
          {windows} final windows written; peak RSS {:.0} MiB",
+        state_memory >> 20,
         rows_total as f64 / total.as_secs_f64(),
         rows_total as f64 / operate.as_secs_f64(),
         rows_total as f64 / commit.as_secs_f64(),

@@ -4,6 +4,7 @@
 use clap::Subcommand;
 use tributary_bench::{BENCH_RECORD_BYTES, Broker, Stream};
 use tributary_devstack as dev;
+use tributary_spec::ByteSize;
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -58,6 +59,9 @@ pub enum Bench {
         keys: u64,
         #[arg(long, default_value_t = 100_000)]
         batch_rows: usize,
+        /// The state's memory budget, as `tributary run --state-memory`.
+        #[arg(long, default_value = "512MiB")]
+        state_memory: ByteSize,
     },
     /// The fraud-scoring example (table-specs/fraud/fraud-scoring.yaml):
     /// enrich, dedup, 10-minute rolling features per card, the score and
@@ -90,6 +94,9 @@ pub enum Bench {
         batch_rows: usize,
         #[arg(long, default_value_t = 10_000)]
         cards: u64,
+        /// The state's memory budget, as `tributary run --state-memory`.
+        #[arg(long, default_value = "512MiB")]
+        state_memory: ByteSize,
     },
 }
 
@@ -112,16 +119,26 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
             })
             .await?
         }
-        Bench::Dedup { keys, batch_rows } => {
-            tokio::task::spawn_blocking(move || tributary_bench::dedup(keys, batch_rows)).await??
+        Bench::Dedup {
+            keys,
+            batch_rows,
+            state_memory,
+        } => {
+            let memory = usize::try_from(state_memory.0)?;
+            tokio::task::spawn_blocking(move || tributary_bench::dedup(keys, batch_rows, memory))
+                .await??
         }
         Bench::Windows {
             rows,
             batch_rows,
             cards,
+            state_memory,
         } => {
-            tokio::task::spawn_blocking(move || tributary_bench::windows(rows, batch_rows, cards))
-                .await??
+            let memory = usize::try_from(state_memory.0)?;
+            tokio::task::spawn_blocking(move || {
+                tributary_bench::windows(rows, batch_rows, cards, memory)
+            })
+            .await??
         }
         Bench::Fraud {
             transactions,
