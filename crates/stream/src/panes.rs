@@ -14,8 +14,7 @@ use std::collections::HashMap;
 
 use tributary_core::{StagedWrites, StateStore, encode_time};
 
-use crate::aggregate::{Acc, encode_accs};
-use crate::aggregate::{WindowRow, read_accs};
+use crate::aggregate::{Acc, WindowRow, encode_accs, read_accs};
 use crate::config::Watermarks;
 use crate::error::{Result, StreamError};
 use crate::keys;

@@ -282,8 +282,8 @@ pub(crate) struct Prepared {
     pub times: Vec<i64>,
     partitions: Vec<i32>,
     offsets: Vec<i64>,
-    pub groups: crate::prepare::EncodedKeys,
-    pub inputs: Vec<AggInput>,
+    pub groups: EncodedKeys,
+    inputs: Vec<AggInput>,
     pub types: Types,
 }
 
@@ -328,7 +328,7 @@ fn cast_values<T: arrow::datatypes::ArrowPrimitiveType>(array: &ArrayRef) -> Res
 where
     T::Native: Default,
 {
-    let cast = arrow::compute::cast(array, &T::DATA_TYPE)?;
-    let values = cast.as_primitive::<T>();
+    let converted = cast(array, &T::DATA_TYPE)?;
+    let values = converted.as_primitive::<T>();
     Ok((0..values.len()).map(|i| values.value(i)).collect())
 }
