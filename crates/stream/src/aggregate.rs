@@ -121,30 +121,51 @@ impl Acc {
         }
     }
 
-    /// Folds another accumulator of the same function into this one.
-    pub(crate) fn merge(&mut self, other: Acc) {
+    /// [`Acc::merge`] for an accumulator that is not needed after: the
+    /// larger distinct set takes in the other's values without copies.
+    pub(crate) fn absorb(&mut self, other: Acc) {
+        match (self, other) {
+            (Acc::DistinctSet(a), Acc::DistinctSet(mut b)) => {
+                if a.len() < b.len() {
+                    std::mem::swap(a, &mut b);
+                }
+                a.extend(b);
+            }
+            (acc, other) => acc.merge(&other),
+        }
+    }
+
+    /// Folds another accumulator of the same function into this one,
+    /// copying only the values it keeps: a window merges each of its panes.
+    pub(crate) fn merge(&mut self, other: &Acc) {
         match (self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
-            (Acc::DistinctSet(a), Acc::DistinctSet(b)) => a.extend(b),
-            (Acc::SumInt(a), Acc::SumInt(Some(b))) => *a = Some(a.unwrap_or(0).wrapping_add(b)),
+            (Acc::DistinctSet(a), Acc::DistinctSet(b)) => {
+                for value in b {
+                    if !a.contains(value) {
+                        a.insert(value.clone());
+                    }
+                }
+            }
+            (Acc::SumInt(a), Acc::SumInt(Some(b))) => *a = Some(a.unwrap_or(0).wrapping_add(*b)),
             (Acc::SumFloat(a), Acc::SumFloat(Some(b))) => *a = Some(a.unwrap_or(0.0) + b),
             (Acc::Avg { sum, count }, Acc::Avg { sum: s, count: c }) => {
                 *sum += s;
                 *count += c;
             }
-            (Acc::Min(a), Acc::Min(Some(b))) if a.as_ref().is_none_or(|cur| b < *cur) => {
-                *a = Some(b)
+            (Acc::Min(a), Acc::Min(Some(b))) if a.as_ref().is_none_or(|cur| b < cur) => {
+                *a = Some(b.clone())
             }
-            (Acc::Max(a), Acc::Max(Some(b))) if a.as_ref().is_none_or(|cur| b > *cur) => {
-                *a = Some(b)
+            (Acc::Max(a), Acc::Max(Some(b))) if a.as_ref().is_none_or(|cur| b > cur) => {
+                *a = Some(b.clone())
             }
             (Acc::First(a), Acc::First(Some(b)))
-                if a.as_ref().is_none_or(|cur| earlier(&b, cur)) =>
+                if a.as_ref().is_none_or(|cur| earlier(b, cur)) =>
             {
-                *a = Some(b)
+                *a = Some(b.clone())
             }
-            (Acc::Last(a), Acc::Last(Some(b))) if a.as_ref().is_none_or(|cur| earlier(cur, &b)) => {
-                *a = Some(b)
+            (Acc::Last(a), Acc::Last(Some(b))) if a.as_ref().is_none_or(|cur| earlier(cur, b)) => {
+                *a = Some(b.clone())
             }
             _ => {}
         }

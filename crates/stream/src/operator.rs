@@ -505,7 +505,7 @@ impl Operator {
                         joined.start = joined.start.min(s.start);
                         joined.end = joined.end.max(s.end);
                         for (acc, other) in joined.accs.iter_mut().zip(s.accs) {
-                            acc.merge(other);
+                            acc.absorb(other);
                         }
                     } else {
                         k += 1;

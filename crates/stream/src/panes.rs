@@ -258,7 +258,7 @@ impl Windows {
     fn merge(&mut self, start: i64, size: i64, group: &[u8], accs: &[Acc]) {
         if let Some(n) = self.number(start, size, group) {
             for (acc, other) in self.accs[n as usize].iter_mut().zip(accs) {
-                acc.merge(other.clone());
+                acc.merge(other);
             }
         }
     }
