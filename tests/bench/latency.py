@@ -18,7 +18,10 @@ time less its Kafka timestamp. The script fails unless every such row of
 the table reached the consumer exactly once, and no other row did.
 
     TRIBUTARY_BIN=target/release/tributary KAFKA_LIBS=~/.cache/tributary/kafka-4.1.1/libs \\
-        python tests/bench/latency.py [RATE] [SECONDS] [WARMUP]
+        python tests/bench/latency.py [RATE] [SECONDS] [WARMUP] [REPUBLISH_INTERVAL]
+
+REPUBLISH_INTERVAL (default 200ms) is the sink's `republish.interval`: how
+often it looks for new table versions besides when the pipeline commits.
 
 Prints p50 / p95 / p99 / max in milliseconds for the table and for the
 republished rows, the rate reached, and Tributary's peak RSS;
@@ -43,12 +46,12 @@ from tools import peak_rss_mib, produce, with_offset_columns  # noqa: E402
 
 PARTITIONS = 4
 ALERTS = "latency-alerts"
-REPUBLISH = f"""republish:
-  topic: {ALERTS}
+REPUBLISH = """republish:
+  topic: {alerts}
   filter: url = '/checkout'
   columns: [kafka_partition, kafka_offset]
   format: json
-  interval: 200ms
+  interval: {interval}
 """
 
 
@@ -100,6 +103,7 @@ def main():
     rate = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 30
     warmup = float(sys.argv[3]) if len(sys.argv) > 3 else 5
+    republish_interval = sys.argv[4] if len(sys.argv) > 4 else "200ms"
     binary = os.environ["TRIBUTARY_BIN"]
     with tempfile.TemporaryDirectory() as work:
         work = pathlib.Path(work)
@@ -110,7 +114,7 @@ def main():
                           registry=stack.registry, table=table, checkpoint=work / "checkpoint")
         # A steady stream: a 1 s trigger, no draining and stopping.
         spec.write_text(spec.read_text().replace("  available_now: true\n  interval: 500ms\n", "  interval: 1s\n")
-                        + REPUBLISH)
+                        + REPUBLISH.format(alerts=ALERTS, interval=republish_interval))
         with_offset_columns(spec, "latency", timestamp="kafka_ts")
         alerts = AlertReader(cluster.bootstrap)
         run = subprocess.Popen([binary, "run", "--spec", str(spec), "--admin-addr", "127.0.0.1:0"],

@@ -440,6 +440,35 @@ def test_the_sink_inside_run_publishes_and_reports_its_lag(binary, dev_stack, tm
     assert [f["name"] for f in registered["fields"]] == ["payment_id", "account", "amount_cents", "ts"]
 
 
+def test_the_sink_inside_run_publishes_each_commit_without_waiting_for_its_interval(binary, dev_stack, tmp_path):
+    from test_admin import admin_url, scrape, total
+
+    schema_id = dev_stack.register("payments-value", PAYMENT)
+    spec = fraud_spec(dev_stack, tmp_path, republish_enabled=True)
+    # The sink's own poll would not come within the test: only the
+    # pipeline's commits can wake it.
+    head, republish = spec.read_text().split("republish:\n")
+    spec.write_text(head + "republish:\n" + republish.replace("  interval: 200ms\n", "  interval: 10m\n"))
+    table = tmp_path / "lake" / "payments"
+    produce_payments(dev_stack, schema_id, 0, 300)
+    run = start(binary, spec)
+    try:
+        url = admin_url(run.log)
+        wait_for(lambda: table.exists() and total(scrape(url), "tributary_republish_last_version") >= 1, 60,
+                 "the sink to publish the first version")
+        # The sink now waits for its next look; these rows land in later versions.
+        produce_payments(dev_stack, schema_id, 300, 600)
+        wait_for(lambda: len(versions_of(table)) == 900, 60, "ingest")
+        final_version = table_version(table)
+        wait_for(lambda: total(scrape(url), "tributary_republish_last_version") == final_version, 30,
+                 "the sink to publish the versions committed after its first look")
+    finally:
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) == 0, log_of(run)[-3000:]
+    alerts = read_alerts(dev_stack, expected=sum(1 for n in range(900) if payment(n)["is_suspicious"]))
+    assert_alerts_exactly_once_in_version_order(alerts, table, 900)
+
+
 def test_the_fraud_alert_example_in_the_docs_is_a_valid_spec(binary, tmp_path):
     doc = (ROOT / "docs/republish.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)

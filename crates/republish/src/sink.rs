@@ -13,6 +13,7 @@ use deltalake::arrow::datatypes::{
     DataType, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
 };
 use serde::Serialize;
+use tokio::sync::Notify;
 use tributary_avro::RegistryClient;
 use tributary_core::{Classify, ErrorKind, LatencyProgress};
 use tributary_delta::{DeltaTableSink, TableOptions};
@@ -64,7 +65,10 @@ pub type RepublishCallback = Arc<dyn Fn(&RepublishProgress) + Send + Sync>;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs the republish sink of `spec` until `stop` is set (between two
-/// transactions), registering an Avro value schema with `registry`.
+/// transactions), registering an Avro value schema with `registry`. It
+/// looks for new versions every `republish.interval`, and at once when
+/// `committed` is notified: the pipeline in the same process notifies it
+/// on each commit, so a version is published without waiting for the poll.
 /// Errors a retry can cure (broker, storage, registry) are
 /// retried with backoff; a fenced sink, a version lost to log retention or a
 /// filter that cannot be evaluated end it.
@@ -73,12 +77,14 @@ pub async fn run_republisher(
     stop: Arc<AtomicBool>,
     on_progress: Option<RepublishCallback>,
     registry: Arc<RegistryClient>,
+    committed: Option<Arc<Notify>>,
 ) -> Result<()> {
     run_republisher_checking(
         spec,
         stop,
         on_progress,
         registry,
+        committed,
         ProgressTopicCheck::Describe,
     )
     .await
@@ -91,6 +97,7 @@ pub async fn run_republisher_checking(
     stop: Arc<AtomicBool>,
     on_progress: Option<RepublishCallback>,
     registry: Arc<RegistryClient>,
+    committed: Option<Arc<Notify>>,
     check: ProgressTopicCheck,
 ) -> Result<()> {
     let Some(republish) = spec.republish.clone() else {
@@ -139,7 +146,16 @@ pub async fn run_republisher_checking(
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        sleep_unless_stopped(sink.republish.interval.0, &stop).await;
+        let poll = sleep_unless_stopped(sink.republish.interval.0, &stop);
+        match &committed {
+            Some(committed) => {
+                tokio::select! {
+                    () = poll => {}
+                    () = committed.notified() => {}
+                }
+            }
+            None => poll.await,
+        }
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }

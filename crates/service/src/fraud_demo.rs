@@ -73,11 +73,14 @@ pub async fn run(dir: &Path, duration: Duration, rate: u64) -> anyhow::Result<()
     let consumed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let seen = consumed.clone();
+    let committed = Arc::new(tokio::sync::Notify::new());
+    let wake_sink = committed.clone();
     let options = PipelineOptions {
         stop: stop.clone(),
         progress_json: Some(dir.join("progress.jsonl")),
         progress_json_max_bytes: tributary_engine::DEFAULT_PROGRESS_JSON_MAX_BYTES,
         on_progress: Some(Arc::new(move |p: &BatchProgress| {
+            wake_sink.notify_one();
             seen.fetch_add(p.num_input_rows, Ordering::Relaxed);
             let p95 = p
                 .event_to_commit
@@ -117,6 +120,7 @@ pub async fn run(dir: &Path, duration: Duration, rate: u64) -> anyhow::Result<()
             },
         )),
         registry_client,
+        Some(committed),
         tributary_republish::ProgressTopicCheck::TrustDevStack,
     ));
     let pipeline = tokio::spawn(run_pipeline(spec, options, components));

@@ -481,8 +481,13 @@ async fn run(
             let checkpoint = components.checkpoint.clone();
             verify::spawn_periodic(spec.clone(), checkpoint, every, admin.clone(), stop.clone())
         });
+        // The republish sink beside the pipeline looks for a new version as
+        // soon as a batch commits, not only at its interval.
+        let committed = Arc::new(tokio::sync::Notify::new());
+        let wake_sink = committed.clone();
         let on_progress: Option<tributary_engine::ProgressCallback> =
             Some(Arc::new(move |p: &tributary_engine::BatchProgress| {
+                wake_sink.notify_one();
                 to_admin.record(p);
                 if let Some(bar) = &bar {
                     bar(p);
@@ -519,7 +524,13 @@ async fn run(
         }
         if spec.republish.as_ref().is_some_and(|r| r.enabled) && !spec.trigger.available_now {
             let registry = components.registry.clone();
-            spawn_republisher(spec.clone(), stop.clone(), admin.clone(), registry);
+            spawn_republisher(
+                spec.clone(),
+                stop.clone(),
+                admin.clone(),
+                registry,
+                committed,
+            );
         }
         tasks.spawn(async move { (name, run_pipeline(spec, options, components).await) });
     }
@@ -558,6 +569,7 @@ fn spawn_republisher(
     stop: Arc<AtomicBool>,
     admin: Arc<admin::AdminState>,
     registry: Arc<tributary_avro::RegistryClient>,
+    committed: Arc<tokio::sync::Notify>,
 ) {
     tokio::spawn(async move {
         let to_admin = admin.clone();
@@ -565,9 +577,14 @@ fn spawn_republisher(
             Arc::new(move |p: &tributary_republish::RepublishProgress| {
                 to_admin.record_republish(p)
             });
-        if let Err(e) =
-            tributary_republish::run_republisher(spec.clone(), stop, Some(on_progress), registry)
-                .await
+        if let Err(e) = tributary_republish::run_republisher(
+            spec.clone(),
+            stop,
+            Some(on_progress),
+            registry,
+            Some(committed),
+        )
+        .await
         {
             tracing::error!(pipeline = %spec.pipeline, error = %e, "the republish sink stopped");
             admin.record_republish_failure(&spec.pipeline);
@@ -603,7 +620,7 @@ async fn republish(files: Vec<PathBuf>, progress_json: ProgressFile) -> anyhow::
         let registry = components::registry_client(&spec.source.schema_registry)?;
         tasks.spawn(async move {
             let republished =
-                tributary_republish::run_republisher(spec, stop, on_progress, registry).await;
+                tributary_republish::run_republisher(spec, stop, on_progress, registry, None).await;
             (name, republished)
         });
     }

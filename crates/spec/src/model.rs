@@ -590,7 +590,8 @@ pub struct RepublishSpec {
     /// schema registry. `json`: one JSON object per row.
     #[serde(default)]
     pub format: RepublishFormat,
-    /// How often the sink looks for new table versions.
+    /// How often the sink looks for new table versions. Beside its pipeline
+    /// in `tributary run` it also looks as soon as a batch commits.
     #[serde(default = "default_interval")]
     #[schemars(default = "default_interval")]
     pub interval: HumanDuration,
