@@ -236,7 +236,7 @@ impl StateStore for RocksStore {
         // The batched form looks keys up level by level, sorted, instead of
         // one at a time. Each answer pins its block in the cache until it is
         // copied out, beyond the cache's budget: a chunk at a time bounds
-        // that (all of a 100,000-key batch at once pinned ~200 MiB).
+        // that (all of a 100,000-key batch at once pinned ~180 MiB).
         let mut values = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MULTI_GET_CHUNK) {
             for r in db.batched_multi_get_cf(data, chunk, false) {
