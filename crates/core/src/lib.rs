@@ -10,7 +10,7 @@ pub use crash::{CrashPoint, crash_point};
 pub use latency::{LATENCY_BUCKETS, LatencyProgress};
 pub use offsets::{OffsetRanges, PartitionRange};
 pub use state::{
-    StagedWrites, StateError, StateRead, StateResult, StateStore, Write, decode_time, encode_time,
+    StagedWrites, StateError, StateResult, StateStore, Write, decode_time, encode_time,
 };
 
 use serde::Serialize;

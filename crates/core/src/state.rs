@@ -1,4 +1,4 @@
-//! The contract of operator state, [`StateRead`] and [`StateStore`], and its key codec: here,
+//! The contract of operator state, [`StateStore`], and its key codec: here,
 //! where every stage sees them without building an implementation (RocksDB
 //! lives in `tributary-state`).
 //!
@@ -38,14 +38,19 @@ impl StagedWrites {
     }
 }
 
-/// Reading the state of one group of one pipeline: what operators need.
+/// The state of one group of one pipeline.
 ///
 /// Contract:
-/// - Reads see committed state only (a batch's own changes are staged in a
-///   [`StagedWrites`] until [`StateStore::commit`]).
+/// - Reads see committed state only; a batch's own changes are staged in a
+///   [`StagedWrites`] and become visible at [`StateStore::commit`].
+/// - `commit(n, writes)` applies `writes` in order and records `n` as the
+///   last committed batch *atomically*: after a crash the store holds either
+///   all of batch `n` or none of it. Batch ids only grow: committing a batch
+///   id at or below the committed one is refused, so a replay cannot apply
+///   twice.
 /// - Keys are ordered bytewise; `scan(start, end)` returns `[start, end)` in
 ///   that order.
-pub trait StateRead: Send {
+pub trait StateStore: Send {
     fn get(&self, key: &[u8]) -> StateResult<Option<Vec<u8>>>;
 
     /// Several point reads at once (RocksDB batches them).
@@ -54,20 +59,10 @@ pub trait StateRead: Send {
     /// Key-value pairs in `[start, end)`, in key order.
     fn scan(&self, start: &[u8], end: &[u8]) -> StateResult<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> StateResult<()>;
+
     /// The last committed batch, `None` for an empty store.
     fn committed_batch(&self) -> StateResult<Option<u64>>;
-}
-
-/// The state of one group of one pipeline.
-///
-/// Contract, beyond [`StateRead`]'s:
-/// - `commit(n, writes)` applies `writes` in order and records `n` as the
-///   last committed batch *atomically*: after a crash the store holds either
-///   all of batch `n` or none of it, and reads after `commit` returns see
-///   all of it. Batch ids only grow: committing a batch id at or below the
-///   committed one is refused, so a replay cannot apply twice.
-pub trait StateStore: StateRead {
-    fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> StateResult<()>;
 }
 
 /// Order-preserving encoding of a signed timestamp: byte order of the
@@ -94,8 +89,6 @@ pub enum StateError {
     Snapshot { uri: String, message: String },
     #[error("state store at {path} is corrupt: {message}")]
     Corrupt { path: String, message: String },
-    #[error("state store at {path}: the thread applying batch {batch_id} panicked")]
-    ApplyPanicked { path: String, batch_id: u64 },
 }
 
 impl Classify for StateError {
@@ -103,9 +96,7 @@ impl Classify for StateError {
         match self {
             // A local disk failing (full, unwritable): the operator must act.
             StateError::Store { .. } | StateError::Snapshot { .. } => ErrorKind::External,
-            StateError::OutOfOrder { .. }
-            | StateError::Corrupt { .. }
-            | StateError::ApplyPanicked { .. } => ErrorKind::Internal,
+            StateError::OutOfOrder { .. } | StateError::Corrupt { .. } => ErrorKind::Internal,
         }
     }
 }

@@ -1,12 +1,10 @@
 //! One planned batch from its rows to its report: operate on the state the
-//! previous batch left, wait until that state is on disk, commit to the
-//! tables, start applying the state change, clean up, commit consumer-group
-//! offsets, report.
+//! previous batch left, commit to the tables, apply the state change, clean
+//! up, commit consumer-group offsets, report.
 //!
 //! Invariant: the state change of batch N is applied only after every
-//! table has batch N, and is on disk before any table has batch N+1, so
-//! after a crash the state is at most one batch behind the tables, never
-//! ahead (recovery re-runs what it lacks).
+//! table has batch N, so after a crash the state is at most one batch
+//! behind the tables, never ahead (recovery re-runs what it lacks).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +23,7 @@ use crate::open::Group;
 use crate::options::{PipelineOptions, RunSummary};
 use crate::plan::BatchPlan;
 use crate::report::{BatchReport, StepTimes, publish};
-use crate::stateful::{apply_state, operate, settle_state};
+use crate::stateful::{apply_state, operate};
 
 /// Writes a group's batches and keeps the run's totals.
 pub(crate) struct BatchWriter<'a> {
@@ -57,9 +55,6 @@ impl BatchWriter<'_> {
             dimension_versions: _,
         } = batch;
         let (output, operated) = operate(g.state.as_mut(), plan.batch_id, payload)?;
-        // The batch before is applied by now, or wait for it: the state is
-        // never more than one batch behind the tables.
-        settle_state(g.state.as_mut()).await?;
         let filtered_rows = filtered_rows + output.filtered;
         let output_rows = match &output.data {
             BatchRows::Encoded(e) => e.rows,

@@ -28,7 +28,6 @@ use crate::options::{Components, GroupStep, PipelineOptions, RunSummary};
 use crate::plan::{BatchPlan, PlanLimits, RecordedDeadLetter};
 use crate::recovery::{Recovery, recover};
 use crate::stages::{ReaderInput, Stages};
-use crate::stateful::settle_state;
 
 /// One group's runs: what they share across retries.
 pub(crate) struct Run<'a> {
@@ -196,9 +195,6 @@ impl<'a> Run<'a> {
                 self.plan_and_write(group, source, next_batch, batch)
                     .await?;
                 next_batch += 1;
-            } else {
-                // Nothing to do: the last batch's state need not wait for the next.
-                settle_state(group.state.as_mut()).await?;
             }
             if !caught_up {
                 caught_up = true;
@@ -222,7 +218,7 @@ impl<'a> Run<'a> {
             self.plan_and_write(group, source, next_batch, batch)
                 .await?;
         }
-        settle_state(group.state.as_mut()).await
+        Ok(())
     }
 
     /// Records a new batch's plan in the offsets log, then writes it.

@@ -2,12 +2,9 @@
 //! over a RocksDB state store, wired into the micro-batch loop. A batch is operated on the
 //! state left by the batch before; its output and late rows are committed
 //! with the batch's txn, and only then is its state change applied, marked
-//! with its batch id. RocksDB state is applied on a thread of its own while
-//! the next batch is operated (it reads the pending change laid over the
-//! store), and settled before that batch commits to its tables. After a
-//! crash the state is at most one batch behind the table, or gone; the
-//! batches it lacks are re-run from their recorded offsets with every table
-//! commit skipped as already landed.
+//! with its batch id. After a crash the state is at most one batch behind
+//! the table, or gone; the batches it lacks are re-run from their recorded
+//! offsets with every table commit skipped as already landed.
 
 use std::path::PathBuf;
 
@@ -16,9 +13,7 @@ use deltalake::arrow::datatypes::SchemaRef;
 use object_store::path::Path as ObjectPath;
 use tributary_delta::BatchRows;
 use tributary_spec::{OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START};
-use tributary_state::{
-    ApplyBehind, MemoryStore, RocksOptions, RocksStore, Snapshots, StateRead, StateStore,
-};
+use tributary_state::{MemoryStore, RocksOptions, RocksStore, Snapshots, StateStore};
 use tributary_stream::{Operated, Operator, OperatorConfig};
 use tributary_transform::Transform;
 
@@ -76,9 +71,8 @@ pub(crate) fn operate(
     Ok((output, Some(operated)))
 }
 
-/// Starts applying a committed batch's state change (see [`settle_state`]);
-/// a batch due for a snapshot waits for it and is snapshotted before it is
-/// reported. Returns what the operators did, for the progress event.
+/// Applies a committed batch's state change, and takes a snapshot when one
+/// is due. Returns what the operators did, for the progress event.
 pub(crate) async fn apply_state(
     state: Option<&mut GroupState>,
     batch_id: u64,
@@ -97,20 +91,8 @@ pub(crate) async fn apply_state(
         late_rows_table_version,
     };
     tokio::task::block_in_place(|| state.apply(batch_id, operated))?;
-    if state.snapshot_due(batch_id) {
-        state.settle().await?;
-    }
+    state.snapshot_if_due(batch_id).await;
     Ok(Some(progress))
-}
-
-/// Waits until the last batch's state change is applied, and takes a
-/// snapshot of it when one is due. Called before the next batch commits to
-/// its tables, when a run ends, and when a trigger finds nothing.
-pub(crate) async fn settle_state(state: Option<&mut GroupState>) -> Result<()> {
-    match state {
-        Some(state) => state.settle().await,
-        None => Ok(()),
-    }
 }
 
 /// Where a group's RocksDB state lives.
@@ -142,12 +124,12 @@ pub(crate) struct GroupState {
 /// A group's state store, of the backend the caller picked.
 enum Store {
     /// With the snapshots of an object-store checkpoint.
-    Rocks(ApplyBehind, Option<Snapshots>),
+    Rocks(RocksStore, Option<Snapshots>),
     Memory(MemoryStore),
 }
 
 impl Store {
-    fn contract(&self) -> &dyn StateRead {
+    fn contract(&self) -> &dyn StateStore {
         match self {
             Store::Rocks(store, _) => store,
             Store::Memory(store) => store,
@@ -218,7 +200,7 @@ async fn open_rocks(
             RocksStore::open(&dir, options.clone())
         }
     })?;
-    Ok(Store::Rocks(ApplyBehind::new(store), snapshots))
+    Ok(Store::Rocks(store, snapshots))
 }
 
 impl GroupState {
@@ -318,8 +300,7 @@ impl GroupState {
         }
     }
 
-    /// Applies a committed batch's state changes; RocksDB's, on a thread of
-    /// their own (reads see them at once).
+    /// Applies a committed batch's state changes.
     pub(crate) fn apply(&mut self, batch_id: u64, operated: Operated) -> Result<()> {
         Ok(self
             .store
@@ -327,37 +308,19 @@ impl GroupState {
             .commit(batch_id, operated.writes)?)
     }
 
-    /// Whether the state after `batch_id` is to be uploaded as a snapshot.
-    fn snapshot_due(&self, batch_id: u64) -> bool {
-        let every = self.snapshot_every;
-        matches!(self.store, Store::Rocks(_, Some(_)))
-            && every > 0
-            && (batch_id + 1).is_multiple_of(every)
-    }
-
-    /// Waits until the last batch's state is on disk; snapshots it when due.
-    async fn settle(&mut self) -> Result<()> {
-        let Store::Rocks(behind, _) = &mut self.store else {
-            return Ok(());
-        };
-        if let Some(batch_id) = tokio::task::block_in_place(|| behind.settle())? {
-            self.snapshot_if_due(batch_id).await;
-        }
-        Ok(())
-    }
-
     /// Uploads a snapshot when `batch_id` is due for one. A failed upload
     /// is only logged: the state is safe on disk, and the next due batch
     /// tries again.
-    async fn snapshot_if_due(&mut self, batch_id: u64) {
-        if !self.snapshot_due(batch_id) {
-            return;
-        }
-        let Store::Rocks(behind, Some(snapshots)) = &mut self.store else {
+    pub(crate) async fn snapshot_if_due(&mut self, batch_id: u64) {
+        let every = self.snapshot_every;
+        let Store::Rocks(store, Some(snapshots)) = &mut self.store else {
             return;
         };
-        let store = behind.store();
+        if every == 0 || !(batch_id + 1).is_multiple_of(every) {
+            return;
+        }
         let scratch = store.path().with_extension("snapshot");
+        let store = &*store;
         let taken = tokio::task::block_in_place(|| -> Result<String> {
             if scratch.exists() {
                 std::fs::remove_dir_all(&scratch)

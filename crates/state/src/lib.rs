@@ -1,22 +1,17 @@
 //! The implementations of operator state's contract,
-//! [`tributary_core::StateStore`]: [`RocksStore`] (RocksDB on local disk),
-//! [`ApplyBehind`] (a `RocksStore` applying each commit on a thread of its
-//! own, what pipelines run on) and [`MemoryStore`] (tests and property
-//! checks). One conformance suite (`conformance` below) runs against all three.
+//! [`tributary_core::StateStore`]: [`RocksStore`] (RocksDB on local disk, what pipelines
+//! run on) and [`MemoryStore`] (tests and property checks). One conformance
+//! suite (`conformance` below) runs against both.
 //!
 //! The contract and the key codec live in `tributary-core`, so the
 //! operators build without RocksDB; they are re-exported here.
 
-mod behind;
 mod memory;
 mod rocks;
 mod snapshot;
 
-pub use tributary_core::{
-    StagedWrites, StateError, StateRead, StateStore, Write, decode_time, encode_time,
-};
+pub use tributary_core::{StagedWrites, StateError, StateStore, Write, decode_time, encode_time};
 
-pub use behind::ApplyBehind;
 pub use memory::MemoryStore;
 pub use rocks::{RocksOptions, RocksStore};
 pub use snapshot::{SnapshotManifest, Snapshots, UploadOutcome};

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use crate::{Result, StagedWrites, StateRead, StateStore, Write, check_order};
+use crate::{Result, StagedWrites, StateStore, Write, check_order};
 
 /// State in a `BTreeMap`: for tests, property checks and the oracle.
 #[derive(Debug, Default, Clone)]
@@ -15,7 +15,7 @@ impl MemoryStore {
     }
 }
 
-impl StateRead for MemoryStore {
+impl StateStore for MemoryStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.map.get(key).cloned())
     }
@@ -35,12 +35,6 @@ impl StateRead for MemoryStore {
             .collect())
     }
 
-    fn committed_batch(&self) -> Result<Option<u64>> {
-        Ok(self.committed)
-    }
-}
-
-impl StateStore for MemoryStore {
     fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
         check_order(self.committed, batch_id)?;
         for w in writes.writes {
@@ -64,6 +58,10 @@ impl StateStore for MemoryStore {
         }
         self.committed = Some(batch_id);
         Ok(())
+    }
+
+    fn committed_batch(&self) -> Result<Option<u64>> {
+        Ok(self.committed)
     }
 }
 

@@ -5,7 +5,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
-use crate::{Result, StagedWrites, StateError, StateRead, StateStore, Write, check_order};
+use crate::{Result, StagedWrites, StateError, StateStore, Write, check_order};
 
 const META: &str = "meta";
 const COMMITTED_BATCH: &[u8] = b"committed_batch";
@@ -173,31 +173,6 @@ impl RocksStore {
         &self.path
     }
 
-    /// [`StateStore::commit`] through a shared reference, so that
-    /// [`crate::ApplyBehind`] can apply a batch on another thread while
-    /// this one reads.
-    pub(crate) fn commit_shared(&self, batch_id: u64, writes: &StagedWrites) -> Result<()> {
-        check_order(self.committed_batch()?, batch_id)?;
-        let db = &self.db;
-        let meta = self.meta()?;
-        let mut batch = WriteBatch::default();
-        for w in &writes.writes {
-            match w {
-                Write::Put(k, v) => batch.put(k, v),
-                Write::Delete(k) => batch.delete(k),
-                Write::DeleteRange(start, end) => {
-                    if start < end {
-                        batch.delete_range(start, end)
-                    }
-                }
-            }
-        }
-        batch.put_cf(&meta, COMMITTED_BATCH, batch_id.to_be_bytes());
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        db.write_opt(batch, &sync).map_err(self.err())
-    }
-
     fn err(&self) -> impl Fn(rocksdb::Error) -> StateError + '_ {
         |e| StateError::Store {
             path: self.path.display().to_string(),
@@ -245,7 +220,7 @@ fn open_db(path: &Path, options: &RocksOptions) -> Result<DB> {
     })
 }
 
-impl StateRead for RocksStore {
+impl StateStore for RocksStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get(key).map_err(self.err())
     }
@@ -284,6 +259,28 @@ impl StateRead for RocksStore {
             .collect()
     }
 
+    fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
+        check_order(self.committed_batch()?, batch_id)?;
+        let db = &self.db;
+        let meta = self.meta()?;
+        let mut batch = WriteBatch::default();
+        for w in writes.writes {
+            match w {
+                Write::Put(k, v) => batch.put(k, v),
+                Write::Delete(k) => batch.delete(k),
+                Write::DeleteRange(start, end) => {
+                    if start < end {
+                        batch.delete_range(start, end)
+                    }
+                }
+            }
+        }
+        batch.put_cf(&meta, COMMITTED_BATCH, batch_id.to_be_bytes());
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.write_opt(batch, &sync).map_err(self.err())
+    }
+
     fn committed_batch(&self) -> Result<Option<u64>> {
         let db = &self.db;
         let meta = self.meta()?;
@@ -297,12 +294,6 @@ impl StateRead for RocksStore {
                 Ok(Some(u64::from_be_bytes(bytes)))
             }
         }
-    }
-}
-
-impl StateStore for RocksStore {
-    fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
-        self.commit_shared(batch_id, &writes)
     }
 }
 

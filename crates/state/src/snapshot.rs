@@ -391,7 +391,7 @@ impl From<StateError> for Missing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RocksOptions, RocksStore, StagedWrites, StateRead, StateStore};
+    use crate::{RocksOptions, RocksStore, StagedWrites, StateStore};
 
     fn put(store: &mut RocksStore, batch: u64, keys: std::ops::Range<u32>) {
         let mut w = StagedWrites::default();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
-use tributary_core::{StagedWrites, StateRead};
+use tributary_core::{StagedWrites, StateStore};
 
 use crate::aggregate::{Acc, Input, Reader, aggregate_column};
 use crate::config::{AggregateFunction, Features};
@@ -127,7 +127,7 @@ fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>> {
 
 /// A filter of the keys in the state, each filed at its newest row's time
 /// plus `range`, when the watermark passing it forgets the key.
-pub(crate) fn load_filter(features: &Features, store: &dyn StateRead) -> Result<KeyFilter> {
+pub(crate) fn load_filter(features: &Features, store: &dyn StateStore) -> Result<KeyFilter> {
     crate::key_filter::load_shifted(
         store,
         keys::FEATURE_NEWEST,
@@ -144,7 +144,7 @@ pub(crate) fn load_filter(features: &Features, store: &dyn StateRead) -> Result<
 /// ([`forget_in_filter`]).
 pub(crate) fn expire(
     features: &Features,
-    store: &dyn StateRead,
+    store: &dyn StateStore,
     watermark: Option<i64>,
     writes: &mut StagedWrites,
 ) -> Result<()> {
@@ -177,7 +177,7 @@ pub(crate) fn forget_in_filter(filter: &mut KeyFilter, watermark: Option<i64>) {
 /// stored rows, trimmed to what rows after `watermark` can reach.
 pub(crate) fn attach(
     features: &Features,
-    store: &dyn StateRead,
+    store: &dyn StateStore,
     filter: &mut KeyFilter,
     rows: &RecordBatch,
     times: &[i64],
@@ -332,7 +332,7 @@ pub(crate) fn attach(
 /// Refuses inputs whose type differs from the stored rows' (their values
 /// would not compare), and records the types the first time.
 fn check_types(
-    store: &dyn StateRead,
+    store: &dyn StateStore,
     types: &[Option<arrow::datatypes::DataType>],
     writes: &mut StagedWrites,
 ) -> Result<()> {

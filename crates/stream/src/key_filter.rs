@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use tributary_core::StateRead;
+use tributary_core::StateStore;
 
 use crate::error::Result;
 use crate::keys;
@@ -148,7 +148,7 @@ impl KeyFilter {
 /// by); keyed by the key's bytes after the tag and `skip` more bytes.
 /// Buckets are `width` wide (at least a second).
 pub(crate) fn load_shifted(
-    store: &dyn StateRead,
+    store: &dyn StateStore,
     tag: u8,
     skip: usize,
     width: i64,
@@ -171,7 +171,7 @@ pub(crate) type Lookup = (Vec<Option<Vec<u8>>>, Vec<KeyHash>);
 /// hold: the others are certainly absent (new). Returns the values and each
 /// key's hash (of its bytes after the tag), to file the new keys with.
 pub(crate) fn filtered_get(
-    store: &dyn StateRead,
+    store: &dyn StateStore,
     filter: &KeyFilter,
     keys: &[Vec<u8>],
 ) -> Result<Lookup> {

@@ -5,7 +5,7 @@ use crate::config::{OperatorConfig, OutputMode, WINDOW_END, WINDOW_START, Waterm
 use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use tributary_core::{StagedWrites, StateRead};
+use tributary_core::{StagedWrites, StateStore};
 
 use crate::aggregate::{Acc, Reader, WindowRow, aggregate_column, encode_accs, read_accs};
 use crate::error::{Result, StreamError};
@@ -77,7 +77,7 @@ impl Operator {
     }
 
     /// The watermarks the next batch runs with, from the committed state.
-    pub fn watermarks(&self, store: &dyn StateRead) -> Result<Watermarks> {
+    pub fn watermarks(&self, store: &dyn StateStore) -> Result<Watermarks> {
         Ok(Watermarks {
             late: read_time(store, keys::LAST_WATERMARK)?,
             eviction: read_time(store, keys::MAX_EVENT_TIME)?
@@ -104,7 +104,7 @@ impl Operator {
     /// batch's rows in any order and chunking.
     pub fn process(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         batch_id: u64,
         input: &[RecordBatch],
     ) -> Result<Operated> {
@@ -115,7 +115,7 @@ impl Operator {
     /// [`Operator::process`] with given watermarks.
     pub fn process_at(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         batch_id: u64,
         input: &[RecordBatch],
         watermarks: Watermarks,
@@ -253,7 +253,7 @@ impl Operator {
     /// next batch, whose late-events watermark that is.
     fn dedup(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         batch: Option<&RecordBatch>,
         times: &[Option<i64>],
         rows: &[u32],
@@ -350,7 +350,7 @@ impl Operator {
     /// Feeds `rows` to the windows and returns the rows to write.
     fn windows(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         batch_id: u64,
         rows: Option<(RecordBatch, Vec<i64>)>,
         window: Window,
@@ -406,7 +406,7 @@ impl Operator {
     /// Refuses state holding windows as an earlier version kept them, one
     /// state entry per window: panes cannot be rebuilt from whole windows,
     /// and reading on without them would lose the rows they hold.
-    fn refuse_per_window_state(&self, store: &dyn StateRead) -> Result<()> {
+    fn refuse_per_window_state(&self, store: &dyn StateStore) -> Result<()> {
         let mut checked = self
             .checked_layout
             .lock()
@@ -447,7 +447,7 @@ impl Operator {
     #[allow(clippy::too_many_arguments)]
     fn sessions(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         batch_id: u64,
         prepared: Option<&Prepared>,
         template: &[Acc],
@@ -603,12 +603,12 @@ impl Operator {
 /// A filter of the `tag` keys in the store, by their leading time; the
 /// filter is keyed by the key's bytes after the tag and `skip` more bytes.
 /// Buckets are `width` wide (at least a second).
-fn load_filter(store: &dyn StateRead, tag: u8, skip: usize, width: i64) -> Result<KeyFilter> {
+fn load_filter(store: &dyn StateStore, tag: u8, skip: usize, width: i64) -> Result<KeyFilter> {
     crate::key_filter::load_shifted(store, tag, skip, width, 0)
 }
 
 /// A time stored under `key` (the max event time, the last watermark).
-fn read_time(store: &dyn StateRead, key: &[u8]) -> Result<Option<i64>> {
+fn read_time(store: &dyn StateStore, key: &[u8]) -> Result<Option<i64>> {
     match store.get(key)? {
         None => Ok(None),
         Some(v) => Ok(Some(i64::from_be_bytes(v.as_slice().try_into().map_err(
@@ -625,7 +625,7 @@ fn watermark_of(max_event_time: i64, delay: i64) -> i64 {
 
 /// The types of the rows that made the windows, as stored: windows can
 /// close in a batch without rows.
-fn stored_types(store: &dyn StateRead) -> Result<Option<Types>> {
+fn stored_types(store: &dyn StateStore) -> Result<Option<Types>> {
     let Some(bytes) = store.get(keys::WINDOW_TYPES)? else {
         return Ok(None);
     };

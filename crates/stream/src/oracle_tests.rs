@@ -14,7 +14,7 @@ use arrow::array::{
 use arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
 };
-use tributary_state::{ApplyBehind, MemoryStore, RocksOptions, RocksStore, StateStore};
+use tributary_state::{MemoryStore, RocksOptions, RocksStore, StateStore};
 
 use crate::{Features, Operator, OperatorConfig, Watermarks, Window};
 
@@ -673,13 +673,11 @@ fn window_state_of_the_layout_before_panes_is_refused() {
 #[test]
 fn rocksdb_gives_the_same_results() {
     let dirs = std::cell::RefCell::new(Vec::new());
-    // As pipelines run it: each batch's state applied while the next is
-    // operated, read through the pending batch's writes.
     let mut rocks = || -> Box<dyn StateStore> {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
         dirs.borrow_mut().push(dir);
-        Box::new(ApplyBehind::new(store))
+        Box::new(store)
     };
     check(
         config(None, true, OutputMode::Append, 2 * MINUTE),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use tributary_core::{StagedWrites, StateRead, encode_time};
+use tributary_core::{StagedWrites, StateStore, encode_time};
 
 use crate::aggregate::{Acc, WindowRow, encode_accs, read_accs};
 use crate::config::Watermarks;
@@ -77,7 +77,7 @@ impl Panes {
     /// and returns the windows to write.
     pub(crate) fn process(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         b: &PaneBatch<'_>,
         writes: &mut StagedWrites,
     ) -> Result<Vec<WindowRow>> {
@@ -98,7 +98,7 @@ impl Panes {
     /// Adds each row to its pane and stages the panes.
     fn feed<'p>(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         b: &PaneBatch<'_>,
         p: &'p Prepared,
         writes: &mut StagedWrites,
@@ -149,7 +149,7 @@ impl Panes {
     /// this batch's; else those the batch's rows changed.
     fn emit(
         &self,
-        store: &dyn StateRead,
+        store: &dyn StateStore,
         b: &PaneBatch<'_>,
         fed: &Fed<'_>,
     ) -> Result<Vec<WindowRow>> {
