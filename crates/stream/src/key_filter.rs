@@ -135,6 +135,27 @@ impl KeyFilter {
         self.buckets.values().any(|b| b.may_contain(key))
     }
 
+    /// How wide a bucket is, in microseconds.
+    pub(crate) fn width(&self) -> i64 {
+        self.width
+    }
+
+    /// The start of the bucket of `expiry`.
+    pub(crate) fn bucket_start(&self, expiry: i64) -> i64 {
+        self.bucket(expiry).saturating_mul(self.width)
+    }
+
+    /// The starts of the buckets that may hold `key`.
+    pub(crate) fn bucket_starts_that_may_hold(
+        &self,
+        key: KeyHash,
+    ) -> impl Iterator<Item = i64> + '_ {
+        self.buckets
+            .iter()
+            .filter(move |(_, b)| b.may_contain(key))
+            .map(|(b, _)| b.saturating_mul(self.width))
+    }
+
     /// Drops the buckets whose every key expired before `watermark`.
     pub(crate) fn expire(&mut self, watermark: i64) {
         let width = self.width;

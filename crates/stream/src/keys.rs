@@ -13,9 +13,13 @@ pub(crate) const LAST_WATERMARK: &[u8] = &[0x01, b'L'];
 pub(crate) const WINDOW_TYPES: &[u8] = &[0x01, b'T'];
 /// The types of the features' aggregated columns.
 pub(crate) const FEATURE_TYPES: &[u8] = &[0x01, b'F'];
-/// Dedup key -> its expiry.
+/// The width of dedup's expiry buckets, in microseconds.
+pub(crate) const DEDUP_WIDTH: &[u8] = &[0x01, b'D'];
+/// Dedup: (start of the key's expiry bucket, key) -> its expiry.
+pub(crate) const DEDUP: u8 = b'B';
+/// What earlier versions kept per dedup key, moved to `DEDUP` when met:
+/// key -> its expiry, and (expiry, key) -> ().
 pub(crate) const DEDUP_KEY: u8 = b'K';
-/// Dedup expiry index: (expiry, key) -> ().
 pub(crate) const DEDUP_EXPIRY: u8 = b'D';
 /// Tumbling and sliding windows' panes: (pane start, group) ->
 /// accumulators (see `panes`).
@@ -35,6 +39,7 @@ pub(crate) const FEATURE_NEWEST: u8 = b'X';
 /// Every tag an operator writes, for tests that look for leftovers.
 #[cfg(test)]
 pub(crate) const ALL_TAGS: &[u8] = &[
+    DEDUP,
     DEDUP_KEY,
     DEDUP_EXPIRY,
     PANE,

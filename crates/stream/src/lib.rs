@@ -8,6 +8,7 @@
 
 mod aggregate;
 mod config;
+mod dedup;
 mod error;
 mod features;
 mod key_filter;

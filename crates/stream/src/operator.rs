@@ -8,8 +8,9 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use tributary_core::{StagedWrites, StateStore};
 
 use crate::aggregate::{Acc, Reader, WindowRow, aggregate_column, encode_accs, read_accs};
+use crate::dedup;
 use crate::error::{Result, StreamError};
-use crate::key_filter::{KeyFilter, filtered_get};
+use crate::key_filter::KeyFilter;
 
 use crate::keys;
 use crate::panes::{PaneBatch, Panes};
@@ -262,26 +263,16 @@ impl Operator {
     ) -> Result<Vec<u32>> {
         let c = &self.config;
         let writes = &mut out.writes;
-        if let Some(w) = watermark {
-            let (lo, hi) = keys::older_than(keys::DEDUP_EXPIRY, w.saturating_add(1));
-            for (k, _) in store.scan(&lo, &hi)? {
-                writes.delete(keys::tagged(keys::DEDUP_KEY, &k[9..]));
+        let mut guard = self.key_filter.lock().unwrap_or_else(|p| p.into_inner());
+        let (filter, moving) = match &mut *guard {
+            Some(f) => (f, false),
+            empty => {
+                let (filter, moving) = dedup::load(store, c.watermark_delay, writes)?;
+                (empty.insert(filter), moving)
             }
-            writes.delete_range(lo, hi);
-        }
-        let mut filter = self.key_filter.lock().unwrap_or_else(|p| p.into_inner());
-        let filter = match &mut *filter {
-            Some(f) => f,
-            // Dedup keys: bytes after the expiry in the expiry index.
-            empty => empty.insert(load_filter(
-                store,
-                keys::DEDUP_EXPIRY,
-                8,
-                c.watermark_delay,
-            )?),
         };
         if let Some(w) = watermark {
-            filter.expire(w.saturating_add(1));
+            dedup::expire(filter, w, writes);
         }
         let Some(batch) = batch else {
             return Ok(Vec::new());
@@ -298,7 +289,7 @@ impl Operator {
                 .collect::<Vec<_>>(),
         )?;
         let encoded = codec.encode(&columns)?;
-        // First occurrences within the batch, then one lookup per key.
+        // First occurrences within the batch, then the lookups of their keys.
         let mut firsts: Vec<u32> = Vec::with_capacity(rows.len());
         let mut seen: HashSet<&[u8]> = HashSet::with_capacity(rows.len());
         for &i in rows {
@@ -306,41 +297,23 @@ impl Operator {
                 firsts.push(i);
             }
         }
-        let lookups: Vec<Vec<u8>> = firsts
-            .iter()
-            .map(|&i| keys::tagged(keys::DEDUP_KEY, encoded.get(i as usize)))
-            .collect();
-        let (known, hashes) = filtered_get(store, filter, &lookups)?;
+        let first_keys: Vec<&[u8]> = firsts.iter().map(|&i| encoded.get(i as usize)).collect();
+        let (known, hashes) = dedup::remembered(store, filter, &first_keys, watermark, moving)?;
         let mut kept = Vec::with_capacity(firsts.len());
         // New keys are written in key order: RocksDB inserts sorted keys
         // into its memtable several times faster than random ones.
         let mut remember: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(firsts.len());
-        let mut expiring: Vec<Vec<u8>> = Vec::with_capacity(firsts.len());
-        for (((&i, key), known), hash) in firsts.iter().zip(lookups).zip(known).zip(hashes) {
-            let remembered = match known {
-                Some(v) => {
-                    let expiry = i64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
-                        StreamError::Corrupt("a dedup expiry is not 8 bytes".into())
-                    })?);
-                    watermark.is_none_or(|w| expiry > w)
-                }
-                None => false,
-            };
-            if remembered {
+        for (((&i, key), known), hash) in firsts.iter().zip(first_keys).zip(known).zip(hashes) {
+            if known {
                 continue;
             }
             let t = times[i as usize].unwrap_or_default();
             let expiry = t.saturating_add(c.watermark_delay);
-            filter.insert(hash, expiry);
-            expiring.push(keys::timed(keys::DEDUP_EXPIRY, expiry, &[&key[1..]]));
-            remember.push((key, expiry.to_be_bytes().to_vec()));
+            remember.push(dedup::remember(filter, key, hash, expiry));
             kept.push(i);
         }
-        expiring.sort_unstable();
         remember.sort_unstable();
-        for k in expiring {
-            writes.put(k, Vec::new());
-        }
+        dedup::record_width(filter, writes);
         for (k, v) in remember {
             writes.put(k, v);
         }
@@ -598,13 +571,6 @@ impl Operator {
             columns,
         )?)
     }
-}
-
-/// A filter of the `tag` keys in the store, by their leading time; the
-/// filter is keyed by the key's bytes after the tag and `skip` more bytes.
-/// Buckets are `width` wide (at least a second).
-fn load_filter(store: &dyn StateStore, tag: u8, skip: usize, width: i64) -> Result<KeyFilter> {
-    crate::key_filter::load_shifted(store, tag, skip, width, 0)
 }
 
 /// A time stored under `key` (the max event time, the last watermark).

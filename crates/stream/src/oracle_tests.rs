@@ -604,6 +604,76 @@ fn dedup_matches_the_oracle() {
     }
 }
 
+/// Operates `events` as batch `batch_id` with a fresh operator (as after a
+/// restart) and commits its state.
+fn fresh_batch(
+    config: &OperatorConfig,
+    store: &mut MemoryStore,
+    batch_id: u64,
+    events: &[Event],
+) -> crate::Operated {
+    let out = Operator::new(config.clone())
+        .process(store, batch_id, &[to_batch(events)])
+        .unwrap();
+    store.commit(batch_id, out.writes.clone()).unwrap();
+    out
+}
+
+#[test]
+fn dedup_state_of_the_earlier_layout_is_moved_and_still_remembered() {
+    use crate::keys::{DEDUP, DEDUP_EXPIRY, DEDUP_KEY, DEDUP_WIDTH, tagged, timed};
+    let config = config(None, true, OutputMode::Append, 10 * MINUTE);
+    let events = stream(&mut Rng(11));
+    let (first, second) = events.split_at(events.len() / 2);
+    let mut store = MemoryStore::new();
+    fresh_batch(&config, &mut store, 0, first);
+    // The same state, as versions before buckets kept it.
+    let bucketed = store.scan(&[DEDUP], &[DEDUP + 1]).unwrap();
+    assert!(!bucketed.is_empty());
+    let mut earlier = store.clone();
+    let mut writes = tributary_core::StagedWrites::default();
+    writes.delete_range(vec![DEDUP], vec![DEDUP + 1]);
+    writes.delete(DEDUP_WIDTH.to_vec());
+    for (k, v) in &bucketed {
+        let expiry = i64::from_be_bytes(v.as_slice().try_into().unwrap());
+        writes.put(tagged(DEDUP_KEY, &k[9..]), v.clone());
+        writes.put(timed(DEDUP_EXPIRY, expiry, &[&k[9..]]), Vec::new());
+    }
+    earlier.commit(1, writes).unwrap();
+
+    let expected = fresh_batch(&config, &mut store, 2, second);
+    let moved = fresh_batch(&config, &mut earlier, 2, second);
+    assert!(expected.duplicates > 0, "the second half repeats keys");
+    assert_eq!(moved.duplicates, expected.duplicates);
+    assert_eq!(
+        rows_of(moved.rows.as_ref()),
+        rows_of(expected.rows.as_ref())
+    );
+    for tag in [DEDUP_KEY, DEDUP_EXPIRY] {
+        assert!(earlier.scan(&[tag], &[tag + 1]).unwrap().is_empty());
+    }
+    assert_eq!(
+        earlier.scan(&[DEDUP], &[DEDUP + 1]).unwrap(),
+        store.scan(&[DEDUP], &[DEDUP + 1]).unwrap()
+    );
+}
+
+/// Keys are filed in buckets as wide as the watermark delay: a restart
+/// with another delay still finds the keys filed with the earlier width.
+#[test]
+fn dedup_keys_are_found_after_the_delay_changes() {
+    let events = stream(&mut Rng(5));
+    let mut store = MemoryStore::new();
+    let ten = config(None, true, OutputMode::Append, 10 * MINUTE);
+    fresh_batch(&ten, &mut store, 0, &events);
+    // Every row again: each is late under the new delay or a duplicate.
+    let three = config(None, true, OutputMode::Append, 3 * MINUTE);
+    let again = fresh_batch(&three, &mut store, 1, &events);
+    assert!(again.duplicates > 0);
+    assert_eq!(rows_of(again.rows.as_ref()), Vec::<Vec<V>>::new());
+    assert_eq!(again.duplicates + again.late_rows, events.len() as u64);
+}
+
 #[test]
 fn late_rows_without_dedup_match_the_oracle() {
     // A window-less, dedup-less operator only filters late rows.
