@@ -16,7 +16,7 @@
 
 use tributary_core::{StagedWrites, StateStore};
 
-use crate::error::{Result, StreamError};
+use crate::error::Result;
 use crate::key_filter::{KeyFilter, KeyHash, load_shifted};
 use crate::keys;
 
@@ -27,15 +27,13 @@ pub(crate) fn load(
     watermark_delay: i64,
     writes: &mut StagedWrites,
 ) -> Result<(KeyFilter, bool)> {
-    let width = match store.get(keys::DEDUP_WIDTH)? {
-        Some(v) => decode_time(&v)?,
-        None => watermark_delay.max(1_000_000),
-    };
+    let width =
+        keys::read_time(store, keys::DEDUP_WIDTH)?.unwrap_or(watermark_delay.max(1_000_000));
     let mut filter = load_shifted(store, keys::DEDUP, 8, width, 0)?;
     let earlier = store.scan(&[keys::DEDUP_KEY], &[keys::DEDUP_KEY + 1])?;
     let moving = !earlier.is_empty();
     for (k, v) in earlier {
-        let expiry = decode_time(&v)?;
+        let expiry = keys::stored_time(&v)?;
         filter.insert(KeyHash::of(&k[1..]), expiry);
         let key = keys::timed(keys::DEDUP, filter.bucket_start(expiry), &[&k[1..]]);
         writes.put(key, v);
@@ -81,7 +79,7 @@ pub(crate) fn remembered(
     let mut live = vec![false; keys.len()];
     for (n, value) in owners.into_iter().zip(store.multi_get(&probes)?) {
         if let Some(v) = value {
-            let expiry = decode_time(&v)?;
+            let expiry = keys::stored_time(&v)?;
             live[n] |= watermark.is_none_or(|w| expiry > w);
         }
     }
@@ -108,10 +106,4 @@ pub(crate) fn record_width(filter: &KeyFilter, writes: &mut StagedWrites) {
         keys::DEDUP_WIDTH.to_vec(),
         filter.width().to_be_bytes().to_vec(),
     );
-}
-
-fn decode_time(v: &[u8]) -> Result<i64> {
-    Ok(i64::from_be_bytes(v.try_into().map_err(|_| {
-        StreamError::Corrupt("a dedup expiry or width is not 8 bytes".into())
-    })?))
 }

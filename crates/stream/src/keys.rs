@@ -2,7 +2,9 @@
 //! that expire start with their time, encoded so byte order is time order,
 //! which makes "everything older than the watermark" one key range.
 
-use tributary_core::encode_time;
+use tributary_core::{StateStore, encode_time};
+
+use crate::error::{Result, StreamError};
 
 /// The greatest event time seen in committed batches.
 pub(crate) const MAX_EVENT_TIME: &[u8] = &[0x01, b'M'];
@@ -75,4 +77,18 @@ pub(crate) fn older_than(tag: u8, time: i64) -> (Vec<u8>, Vec<u8>) {
 pub(crate) fn time_of(key: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
     Some(tributary_core::decode_time(bytes))
+}
+
+/// A time stored as a value: the max event time, the last watermark, a
+/// dedup expiry or bucket width.
+pub(crate) fn stored_time(value: &[u8]) -> Result<i64> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| StreamError::Corrupt("a stored time is not 8 bytes".into()))?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+/// The time stored under `key`, if any.
+pub(crate) fn read_time(store: &dyn StateStore, key: &[u8]) -> Result<Option<i64>> {
+    store.get(key)?.map(|v| stored_time(&v)).transpose()
 }

@@ -80,8 +80,8 @@ impl Operator {
     /// The watermarks the next batch runs with, from the committed state.
     pub fn watermarks(&self, store: &dyn StateStore) -> Result<Watermarks> {
         Ok(Watermarks {
-            late: read_time(store, keys::LAST_WATERMARK)?,
-            eviction: read_time(store, keys::MAX_EVENT_TIME)?
+            late: keys::read_time(store, keys::LAST_WATERMARK)?,
+            eviction: keys::read_time(store, keys::MAX_EVENT_TIME)?
                 .map(|m| watermark_of(m, self.config.watermark_delay)),
         })
     }
@@ -224,7 +224,7 @@ impl Operator {
         }
         drop(feature_filter);
 
-        let before = read_time(store, keys::MAX_EVENT_TIME)?;
+        let before = keys::read_time(store, keys::MAX_EVENT_TIME)?;
         let max = match (before, batch_max) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -236,7 +236,7 @@ impl Operator {
                 .put(keys::MAX_EVENT_TIME.to_vec(), m.to_be_bytes().to_vec());
         }
         if let Some(w) = watermarks.eviction
-            && watermarks.eviction != read_time(store, keys::LAST_WATERMARK)?
+            && watermarks.eviction != keys::read_time(store, keys::LAST_WATERMARK)?
         {
             out.writes
                 .put(keys::LAST_WATERMARK.to_vec(), w.to_be_bytes().to_vec());
@@ -570,16 +570,6 @@ impl Operator {
             Arc::new(Schema::new(fields)),
             columns,
         )?)
-    }
-}
-
-/// A time stored under `key` (the max event time, the last watermark).
-fn read_time(store: &dyn StateStore, key: &[u8]) -> Result<Option<i64>> {
-    match store.get(key)? {
-        None => Ok(None),
-        Some(v) => Ok(Some(i64::from_be_bytes(v.as_slice().try_into().map_err(
-            |_| StreamError::Corrupt("a stored time is not 8 bytes".into()),
-        )?))),
     }
 }
 
