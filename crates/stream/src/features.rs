@@ -2,8 +2,21 @@
 //! event times lie in `[t - range, t]` and that were read before it (or are
 //! it), the streaming form of SQL's `RANGE BETWEEN range PRECEDING AND
 //! CURRENT ROW`. A key's recent rows are one state value, rewritten when
-//! the key has rows in a batch; an index by each key's newest event time
-//! forgets whole keys once the watermark is `range` past them.
+//! the key has rows in a batch.
+//!
+//! The value is filed under the start of the bucket of the key's expiry
+//! (its newest row's time plus `range`), `(bucket start, key) -> rows`, as
+//! dedup files its keys: a bucket the watermark has passed is one range
+//! delete, and a key that stays in its bucket costs one write a batch (a
+//! key moves at most once per bucket width). Buckets are half a range wide
+//! (at least a second), so a quiet key's rows stay on disk at most half a
+//! range after they expire; they are never read into a frame, which only
+//! reaches rows after the last watermark minus `range`. The width is
+//! stored, and a later range keeps the width the state was filed with.
+//!
+//! Earlier versions kept a key's rows by key and indexed it by its newest
+//! time (three writes a batch): the first batch of an operator that finds
+//! such state moves it to this layout, and looks its keys up in both.
 //!
 //! Invariant: after batch N, every row of a key with an event time after
 //! N's watermark minus `range` is stored. Rows of batch N+1 are after N's
@@ -19,7 +32,7 @@ use tributary_core::{StagedWrites, StateStore};
 use crate::aggregate::{Acc, Input, Reader, aggregate_column};
 use crate::config::{AggregateFunction, Features};
 use crate::error::{Result, StreamError};
-use crate::key_filter::{KeyFilter, filtered_get};
+use crate::key_filter::{KeyFilter, KeyHash, load_shifted};
 use crate::keys;
 use crate::prepare::{AggInput, agg_inputs, group_keys, output_type};
 
@@ -103,6 +116,27 @@ enum Kind {
     Value,
 }
 
+fn kinds_of(inputs: &[AggInput]) -> Vec<Kind> {
+    inputs
+        .iter()
+        .map(|i| match i {
+            AggInput::Rows => Kind::Row,
+            AggInput::Ints(_) => Kind::Int,
+            AggInput::Floats(_) => Kind::Float,
+            AggInput::Values { .. } => Kind::Value,
+        })
+        .collect()
+}
+
+/// The time of the newest row in a stored value, whose inputs are typed
+/// as `rows`' columns.
+#[cfg(test)]
+pub(crate) fn newest_time(features: &Features, rows: &RecordBatch, value: &[u8]) -> Option<i64> {
+    let (inputs, _) = agg_inputs(&features.aggregations, rows).ok()?;
+    let entries = decode_entries(value, &kinds_of(&inputs)).ok()?;
+    entries.last().map(|e| e.time)
+}
+
 fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>> {
     let mut r = Reader::new(bytes);
     let mut entries = Vec::new();
@@ -125,43 +159,62 @@ fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-/// A filter of the keys in the state, each filed at its newest row's time
-/// plus `range`, when the watermark passing it forgets the key.
-pub(crate) fn load_filter(features: &Features, store: &dyn StateStore) -> Result<KeyFilter> {
-    crate::key_filter::load_shifted(
-        store,
-        keys::FEATURE_NEWEST,
-        8,
-        features.range,
-        features.range,
-    )
-}
-
-/// Forgets the keys whose newest row is `range` or more before `watermark`:
-/// no row after the watermark can reach them. The batch's own rows may
-/// (they are only after the previous watermark): they read the committed
-/// state, and the key filter forgets the keys after them
-/// ([`forget_in_filter`]).
-pub(crate) fn expire(
+/// The filter of the keys in the state, filed by their expiry, and whether
+/// this batch must also look keys up in the earlier layout (it is moving
+/// them).
+pub(crate) fn load(
     features: &Features,
     store: &dyn StateStore,
-    watermark: Option<i64>,
     writes: &mut StagedWrites,
-) -> Result<()> {
-    let Some(w) = watermark else {
-        return Ok(());
-    };
-    let horizon = w.saturating_sub(features.range);
-    let (lo, hi) = keys::older_than(keys::FEATURE_NEWEST, horizon.saturating_add(1));
-    let expired = store.scan(&lo, &hi)?;
-    if expired.is_empty() {
-        return Ok(());
+) -> Result<(KeyFilter, bool)> {
+    let stored_width = keys::read_time(store, keys::FEATURE_WIDTH)?;
+    let width = stored_width.unwrap_or((features.range / 2).max(1_000_000));
+    let mut filter = load_shifted(store, keys::FEATURES, 8, width, 0)?;
+    if stored_width.is_none() {
+        writes.put(
+            keys::FEATURE_WIDTH.to_vec(),
+            filter.width().to_be_bytes().to_vec(),
+        );
     }
-    for (k, _) in expired {
-        writes.delete(keys::tagged(keys::FEATURE_ROWS, &k[9..]));
+    let (rows, newest) = (keys::FEATURE_ROWS, keys::FEATURE_NEWEST);
+    let newest_of: HashMap<Vec<u8>, i64> = store
+        .scan(&[newest], &[newest + 1])?
+        .into_iter()
+        .filter_map(|(k, _)| Some((k.get(9..)?.to_vec(), keys::time_of(&k)?)))
+        .collect();
+    let earlier = store.scan(&[rows], &[rows + 1])?;
+    let moving = !earlier.is_empty();
+    for (k, v) in earlier {
+        let key = &k[1..];
+        let newest = newest_of.get(key).ok_or_else(|| {
+            StreamError::Corrupt("a features key of the earlier layout has no index entry".into())
+        })?;
+        let expiry = newest.saturating_add(features.range);
+        filter.insert(KeyHash::of(key), expiry);
+        writes.put(
+            keys::timed(keys::FEATURES, filter.bucket_start(expiry), &[key]),
+            v,
+        );
     }
-    writes.delete_range(lo, hi);
-    Ok(())
+    if moving || !newest_of.is_empty() {
+        for tag in [rows, newest] {
+            writes.delete_range(vec![tag], vec![tag + 1]);
+        }
+    }
+    Ok((filter, moving))
+}
+
+/// Forgets the buckets of keys whose newest row is `range` or more before
+/// `watermark`: no row after the watermark can reach them. The batch's own
+/// rows may (they are only after the previous watermark): they read the
+/// committed state, and the key filter forgets the keys after them
+/// ([`forget_in_filter`]).
+pub(crate) fn expire(filter: &KeyFilter, watermark: Option<i64>, writes: &mut StagedWrites) {
+    if let Some(w) = watermark {
+        let live = filter.bucket_start(w.saturating_add(1));
+        let (lo, hi) = keys::older_than(keys::FEATURES, live);
+        writes.delete_range(lo, hi);
+    }
 }
 
 /// Drops from `filter` the keys [`expire`] forgot, once the batch's rows
@@ -172,18 +225,30 @@ pub(crate) fn forget_in_filter(filter: &mut KeyFilter, watermark: Option<i64>) {
     }
 }
 
+/// The keys in the state: a filter of them, and whether this batch must
+/// also look them up in the earlier layout (it is moving them).
+pub(crate) struct InState<'a> {
+    pub filter: &'a mut KeyFilter,
+    pub moving: bool,
+}
+
+/// A key's stored rows, and the bucket they are filed in (`None`: in the
+/// earlier layout).
+type Found = Option<(Option<i64>, Vec<u8>)>;
+
 /// `rows` (the batch's kept rows, in Kafka order) with their features
 /// after their columns. `times`: their event times. Stages the keys' new
 /// stored rows, trimmed to what rows after `watermark` can reach.
 pub(crate) fn attach(
     features: &Features,
     store: &dyn StateStore,
-    filter: &mut KeyFilter,
+    in_state: InState<'_>,
     rows: &RecordBatch,
     times: &[i64],
     watermark: Option<i64>,
     writes: &mut StagedWrites,
 ) -> Result<RecordBatch> {
+    let InState { filter, moving } = in_state;
     if let Some(a) = features.aggregations.iter().find(|a| {
         matches!(
             a.function,
@@ -199,15 +264,7 @@ pub(crate) fn attach(
     let (_, groups) = group_keys(rows, &features.group_by)?;
     let (inputs, input_types) = agg_inputs(&features.aggregations, rows)?;
     check_types(store, &input_types, writes)?;
-    let kinds: Vec<Kind> = inputs
-        .iter()
-        .map(|i| match i {
-            AggInput::Rows => Kind::Row,
-            AggInput::Ints(_) => Kind::Int,
-            AggInput::Floats(_) => Kind::Float,
-            AggInput::Values { .. } => Kind::Value,
-        })
-        .collect();
+    let kinds = kinds_of(&inputs);
     let template: Vec<Acc> = features
         .aggregations
         .iter()
@@ -228,13 +285,8 @@ pub(crate) fn attach(
             })
             .push(i);
     }
-    let lookups: Vec<Vec<u8>> = order
-        .iter()
-        .map(|k| keys::tagged(keys::FEATURE_ROWS, k))
-        .collect();
-    // Only keys the filter may hold are looked up: most keys of a batch are
-    // often new, and an absent key still costs RocksDB a probe per level.
-    let (found, hashes) = filtered_get(store, filter, &lookups)?;
+    let hashes: Vec<KeyHash> = order.iter().map(|k| KeyHash::of(k)).collect();
+    let found = lookup(store, filter, &order, &hashes, moving)?;
     let horizon = watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range));
     let batch_entry = |i: usize| Entry {
         time: times[i],
@@ -243,11 +295,17 @@ pub(crate) fn attach(
 
     let mut accs: Vec<Vec<Acc>> = vec![Vec::new(); rows.num_rows()];
     let mut rows_out: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(order.len());
-    let (mut index_gone, mut index_new) = (Vec::new(), Vec::with_capacity(order.len()));
-    for (((key, lookup), stored), hash) in order.iter().zip(lookups).zip(found).zip(hashes) {
-        let mut stored = match stored {
-            Some(bytes) => decode_entries(&bytes, &kinds)?,
-            None => Vec::new(),
+    for ((key, found), hash) in order.iter().zip(found).zip(hashes) {
+        let (mut stored, filed) = match found {
+            Some((bucket, bytes)) => {
+                let stored = decode_entries(&bytes, &kinds)?;
+                // A key of the earlier layout is being filed by its newest row.
+                let newest = stored.last().map_or(0, |e| e.time);
+                let filed = bucket
+                    .unwrap_or_else(|| filter.bucket_start(newest.saturating_add(features.range)));
+                (stored, Some(filed))
+            }
+            None => (Vec::new(), None),
         };
         let members = &by_key[key];
         for (pos, &i) in members.iter().enumerate() {
@@ -269,7 +327,6 @@ pub(crate) fn attach(
             }
             accs[i] = row_accs;
         }
-        let old_newest = stored.last().map(|e| e.time);
         stored.retain(|e| e.time > horizon);
         stored.extend(
             members
@@ -279,39 +336,31 @@ pub(crate) fn attach(
         );
         // Stable: rows of one time stay in the order they were read.
         stored.sort_by_key(|e| e.time);
-        let new_newest = stored.last().map(|e| e.time);
-        if let Some(t) = new_newest {
-            filter.insert(hash, t.saturating_add(features.range));
+        let bucket = stored.last().map(|e| {
+            let expiry = e.time.saturating_add(features.range);
+            filter.insert(hash, expiry);
+            filter.bucket_start(expiry)
+        });
+        if let Some(old) = filed
+            && Some(old) != bucket
+        {
+            rows_out.push((keys::timed(keys::FEATURES, old, &[key]), None));
         }
-        rows_out.push((
-            lookup,
-            (!stored.is_empty()).then(|| encode_entries(&stored)),
-        ));
-        if old_newest != new_newest {
-            if let Some(t) = old_newest {
-                index_gone.push(keys::timed(keys::FEATURE_NEWEST, t, &[key]));
-            }
-            if let Some(t) = new_newest {
-                index_new.push(keys::timed(keys::FEATURE_NEWEST, t, &[key]));
-            }
+        if let Some(b) = bucket {
+            rows_out.push((
+                keys::timed(keys::FEATURES, b, &[key]),
+                Some(encode_entries(&stored)),
+            ));
         }
     }
     // In key order: RocksDB inserts sorted keys into its memtable several
     // times faster than random ones. No two of these writes share a key.
     rows_out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    index_gone.sort_unstable();
-    index_new.sort_unstable();
-    for k in index_gone {
-        writes.delete(k);
-    }
     for (k, v) in rows_out {
         match v {
             Some(v) => writes.put(k, v),
             None => writes.delete(k),
         }
-    }
-    for k in index_new {
-        writes.put(k, Vec::new());
     }
 
     let schema = rows.schema();
@@ -327,6 +376,35 @@ pub(crate) fn attach(
         Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
         columns,
     )?)
+}
+
+/// Each key's stored rows, probing only the buckets `filter` may hold it
+/// in.
+fn lookup(
+    store: &dyn StateStore,
+    filter: &KeyFilter,
+    order: &[&[u8]],
+    hashes: &[KeyHash],
+    moving: bool,
+) -> Result<Vec<Found>> {
+    let (mut probes, mut owners) = (Vec::new(), Vec::new());
+    for (n, (key, hash)) in order.iter().zip(hashes).enumerate() {
+        for start in filter.bucket_starts_that_may_hold(*hash) {
+            probes.push(keys::timed(keys::FEATURES, start, &[key]));
+            owners.push((n, Some(start)));
+        }
+        if moving {
+            probes.push(keys::tagged(keys::FEATURE_ROWS, key));
+            owners.push((n, None));
+        }
+    }
+    let mut found = vec![None; order.len()];
+    for ((n, bucket), value) in owners.into_iter().zip(store.multi_get(&probes)?) {
+        if let Some(v) = value {
+            found[n] = Some((bucket, v));
+        }
+    }
+    Ok(found)
 }
 
 /// Refuses inputs whose type differs from the stored rows' (their values

@@ -1,4 +1,4 @@
-//! An in-memory filter of the dedup keys (and features' keys) in the state, so that new keys —
+//! An in-memory filter of the dedup and features keys in the state, so that new keys —
 //! most keys — need no RocksDB lookup: a key the filter has never seen is
 //! certainly not in the state. Keys are filed by expiry bucket, and a bucket
 //! the watermark has passed is dropped whole, so the filter stays as bounded
@@ -130,11 +130,6 @@ impl KeyFilter {
         self.buckets.entry(b).or_default().insert(key);
     }
 
-    /// `false`: the key is certainly not in the state.
-    pub(crate) fn may_contain(&self, key: KeyHash) -> bool {
-        self.buckets.values().any(|b| b.may_contain(key))
-    }
-
     /// How wide a bucket is, in microseconds.
     pub(crate) fn width(&self) -> i64 {
         self.width
@@ -145,7 +140,8 @@ impl KeyFilter {
         self.bucket(expiry).saturating_mul(self.width)
     }
 
-    /// The starts of the buckets that may hold `key`.
+    /// The starts of the buckets that may hold `key` (none: the key is
+    /// certainly not in the state).
     pub(crate) fn bucket_starts_that_may_hold(
         &self,
         key: KeyHash,
@@ -185,32 +181,15 @@ pub(crate) fn load_shifted(
     Ok(filter)
 }
 
-/// Stored values of looked-up keys (`None`: absent) and the keys' hashes.
-pub(crate) type Lookup = (Vec<Option<Vec<u8>>>, Vec<KeyHash>);
-
-/// Looks up tagged `keys`, asking the store only for those `filter` may
-/// hold: the others are certainly absent (new). Returns the values and each
-/// key's hash (of its bytes after the tag), to file the new keys with.
-pub(crate) fn filtered_get(
-    store: &dyn StateStore,
-    filter: &KeyFilter,
-    keys: &[Vec<u8>],
-) -> Result<Lookup> {
-    let hashes: Vec<KeyHash> = keys.iter().map(|k| KeyHash::of(&k[1..])).collect();
-    let maybe: Vec<usize> = (0..keys.len())
-        .filter(|&n| filter.may_contain(hashes[n]))
-        .collect();
-    let found = store.multi_get(&maybe.iter().map(|&n| keys[n].clone()).collect::<Vec<_>>())?;
-    let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-    for (n, value) in maybe.into_iter().zip(found) {
-        values[n] = value;
-    }
-    Ok((values, hashes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn may_contain(f: &KeyFilter, key: u32) -> bool {
+        f.bucket_starts_that_may_hold(KeyHash::of(&key.to_be_bytes()))
+            .next()
+            .is_some()
+    }
 
     #[test]
     fn never_forgets_a_live_key_and_rarely_imagines_one() {
@@ -219,13 +198,10 @@ mod tests {
             f.insert(KeyHash::of(&k.to_be_bytes()), (k % 10_000) as i64);
         }
         for k in 0..300_000u32 {
-            assert!(
-                f.may_contain(KeyHash::of(&k.to_be_bytes())),
-                "key {k} forgotten"
-            );
+            assert!(may_contain(&f, k), "key {k} forgotten");
         }
         let imagined = (300_000..400_000u32)
-            .filter(|k| f.may_contain(KeyHash::of(&k.to_be_bytes())))
+            .filter(|&k| may_contain(&f, k))
             .count();
         // Ten buckets of 30,000 keys each, probed together.
         assert!(
@@ -234,7 +210,7 @@ mod tests {
         );
         // Expiring before 5,000 drops the buckets of expiries 0..5,000 only.
         f.expire(5_000);
-        assert!(f.may_contain(KeyHash::of(&5_000u32.to_be_bytes())));
+        assert!(may_contain(&f, 5_000));
         assert_eq!(f.buckets.len(), 5);
     }
 }

@@ -17,6 +17,8 @@ pub(crate) const WINDOW_TYPES: &[u8] = &[0x01, b'T'];
 pub(crate) const FEATURE_TYPES: &[u8] = &[0x01, b'F'];
 /// The width of dedup's expiry buckets, in microseconds.
 pub(crate) const DEDUP_WIDTH: &[u8] = &[0x01, b'D'];
+/// The width of the features' expiry buckets, in microseconds.
+pub(crate) const FEATURE_WIDTH: &[u8] = &[0x01, b'G'];
 /// Dedup: (start of the key's expiry bucket, key) -> its expiry.
 pub(crate) const DEDUP: u8 = b'B';
 /// What earlier versions kept per dedup key, moved to `DEDUP` when met:
@@ -33,9 +35,11 @@ pub(crate) const LEGACY_DISTINCT: u8 = b'V';
 pub(crate) const SESSIONS: u8 = b'S';
 /// Session end index: (session end, group) -> ().
 pub(crate) const SESSION_END: u8 = b'E';
-/// Features' key -> its recent rows.
+/// Features: (start of the key's expiry bucket, key) -> its recent rows.
+pub(crate) const FEATURES: u8 = b'G';
+/// What earlier versions kept per features key, moved to `FEATURES` when
+/// met: key -> its recent rows, and (its newest row's time, key) -> ().
 pub(crate) const FEATURE_ROWS: u8 = b'R';
-/// Features' index: (newest row's event time, key) -> ().
 pub(crate) const FEATURE_NEWEST: u8 = b'X';
 
 /// Every tag an operator writes, for tests that look for leftovers.
@@ -47,6 +51,7 @@ pub(crate) const ALL_TAGS: &[u8] = &[
     PANE,
     SESSIONS,
     SESSION_END,
+    FEATURES,
     FEATURE_ROWS,
     FEATURE_NEWEST,
 ];

@@ -175,11 +175,17 @@ impl Operator {
             .feature_filter
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let mut features_moving = false;
         if let Some(f) = &c.features {
-            if feature_filter.is_none() {
-                *feature_filter = Some(crate::features::load_filter(f, store)?);
-            }
-            crate::features::expire(f, store, watermarks.eviction, &mut out.writes)?;
+            let filter = match &mut *feature_filter {
+                Some(filter) => filter,
+                empty => {
+                    let (filter, moving) = crate::features::load(f, store, &mut out.writes)?;
+                    features_moving = moving;
+                    empty.insert(filter)
+                }
+            };
+            crate::features::expire(filter, watermarks.eviction, &mut out.writes);
         }
         out.rows = match c.window {
             None => match &batch {
@@ -193,7 +199,10 @@ impl Operator {
                         rows = crate::features::attach(
                             f,
                             store,
-                            filter,
+                            crate::features::InState {
+                                filter,
+                                moving: features_moving,
+                            },
                             &rows,
                             &kept_times,
                             watermarks.eviction,

@@ -798,6 +798,72 @@ fn features_match_the_oracle() {
     }
 }
 
+/// Features state as versions before buckets kept it (rows by key, and an
+/// index by the newest row's time) is moved, and gives the same features.
+#[test]
+fn features_state_of_the_earlier_layout_is_moved_and_gives_the_same_features() {
+    use crate::keys::{FEATURE_NEWEST, FEATURE_ROWS, FEATURE_WIDTH, FEATURES, tagged, timed};
+    let config = with_features(
+        config(None, false, OutputMode::Append, 2 * MINUTE),
+        10 * MINUTE,
+    );
+    let features = config.features.clone().unwrap();
+    let events = stream(&mut Rng(13));
+    let (first, second) = events.split_at(events.len() / 2);
+    let mut store = MemoryStore::new();
+    fresh_batch(&config, &mut store, 0, first);
+    let bucketed = store.scan(&[FEATURES], &[FEATURES + 1]).unwrap();
+    assert!(!bucketed.is_empty());
+    let mut earlier = store.clone();
+    let mut writes = tributary_core::StagedWrites::default();
+    writes.delete_range(vec![FEATURES], vec![FEATURES + 1]);
+    writes.delete(FEATURE_WIDTH.to_vec());
+    let rows = to_batch(first);
+    for (k, v) in &bucketed {
+        let newest = crate::features::newest_time(&features, &rows, v).unwrap();
+        writes.put(tagged(FEATURE_ROWS, &k[9..]), v.clone());
+        writes.put(timed(FEATURE_NEWEST, newest, &[&k[9..]]), Vec::new());
+    }
+    earlier.commit(1, writes).unwrap();
+
+    let expected = fresh_batch(&config, &mut store, 2, second);
+    let moved = fresh_batch(&config, &mut earlier, 2, second);
+    assert!(expected.rows.as_ref().is_some_and(|r| r.num_rows() > 0));
+    assert_eq!(
+        rows_of(moved.rows.as_ref()),
+        rows_of(expected.rows.as_ref())
+    );
+    for tag in [FEATURE_ROWS, FEATURE_NEWEST] {
+        assert!(earlier.scan(&[tag], &[tag + 1]).unwrap().is_empty());
+    }
+    assert_eq!(
+        earlier.scan(&[FEATURES], &[FEATURES + 1]).unwrap(),
+        store.scan(&[FEATURES], &[FEATURES + 1]).unwrap()
+    );
+}
+
+/// Features keys are filed in buckets half a range wide: a restart with
+/// another range still finds the rows filed with the earlier width, and
+/// gives the new range's features.
+#[test]
+fn features_are_found_after_the_range_changes() {
+    for seed in 0..10 {
+        let mut rng = Rng(seed * 2 + 1);
+        let events = stream(&mut rng);
+        let (first, second) = events.split_at(events.len() / 2);
+        let base = config(None, false, OutputMode::Append, 2 * MINUTE);
+        let ten = with_features(base.clone(), 10 * MINUTE);
+        let four = with_features(base, 4 * MINUTE);
+        let mut store = MemoryStore::new();
+        fresh_batch(&ten, &mut store, 0, first);
+        let got = fresh_batch(&four, &mut store, 1, second);
+        let mut oracle = Oracle::new(four.clone());
+        oracle.batch(0, first);
+        let expected = oracle.batch(1, second);
+        assert_eq!(rows_of(got.rows.as_ref()), expected.rows, "seed {seed}");
+    }
+}
+
 /// Spark's boundaries for sessions, seen in pyspark 4: a row exactly at a
 /// session's end joins it, and a row whose own session `[t, t + gap)` ends
 /// exactly at the late-events watermark is late.
