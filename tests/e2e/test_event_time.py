@@ -253,6 +253,10 @@ def test_example_specs_give_what_the_rules_say(binary, dev_stack, tmp_path, name
     events = [json.loads(l) for l in progress.read_text().splitlines()]
     assert sum(e["eventTime"]["numLateRows"] for e in events) == len(late)
     assert all(e["eventTime"]["watermark"] for e in events[1:])
+    # The operators' steps are timed, as parts of the batch's write.
+    for e in events:
+        steps = e["durationMs"]
+        assert steps["operate"] + steps["stateApply"] <= steps["write"], steps
     # A second reader agrees with DuckDB.
     dt_rows = DeltaTable(str(table)).to_pyarrow_table().num_rows
     assert dt_rows == len(want)

@@ -166,6 +166,9 @@ def test_example_spec_runs_and_commits_carry_the_batch_txn(binary, dev_stack, tm
     assert [e["batchId"] for e in events] == list(range(batches))
     assert [e["numInputRows"] for e in events] == [sum(e - s for s, e in b.values()) for b in planned]
     assert sum(e["numInputRows"] for e in events) == 3000
+    # Without event-time operators there are no operator steps to time.
+    assert all({"operate", "stateApply"}.isdisjoint(e["durationMs"]) for e in events)
+    assert all(e["durationMs"]["write"] <= e["durationMs"]["triggerExecution"] for e in events)
     # Lag counts down to nothing as the backlog drains.
     lags = [e["lag"] for e in events]
     assert lags == sorted(lags, reverse=True) and lags[-1] == 0, lags

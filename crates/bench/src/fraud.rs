@@ -5,6 +5,7 @@
 //! rate with the example's 1 s trigger (event -> commit latency). Also the
 //! fixtures `demo --scenario fraud` shares: the spec and the risk tiers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,22 +247,41 @@ async fn backlog(
     let sending = producer.clone();
     tokio::task::spawn_blocking(move || sending.send(count, None)).await??;
     let produce_time = produced_in.elapsed();
+    // Each step's milliseconds over the run, to show where the time went.
+    let steps: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let summed = steps.clone();
+    let options = PipelineOptions {
+        on_progress: Some(Arc::new(move |p: &BatchProgress| {
+            let mut summed = summed.lock().unwrap_or_else(|e| e.into_inner());
+            for (step, ms) in &p.duration_ms {
+                *summed.entry(step.clone()).or_default() += ms;
+            }
+        })),
+        ..PipelineOptions::default()
+    };
     let started = Instant::now();
-    let summary = run_pipeline(spec, PipelineOptions::default(), components).await?;
+    let summary = run_pipeline(spec, options, components).await?;
     let elapsed = started.elapsed();
+    let steps = steps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let seconds = |step: &str| steps.get(step).copied().unwrap_or_default() as f64 / 1000.0;
     ensure!(
         summary.rows == count && summary.dead_letters == 0,
         "lost transactions: {summary:?} for {count} produced"
     );
     println!(
         "bench fraud (backlog): {count} transactions over {} partitions, {} cards (produced in {:.1}s, not timed)\n  \
-         enrich + dedup + 10-minute features + score + commit: {:.2}s, {:.0} transactions/s, {} batches, zero loss",
+         enrich + dedup + 10-minute features + score + commit: {:.2}s, {:.0} transactions/s, {} batches, zero loss\n  \
+         the batches' write steps: operate {:.2}s, data upload + commit {:.2}s, state apply {:.2}s, of {:.2}s",
         producer.partitions,
         producer.cards,
         produce_time.as_secs_f64(),
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64(),
         summary.batches,
+        seconds("operate"),
+        seconds("upload") + seconds("commit"),
+        seconds("stateApply"),
+        seconds("write"),
     );
     Ok(())
 }

@@ -54,7 +54,9 @@ impl BatchWriter<'_> {
             filtered_rows,
             dimension_versions: _,
         } = batch;
+        let operate_started = Instant::now();
         let (output, operated) = operate(g.state.as_mut(), plan.batch_id, payload)?;
+        let operate_time = operate_started.elapsed();
         let filtered_rows = filtered_rows + output.filtered;
         let output_rows = match &output.data {
             BatchRows::Encoded(e) => e.rows,
@@ -64,8 +66,11 @@ impl BatchWriter<'_> {
         let committed_at_ms = chrono::Utc::now().timestamp_millis();
         crash_point(CrashPoint::AfterCommit, plan.batch_id);
         let late_version = committed.late_rows_version;
+        let stateful = operated.is_some();
+        let apply_started = Instant::now();
         let event_time =
             apply_state(g.state.as_mut(), plan.batch_id, operated, late_version).await?;
+        let state_time = stateful.then(|| (operate_time, apply_started.elapsed()));
         tracing::debug!(batch = plan.batch_id, "removing files of failed attempts");
         remove_failed_attempts(g, plan, committed.data.files).await?;
         let write_ms = started.elapsed().as_millis() as u64;
@@ -93,6 +98,7 @@ impl BatchWriter<'_> {
             write_ms,
             offset_commit_ms,
             encode: encode_time,
+            state: state_time,
         };
         let progress = BatchReport {
             pipeline: &spec.pipeline,

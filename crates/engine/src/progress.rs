@@ -33,7 +33,10 @@ pub struct BatchProgress {
     pub processed_rows_per_second: f64,
     /// Milliseconds per step: `read` (poll and decode, overlapped with the
     /// previous batch's write), `plan` (offsets log), `write` (Parquet and
-    /// commit of both tables), `offsetCommit`, `triggerExecution`.
+    /// commit of both tables), `offsetCommit`, `triggerExecution`; for
+    /// pipelines with event-time operators, also `operate` (the operators,
+    /// part of `write`) and `stateApply` (applying their state change after
+    /// the commit, part of `write`).
     pub duration_ms: BTreeMap<String, u64>,
     pub sources: Vec<SourceProgress>,
     /// Event-time operators; absent for pipelines without them.

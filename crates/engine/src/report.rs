@@ -22,6 +22,9 @@ pub(crate) struct StepTimes {
     pub write_ms: u64,
     pub offset_commit_ms: u64,
     pub encode: Duration,
+    /// A stateful group's operators (with the transform after features),
+    /// and applying their state change once the batch is committed.
+    pub state: Option<(Duration, Duration)>,
 }
 
 /// Everything a batch's progress event says.
@@ -57,6 +60,24 @@ impl BatchReport<'_> {
                 .sum::<i64>()
         });
         let data = &self.committed.data;
+        let mut duration_ms = BTreeMap::from([
+            ("read".to_string(), read_ms),
+            (
+                "decode".to_string(),
+                self.read.decode_time.as_millis() as u64,
+            ),
+            ("upload".to_string(), data.upload.as_millis() as u64),
+            ("commit".to_string(), data.commit.as_millis() as u64),
+            ("encode".to_string(), t.encode.as_millis() as u64),
+            ("plan".to_string(), t.plan_ms),
+            ("write".to_string(), t.write_ms),
+            ("offsetCommit".to_string(), t.offset_commit_ms),
+            ("triggerExecution".to_string(), processing_ms),
+        ]);
+        if let Some((operate, apply)) = t.state {
+            duration_ms.insert("operate".to_string(), operate.as_millis() as u64);
+            duration_ms.insert("stateApply".to_string(), apply.as_millis() as u64);
+        }
         BatchProgress {
             name: self.pipeline.to_string(),
             batch_id: plan.batch_id,
@@ -71,20 +92,7 @@ impl BatchReport<'_> {
             input_bytes: self.read.bytes,
             input_rows_per_second: per_sec(read_ms),
             processed_rows_per_second: per_sec(processing_ms),
-            duration_ms: BTreeMap::from([
-                ("read".to_string(), read_ms),
-                (
-                    "decode".to_string(),
-                    self.read.decode_time.as_millis() as u64,
-                ),
-                ("upload".to_string(), data.upload.as_millis() as u64),
-                ("commit".to_string(), data.commit.as_millis() as u64),
-                ("encode".to_string(), t.encode.as_millis() as u64),
-                ("plan".to_string(), t.plan_ms),
-                ("write".to_string(), t.write_ms),
-                ("offsetCommit".to_string(), t.offset_commit_ms),
-                ("triggerExecution".to_string(), processing_ms),
-            ]),
+            duration_ms,
             sources: vec![self.source()],
             event_time: self.event_time,
             event_to_commit: LatencyProgress::of(&self.read.kafka_times, self.committed_at_ms),
