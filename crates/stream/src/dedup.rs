@@ -47,11 +47,16 @@ pub(crate) fn load(
 }
 
 /// Forgets the buckets the watermark `w` has passed (every expiry in them
-/// is at or before `w`).
+/// is at or before `w`). Only when the filter holds such a bucket: every
+/// key in the state was filed in the filter, and a range tombstone turns
+/// off the Bloom filter of the RocksDB memtable it lands in, so one per
+/// batch would slow every lookup.
 pub(crate) fn expire(filter: &mut KeyFilter, w: i64, writes: &mut StagedWrites) {
     let live = filter.bucket_start(w.saturating_add(1));
-    let (lo, hi) = keys::older_than(keys::DEDUP, live);
-    writes.delete_range(lo, hi);
+    if filter.holds_buckets_before(live) {
+        let (lo, hi) = keys::older_than(keys::DEDUP, live);
+        writes.delete_range(lo, hi);
+    }
     filter.expire(w.saturating_add(1));
 }
 

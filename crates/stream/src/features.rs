@@ -209,11 +209,16 @@ pub(crate) fn load(
 /// rows may (they are only after the previous watermark): they read the
 /// committed state, and the key filter forgets the keys after them
 /// ([`forget_in_filter`]).
+///
+/// Only when the filter holds such a bucket, as dedup's expiry
+/// ([`crate::dedup::expire`]).
 pub(crate) fn expire(filter: &KeyFilter, watermark: Option<i64>, writes: &mut StagedWrites) {
     if let Some(w) = watermark {
         let live = filter.bucket_start(w.saturating_add(1));
-        let (lo, hi) = keys::older_than(keys::FEATURES, live);
-        writes.delete_range(lo, hi);
+        if filter.holds_buckets_before(live) {
+            let (lo, hi) = keys::older_than(keys::FEATURES, live);
+            writes.delete_range(lo, hi);
+        }
     }
 }
 

@@ -152,6 +152,14 @@ impl KeyFilter {
             .map(|(b, _)| b.saturating_mul(self.width))
     }
 
+    /// Whether a bucket that starts before `start` may hold keys.
+    pub(crate) fn holds_buckets_before(&self, start: i64) -> bool {
+        self.buckets
+            .keys()
+            .next()
+            .is_some_and(|b| b.saturating_mul(self.width) < start)
+    }
+
     /// Drops the buckets whose every key expired before `watermark`.
     pub(crate) fn expire(&mut self, watermark: i64) {
         let width = self.width;
