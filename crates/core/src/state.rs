@@ -50,7 +50,9 @@ impl StagedWrites {
 ///   twice.
 /// - Keys are ordered bytewise; `scan(start, end)` returns `[start, end)` in
 ///   that order.
-pub trait StateStore: Send {
+/// - Reads may run on several threads at once (an operator splits a
+///   batch's keys across cores).
+pub trait StateStore: Send + Sync {
     fn get(&self, key: &[u8]) -> StateResult<Option<Vec<u8>>>;
 
     /// Several point reads at once (RocksDB batches them).

@@ -1,22 +1,8 @@
 //! Rolling features: each row gets the aggregates of its key's rows whose
 //! event times lie in `[t - range, t]` and that were read before it (or are
 //! it), the streaming form of SQL's `RANGE BETWEEN range PRECEDING AND
-//! CURRENT ROW`. A key's recent rows are one state value, rewritten when
-//! the key has rows in a batch.
-//!
-//! The value is filed under the start of the bucket of the key's expiry
-//! (its newest row's time plus `range`), `(bucket start, key) -> rows`, as
-//! dedup files its keys: a bucket the watermark has passed is one range
-//! delete, and a key that stays in its bucket costs one write a batch (a
-//! key moves at most once per bucket width). Buckets are half a range wide
-//! (at least a second), so a quiet key's rows stay on disk at most half a
-//! range after they expire; they are never read into a frame, which only
-//! reaches rows after the last watermark minus `range`. The width is
-//! stored, and a later range keeps the width the state was filed with.
-//!
-//! Earlier versions kept a key's rows by key and indexed it by its newest
-//! time (three writes a batch): the first batch of an operator that finds
-//! such state moves it to this layout, and looks its keys up in both.
+//! CURRENT ROW`. A key's recent rows are one state value (see
+//! `feature_state`), rewritten when the key has rows in a batch.
 //!
 //! Invariant: after batch N, every row of a key with an event time after
 //! N's watermark minus `range` is stored. Rows of batch N+1 are after N's
@@ -29,217 +15,18 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
 use tributary_core::{StagedWrites, StateStore};
 
-use crate::aggregate::{Acc, Input, Reader, aggregate_column};
+use crate::aggregate::{Acc, aggregate_column};
 use crate::config::{AggregateFunction, Features};
 use crate::error::{Result, StreamError};
-use crate::key_filter::{KeyFilter, KeyHash, load_shifted};
+use crate::feature_state::{
+    Entry, InState, Kind, Stored, check_types, decode_entries, encode_entries, kinds_of, lookup,
+};
+use crate::key_filter::{KeyFilter, KeyHash};
 use crate::keys;
 use crate::prepare::{AggInput, agg_inputs, group_keys, output_type};
 
 /// The hasher of per-batch maps: fast; their order is never relied on.
 type FastHash = foldhash::fast::RandomState;
-
-/// A stored row of a key: its event time and its aggregate inputs.
-#[derive(Debug, Clone, PartialEq)]
-struct Entry {
-    time: i64,
-    inputs: Vec<Stored>,
-}
-
-/// One aggregate input of a stored row.
-#[derive(Debug, Clone, PartialEq)]
-enum Stored {
-    /// `count` of rows: nothing to keep.
-    Row,
-    Null,
-    Int(i64),
-    Float(f64),
-    /// In Arrow's row format.
-    Value(Vec<u8>),
-}
-
-impl Stored {
-    fn of(input: Input<'_>) -> Stored {
-        match input {
-            Input::Row => Stored::Row,
-            Input::Null(_) => Stored::Null,
-            Input::Int(v) => Stored::Int(v),
-            Input::Float(v) => Stored::Float(v),
-            Input::Value(v) => Stored::Value(v.to_vec()),
-        }
-    }
-
-    fn input(&self) -> Input<'_> {
-        match self {
-            Stored::Row => Input::Row,
-            Stored::Null => Input::Null(&[]),
-            Stored::Int(v) => Input::Int(*v),
-            Stored::Float(v) => Input::Float(*v),
-            Stored::Value(v) => Input::Value(v),
-        }
-    }
-}
-
-fn encode_entries(entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * 24);
-    for e in entries {
-        out.extend_from_slice(&e.time.to_be_bytes());
-        for input in &e.inputs {
-            match input {
-                Stored::Row => {}
-                Stored::Null => out.push(0),
-                Stored::Int(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-                Stored::Float(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-                Stored::Value(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                    out.extend_from_slice(v);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// How each aggregate's input is stored, from the function and input type.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Row,
-    Int,
-    Float,
-    Value,
-}
-
-fn kinds_of(inputs: &[AggInput]) -> Vec<Kind> {
-    inputs
-        .iter()
-        .map(|i| match i {
-            AggInput::Rows => Kind::Row,
-            AggInput::Ints(_) => Kind::Int,
-            AggInput::Floats(_) => Kind::Float,
-            AggInput::Values { .. } => Kind::Value,
-        })
-        .collect()
-}
-
-/// The time of the newest row in a stored value, whose inputs are typed
-/// as `rows`' columns.
-#[cfg(test)]
-pub(crate) fn newest_time(features: &Features, rows: &RecordBatch, value: &[u8]) -> Option<i64> {
-    let (inputs, _) = agg_inputs(&features.aggregations, rows).ok()?;
-    let entries = decode_entries(value, &kinds_of(&inputs)).ok()?;
-    entries.last().map(|e| e.time)
-}
-
-fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>> {
-    let mut r = Reader::new(bytes);
-    let mut entries = Vec::new();
-    while !r.is_done() {
-        let time = r.i64()?;
-        let inputs = kinds
-            .iter()
-            .map(|k| {
-                Ok(match k {
-                    Kind::Row => Stored::Row,
-                    _ if r.u8()? == 0 => Stored::Null,
-                    Kind::Int => Stored::Int(r.i64()?),
-                    Kind::Float => Stored::Float(r.f64()?),
-                    Kind::Value => Stored::Value(r.bytes()?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        entries.push(Entry { time, inputs });
-    }
-    Ok(entries)
-}
-
-/// The filter of the keys in the state, filed by their expiry, and whether
-/// this batch must also look keys up in the earlier layout (it is moving
-/// them).
-pub(crate) fn load(
-    features: &Features,
-    store: &dyn StateStore,
-    writes: &mut StagedWrites,
-) -> Result<(KeyFilter, bool)> {
-    let stored_width = keys::read_time(store, keys::FEATURE_WIDTH)?;
-    let width = stored_width.unwrap_or((features.range / 2).max(1_000_000));
-    let mut filter = load_shifted(store, keys::FEATURES, 8, width, 0)?;
-    if stored_width.is_none() {
-        writes.put(
-            keys::FEATURE_WIDTH.to_vec(),
-            filter.width().to_be_bytes().to_vec(),
-        );
-    }
-    let (rows, newest) = (keys::FEATURE_ROWS, keys::FEATURE_NEWEST);
-    let newest_of: HashMap<Vec<u8>, i64> = store
-        .scan(&[newest], &[newest + 1])?
-        .into_iter()
-        .filter_map(|(k, _)| Some((k.get(9..)?.to_vec(), keys::time_of(&k)?)))
-        .collect();
-    let earlier = store.scan(&[rows], &[rows + 1])?;
-    let moving = !earlier.is_empty();
-    for (k, v) in earlier {
-        let key = &k[1..];
-        let newest = newest_of.get(key).ok_or_else(|| {
-            StreamError::Corrupt("a features key of the earlier layout has no index entry".into())
-        })?;
-        let expiry = newest.saturating_add(features.range);
-        filter.insert(KeyHash::of(key), expiry);
-        writes.put(
-            keys::timed(keys::FEATURES, filter.bucket_start(expiry), &[key]),
-            v,
-        );
-    }
-    if moving || !newest_of.is_empty() {
-        for tag in [rows, newest] {
-            writes.delete_range(vec![tag], vec![tag + 1]);
-        }
-    }
-    Ok((filter, moving))
-}
-
-/// Forgets the buckets of keys whose newest row is `range` or more before
-/// `watermark`: no row after the watermark can reach them. The batch's own
-/// rows may (they are only after the previous watermark): they read the
-/// committed state, and the key filter forgets the keys after them
-/// ([`forget_in_filter`]).
-///
-/// Only when the filter holds such a bucket, as dedup's expiry
-/// ([`crate::dedup::expire`]).
-pub(crate) fn expire(filter: &KeyFilter, watermark: Option<i64>, writes: &mut StagedWrites) {
-    if let Some(w) = watermark {
-        let live = filter.bucket_start(w.saturating_add(1));
-        if filter.holds_buckets_before(live) {
-            let (lo, hi) = keys::older_than(keys::FEATURES, live);
-            writes.delete_range(lo, hi);
-        }
-    }
-}
-
-/// Drops from `filter` the keys [`expire`] forgot, once the batch's rows
-/// have looked theirs up.
-pub(crate) fn forget_in_filter(filter: &mut KeyFilter, watermark: Option<i64>) {
-    if let Some(w) = watermark {
-        filter.expire(w.saturating_add(1));
-    }
-}
-
-/// The keys in the state: a filter of them, and whether this batch must
-/// also look them up in the earlier layout (it is moving them).
-pub(crate) struct InState<'a> {
-    pub filter: &'a mut KeyFilter,
-    pub moving: bool,
-}
-
-/// A key's stored rows, and the bucket they are filed in (`None`: in the
-/// earlier layout).
-type Found = Option<(Option<i64>, Vec<u8>)>;
 
 /// `rows` (the batch's kept rows, in Kafka order) with their features
 /// after their columns. `times`: their event times. Stages the keys' new
@@ -291,72 +78,44 @@ pub(crate) fn attach(
             .push(i);
     }
     let hashes: Vec<KeyHash> = order.iter().map(|k| KeyHash::of(k)).collect();
-    let found = lookup(store, filter, &order, &hashes, moving)?;
-    let horizon = watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range));
-    let batch_entry = |i: usize| Entry {
-        time: times[i],
-        inputs: inputs.iter().map(|input| Stored::of(input.at(i))).collect(),
+    let cx = Context {
+        features,
+        store,
+        filter,
+        moving,
+        kinds: &kinds,
+        template: &template,
+        inputs: &inputs,
+        times,
+        by_key: &by_key,
+        horizon: watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range)),
     };
-
+    // Keys are independent: a large batch's are split in two, one share
+    // per core (RocksDB's reads are thread-safe).
+    let shares = if order.len() >= SPLIT_FROM_KEYS {
+        let half = order.len() / 2;
+        std::thread::scope(|s| {
+            let other = s.spawn(|| cx.share(&order[half..], &hashes[half..]));
+            let mine = cx.share(&order[..half], &hashes[..half]);
+            let other = other
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            [mine, other]
+        })
+    } else {
+        [cx.share(&order, &hashes), Ok(Share::default())]
+    };
     let mut accs: Vec<Vec<Acc>> = vec![Vec::new(); rows.num_rows()];
     let mut rows_out: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(order.len());
-    for ((key, found), hash) in order.iter().zip(found).zip(hashes) {
-        let (mut stored, filed) = match found {
-            Some((bucket, bytes)) => {
-                let stored = decode_entries(&bytes, &kinds)?;
-                // A key of the earlier layout is being filed by its newest row.
-                let newest = stored.last().map_or(0, |e| e.time);
-                let filed = bucket
-                    .unwrap_or_else(|| filter.bucket_start(newest.saturating_add(features.range)));
-                (stored, Some(filed))
-            }
-            None => (Vec::new(), None),
-        };
-        let members = &by_key[key];
-        for (pos, &i) in members.iter().enumerate() {
-            let t = times[i];
-            let from = t.saturating_sub(features.range);
-            let mut row_accs = template.clone();
-            let start = stored.partition_point(|e| e.time < from);
-            for e in stored[start..].iter().take_while(|e| e.time <= t) {
-                for (acc, input) in row_accs.iter_mut().zip(&e.inputs) {
-                    acc.add(&input.input(), e.time, (0, 0, 0));
-                }
-            }
-            for &j in &members[..=pos] {
-                if (from..=t).contains(&times[j]) {
-                    for (acc, input) in row_accs.iter_mut().zip(&inputs) {
-                        acc.add(&input.at(j), times[j], (0, 0, 0));
-                    }
-                }
-            }
+    for share in shares {
+        let share = share?;
+        for (i, row_accs) in share.accs {
             accs[i] = row_accs;
         }
-        stored.retain(|e| e.time > horizon);
-        stored.extend(
-            members
-                .iter()
-                .filter(|&&i| times[i] > horizon)
-                .map(|&i| batch_entry(i)),
-        );
-        // Stable: rows of one time stay in the order they were read.
-        stored.sort_by_key(|e| e.time);
-        let bucket = stored.last().map(|e| {
-            let expiry = e.time.saturating_add(features.range);
+        for (hash, expiry) in share.filed {
             filter.insert(hash, expiry);
-            filter.bucket_start(expiry)
-        });
-        if let Some(old) = filed
-            && Some(old) != bucket
-        {
-            rows_out.push((keys::timed(keys::FEATURES, old, &[key]), None));
         }
-        if let Some(b) = bucket {
-            rows_out.push((
-                keys::timed(keys::FEATURES, b, &[key]),
-                Some(encode_entries(&stored)),
-            ));
-        }
+        rows_out.extend(share.writes);
     }
     // In key order: RocksDB inserts sorted keys into its memtable several
     // times faster than random ones. No two of these writes share a key.
@@ -383,95 +142,123 @@ pub(crate) fn attach(
     )?)
 }
 
-/// Each key's stored rows, probing only the buckets `filter` may hold it
-/// in.
-fn lookup(
-    store: &dyn StateStore,
-    filter: &KeyFilter,
-    order: &[&[u8]],
-    hashes: &[KeyHash],
+/// Batches with at least this many keys are split across two threads (in
+/// tests, nearly all, so the oracle tests check the split).
+const SPLIT_FROM_KEYS: usize = if cfg!(test) { 2 } else { 20_000 };
+
+/// What computing features needs of a batch, shared by its key shares.
+struct Context<'a> {
+    features: &'a Features,
+    store: &'a dyn StateStore,
+    filter: &'a KeyFilter,
     moving: bool,
-) -> Result<Vec<Found>> {
-    let (mut probes, mut owners) = (Vec::new(), Vec::new());
-    for (n, (key, hash)) in order.iter().zip(hashes).enumerate() {
-        for start in filter.bucket_starts_that_may_hold(*hash) {
-            probes.push(keys::timed(keys::FEATURES, start, &[key]));
-            owners.push((n, Some(start)));
-        }
-        if moving {
-            probes.push(keys::tagged(keys::FEATURE_ROWS, key));
-            owners.push((n, None));
-        }
-    }
-    let mut found = vec![None; order.len()];
-    for ((n, bucket), value) in owners.into_iter().zip(store.multi_get(&probes)?) {
-        if let Some(v) = value {
-            found[n] = Some((bucket, v));
-        }
-    }
-    Ok(found)
+    kinds: &'a [Kind],
+    template: &'a [Acc],
+    inputs: &'a [AggInput],
+    times: &'a [i64],
+    /// Each key's rows, in Kafka order.
+    by_key: &'a HashMap<&'a [u8], Vec<usize>, FastHash>,
+    /// Stored rows at or before it are no longer reachable.
+    horizon: i64,
 }
 
-/// Refuses inputs whose type differs from the stored rows' (their values
-/// would not compare), and records the types the first time.
-fn check_types(
-    store: &dyn StateStore,
-    types: &[Option<arrow::datatypes::DataType>],
-    writes: &mut StagedWrites,
-) -> Result<()> {
-    let text: String = types
-        .iter()
-        .map(|t| t.as_ref().map_or("-".to_string(), |t| t.to_string()))
-        .collect::<Vec<_>>()
-        .join("\t");
-    match store.get(keys::FEATURE_TYPES)? {
-        Some(stored) if stored == text.as_bytes() => Ok(()),
-        Some(stored) => Err(StreamError::Spec(format!(
-            "features: the aggregated columns were of types [{}] in earlier batches and are \
-             [{}] now; the stored rows cannot be aggregated with them (reset the pipeline's \
-             state to start the features afresh)",
-            String::from_utf8_lossy(&stored).replace('\t', ", "),
-            text.replace('\t', ", ")
-        ))),
-        None => {
-            writes.put(keys::FEATURE_TYPES.to_vec(), text.into_bytes());
-            Ok(())
-        }
-    }
+/// The features of one share of a batch's keys.
+#[derive(Default)]
+struct Share {
+    /// Each row's accumulators, by row number.
+    accs: Vec<(usize, Vec<Acc>)>,
+    /// The keys' new state (`None`: delete), in no order.
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The keys to file in the filter: their hash and expiry.
+    filed: Vec<(KeyHash, i64)>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Context<'_> {
+    /// Looks `keys` up, aggregates each of their rows' frames and stages
+    /// their stored rows, trimmed to what rows after the watermark reach.
+    fn share(&self, keys: &[&[u8]], hashes: &[KeyHash]) -> Result<Share> {
+        let (features, filter) = (self.features, self.filter);
+        let found = lookup(self.store, filter, keys, hashes, self.moving)?;
+        let mut share = Share {
+            accs: Vec::with_capacity(keys.len()),
+            writes: Vec::with_capacity(keys.len()),
+            filed: Vec::with_capacity(keys.len()),
+        };
+        for ((key, found), hash) in keys.iter().zip(found).zip(hashes) {
+            let (mut stored, filed) = match found {
+                Some((bucket, bytes)) => {
+                    let stored = decode_entries(&bytes, self.kinds)?;
+                    // A key of the earlier layout is being filed by its newest row.
+                    let newest = stored.last().map_or(0, |e| e.time);
+                    let filed = bucket.unwrap_or_else(|| {
+                        filter.bucket_start(newest.saturating_add(features.range))
+                    });
+                    (stored, Some(filed))
+                }
+                None => (Vec::new(), None),
+            };
+            let members = &self.by_key[key];
+            for (pos, &i) in members.iter().enumerate() {
+                share.accs.push((i, self.frame(&stored, members, pos)));
+            }
+            stored.retain(|e| e.time > self.horizon);
+            stored.extend(
+                members
+                    .iter()
+                    .filter(|&&i| self.times[i] > self.horizon)
+                    .map(|&i| Entry {
+                        time: self.times[i],
+                        inputs: self
+                            .inputs
+                            .iter()
+                            .map(|input| Stored::of(input.at(i)))
+                            .collect(),
+                    }),
+            );
+            // Stable: rows of one time stay in the order they were read.
+            stored.sort_by_key(|e| e.time);
+            let bucket = stored.last().map(|e| {
+                let expiry = e.time.saturating_add(features.range);
+                share.filed.push((*hash, expiry));
+                filter.bucket_start(expiry)
+            });
+            if let Some(old) = filed
+                && Some(old) != bucket
+            {
+                share
+                    .writes
+                    .push((keys::timed(keys::FEATURES, old, &[key]), None));
+            }
+            if let Some(b) = bucket {
+                share.writes.push((
+                    keys::timed(keys::FEATURES, b, &[key]),
+                    Some(encode_entries(&stored)),
+                ));
+            }
+        }
+        Ok(share)
+    }
 
-    #[test]
-    fn stored_rows_round_trip_through_bytes() {
-        let kinds = [Kind::Row, Kind::Int, Kind::Float, Kind::Value, Kind::Value];
-        let entries = vec![
-            Entry {
-                time: -3,
-                inputs: vec![
-                    Stored::Row,
-                    Stored::Int(i64::MIN),
-                    Stored::Float(2.5),
-                    Stored::Value(vec![1, 2, 3]),
-                    Stored::Null,
-                ],
-            },
-            Entry {
-                time: 7,
-                inputs: vec![
-                    Stored::Row,
-                    Stored::Null,
-                    Stored::Null,
-                    Stored::Value(vec![]),
-                    Stored::Value(vec![9]),
-                ],
-            },
-        ];
-        let bytes = encode_entries(&entries);
-        assert_eq!(decode_entries(&bytes, &kinds).unwrap(), entries);
-        // Truncated state is an error, not a panic.
-        assert!(decode_entries(&bytes[..bytes.len() - 1], &kinds).is_err());
+    /// The aggregates of the frame of `members[pos]`: the stored rows and
+    /// the key's rows of this batch up to it, within `range` before it.
+    fn frame(&self, stored: &[Entry], members: &[usize], pos: usize) -> Vec<Acc> {
+        let times = self.times;
+        let t = times[members[pos]];
+        let from = t.saturating_sub(self.features.range);
+        let mut accs = self.template.to_vec();
+        let start = stored.partition_point(|e| e.time < from);
+        for e in stored[start..].iter().take_while(|e| e.time <= t) {
+            for (acc, input) in accs.iter_mut().zip(&e.inputs) {
+                acc.add(&input.input(), e.time, (0, 0, 0));
+            }
+        }
+        for &j in &members[..=pos] {
+            if (from..=t).contains(&times[j]) {
+                for (acc, input) in accs.iter_mut().zip(self.inputs) {
+                    acc.add(&input.at(j), times[j], (0, 0, 0));
+                }
+            }
+        }
+        accs
     }
 }

@@ -10,6 +10,7 @@ mod aggregate;
 mod config;
 mod dedup;
 mod error;
+mod feature_state;
 mod features;
 mod key_filter;
 mod keys;

@@ -180,12 +180,12 @@ impl Operator {
             let filter = match &mut *feature_filter {
                 Some(filter) => filter,
                 empty => {
-                    let (filter, moving) = crate::features::load(f, store, &mut out.writes)?;
+                    let (filter, moving) = crate::feature_state::load(f, store, &mut out.writes)?;
                     features_moving = moving;
                     empty.insert(filter)
                 }
             };
-            crate::features::expire(filter, watermarks.eviction, &mut out.writes);
+            crate::feature_state::expire(filter, watermarks.eviction, &mut out.writes);
         }
         out.rows = match c.window {
             None => match &batch {
@@ -199,7 +199,7 @@ impl Operator {
                         rows = crate::features::attach(
                             f,
                             store,
-                            crate::features::InState {
+                            crate::feature_state::InState {
                                 filter,
                                 moving: features_moving,
                             },
@@ -229,7 +229,7 @@ impl Operator {
             }
         };
         if let Some(filter) = feature_filter.as_mut() {
-            crate::features::forget_in_filter(filter, watermarks.eviction);
+            crate::feature_state::forget_in_filter(filter, watermarks.eviction);
         }
         drop(feature_filter);
 

@@ -820,7 +820,7 @@ fn features_state_of_the_earlier_layout_is_moved_and_gives_the_same_features() {
     writes.delete(FEATURE_WIDTH.to_vec());
     let rows = to_batch(first);
     for (k, v) in &bucketed {
-        let newest = crate::features::newest_time(&features, &rows, v).unwrap();
+        let newest = crate::feature_state::newest_time(&features, &rows, v).unwrap();
         writes.put(tagged(FEATURE_ROWS, &k[9..]), v.clone());
         writes.put(timed(FEATURE_NEWEST, newest, &[&k[9..]]), Vec::new());
     }
