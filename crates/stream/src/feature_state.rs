@@ -1,13 +1,15 @@
 //! The state of rolling features: each key's recent rows, one value,
-//! filed under the start of the bucket of the key's expiry (its newest
-//! row's time plus `range`), `(bucket start, key) -> rows`, as dedup files
-//! its keys: a bucket the watermark has passed is one range delete, and a
-//! key that stays in its bucket costs one write a batch (a key moves at
-//! most once per bucket width). Buckets are half a range wide (at least a
-//! second), so a quiet key's rows stay on disk at most half a range after
-//! they expire; they are never read into a frame, which only reaches rows
-//! after the last watermark minus `range`. The width is stored, and a
-//! later range keeps the width the state was filed with.
+//! filed under the start of the time bucket of its newest row, `(bucket
+//! start, key) -> rows`, as dedup files its keys by expiry: a bucket wholly
+//! `range` or more behind the watermark is one range delete, and a key that
+//! stays in its bucket costs one write a batch (a key moves at most once
+//! per bucket width). Buckets are half the first range wide (at least a
+//! second), so a quiet key's rows stay on disk at most one bucket width
+//! after they expire; they are never read into a frame, which only reaches
+//! rows after the last watermark minus `range`. Filing by the newest time,
+//! not by the expiry, keeps the layout independent of `range`: a later
+//! range expires the keys by itself. The width is stored, and a later range
+//! keeps the width the state was filed with.
 //!
 //! Earlier versions kept a key's rows by key and indexed it by its newest
 //! time (three writes a batch): the first batch of an operator that finds
@@ -148,7 +150,7 @@ pub(crate) fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>>
     Ok(entries)
 }
 
-/// The filter of the keys in the state, filed by their expiry, and whether
+/// The filter of the keys in the state, filed by their newest row, and whether
 /// this batch must also look keys up in the earlier layout (it is moving
 /// them).
 pub(crate) fn load(
@@ -178,10 +180,9 @@ pub(crate) fn load(
         let newest = newest_of.get(key).ok_or_else(|| {
             StreamError::Corrupt("a features key of the earlier layout has no index entry".into())
         })?;
-        let expiry = newest.saturating_add(features.range);
-        filter.insert(KeyHash::of(key), expiry);
+        filter.insert(KeyHash::of(key), *newest);
         writes.put(
-            keys::timed(keys::FEATURES, filter.bucket_start(expiry), &[key]),
+            keys::timed(keys::FEATURES, filter.bucket_start(*newest), &[key]),
             v,
         );
     }
@@ -201,9 +202,14 @@ pub(crate) fn load(
 ///
 /// Only when the filter holds such a bucket, as dedup's expiry
 /// ([`crate::dedup::expire`]).
-pub(crate) fn expire(filter: &KeyFilter, watermark: Option<i64>, writes: &mut StagedWrites) {
-    if let Some(w) = watermark {
-        let live = filter.bucket_start(w.saturating_add(1));
+pub(crate) fn expire(
+    features: &Features,
+    filter: &KeyFilter,
+    watermark: Option<i64>,
+    writes: &mut StagedWrites,
+) {
+    if let Some(first_kept) = first_kept(features, watermark) {
+        let live = filter.bucket_start(first_kept);
         if filter.holds_buckets_before(live) {
             let (lo, hi) = keys::older_than(keys::FEATURES, live);
             writes.delete_range(lo, hi);
@@ -213,10 +219,20 @@ pub(crate) fn expire(filter: &KeyFilter, watermark: Option<i64>, writes: &mut St
 
 /// Drops from `filter` the keys [`expire`] forgot, once the batch's rows
 /// have looked theirs up.
-pub(crate) fn forget_in_filter(filter: &mut KeyFilter, watermark: Option<i64>) {
-    if let Some(w) = watermark {
-        filter.expire(w.saturating_add(1));
+pub(crate) fn forget_in_filter(
+    features: &Features,
+    filter: &mut KeyFilter,
+    watermark: Option<i64>,
+) {
+    if let Some(first_kept) = first_kept(features, watermark) {
+        filter.expire(first_kept);
     }
+}
+
+/// The oldest newest-row time a key must have to be kept under
+/// `watermark`: a row after it reaches back `range`.
+fn first_kept(features: &Features, watermark: Option<i64>) -> Option<i64> {
+    watermark.map(|w| w.saturating_sub(features.range).saturating_add(1))
 }
 
 /// The keys in the state: a filter of them, and whether this batch must

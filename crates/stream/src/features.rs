@@ -112,8 +112,8 @@ pub(crate) fn attach(
         for (i, row_accs) in share.accs {
             accs[i] = row_accs;
         }
-        for (hash, expiry) in share.filed {
-            filter.insert(hash, expiry);
+        for (hash, newest) in share.filed {
+            filter.insert(hash, newest);
         }
         rows_out.extend(share.writes);
     }
@@ -169,7 +169,7 @@ struct Share {
     accs: Vec<(usize, Vec<Acc>)>,
     /// The keys' new state (`None`: delete), in no order.
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// The keys to file in the filter: their hash and expiry.
+    /// The keys to file in the filter: their hash and newest row's time.
     filed: Vec<(KeyHash, i64)>,
 }
 
@@ -177,7 +177,7 @@ impl Context<'_> {
     /// Looks `keys` up, aggregates each of their rows' frames and stages
     /// their stored rows, trimmed to what rows after the watermark reach.
     fn share(&self, keys: &[&[u8]], hashes: &[KeyHash]) -> Result<Share> {
-        let (features, filter) = (self.features, self.filter);
+        let filter = self.filter;
         let found = lookup(self.store, filter, keys, hashes, self.moving)?;
         let mut share = Share {
             accs: Vec::with_capacity(keys.len()),
@@ -190,9 +190,7 @@ impl Context<'_> {
                     let stored = decode_entries(&bytes, self.kinds)?;
                     // A key of the earlier layout is being filed by its newest row.
                     let newest = stored.last().map_or(0, |e| e.time);
-                    let filed = bucket.unwrap_or_else(|| {
-                        filter.bucket_start(newest.saturating_add(features.range))
-                    });
+                    let filed = bucket.unwrap_or_else(|| filter.bucket_start(newest));
                     (stored, Some(filed))
                 }
                 None => (Vec::new(), None),
@@ -218,9 +216,8 @@ impl Context<'_> {
             // Stable: rows of one time stay in the order they were read.
             stored.sort_by_key(|e| e.time);
             let bucket = stored.last().map(|e| {
-                let expiry = e.time.saturating_add(features.range);
-                share.filed.push((*hash, expiry));
-                filter.bucket_start(expiry)
+                share.filed.push((*hash, e.time));
+                filter.bucket_start(e.time)
             });
             if let Some(old) = filed
                 && Some(old) != bucket

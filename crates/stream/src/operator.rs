@@ -39,6 +39,11 @@ pub struct Operated {
 }
 
 /// The event-time operators of one pipeline, bound to one state store.
+///
+/// It keeps in memory which dedup and features keys the state holds,
+/// updated by every batch it operates as if that batch's writes were
+/// committed: when a batch's writes are not committed, drop the operator
+/// and build a new one, which reads the committed state again.
 pub struct Operator {
     config: OperatorConfig,
     /// Dedup keys that may be in the store, loaded from it at the first
@@ -185,7 +190,7 @@ impl Operator {
                     empty.insert(filter)
                 }
             };
-            crate::feature_state::expire(filter, watermarks.eviction, &mut out.writes);
+            crate::feature_state::expire(f, filter, watermarks.eviction, &mut out.writes);
         }
         out.rows = match c.window {
             None => match &batch {
@@ -228,8 +233,8 @@ impl Operator {
                 self.windows(store, batch_id, rows, window, watermarks, &mut out.writes)?
             }
         };
-        if let Some(filter) = feature_filter.as_mut() {
-            crate::feature_state::forget_in_filter(filter, watermarks.eviction);
+        if let (Some(f), Some(filter)) = (&c.features, feature_filter.as_mut()) {
+            crate::feature_state::forget_in_filter(f, filter, watermarks.eviction);
         }
         drop(feature_filter);
 

@@ -864,6 +864,50 @@ fn features_are_found_after_the_range_changes() {
     }
 }
 
+/// A quiet key is kept as long as the current `range` needs it: after the
+/// range grows, a row reaches a key's rows that the earlier range would
+/// already have forgotten.
+#[test]
+fn features_keep_quiet_keys_for_a_range_that_grew() {
+    let base = config(None, false, OutputMode::Append, 0);
+    let (four, ten) = (
+        with_features(base.clone(), 4 * MINUTE),
+        with_features(base, 10 * MINUTE),
+    );
+    let t = 600 * MINUTE;
+    let at = |offset: i64, minute: i64, user: &str| Event {
+        partition: 0,
+        offset,
+        ts: Some(t + minute * MINUTE),
+        id: offset,
+        user: user.into(),
+        card: 1,
+        amount: Some(1.0),
+        merchant: Some("m".into()),
+    };
+    // a pays at 0; b's rows move the watermark to 7, past a's row plus the
+    // first range; then the range grows to 10 and a pays again at 9.
+    let batches = [
+        (&four, vec![at(0, 0, "a")]),
+        (&four, vec![at(1, 7, "b")]),
+        (&ten, vec![at(2, 8, "b")]),
+        (&ten, vec![at(3, 9, "a")]),
+    ];
+    let mut store = MemoryStore::new();
+    let mut oracle = Oracle::new(ten.clone());
+    let mut results = Vec::new();
+    for (n, (config, events)) in batches.iter().enumerate() {
+        let got = fresh_batch(config, &mut store, n as u64, events);
+        results.push((
+            rows_of(got.rows.as_ref()),
+            oracle.batch(n as u64, events).rows,
+        ));
+    }
+    let (got, expected) = results.pop().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got, expected);
+}
+
 /// Spark's boundaries for sessions, seen in pyspark 4: a row exactly at a
 /// session's end joins it, and a row whose own session `[t, t + gap)` ends
 /// exactly at the late-events watermark is late.
