@@ -61,6 +61,11 @@ pub trait StateStore: Send + Sync {
     /// Key-value pairs in `[start, end)`, in key order.
     fn scan(&self, start: &[u8], end: &[u8]) -> StateResult<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// Calls `visit` with each key in `[start, end)`, in key order, without
+    /// holding the keys or their values in memory all at once.
+    fn visit_keys(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8]))
+    -> StateResult<()>;
+
     fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> StateResult<()>;
 
     /// The last committed batch, `None` for an empty store.

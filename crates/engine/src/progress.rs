@@ -36,7 +36,8 @@ pub struct BatchProgress {
     /// commit of both tables), `offsetCommit`, `triggerExecution`; for
     /// pipelines with event-time operators, also `operate` (the operators,
     /// part of `write`) and `stateApply` (applying their state change after
-    /// the commit, part of `write`).
+    /// the commit, and uploading a state snapshot when one is due; part of
+    /// `write`).
     pub duration_ms: BTreeMap<String, u64>,
     pub sources: Vec<SourceProgress>,
     /// Event-time operators; absent for pipelines without them.

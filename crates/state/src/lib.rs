@@ -147,6 +147,13 @@ pub(crate) mod conformance {
             })
             .collect();
         assert_eq!(keys, vec![b"b".to_vec(), b"b1".to_vec(), b"b2".to_vec()]);
+        let mut visited = Vec::new();
+        s.visit_keys(b"b", b"c", &mut |k| visited.push(k.to_vec()))
+            .unwrap();
+        assert_eq!(visited, keys);
+        s.visit_keys(b"c", b"b", &mut |k| visited.push(k.to_vec()))
+            .unwrap();
+        assert_eq!(visited, keys, "an empty range visits nothing");
     }
 
     #[test]

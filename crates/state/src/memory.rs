@@ -35,6 +35,15 @@ impl StateStore for MemoryStore {
             .collect())
     }
 
+    fn visit_keys(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        if start < end {
+            for k in self.map.range(start.to_vec()..end.to_vec()).map(|(k, _)| k) {
+                visit(k);
+            }
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
         check_order(self.committed, batch_id)?;
         for w in writes.writes {

@@ -259,6 +259,21 @@ impl StateStore for RocksStore {
             .collect()
     }
 
+    fn visit_keys(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(end.to_vec());
+        let mut iter = self.db.raw_iterator_opt(read);
+        iter.seek(start);
+        while let Some(k) = iter.key() {
+            visit(k);
+            iter.next();
+        }
+        iter.status().map_err(self.err())
+    }
+
     fn commit(&mut self, batch_id: u64, writes: StagedWrites) -> Result<()> {
         check_order(self.committed_batch()?, batch_id)?;
         let db = &self.db;

@@ -181,11 +181,13 @@ pub(crate) fn load_shifted(
 ) -> Result<KeyFilter> {
     let mut filter = KeyFilter::new(width.max(1_000_000));
     let (lo, _) = keys::older_than(tag, i64::MIN);
-    for (k, _) in store.scan(&lo, &[tag + 1])? {
-        if let (Some(time), Some(rest)) = (keys::time_of(&k), k.get(1 + skip..)) {
+    // Keys only: a features value is a key's rows, and the whole state
+    // need not be in memory at once to file its keys.
+    store.visit_keys(&lo, &[tag + 1], &mut |k| {
+        if let (Some(time), Some(rest)) = (keys::time_of(k), k.get(1 + skip..)) {
             filter.insert(KeyHash::of(rest), time.saturating_add(shift));
         }
-    }
+    })?;
     Ok(filter)
 }
 
