@@ -17,7 +17,9 @@
 use tributary_core::{StagedWrites, StateStore};
 
 use crate::error::Result;
-use crate::key_filter::{KeyFilter, KeyHash, load_shifted};
+use crate::key_filter::{
+    KeyFilter, KeyHash, delete_buckets_before, load_shifted, lookup_in_buckets,
+};
 use crate::keys;
 
 /// The filter of the keys in state, and whether this batch must also look
@@ -47,16 +49,9 @@ pub(crate) fn load(
 }
 
 /// Forgets the buckets the watermark `w` has passed (every expiry in them
-/// is at or before `w`). Only when the filter holds such a bucket: every
-/// key in the state was filed in the filter, and a range tombstone turns
-/// off the Bloom filter of the RocksDB memtable it lands in, so one per
-/// batch would slow every lookup.
+/// is at or before `w`).
 pub(crate) fn expire(filter: &mut KeyFilter, w: i64, writes: &mut StagedWrites) {
-    let live = filter.bucket_start(w.saturating_add(1));
-    if filter.holds_buckets_before(live) {
-        let (lo, hi) = keys::older_than(keys::DEDUP, live);
-        writes.delete_range(lo, hi);
-    }
+    delete_buckets_before(filter, keys::DEDUP, w.saturating_add(1), writes);
     filter.expire(w.saturating_add(1));
 }
 
@@ -70,23 +65,11 @@ pub(crate) fn remembered(
     moving: bool,
 ) -> Result<(Vec<bool>, Vec<KeyHash>)> {
     let hashes: Vec<KeyHash> = keys.iter().map(|k| KeyHash::of(k)).collect();
-    let (mut probes, mut owners) = (Vec::new(), Vec::new());
-    for (n, (key, hash)) in keys.iter().zip(&hashes).enumerate() {
-        for start in filter.bucket_starts_that_may_hold(*hash) {
-            probes.push(keys::timed(keys::DEDUP, start, &[key]));
-            owners.push(n);
-        }
-        if moving {
-            probes.push(keys::tagged(keys::DEDUP_KEY, key));
-            owners.push(n);
-        }
-    }
+    let earlier = moving.then_some(keys::DEDUP_KEY);
     let mut live = vec![false; keys.len()];
-    for (n, value) in owners.into_iter().zip(store.multi_get(&probes)?) {
-        if let Some(v) = value {
-            let expiry = keys::stored_time(&v)?;
-            live[n] |= watermark.is_none_or(|w| expiry > w);
-        }
+    for (n, _, v) in lookup_in_buckets(store, filter, keys::DEDUP, keys, &hashes, earlier)? {
+        let expiry = keys::stored_time(&v)?;
+        live[n] |= watermark.is_none_or(|w| expiry > w);
     }
     Ok((live, hashes))
 }

@@ -22,7 +22,9 @@ use tributary_core::{StagedWrites, StateStore};
 use crate::aggregate::{Input, Reader};
 use crate::config::Features;
 use crate::error::{Result, StreamError};
-use crate::key_filter::{KeyFilter, KeyHash, load_shifted};
+use crate::key_filter::{
+    KeyFilter, KeyHash, delete_buckets_before, load_shifted, lookup_in_buckets,
+};
 use crate::keys;
 use crate::prepare::AggInput;
 
@@ -199,9 +201,6 @@ pub(crate) fn load(
 /// rows may (they are only after the previous watermark): they read the
 /// committed state, and the key filter forgets the keys after them
 /// ([`forget_in_filter`]).
-///
-/// Only when the filter holds such a bucket, as dedup's expiry
-/// ([`crate::dedup::expire`]).
 pub(crate) fn expire(
     features: &Features,
     filter: &KeyFilter,
@@ -209,11 +208,7 @@ pub(crate) fn expire(
     writes: &mut StagedWrites,
 ) {
     if let Some(first_kept) = first_kept(features, watermark) {
-        let live = filter.bucket_start(first_kept);
-        if filter.holds_buckets_before(live) {
-            let (lo, hi) = keys::older_than(keys::FEATURES, live);
-            writes.delete_range(lo, hi);
-        }
+        delete_buckets_before(filter, keys::FEATURES, first_kept, writes);
     }
 }
 
@@ -255,22 +250,11 @@ pub(crate) fn lookup(
     hashes: &[KeyHash],
     moving: bool,
 ) -> Result<Vec<Found>> {
-    let (mut probes, mut owners) = (Vec::new(), Vec::new());
-    for (n, (key, hash)) in order.iter().zip(hashes).enumerate() {
-        for start in filter.bucket_starts_that_may_hold(*hash) {
-            probes.push(keys::timed(keys::FEATURES, start, &[key]));
-            owners.push((n, Some(start)));
-        }
-        if moving {
-            probes.push(keys::tagged(keys::FEATURE_ROWS, key));
-            owners.push((n, None));
-        }
-    }
+    let earlier = moving.then_some(keys::FEATURE_ROWS);
     let mut found = vec![None; order.len()];
-    for ((n, bucket), value) in owners.into_iter().zip(store.multi_get(&probes)?) {
-        if let Some(v) = value {
-            found[n] = Some((bucket, v));
-        }
+    for (n, bucket, v) in lookup_in_buckets(store, filter, keys::FEATURES, order, hashes, earlier)?
+    {
+        found[n] = Some((bucket, v));
     }
     Ok(found)
 }

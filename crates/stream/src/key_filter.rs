@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use tributary_core::StateStore;
+use tributary_core::{StagedWrites, StateStore};
 
 use crate::error::Result;
 use crate::keys;
@@ -189,6 +189,58 @@ pub(crate) fn load_shifted(
         }
     })?;
     Ok(filter)
+}
+
+/// Stages the range delete of the `tag` buckets that start before the one
+/// holding `time`, only when `filter` holds such a bucket: every key in the
+/// state was filed in the filter, and a range tombstone turns off the Bloom
+/// filter of the RocksDB memtable it lands in, so one per batch would slow
+/// every lookup.
+pub(crate) fn delete_buckets_before(
+    filter: &KeyFilter,
+    tag: u8,
+    time: i64,
+    writes: &mut StagedWrites,
+) {
+    let live = filter.bucket_start(time);
+    if filter.holds_buckets_before(live) {
+        let (lo, hi) = keys::older_than(tag, live);
+        writes.delete_range(lo, hi);
+    }
+}
+
+/// One stored value [`lookup_in_buckets`] found: the number of the key it belongs
+/// to, the start of the bucket it is filed in (`None`: under the earlier
+/// layout's tag), and the value.
+pub(crate) type Hit = (usize, Option<i64>, Vec<u8>);
+
+/// Looks `keys` up in the `tag` buckets `filter` may hold each in (and, if
+/// given, under the earlier layout's tag too): every value found, in the
+/// order of the keys, then of their buckets.
+pub(crate) fn lookup_in_buckets(
+    store: &dyn StateStore,
+    filter: &KeyFilter,
+    tag: u8,
+    keys: &[&[u8]],
+    hashes: &[KeyHash],
+    earlier: Option<u8>,
+) -> Result<Vec<Hit>> {
+    let (mut probes, mut owners) = (Vec::new(), Vec::new());
+    for (n, (key, hash)) in keys.iter().zip(hashes).enumerate() {
+        for start in filter.bucket_starts_that_may_hold(*hash) {
+            probes.push(keys::timed(tag, start, &[key]));
+            owners.push((n, Some(start)));
+        }
+        if let Some(earlier) = earlier {
+            probes.push(keys::tagged(earlier, key));
+            owners.push((n, None));
+        }
+    }
+    Ok(owners
+        .into_iter()
+        .zip(store.multi_get(&probes)?)
+        .filter_map(|((n, bucket), value)| Some((n, bucket, value?)))
+        .collect())
 }
 
 #[cfg(test)]

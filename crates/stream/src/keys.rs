@@ -17,7 +17,7 @@ pub(crate) const WINDOW_TYPES: &[u8] = &[0x01, b'T'];
 pub(crate) const FEATURE_TYPES: &[u8] = &[0x01, b'F'];
 /// The width of dedup's expiry buckets, in microseconds.
 pub(crate) const DEDUP_WIDTH: &[u8] = &[0x01, b'D'];
-/// The width of the features' expiry buckets, in microseconds.
+/// The width of the features' time buckets, in microseconds.
 pub(crate) const FEATURE_WIDTH: &[u8] = &[0x01, b'G'];
 /// Dedup: (start of the key's expiry bucket, key) -> its expiry.
 pub(crate) const DEDUP: u8 = b'B';
@@ -35,7 +35,8 @@ pub(crate) const LEGACY_DISTINCT: u8 = b'V';
 pub(crate) const SESSIONS: u8 = b'S';
 /// Session end index: (session end, group) -> ().
 pub(crate) const SESSION_END: u8 = b'E';
-/// Features: (start of the key's expiry bucket, key) -> its recent rows.
+/// Features: (start of the bucket of the key's newest row, key) -> its
+/// recent rows.
 pub(crate) const FEATURES: u8 = b'G';
 /// What earlier versions kept per features key, moved to `FEATURES` when
 /// met: key -> its recent rows, and (its newest row's time, key) -> ().
