@@ -11,13 +11,19 @@ pub enum StreamError {
     Spec(String),
     #[error("operator state is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "the operator state was written in layout {found} by a newer Tributary; this version \
+         reads layouts up to {supported} and would miss what it does not know (remembered \
+         keys, open windows). Run the newer version, or reset the pipeline's state"
+    )]
+    NewerLayout { found: u64, supported: u64 },
 }
 
 impl Classify for StreamError {
     fn kind(&self) -> ErrorKind {
         match self {
             StreamError::State(e) => e.kind(),
-            StreamError::Spec(_) => ErrorKind::User,
+            StreamError::Spec(_) | StreamError::NewerLayout { .. } => ErrorKind::User,
             StreamError::Arrow(_) | StreamError::Corrupt(_) => ErrorKind::Internal,
         }
     }

@@ -6,6 +6,15 @@ use tributary_core::{StateStore, encode_time};
 
 use crate::error::{Result, StreamError};
 
+/// The version of the layout of the keys below that the state was last
+/// written in. Absent in state from before versions were recorded, whose
+/// layouts this version moves when met (dedup, features) or refuses by
+/// name (windows kept per window).
+pub(crate) const LAYOUT_VERSION: &[u8] = &[0x01, b'V'];
+/// The layout this version writes: dedup and features keys filed by time
+/// bucket, windows as panes. State in a later layout is refused, not
+/// misread: an older version would miss the keys it does not know.
+pub(crate) const LAYOUT: u64 = 1;
 /// The greatest event time seen in committed batches.
 pub(crate) const MAX_EVENT_TIME: &[u8] = &[0x01, b'M'];
 /// The watermark the last committed batch ran with: the next batch's rows

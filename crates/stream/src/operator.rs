@@ -49,8 +49,7 @@ pub struct Operator {
     /// Dedup keys that may be in the store, loaded from it at the first
     /// batch (see `key_filter`).
     key_filter: Mutex<Option<KeyFilter>>,
-    /// Whether the state was checked for windows in the layout before
-    /// panes.
+    /// Whether the state's layout was checked (see [`keys::LAYOUT`]).
     checked_layout: Mutex<bool>,
     /// The same for the keys of `features`.
     feature_filter: Mutex<Option<KeyFilter>>,
@@ -131,6 +130,7 @@ impl Operator {
             watermarks,
             ..Operated::default()
         };
+        self.check_layout(store, &mut out.writes)?;
         let batch = canonical(input, &c.partition_column, &c.offset_column)?;
         let times = match &batch {
             Some(b) => event_times(b, &c.time_column)?,
@@ -362,7 +362,6 @@ impl Operator {
         let template = self.template(types.as_ref());
         let emitted = match window {
             Window::Sliding { size, slide } => {
-                self.refuse_per_window_state(store)?;
                 let batch = PaneBatch {
                     batch_id,
                     prepared: prepared.as_ref(),
@@ -390,10 +389,12 @@ impl Operator {
         self.window_rows(&types, emitted).map(Some)
     }
 
-    /// Refuses state holding windows as an earlier version kept them, one
-    /// state entry per window: panes cannot be rebuilt from whole windows,
-    /// and reading on without them would lose the rows they hold.
-    fn refuse_per_window_state(&self, store: &dyn StateStore) -> Result<()> {
+    /// At an operator's first batch: refuses state in a layout newer than
+    /// this version's, or holding windows as an earlier version kept them
+    /// (one state entry per window: panes cannot be rebuilt from whole
+    /// windows, and reading on without them would lose their rows); and
+    /// records this version's layout with the batch's writes.
+    fn check_layout(&self, store: &dyn StateStore, writes: &mut StagedWrites) -> Result<()> {
         let mut checked = self
             .checked_layout
             .lock()
@@ -401,16 +402,37 @@ impl Operator {
         if *checked {
             return Ok(());
         }
-        for tag in [keys::LEGACY_WINDOW, keys::LEGACY_DISTINCT] {
-            if !store.scan(&[tag], &[tag + 1])?.is_empty() {
-                return Err(StreamError::Spec(
-                    "the state holds windows in the per-window layout of an earlier Tributary; \
-                     this version keeps sliding and tumbling windows as panes and cannot read \
-                     them. Finish the open windows with the earlier version (stop the producers \
-                     until the watermark passes them) or reset the pipeline's state"
-                        .into(),
-                ));
+        let found = match store.get(keys::LAYOUT_VERSION)? {
+            Some(v) => Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+                |_| StreamError::Corrupt("the state's layout version is not 8 bytes".into()),
+            )?)),
+            None => None,
+        };
+        if let Some(found) = found.filter(|&f| f > keys::LAYOUT) {
+            return Err(StreamError::NewerLayout {
+                found,
+                supported: keys::LAYOUT,
+            });
+        }
+        if matches!(self.config.window, Some(Window::Sliding { .. })) {
+            for tag in [keys::LEGACY_WINDOW, keys::LEGACY_DISTINCT] {
+                if !store.scan(&[tag], &[tag + 1])?.is_empty() {
+                    return Err(StreamError::Spec(
+                        "the state holds windows in the per-window layout of an earlier \
+                         Tributary; this version keeps sliding and tumbling windows as panes \
+                         and cannot read them. Finish the open windows with the earlier version \
+                         (stop the producers until the watermark passes them) or reset the \
+                         pipeline's state"
+                            .into(),
+                    ));
+                }
             }
+        }
+        if found != Some(keys::LAYOUT) {
+            writes.put(
+                keys::LAYOUT_VERSION.to_vec(),
+                keys::LAYOUT.to_be_bytes().to_vec(),
+            );
         }
         *checked = true;
         Ok(())

@@ -741,6 +741,53 @@ fn window_state_of_the_layout_before_panes_is_refused() {
 }
 
 #[test]
+fn the_layout_is_recorded_and_state_in_a_newer_one_is_refused() {
+    use tributary_core::Write;
+    let records_layout = |w: &tributary_core::StagedWrites| {
+        w.writes
+            .iter()
+            .any(|w| matches!(w, Write::Put(k, _) if k == crate::keys::LAYOUT_VERSION))
+    };
+    let mut store = MemoryStore::new();
+    let events = stream(&mut Rng(11));
+    let dedup = || config(None, true, OutputMode::Append, MINUTE);
+    let first = Operator::new(dedup())
+        .process(&store, 0, &[to_batch(&events)])
+        .unwrap();
+    assert!(records_layout(&first.writes));
+    store.commit(0, first.writes).unwrap();
+    assert_eq!(
+        store.get(crate::keys::LAYOUT_VERSION).unwrap(),
+        Some(crate::keys::LAYOUT.to_be_bytes().to_vec())
+    );
+    // Recorded once: a restarted operator finds it and writes nothing more.
+    let again = Operator::new(dedup())
+        .process(&store, 1, &[to_batch(&events)])
+        .unwrap();
+    assert!(!records_layout(&again.writes));
+
+    let mut newer = tributary_core::StagedWrites::default();
+    newer.put(
+        crate::keys::LAYOUT_VERSION.to_vec(),
+        (crate::keys::LAYOUT + 1).to_be_bytes().to_vec(),
+    );
+    store.commit(1, newer).unwrap();
+    for config in [
+        dedup(),
+        config(Some(windows()[1].1), false, OutputMode::Append, MINUTE),
+    ] {
+        let err = Operator::new(config)
+            .process(&store, 2, &[to_batch(&events)])
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::StreamError::NewerLayout { found, .. } if found == crate::keys::LAYOUT + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer Tributary"), "{err}");
+    }
+}
+
+#[test]
 fn rocksdb_gives_the_same_results() {
     let dirs = std::cell::RefCell::new(Vec::new());
     let mut rocks = || -> Box<dyn StateStore> {
