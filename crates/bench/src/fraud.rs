@@ -271,7 +271,8 @@ async fn backlog(
     println!(
         "bench fraud (backlog): {count} transactions over {} partitions, {} cards (produced in {:.1}s, not timed)\n  \
          enrich + dedup + 10-minute features + score + commit: {:.2}s, {:.0} transactions/s, {} batches, zero loss\n  \
-         the batches' write steps: operate {:.2}s, data upload + commit {:.2}s, state apply {:.2}s, of {:.2}s",
+         the batches' write steps: operate {:.2}s, data upload + commit {:.2}s, state apply {:.2}s, of {:.2}s\n  \
+         {}",
         producer.partitions,
         producer.cards,
         produce_time.as_secs_f64(),
@@ -282,6 +283,7 @@ async fn backlog(
         seconds("upload") + seconds("commit"),
         seconds("stateApply"),
         seconds("write"),
+        crate::rocksdb_build(),
     );
     Ok(())
 }
@@ -352,9 +354,11 @@ async fn steady(
     println!(
         "bench fraud (steady): {rate} transactions/s for {}s, 1 s trigger, {} batches after 3 warm-up batches, zero loss\n  \
          event -> commit per batch: p95 median {median_p95} ms, worst batch p95 {worst_p95} ms, worst record {worst} ms\n  \
-         over the run: {run}",
+         over the run: {run}\n  \
+         {}",
         duration.as_secs(),
         warm.len(),
+        crate::rocksdb_build(),
     );
     Ok(())
 }

@@ -59,6 +59,23 @@ pub enum BenchError {
 
 pub type Result<T, E = BenchError> = std::result::Result<T, E>;
 
+/// How this process runs RocksDB: compiled into the binary, as release
+/// builds do, or the prebuilt shared library that dev builds link
+/// (`scripts/lib.sh`), which measured 8-15 % slower on the state
+/// benchmarks (docs/benchmarks.md). Printed with their figures.
+pub(crate) fn rocksdb_build() -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let shared = maps.lines().find_map(|line| {
+        line.split_whitespace()
+            .nth(5)
+            .filter(|path| path.contains("librocksdb"))
+    });
+    match shared {
+        Some(path) => format!("RocksDB: the shared library {path} (a dev build's)"),
+        None => "RocksDB: compiled into the binary".into(),
+    }
+}
+
 /// Fails the benchmark with a message unless `cond` holds.
 macro_rules! ensure {
     ($cond:expr, $($message:tt)+) => {

@@ -181,13 +181,15 @@ pub fn dedup(keys: u64, batch_rows: usize, state_memory: usize) -> Result<()> {
          operator thread (operate + commit): {:>6.0} rows/s\n  \
          operate (sort, lookups, staging): {:>8.0} rows/s\n  \
          state commits:                  {:>10.0} rows/s\n  \
-         peak RSS {:.0} MiB; state on disk {:.0} MiB",
+         peak RSS {:.0} MiB; state on disk {:.0} MiB\n  \
+         {}",
         state_memory >> 20,
         keys as f64 / total.as_secs_f64(),
         keys as f64 / operate.as_secs_f64(),
         keys as f64 / commit.as_secs_f64(),
         peak_rss_mib(),
         dir_mib(dir.path()),
+        crate::rocksdb_build(),
     );
     Ok(())
 }
@@ -239,12 +241,14 @@ pub fn windows(rows_total: u64, batch_rows: usize, cards: u64, state_memory: usi
          operator thread (operate + commit): {:>6.0} rows/s\n  \
          operate:                        {:>10.0} rows/s\n  \
          state commits:                  {:>10.0} rows/s\n  \
-         {windows} final windows written; peak RSS {:.0} MiB",
+         {windows} final windows written; peak RSS {:.0} MiB\n  \
+         {}",
         state_memory >> 20,
         rows_total as f64 / total.as_secs_f64(),
         rows_total as f64 / operate.as_secs_f64(),
         rows_total as f64 / commit.as_secs_f64(),
         peak_rss_mib(),
+        crate::rocksdb_build(),
     );
     Ok(())
 }
