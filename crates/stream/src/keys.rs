@@ -95,7 +95,8 @@ pub(crate) fn time_of(key: &[u8]) -> Option<i64> {
 }
 
 /// A time stored as a value: the max event time, the last watermark, a
-/// dedup expiry or bucket width.
+/// dedup expiry or bucket width; also the layout version, stored the same
+/// way.
 pub(crate) fn stored_time(value: &[u8]) -> Result<i64> {
     let bytes: [u8; 8] = value
         .try_into()

@@ -402,12 +402,7 @@ impl Operator {
         if *checked {
             return Ok(());
         }
-        let found = match store.get(keys::LAYOUT_VERSION)? {
-            Some(v) => Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
-                |_| StreamError::Corrupt("the state's layout version is not 8 bytes".into()),
-            )?)),
-            None => None,
-        };
+        let found = keys::read_time(store, keys::LAYOUT_VERSION)?.map(|v| v as u64);
         if let Some(found) = found.filter(|&f| f > keys::LAYOUT) {
             return Err(StreamError::NewerLayout {
                 found,
