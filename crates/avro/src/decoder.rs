@@ -501,17 +501,39 @@ impl SchemaDecoder {
     }
 }
 
+/// `schema` with the `uuid` logical type removed from its strings. Spark
+/// reads such a field as the string it is, and so do we: arrow-avro would
+/// parse each value to 16 bytes, which the table then needs formatted back
+/// (in canonical form, not as written). A `uuid` on `fixed` stays.
+fn uuid_strings_as_strings(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(node) => {
+            if node.get("type").and_then(serde_json::Value::as_str) == Some("string")
+                && node.get("logicalType").and_then(serde_json::Value::as_str) == Some("uuid")
+            {
+                node.remove("logicalType");
+            }
+            // A default is data, not schema.
+            for (_, child) in node.iter_mut().filter(|(k, _)| *k != "default") {
+                uuid_strings_as_strings(child);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(uuid_strings_as_strings),
+        _ => {}
+    }
+}
+
 fn build_decoder(
     id: u32,
     schema_json: &str,
     batch_rows: usize,
 ) -> std::result::Result<Decoder, String> {
+    let mut schema: serde_json::Value =
+        serde_json::from_str(schema_json).map_err(|e| format!("schema {id} is not JSON: {e}"))?;
+    uuid_strings_as_strings(&mut schema);
     let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
     store
-        .set(
-            Fingerprint::Id(id),
-            AvroSchema::new(schema_json.to_string()),
-        )
+        .set(Fingerprint::Id(id), AvroSchema::new(schema.to_string()))
         .map_err(|e| e.to_string())?;
     let decoder = ReaderBuilder::new()
         .with_batch_size(batch_rows)
@@ -1017,6 +1039,81 @@ mod tests {
         assert_eq!(unusable.0.len(), MAX_UNUSABLE);
         // The newest are kept.
         assert!(unusable.get(&(10 * MAX_UNUSABLE as u32 - 1)).is_some());
+    }
+
+    #[test]
+    fn uuid_strings_are_kept_as_written_as_spark_reads_them() {
+        let registry = Arc::new(
+            RegistryClient::new(crate::RegistryConfig {
+                url: "http://127.0.0.1:9".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut decoder = RecordDecoder::new(registry, runtime.handle().clone());
+        let schema = r#"{"type": "record", "name": "R", "fields": [
+            {"name": "u", "type": {"type": "string", "logicalType": "uuid"}},
+            {"name": "v", "type": ["null", {"type": "string", "logicalType": "uuid"}]}]}"#;
+        decoder.preload(3, schema).unwrap();
+        let written = [
+            "00010203-0405-0607-0809-0a0b0c0d0e0f",
+            "A0B1C2D3-E4F5-4061-8293-A4B5C6D7E8F9",
+            "000102030405060708090a0b0c0d0e0f",
+            "not a uuid",
+        ];
+        let framed: Vec<Vec<u8>> = written
+            .iter()
+            .map(|u| {
+                let mut body = vec![CONFLUENT_MAGIC, 0, 0, 0, 3];
+                for branch in [None, Some(2)] {
+                    body.extend(branch); // the union's second branch, zig-zag
+                    body.push((u.len() * 2) as u8); // zig-zag length, < 64
+                    body.extend_from_slice(u.as_bytes());
+                }
+                body
+            })
+            .collect();
+        for (offset, value) in framed.iter().enumerate() {
+            let record = RawRecord {
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: None,
+                key: None,
+                value: Some(value),
+                headers: None,
+            };
+            decoder.push(&record).unwrap();
+        }
+        let chunk = decoder.finish().unwrap();
+        assert!(chunk.dead_letters.is_empty(), "{:?}", chunk.dead_letters);
+        for column in 0..2 {
+            let read: Vec<&str> = chunk
+                .batches
+                .iter()
+                .flat_map(|b| {
+                    let values = b.column(column).as_string::<i32>();
+                    values.iter().map(Option::unwrap)
+                })
+                .collect();
+            assert_eq!(read, written);
+        }
+    }
+
+    #[test]
+    fn a_default_that_looks_like_a_uuid_type_is_data_and_kept() {
+        let mut schema = serde_json::json!({"type": "record", "name": "R", "fields": [
+            {"name": "p", "type": {"type": "record", "name": "P", "fields": [
+                {"name": "type", "type": "string"},
+                {"name": "logicalType", "type": "string"}]},
+             "default": {"type": "string", "logicalType": "uuid"}}]});
+        uuid_strings_as_strings(&mut schema);
+        assert_eq!(
+            schema["fields"][0]["default"],
+            serde_json::json!({"type": "string", "logicalType": "uuid"})
+        );
     }
 
     #[test]
