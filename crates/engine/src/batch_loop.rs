@@ -85,6 +85,7 @@ impl<'a> Run<'a> {
             spec,
             group.records_schema(spec),
             group.hidden.clone(),
+            group.operator_inputs.clone(),
             dimensions,
         )?;
         let mut stages = Stages::start(
@@ -277,6 +278,7 @@ impl<'a> Run<'a> {
             spec,
             group.records_schema(spec),
             group.hidden.clone(),
+            group.operator_inputs.clone(),
             dimensions.cloned(),
         )?;
         if let Some(d) = dimensions {

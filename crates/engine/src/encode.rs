@@ -62,6 +62,10 @@ pub(crate) struct Converter {
     /// Kafka columns only the operators read: kept aside from conversion
     /// and schema evolution, and appended to the converted rows.
     hidden: Vec<String>,
+    /// The only columns the operators read (see `Group::operator_inputs`):
+    /// the rest of a row is dropped once converted, so a batch held for the
+    /// operators costs only these.
+    operator_inputs: Option<Vec<String>>,
 }
 
 impl Converter {
@@ -74,6 +78,7 @@ impl Converter {
         spec: &TableSpec,
         records_schema: Option<SchemaRef>,
         hidden: Vec<String>,
+        operator_inputs: Option<Vec<String>>,
         dimensions: Option<Arc<Dimensions>>,
     ) -> Result<Converter> {
         let after_operators = spec.features.is_some();
@@ -94,6 +99,7 @@ impl Converter {
             pinned: None,
             filtered: 0,
             hidden,
+            operator_inputs,
         })
     }
 
@@ -144,7 +150,14 @@ impl Converter {
         };
         let (visible, hidden) = split_hidden(&self.hidden, &rows.schema());
         let converted = shape.shape(&rows.project(&visible)?, schema.metadata())?;
-        append(&converted, &rows.project(&hidden)?)
+        let rows = append(&converted, &rows.project(&hidden)?)?;
+        let Some(inputs) = &self.operator_inputs else {
+            return Ok(rows);
+        };
+        let read: Vec<usize> = (0..rows.num_columns())
+            .filter(|&i| inputs.contains(rows.schema().field(i).name()))
+            .collect();
+        Ok(rows.project(&read)?)
     }
 
     /// All rows of a batch in the schema of its last rows (a batch may
@@ -298,3 +311,6 @@ pub(crate) fn run_encoder(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ use tributary_spec::{OnIncompatible, TableSpec};
 use crate::contracts::{PlanLog, TableSink};
 use crate::error::Result;
 use crate::offset_log::OffsetLog;
-use crate::operator_config::{add_operator_columns, operator_config};
+use crate::operator_config::{add_operator_columns, operator_config, operator_inputs};
 use crate::options::Components;
 use crate::recovery::GroupTables;
 use crate::stateful::GroupState;
@@ -59,6 +59,9 @@ pub(crate) struct Group {
     /// The Kafka columns the decoder fills, and those only operators see.
     pub columns: RecordColumns,
     pub hidden: Vec<String>,
+    /// The only columns the operators need of a row, when their output
+    /// holds no input rows and no late-rows table does either.
+    pub operator_inputs: Option<Vec<String>>,
     pub log: Box<dyn PlanLog>,
     /// Offsets known to exist (with `available_now`, the high watermarks at start).
     pub known_latest: BTreeMap<i32, i64>,
@@ -74,11 +77,13 @@ impl Group {
     ) -> Result<Group> {
         let mut columns = record_columns(spec);
         let hidden = add_operator_columns(spec, &mut columns);
-        let mut state = if spec.is_stateful() {
+        let (mut state, operator_inputs) = if spec.is_stateful() {
             let config = operator_config(spec, &columns, hidden.clone())?;
-            Some(GroupState::open(spec, components, name, config).await?)
+            let inputs = operator_inputs(spec, &config);
+            let state = GroupState::open(spec, components, name, config).await?;
+            (Some(state), inputs)
         } else {
-            None
+            (None, None)
         };
         let table = |uri: &str, partition_columns: Vec<String>| TableOptions {
             storage_options: spec.table.storage_options.clone(),
@@ -111,6 +116,7 @@ impl Group {
             state,
             columns,
             hidden,
+            operator_inputs,
             log: Box::new(log),
             known_latest: BTreeMap::new(),
         })

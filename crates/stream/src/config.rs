@@ -99,6 +99,28 @@ pub struct OperatorConfig {
     pub features: Option<Features>,
 }
 
+impl OperatorConfig {
+    /// The input columns the operators read, when their output holds no
+    /// input rows (windows hold aggregates): the rest of each row can be
+    /// dropped before a batch is operated, which bounds a stateful
+    /// backfill's memory by the columns it aggregates. `None` when the
+    /// output carries the rows (dedup alone, features).
+    pub fn input_columns(&self) -> Option<Vec<String>> {
+        if self.window.is_none() || self.features.is_some() {
+            return None;
+        }
+        let mut columns = vec![
+            self.time_column.clone(),
+            self.partition_column.clone(),
+            self.offset_column.clone(),
+        ];
+        columns.extend(self.dedup_keys.iter().cloned());
+        columns.extend(self.group_by.iter().cloned());
+        columns.extend(self.aggregations.iter().filter_map(|a| a.column.clone()));
+        Some(columns)
+    }
+}
+
 /// The two watermarks a batch runs with, as Spark's since 3.5: rows are late
 /// against the previous batch's watermark, while windows close and keys are
 /// forgotten with this batch's. A row that arrives in the batch that closes
