@@ -1041,8 +1041,9 @@ mod tests {
         assert!(unusable.get(&(10 * MAX_UNUSABLE as u32 - 1)).is_some());
     }
 
-    #[test]
-    fn uuid_strings_are_kept_as_written_as_spark_reads_them() {
+    /// A decoder whose registry never answers (schemas are preloaded), and
+    /// the runtime it runs on.
+    fn offline_decoder() -> (RecordDecoder, tokio::runtime::Runtime) {
         let registry = Arc::new(
             RegistryClient::new(crate::RegistryConfig {
                 url: "http://127.0.0.1:9".into(),
@@ -1053,7 +1054,15 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let mut decoder = RecordDecoder::new(registry, runtime.handle().clone());
+        (
+            RecordDecoder::new(registry, runtime.handle().clone()),
+            runtime,
+        )
+    }
+
+    #[test]
+    fn uuid_strings_are_kept_as_written_as_spark_reads_them() {
+        let (mut decoder, _runtime) = offline_decoder();
         let schema = r#"{"type": "record", "name": "R", "fields": [
             {"name": "u", "type": {"type": "string", "logicalType": "uuid"}},
             {"name": "v", "type": ["null", {"type": "string", "logicalType": "uuid"}]}]}"#;
@@ -1118,17 +1127,7 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_schema_decoder_makes_room() {
-        let registry = Arc::new(
-            RegistryClient::new(crate::RegistryConfig {
-                url: "http://127.0.0.1:9".into(),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let mut decoder = RecordDecoder::new(registry, runtime.handle().clone());
+        let (mut decoder, _runtime) = offline_decoder();
         let schema =
             r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}"#;
         for id in 0..MAX_SCHEMA_DECODERS as u32 + 5 {
