@@ -15,7 +15,7 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
 use tributary_core::{StagedWrites, StateStore};
 
-use crate::aggregate::{Acc, aggregate_column};
+use crate::aggregate::{Acc, Input, aggregate_column};
 use crate::config::{AggregateFunction, Features};
 use crate::error::{Result, StreamError};
 use crate::feature_state::{
@@ -196,8 +196,10 @@ impl Context<'_> {
                 None => (Vec::new(), None),
             };
             let members = &self.by_key[key];
+            let mut distinct = Vec::new();
             for (pos, &i) in members.iter().enumerate() {
-                share.accs.push((i, self.frame(&stored, members, pos)));
+                let accs = self.frame(&stored, members, pos, &mut distinct);
+                share.accs.push((i, accs));
             }
             stored.retain(|e| e.time > self.horizon);
             stored.extend(
@@ -238,22 +240,47 @@ impl Context<'_> {
 
     /// The aggregates of the frame of `members[pos]`: the stored rows and
     /// the key's rows of this batch up to it, within `range` before it.
-    fn frame(&self, stored: &[Entry], members: &[usize], pos: usize) -> Vec<Acc> {
+    /// A distinct count is counted from the values in `distinct` (scratch
+    /// space, reused by the key's rows), not gathered into a set: it is
+    /// output, never kept, and a set costs an allocation per value.
+    fn frame<'s>(
+        &'s self,
+        stored: &'s [Entry],
+        members: &[usize],
+        pos: usize,
+        distinct: &mut Vec<&'s [u8]>,
+    ) -> Vec<Acc> {
         let times = self.times;
         let t = times[members[pos]];
         let from = t.saturating_sub(self.features.range);
-        let mut accs = self.template.to_vec();
         let start = stored.partition_point(|e| e.time < from);
-        for e in stored[start..].iter().take_while(|e| e.time <= t) {
-            for (acc, input) in accs.iter_mut().zip(&e.inputs) {
-                acc.add(&input.input(), e.time, (0, 0, 0));
+        let stored = stored[start..].iter().take_while(|e| e.time <= t);
+        let batch = members[..=pos]
+            .iter()
+            .filter(|&&j| (from..=t).contains(&times[j]));
+        let mut accs = self.template.to_vec();
+        for (a, acc) in accs.iter_mut().enumerate() {
+            let input = &self.inputs[a];
+            if let Acc::DistinctSet(_) = acc {
+                let value = |i: Input<'s>| match i {
+                    Input::Value(v) => Some(v),
+                    _ => None,
+                };
+                distinct.clear();
+                distinct.extend(stored.clone().filter_map(|e| value(e.inputs[a].input())));
+                distinct.extend(batch.clone().filter_map(|&j| value(input.at(j))));
+                distinct.sort_unstable();
+                distinct.dedup();
+                *acc = Acc::Count(distinct.len() as i64);
+                continue;
             }
-        }
-        for &j in &members[..=pos] {
-            if (from..=t).contains(&times[j]) {
-                for (acc, input) in accs.iter_mut().zip(self.inputs) {
-                    acc.add(&input.at(j), times[j], (0, 0, 0));
-                }
+            // In time order, then the batch's rows in Kafka order: float
+            // sums depend on it.
+            for e in stored.clone() {
+                acc.add(&e.inputs[a].input(), e.time, (0, 0, 0));
+            }
+            for &j in batch.clone() {
+                acc.add(&input.at(j), times[j], (0, 0, 0));
             }
         }
         accs
