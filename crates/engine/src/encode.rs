@@ -154,8 +154,9 @@ impl Converter {
         let Some(inputs) = &self.operator_inputs else {
             return Ok(rows);
         };
-        let read: Vec<usize> = (0..rows.num_columns())
-            .filter(|&i| inputs.contains(rows.schema().field(i).name()))
+        let converted_schema = rows.schema();
+        let read: Vec<usize> = (0..converted_schema.fields().len())
+            .filter(|&i| inputs.contains(converted_schema.field(i).name()))
             .collect();
         Ok(rows.project(&read)?)
     }

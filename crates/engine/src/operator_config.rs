@@ -101,7 +101,6 @@ pub(crate) fn operator_config(
     })
 }
 
-/// A spec's aggregate column in the operators' terms.
 /// The only columns the operators need of a row (see
 /// `OperatorConfig::input_columns`), unless late rows go to their table,
 /// which takes them whole.
@@ -111,6 +110,7 @@ pub(crate) fn operator_inputs(spec: &TableSpec, config: &OperatorConfig) -> Opti
         .filter(|_| spec.late_rows_uri().is_none())
 }
 
+/// A spec's aggregate column in the operators' terms.
 fn aggregation(spec: &AggregationSpec) -> Aggregation {
     use tributary_spec::AggregateFunction as Spec;
     use tributary_stream::AggregateFunction as Op;
