@@ -50,21 +50,8 @@ pub(crate) async fn run_partitioned(
                 }
                 Some(Membership::Revoked(parts, ack)) => {
                     tracing::info!(pipeline = %spec.pipeline, partitions = ?parts, "partitions revoked; finishing their batches in flight");
-                    for p in parts {
-                        if let Some(g) = groups.remove(&p) {
-                            g.stop.store(true, Ordering::Relaxed);
-                            match finish(g, &mut total).await {
-                                Ok(()) => {}
-                                // The new owner committed the batch first (the
-                                // revocation outlasted the wait): nothing was
-                                // written twice, and the partition is not ours.
-                                Err(e) if e.lost_to_another_writer() => tracing::info!(
-                                    pipeline = %spec.pipeline, partition = p, error = %e,
-                                    "the revoked partition's batch in flight was committed by its new owner first"
-                                ),
-                                Err(e) => outcome = Err(e),
-                            }
-                        }
+                    if let Err(e) = finish_revoked(&spec.pipeline, &mut groups, &parts, &mut total).await {
+                        outcome = Err(e);
                     }
                     let _ = ack.send(());
                     if outcome.is_err() {
@@ -110,6 +97,39 @@ pub(crate) async fn run_partitioned(
     member_stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || member_thread.join()).await;
     outcome.map(|()| total)
+}
+
+/// Stops the groups of revoked partitions and waits for their batches in
+/// flight, so the next owner starts after them.
+async fn finish_revoked(
+    pipeline: &str,
+    groups: &mut HashMap<i32, RunningGroup>,
+    parts: &[i32],
+    total: &mut RunSummary,
+) -> Result<()> {
+    // All are told first, so their batches finish side by side.
+    let revoked: Vec<(i32, RunningGroup)> = parts
+        .iter()
+        .filter_map(|p| groups.remove(p).map(|g| (*p, g)))
+        .collect();
+    for (_, g) in &revoked {
+        g.stop.store(true, Ordering::Relaxed);
+    }
+    let mut outcome = Ok(());
+    for (p, g) in revoked {
+        match finish(g, total).await {
+            Ok(()) => {}
+            // The new owner committed the batch first (the revocation
+            // outlasted the wait): nothing was written twice, and the
+            // partition is not ours.
+            Err(e) if e.lost_to_another_writer() => tracing::info!(
+                pipeline, partition = p, error = %e,
+                "the revoked partition's batch in flight was committed by its new owner first"
+            ),
+            Err(e) => outcome = Err(e),
+        }
+    }
+    outcome
 }
 
 /// The member's own thread serves the group protocol (heartbeats,

@@ -596,6 +596,11 @@ impl DeltaTableSink {
             .with_columns(kernel.fields().cloned())
             .with_partition_columns(self.options.partition_columns.clone())
             .with_save_mode(SaveMode::Ignore)
+            // A creator that loses the race for version 0 must not retry:
+            // deltalake would commit its Protocol and Metadata as version 1,
+            // a metadata change that refuses every other writer's commit
+            // read at version 0 (each group's first batch at once).
+            .with_commit_properties(CommitProperties::default().with_max_retries(0))
             .await;
         match created {
             Ok(table) => self.table = Some(table),
@@ -825,6 +830,41 @@ mod tests {
         let marker = other.last_marker("pipe/topic").await.unwrap().unwrap();
         assert_eq!(marker.info["batchId"], 1);
         assert_eq!(marker.version, next.version.unwrap());
+    }
+
+    /// Groups and instances that start together all create the table;
+    /// exactly one creation lands, and the others use it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_creators_leave_one_creation_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        const CREATORS: usize = 8;
+        for round in 0..10 {
+            let table_dir = dir.path().join(format!("t{round}"));
+            let options = TableOptions {
+                uri: table_dir.display().to_string(),
+                ..TableOptions::default()
+            };
+            let start = Arc::new(tokio::sync::Barrier::new(CREATORS));
+            let mut creators = Vec::new();
+            for _ in 0..CREATORS {
+                let mut sink = DeltaTableSink::open(options.clone()).await.unwrap();
+                let start = start.clone();
+                creators.push(tokio::spawn(async move {
+                    start.wait().await;
+                    sink.create(batch(&[1]).schema()).await.unwrap();
+                    sink.version()
+                }));
+            }
+            for creator in creators {
+                assert_eq!(creator.await.unwrap(), Some(0));
+            }
+            let log: Vec<_> = std::fs::read_dir(table_dir.join("_delta_log"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|name| name.ends_with(".json"))
+                .collect();
+            assert_eq!(log, ["00000000000000000000.json"], "round {round}");
+        }
     }
 
     #[tokio::test]
