@@ -46,6 +46,7 @@ pub(crate) enum Acc {
 }
 
 /// What a row contributes to one aggregate.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Input<'a> {
     /// A row, for `count` without a column.
     Row,
@@ -334,8 +335,13 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn bytes(&mut self) -> Result<Vec<u8>> {
+        Ok(self.slice()?.to_vec())
+    }
+
+    /// What [`Reader::bytes`] reads, borrowed.
+    pub(crate) fn slice(&mut self) -> Result<&'a [u8]> {
         let n = self.u32()? as usize;
-        Ok(self.take(n)?.to_vec())
+        self.take(n)
     }
 
     /// Reads accumulators shaped like `template`.

@@ -28,72 +28,94 @@ use crate::key_filter::{
 use crate::keys;
 use crate::prepare::AggInput;
 
-/// A stored row of a key: its event time and its aggregate inputs.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
-    pub time: i64,
-    pub inputs: Vec<Stored>,
+/// A key's rows, stored and new: their event times and aggregate inputs,
+/// flat (row `r`'s inputs are `inputs[r * width..][..width]`). Values
+/// borrow the stored bytes or the batch's columns, so a key's rows are
+/// decoded and re-encoded without an allocation per row or value; one
+/// `KeyRows` serves a batch's keys in turn.
+pub(crate) struct KeyRows<'a> {
+    width: usize,
+    pub times: Vec<i64>,
+    inputs: Vec<Input<'a>>,
 }
 
-/// One aggregate input of a stored row.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Stored {
-    /// `count` of rows: nothing to keep.
-    Row,
-    Null,
-    Int(i64),
-    Float(f64),
-    /// In Arrow's row format.
-    Value(Vec<u8>),
-}
-
-impl Stored {
-    pub(crate) fn of(input: Input<'_>) -> Stored {
-        match input {
-            Input::Row => Stored::Row,
-            Input::Null(_) => Stored::Null,
-            Input::Int(v) => Stored::Int(v),
-            Input::Float(v) => Stored::Float(v),
-            Input::Value(v) => Stored::Value(v.to_vec()),
+impl<'a> KeyRows<'a> {
+    /// No rows, of `width` aggregate inputs each.
+    pub(crate) fn new(width: usize) -> KeyRows<'a> {
+        KeyRows {
+            width,
+            times: Vec::new(),
+            inputs: Vec::new(),
         }
     }
 
-    pub(crate) fn input(&self) -> Input<'_> {
-        match self {
-            Stored::Row => Input::Row,
-            Stored::Null => Input::Null(&[]),
-            Stored::Int(v) => Input::Int(*v),
-            Stored::Float(v) => Input::Float(*v),
-            Stored::Value(v) => Input::Value(v),
-        }
+    pub(crate) fn clear(&mut self) {
+        self.times.clear();
+        self.inputs.clear();
     }
-}
 
-pub(crate) fn encode_entries(entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * 24);
-    for e in entries {
-        out.extend_from_slice(&e.time.to_be_bytes());
-        for input in &e.inputs {
-            match input {
-                Stored::Row => {}
-                Stored::Null => out.push(0),
-                Stored::Int(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-                Stored::Float(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-                Stored::Value(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                    out.extend_from_slice(v);
+    pub(crate) fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Aggregate `a`'s input of row `row`.
+    pub(crate) fn input(&self, row: usize, a: usize) -> Input<'a> {
+        self.inputs[row * self.width + a]
+    }
+
+    /// Appends a row; `inputs` yields its `width` aggregate inputs.
+    pub(crate) fn push(&mut self, time: i64, inputs: impl IntoIterator<Item = Input<'a>>) {
+        self.times.push(time);
+        self.inputs.extend(inputs);
+        debug_assert_eq!(self.inputs.len(), self.times.len() * self.width);
+    }
+
+    /// Appends the rows encoded in `bytes`, whose inputs are stored as
+    /// `kinds` say.
+    pub(crate) fn decode(&mut self, bytes: &'a [u8], kinds: &[Kind]) -> Result<()> {
+        let mut r = Reader::new(bytes);
+        while !r.is_done() {
+            self.times.push(r.i64()?);
+            for kind in kinds {
+                self.inputs.push(match kind {
+                    Kind::Row => Input::Row,
+                    _ if r.u8()? == 0 => Input::Null(&[]),
+                    Kind::Int => Input::Int(r.i64()?),
+                    Kind::Float => Input::Float(r.f64()?),
+                    Kind::Value => Input::Value(r.slice()?),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows numbered in `order`, encoded in that order.
+    pub(crate) fn encode(&self, order: &[usize]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(order.len() * (8 + 9 * self.width));
+        for &row in order {
+            out.extend_from_slice(&self.times[row].to_be_bytes());
+            for input in &self.inputs[row * self.width..][..self.width] {
+                match input {
+                    Input::Row => {}
+                    Input::Null(_) => out.push(0),
+                    Input::Int(v) => {
+                        out.push(1);
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
+                    Input::Float(v) => {
+                        out.push(1);
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
+                    Input::Value(v) => {
+                        out.push(1);
+                        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                        out.extend_from_slice(v);
+                    }
                 }
             }
         }
+        out
     }
-    out
 }
 
 /// How each aggregate's input is stored, from the function and input type.
@@ -126,30 +148,10 @@ pub(crate) fn newest_time(
     value: &[u8],
 ) -> Option<i64> {
     let (inputs, _) = crate::prepare::agg_inputs(&features.aggregations, rows).ok()?;
-    let entries = decode_entries(value, &kinds_of(&inputs)).ok()?;
-    entries.last().map(|e| e.time)
-}
-
-pub(crate) fn decode_entries(bytes: &[u8], kinds: &[Kind]) -> Result<Vec<Entry>> {
-    let mut r = Reader::new(bytes);
-    let mut entries = Vec::new();
-    while !r.is_done() {
-        let time = r.i64()?;
-        let inputs = kinds
-            .iter()
-            .map(|k| {
-                Ok(match k {
-                    Kind::Row => Stored::Row,
-                    _ if r.u8()? == 0 => Stored::Null,
-                    Kind::Int => Stored::Int(r.i64()?),
-                    Kind::Float => Stored::Float(r.f64()?),
-                    Kind::Value => Stored::Value(r.bytes()?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        entries.push(Entry { time, inputs });
-    }
-    Ok(entries)
+    let kinds = kinds_of(&inputs);
+    let mut stored = KeyRows::new(kinds.len());
+    stored.decode(value, &kinds).ok()?;
+    stored.times.last().copied()
 }
 
 /// The filter of the keys in the state, filed by their newest row, and whether
@@ -294,31 +296,45 @@ mod tests {
     #[test]
     fn stored_rows_round_trip_through_bytes() {
         let kinds = [Kind::Row, Kind::Int, Kind::Float, Kind::Value, Kind::Value];
-        let entries = vec![
-            Entry {
-                time: -3,
-                inputs: vec![
-                    Stored::Row,
-                    Stored::Int(i64::MIN),
-                    Stored::Float(2.5),
-                    Stored::Value(vec![1, 2, 3]),
-                    Stored::Null,
-                ],
-            },
-            Entry {
-                time: 7,
-                inputs: vec![
-                    Stored::Row,
-                    Stored::Null,
-                    Stored::Null,
-                    Stored::Value(vec![]),
-                    Stored::Value(vec![9]),
-                ],
-            },
-        ];
-        let bytes = encode_entries(&entries);
-        assert_eq!(decode_entries(&bytes, &kinds).unwrap(), entries);
+        let mut rows = KeyRows::new(kinds.len());
+        rows.push(
+            7,
+            [
+                Input::Row,
+                Input::Null(&[]),
+                Input::Null(&[]),
+                Input::Value(&[]),
+                Input::Value(&[9]),
+            ],
+        );
+        rows.push(
+            -3,
+            [
+                Input::Row,
+                Input::Int(i64::MIN),
+                Input::Float(2.5),
+                Input::Value(&[1, 2, 3]),
+                Input::Null(&[]),
+            ],
+        );
+        // Encoded in the order asked for, and only the rows asked for.
+        let bytes = rows.encode(&[1, 0]);
+        let mut decoded = KeyRows::new(kinds.len());
+        decoded.decode(&bytes, &kinds).unwrap();
+        assert_eq!(decoded.times, [-3, 7]);
+        for a in 0..kinds.len() {
+            assert_eq!(decoded.input(0, a), rows.input(1, a));
+            assert_eq!(decoded.input(1, a), rows.input(0, a));
+        }
+        let only_second = rows.encode(&[1]);
+        let mut first = KeyRows::new(kinds.len());
+        first.decode(&only_second, &kinds).unwrap();
+        assert_eq!(first.times, [-3]);
         // Truncated state is an error, not a panic.
-        assert!(decode_entries(&bytes[..bytes.len() - 1], &kinds).is_err());
+        assert!(
+            KeyRows::new(kinds.len())
+                .decode(&bytes[..bytes.len() - 1], &kinds)
+                .is_err()
+        );
     }
 }

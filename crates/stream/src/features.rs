@@ -18,9 +18,7 @@ use tributary_core::{StagedWrites, StateStore};
 use crate::aggregate::{Acc, Input, aggregate_column};
 use crate::config::{AggregateFunction, Features};
 use crate::error::{Result, StreamError};
-use crate::feature_state::{
-    Entry, InState, Kind, Stored, check_types, decode_entries, encode_entries, kinds_of, lookup,
-};
+use crate::feature_state::{InState, KeyRows, Kind, check_types, kinds_of, lookup};
 use crate::key_filter::{KeyFilter, KeyHash};
 use crate::keys;
 use crate::prepare::{AggInput, agg_inputs, group_keys, output_type};
@@ -105,17 +103,14 @@ pub(crate) fn attach(
     } else {
         [cx.share(&order, &hashes), Ok(Share::default())]
     };
-    let mut accs: Vec<Vec<Acc>> = vec![Vec::new(); rows.num_rows()];
+    let [mine, other] = shares;
+    let mut shares = [mine?, other?];
     let mut rows_out: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(order.len());
-    for share in shares {
-        let share = share?;
-        for (i, row_accs) in share.accs {
-            accs[i] = row_accs;
-        }
-        for (hash, newest) in share.filed {
+    for share in &mut shares {
+        for (hash, newest) in share.filed.drain(..) {
             filter.insert(hash, newest);
         }
-        rows_out.extend(share.writes);
+        rows_out.append(&mut share.writes);
     }
     // In key order: RocksDB inserts sorted keys into its memtable several
     // times faster than random ones. No two of these writes share a key.
@@ -127,12 +122,21 @@ pub(crate) fn attach(
         }
     }
 
+    // Each row's accumulators, where its share left them (not copied
+    // into one array: they are large, and a batch's are many).
+    let n = template.len();
+    let mut row_accs: Vec<&[Acc]> = vec![&[]; rows.num_rows()];
+    for share in &shares {
+        for (&i, accs) in share.rows.iter().zip(share.accs.chunks_exact(n.max(1))) {
+            row_accs[i] = accs;
+        }
+    }
     let schema = rows.schema();
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
     let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
     for (a, spec) in features.aggregations.iter().enumerate() {
         let t = output_type(spec, input_types[a].as_ref());
-        let column_accs: Vec<&Acc> = accs.iter().map(|r| &r[a]).collect();
+        let column_accs: Vec<&Acc> = row_accs.iter().map(|accs| &accs[a]).collect();
         columns.push(aggregate_column(spec, &t, &column_accs)?);
         fields.push(Arc::new(Field::new(&spec.name, t, true)));
     }
@@ -165,8 +169,10 @@ struct Context<'a> {
 /// The features of one share of a batch's keys.
 #[derive(Default)]
 struct Share {
-    /// Each row's accumulators, by row number.
-    accs: Vec<(usize, Vec<Acc>)>,
+    /// The rows whose accumulators `accs` holds, in its order.
+    rows: Vec<usize>,
+    /// Their accumulators, flat: one per aggregation and row.
+    accs: Vec<Acc>,
     /// The keys' new state (`None`: delete), in no order.
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The keys to file in the filter: their hash and newest row's time.
@@ -180,46 +186,44 @@ impl Context<'_> {
         let filter = self.filter;
         let found = lookup(self.store, filter, keys, hashes, self.moving)?;
         let mut share = Share {
-            accs: Vec::with_capacity(keys.len()),
+            rows: Vec::with_capacity(keys.len()),
+            accs: Vec::with_capacity(keys.len() * self.template.len()),
             writes: Vec::with_capacity(keys.len()),
             filed: Vec::with_capacity(keys.len()),
         };
-        for ((key, found), hash) in keys.iter().zip(found).zip(hashes) {
-            let (mut stored, filed) = match found {
+        // Scratch space, reused by each key in turn.
+        let mut key_rows = KeyRows::new(self.kinds.len());
+        let mut kept = Vec::new();
+        let mut distinct = Vec::new();
+        for ((key, found), hash) in keys.iter().zip(&found).zip(hashes) {
+            key_rows.clear();
+            let filed = match found {
                 Some((bucket, bytes)) => {
-                    let stored = decode_entries(&bytes, self.kinds)?;
+                    key_rows.decode(bytes, self.kinds)?;
                     // A key of the earlier layout is being filed by its newest row.
-                    let newest = stored.last().map_or(0, |e| e.time);
-                    let filed = bucket.unwrap_or_else(|| filter.bucket_start(newest));
-                    (stored, Some(filed))
+                    let newest = key_rows.times.last().copied().unwrap_or(0);
+                    Some(bucket.unwrap_or_else(|| filter.bucket_start(newest)))
                 }
-                None => (Vec::new(), None),
+                None => None,
             };
+            let stored = key_rows.len();
             let members = &self.by_key[key];
-            let mut distinct = Vec::new();
             for (pos, &i) in members.iter().enumerate() {
-                let accs = self.frame(&stored, members, pos, &mut distinct);
-                share.accs.push((i, accs));
+                share.rows.push(i);
+                self.frame(&key_rows, members, pos, &mut distinct, &mut share.accs);
             }
-            stored.retain(|e| e.time > self.horizon);
-            stored.extend(
-                members
-                    .iter()
-                    .filter(|&&i| self.times[i] > self.horizon)
-                    .map(|&i| Entry {
-                        time: self.times[i],
-                        inputs: self
-                            .inputs
-                            .iter()
-                            .map(|input| Stored::of(input.at(i)))
-                            .collect(),
-                    }),
-            );
-            // Stable: rows of one time stay in the order they were read.
-            stored.sort_by_key(|e| e.time);
-            let bucket = stored.last().map(|e| {
-                share.filed.push((*hash, e.time));
-                filter.bucket_start(e.time)
+            for &i in members.iter().filter(|&&i| self.times[i] > self.horizon) {
+                key_rows.push(self.times[i], self.inputs.iter().map(|input| input.at(i)));
+            }
+            // The rows still reachable, in time order: the stored ones are,
+            // and a stable sort keeps rows of one time in the order read.
+            let times = &key_rows.times;
+            kept.clear();
+            kept.extend(times[..stored].partition_point(|&t| t <= self.horizon)..times.len());
+            kept.sort_by_key(|&r| times[r]);
+            let bucket = kept.last().map(|&r| {
+                share.filed.push((*hash, times[r]));
+                filter.bucket_start(times[r])
             });
             if let Some(old) = filed
                 && Some(old) != bucket
@@ -231,35 +235,39 @@ impl Context<'_> {
             if let Some(b) = bucket {
                 share.writes.push((
                     keys::timed(keys::FEATURES, b, &[key]),
-                    Some(encode_entries(&stored)),
+                    Some(key_rows.encode(&kept)),
                 ));
             }
         }
         Ok(share)
     }
 
-    /// The aggregates of the frame of `members[pos]`: the stored rows and
-    /// the key's rows of this batch up to it, within `range` before it.
-    /// A distinct count is counted from the values in `distinct` (scratch
-    /// space, reused by the key's rows), not gathered into a set: it is
-    /// output, never kept, and a set costs an allocation per value.
+    /// Appends to `out` the aggregates of the frame of `members[pos]`: the
+    /// key's first `stored` rows (in time order) and its rows of this batch
+    /// up to it, within `range` before it. A distinct count is counted
+    /// from the values in `distinct` (scratch space, reused by the key's
+    /// rows), not gathered into a set: it is output, never kept, and a set
+    /// costs an allocation per value.
     fn frame<'s>(
         &'s self,
-        stored: &'s [Entry],
+        stored: &KeyRows<'s>,
         members: &[usize],
         pos: usize,
         distinct: &mut Vec<&'s [u8]>,
-    ) -> Vec<Acc> {
+        out: &mut Vec<Acc>,
+    ) {
         let times = self.times;
         let t = times[members[pos]];
         let from = t.saturating_sub(self.features.range);
-        let start = stored.partition_point(|e| e.time < from);
-        let stored = stored[start..].iter().take_while(|e| e.time <= t);
+        let first = stored.times.partition_point(|&s| s < from);
+        let last = stored.times.partition_point(|&s| s <= t);
+        let stored_rows = first..last;
         let batch = members[..=pos]
             .iter()
             .filter(|&&j| (from..=t).contains(&times[j]));
-        let mut accs = self.template.to_vec();
-        for (a, acc) in accs.iter_mut().enumerate() {
+        let base = out.len();
+        out.extend_from_slice(self.template);
+        for (a, acc) in out[base..].iter_mut().enumerate() {
             let input = &self.inputs[a];
             if let Acc::DistinctSet(_) = acc {
                 let value = |i: Input<'s>| match i {
@@ -267,7 +275,11 @@ impl Context<'_> {
                     _ => None,
                 };
                 distinct.clear();
-                distinct.extend(stored.clone().filter_map(|e| value(e.inputs[a].input())));
+                distinct.extend(
+                    stored_rows
+                        .clone()
+                        .filter_map(|r| value(stored.input(r, a))),
+                );
                 distinct.extend(batch.clone().filter_map(|&j| value(input.at(j))));
                 distinct.sort_unstable();
                 distinct.dedup();
@@ -276,13 +288,12 @@ impl Context<'_> {
             }
             // In time order, then the batch's rows in Kafka order: float
             // sums depend on it.
-            for e in stored.clone() {
-                acc.add(&e.inputs[a].input(), e.time, (0, 0, 0));
+            for r in stored_rows.clone() {
+                acc.add(&stored.input(r, a), stored.times[r], (0, 0, 0));
             }
             for &j in batch.clone() {
                 acc.add(&input.at(j), times[j], (0, 0, 0));
             }
         }
-        accs
     }
 }
