@@ -62,18 +62,33 @@ pub(crate) fn attach(
         .map(|(a, k)| Acc::new(a.function, *k == Kind::Float))
         .collect();
 
-    // Each key's rows, keys in order of first appearance.
+    // Each key's rows, keys numbered in order of first appearance: key
+    // `k`'s rows are `members[starts[k]..starts[k + 1]]`, in Kafka order
+    // (one list for all keys, not one allocation per key).
     let mut order: Vec<&[u8]> = Vec::new();
-    let mut by_key: HashMap<&[u8], Vec<usize>, FastHash> = HashMap::default();
-    for i in 0..rows.num_rows() {
-        let key = groups.get(i);
-        by_key
-            .entry(key)
-            .or_insert_with(|| {
+    let mut numbers: HashMap<&[u8], usize, FastHash> = HashMap::default();
+    let key_of: Vec<usize> = (0..rows.num_rows())
+        .map(|i| {
+            let key = groups.get(i);
+            *numbers.entry(key).or_insert_with(|| {
                 order.push(key);
-                Vec::new()
+                order.len() - 1
             })
-            .push(i);
+        })
+        .collect();
+    drop(numbers);
+    let mut starts = vec![0; order.len() + 1];
+    for &k in &key_of {
+        starts[k + 1] += 1;
+    }
+    for k in 0..order.len() {
+        starts[k + 1] += starts[k];
+    }
+    let mut members = vec![0; key_of.len()];
+    let mut next = starts.clone();
+    for (i, &k) in key_of.iter().enumerate() {
+        members[next[k]] = i;
+        next[k] += 1;
     }
     let hashes: Vec<KeyHash> = order.iter().map(|k| KeyHash::of(k)).collect();
     let cx = Context {
@@ -85,7 +100,8 @@ pub(crate) fn attach(
         template: &template,
         inputs: &inputs,
         times,
-        by_key: &by_key,
+        members: &members,
+        starts: &starts,
         horizon: watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range)),
     };
     // Keys are independent: a large batch's are split in two, one share
@@ -93,29 +109,34 @@ pub(crate) fn attach(
     let shares = if order.len() >= SPLIT_FROM_KEYS {
         let half = order.len() / 2;
         std::thread::scope(|s| {
-            let other = s.spawn(|| cx.share(&order[half..], &hashes[half..]));
-            let mine = cx.share(&order[..half], &hashes[..half]);
+            let other = s.spawn(|| cx.share(&order[half..], &hashes[half..], half));
+            let mine = cx.share(&order[..half], &hashes[..half], 0);
             let other = other
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             [mine, other]
         })
     } else {
-        [cx.share(&order, &hashes), Ok(Share::default())]
+        [cx.share(&order, &hashes, 0), Ok(Share::default())]
     };
     let [mine, other] = shares;
     let mut shares = [mine?, other?];
-    let mut rows_out: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(order.len());
     for share in &mut shares {
         for (hash, newest) in share.filed.drain(..) {
             filter.insert(hash, newest);
         }
-        rows_out.append(&mut share.writes);
     }
     // In key order: RocksDB inserts sorted keys into its memtable several
-    // times faster than random ones. No two of these writes share a key.
-    rows_out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (k, v) in rows_out {
+    // times faster than random ones. Each share sorted its own; no two
+    // writes share a key.
+    let [mine, other] = &mut shares;
+    let mut mine = std::mem::take(&mut mine.writes).into_iter().peekable();
+    let mut other = std::mem::take(&mut other.writes).into_iter().peekable();
+    while let Some((k, v)) = match (mine.peek(), other.peek()) {
+        (Some(a), Some(b)) if b.0 < a.0 => other.next(),
+        (Some(_), _) => mine.next(),
+        (None, _) => other.next(),
+    } {
         match v {
             Some(v) => writes.put(k, v),
             None => writes.delete(k),
@@ -160,8 +181,9 @@ struct Context<'a> {
     template: &'a [Acc],
     inputs: &'a [AggInput],
     times: &'a [i64],
-    /// Each key's rows, in Kafka order.
-    by_key: &'a HashMap<&'a [u8], Vec<usize>, FastHash>,
+    /// The rows of each key number, from `starts[k]` to `starts[k + 1]`.
+    members: &'a [usize],
+    starts: &'a [usize],
     /// Stored rows at or before it are no longer reachable.
     horizon: i64,
 }
@@ -173,16 +195,17 @@ struct Share {
     rows: Vec<usize>,
     /// Their accumulators, flat: one per aggregation and row.
     accs: Vec<Acc>,
-    /// The keys' new state (`None`: delete), in no order.
+    /// The keys' new state (`None`: delete), in key order.
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The keys to file in the filter: their hash and newest row's time.
     filed: Vec<(KeyHash, i64)>,
 }
 
 impl Context<'_> {
-    /// Looks `keys` up, aggregates each of their rows' frames and stages
-    /// their stored rows, trimmed to what rows after the watermark reach.
-    fn share(&self, keys: &[&[u8]], hashes: &[KeyHash]) -> Result<Share> {
+    /// Looks `keys` up (key numbers from `first`), aggregates each of their
+    /// rows' frames and stages their stored rows, trimmed to what rows after
+    /// the watermark reach.
+    fn share(&self, keys: &[&[u8]], hashes: &[KeyHash], first: usize) -> Result<Share> {
         let filter = self.filter;
         let found = lookup(self.store, filter, keys, hashes, self.moving)?;
         let mut share = Share {
@@ -195,7 +218,7 @@ impl Context<'_> {
         let mut key_rows = KeyRows::new(self.kinds.len());
         let mut kept = Vec::new();
         let mut distinct = Vec::new();
-        for ((key, found), hash) in keys.iter().zip(&found).zip(hashes) {
+        for (k, ((key, found), hash)) in keys.iter().zip(&found).zip(hashes).enumerate() {
             key_rows.clear();
             let filed = match found {
                 Some((bucket, bytes)) => {
@@ -207,7 +230,7 @@ impl Context<'_> {
                 None => None,
             };
             let stored = key_rows.len();
-            let members = &self.by_key[key];
+            let members = &self.members[self.starts[first + k]..self.starts[first + k + 1]];
             for (pos, &i) in members.iter().enumerate() {
                 share.rows.push(i);
                 self.frame(&key_rows, members, pos, &mut distinct, &mut share.accs);
@@ -239,6 +262,7 @@ impl Context<'_> {
                 ));
             }
         }
+        share.writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(share)
     }
 
