@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DataBlockIndexType, Direction,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 use crate::{Result, StagedWrites, StateError, StateStore, Write, check_order};
@@ -206,6 +206,11 @@ fn db_options(options: &RocksOptions) -> Options {
     table.set_bloom_filter(10.0, false);
     table.set_block_cache(&options.cache);
     table.set_cache_index_and_filter_blocks(false);
+    // A point lookup finds its key in a data block by hash, not by binary
+    // search (the features' lookups of keys in state; bench fraud 2-5 %
+    // faster in six of seven pairs, bench dedup unchanged).
+    table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+    table.set_data_block_hash_ratio(0.75);
     o.set_block_based_table_factory(&table);
     o
 }
