@@ -11,27 +11,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use deltalake::arrow::array::{
-    Array, ArrayRef, RecordBatch, StringArray, UInt32Array, new_null_array,
-};
-use deltalake::arrow::compute::{cast, concat_batches, take};
+use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
+use deltalake::arrow::compute::{cast, concat_batches};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use deltalake::arrow::row::{RowConverter, SortField};
 use tributary_delta::{DeltaTableSink, TableOptions};
-use tributary_spec::{EnrichSpec, JoinKind, TableSpec};
+use tributary_spec::{EnrichSpec, TableSpec};
 
 use crate::error::{EngineError, Result};
 
-/// One version of a dimension table in memory.
-pub(crate) struct Dimension {
-    pub version: u64,
-    key_types: Vec<DataType>,
-    keys: RowConverter,
-    /// The columns it adds, one row per dimension row.
-    rows: RecordBatch,
-    /// Key (in `keys`' row format) -> its rows.
-    index: HashMap<Box<[u8]>, Vec<u32>>,
-}
+mod join;
+
+use join::{Dimension, index, join_one};
 
 /// Loaded dimensions by (entry, table, version), shared by the groups of a
 /// process while any holds them.
@@ -170,7 +160,7 @@ async fn load(spec: &TableSpec, i: usize, version: Option<u64>) -> Result<Arc<Di
     cache.retain(|_, held| held.strong_count() > 0);
     cache.insert(cache_key, Arc::downgrade(&dimension));
     tracing::info!(pipeline = %spec.pipeline, table = %entry.table, version = at,
-        rows = dimension.rows.num_rows(), "dimension table loaded");
+        rows = dimension.num_rows(), "dimension table loaded");
     Ok(dimension)
 }
 
@@ -248,121 +238,6 @@ fn partition_column(
         None => Ok(new_null_array(to, rows)),
         Some(v) => cast(&StringArray::from(vec![v; rows]), to).map_err(|e| e.to_string()),
     }
-}
-
-fn index(
-    entry: &EnrichSpec,
-    all: RecordBatch,
-    version: u64,
-) -> deltalake::arrow::error::Result<Dimension> {
-    let key_count = entry.on.len();
-    let key_columns: Vec<ArrayRef> = all.columns()[..key_count].to_vec();
-    let key_types: Vec<DataType> = key_columns.iter().map(|c| c.data_type().clone()).collect();
-    let keys = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
-    let encoded = keys.convert_columns(&key_columns)?;
-    let mut index: HashMap<Box<[u8]>, Vec<u32>> = HashMap::with_capacity(all.num_rows());
-    for row in 0..all.num_rows() {
-        // A NULL key matches nothing, as in SQL.
-        if key_columns.iter().any(|k| k.is_null(row)) {
-            continue;
-        }
-        index
-            .entry(encoded.row(row).as_ref().into())
-            .or_default()
-            .push(row as u32);
-    }
-    let added = all.project(&(key_count..all.num_columns()).collect::<Vec<_>>())?;
-    Ok(Dimension {
-        version,
-        key_types,
-        keys,
-        rows: added,
-        index,
-    })
-}
-
-fn join_one(
-    entry: &EnrichSpec,
-    dimension: &Dimension,
-    rows: &RecordBatch,
-) -> std::result::Result<(RecordBatch, usize), String> {
-    let keys = entry
-        .on
-        .iter()
-        .zip(&dimension.key_types)
-        .map(|(name, to)| {
-            let column = rows
-                .column_by_name(name)
-                .ok_or_else(|| format!("the records have no key column {name:?}"))?;
-            cast(column, to).map_err(|e| {
-                format!(
-                    "key column {name:?} ({}) does not convert to the dimension's {to}: {e}",
-                    column.data_type()
-                )
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
-    let probe = dimension
-        .keys
-        .convert_columns(&keys)
-        .map_err(|e| e.to_string())?;
-    let mut left = Vec::with_capacity(rows.num_rows());
-    let mut right: Vec<Option<u32>> = Vec::with_capacity(rows.num_rows());
-    let mut dropped = 0;
-    for row in 0..rows.num_rows() {
-        let found = if keys.iter().any(|k| k.is_null(row)) {
-            None
-        } else {
-            dimension.index.get(probe.row(row).as_ref())
-        };
-        match found {
-            Some(matches) => {
-                for m in matches {
-                    left.push(row as u32);
-                    right.push(Some(*m));
-                }
-            }
-            None if entry.how == JoinKind::Left => {
-                left.push(row as u32);
-                right.push(None);
-            }
-            None => dropped += 1,
-        }
-    }
-    let unchanged = left.len() == rows.num_rows()
-        && dropped == 0
-        && left.iter().enumerate().all(|(i, l)| *l as usize == i);
-    let mut columns = if unchanged {
-        rows.columns().to_vec()
-    } else {
-        let left = UInt32Array::from(left);
-        rows.columns()
-            .iter()
-            .map(|c| take(c, &left, None))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?
-    };
-    let right = UInt32Array::from(right);
-    let mut fields: Vec<Arc<Field>> = rows.schema().fields().iter().cloned().collect();
-    for (field, column) in dimension
-        .rows
-        .schema()
-        .fields()
-        .iter()
-        .zip(dimension.rows.columns())
-    {
-        if rows.schema().column_with_name(field.name()).is_some() {
-            return Err(format!(
-                "the records have a column {:?} already; leave it out of columns",
-                field.name()
-            ));
-        }
-        fields.push(field.clone());
-        columns.push(take(column, &right, None).map_err(|e| e.to_string())?);
-    }
-    let schema = Schema::new_with_metadata(fields, rows.schema().metadata().clone());
-    let joined = RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| e.to_string())?;
-    Ok((joined, dropped))
 }
 
 /// Looks for new versions of each dimension every `refresh_interval` and
