@@ -208,9 +208,12 @@ impl Context<'_> {
     fn share(&self, keys: &[&[u8]], hashes: &[KeyHash], first: usize) -> Result<Share> {
         let filter = self.filter;
         let found = lookup(self.store, filter, keys, hashes, self.moving)?;
+        // Sized once: the accumulators of a large share's rows are many
+        // megabytes, and each doubling would copy them to fresh pages.
+        let row_count = self.starts[first + keys.len()] - self.starts[first];
         let mut share = Share {
-            rows: Vec::with_capacity(keys.len()),
-            accs: Vec::with_capacity(keys.len() * self.template.len()),
+            rows: Vec::with_capacity(row_count),
+            accs: Vec::with_capacity(row_count * self.template.len()),
             writes: Vec::with_capacity(keys.len()),
             filed: Vec::with_capacity(keys.len()),
         };
