@@ -66,7 +66,8 @@ pub(crate) fn attach(
     // `k`'s rows are `members[starts[k]..starts[k + 1]]`, in Kafka order
     // (one list for all keys, not one allocation per key).
     let mut order: Vec<&[u8]> = Vec::new();
-    let mut numbers: HashMap<&[u8], usize, FastHash> = HashMap::default();
+    let mut numbers: HashMap<&[u8], usize, FastHash> =
+        HashMap::with_capacity_and_hasher(rows.num_rows(), FastHash::default());
     let key_of: Vec<usize> = (0..rows.num_rows())
         .map(|i| {
             let key = groups.get(i);

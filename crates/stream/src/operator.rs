@@ -305,7 +305,8 @@ impl Operator {
         let encoded = codec.encode(&columns)?;
         // First occurrences within the batch, then the lookups of their keys.
         let mut firsts: Vec<u32> = Vec::with_capacity(rows.len());
-        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(rows.len());
+        let mut seen: HashSet<&[u8], foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(rows.len(), Default::default());
         for &i in rows {
             if seen.insert(encoded.get(i as usize)) {
                 firsts.push(i);
