@@ -272,7 +272,8 @@ fn put_opt(out: &mut Vec<u8>, v: Option<[u8; 8]>) {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, v: &[u8]) {
+/// `v`, prefixed by its length (what [`Reader::slice`] reads).
+pub(crate) fn put_bytes(out: &mut Vec<u8>, v: &[u8]) {
     out.extend_from_slice(&(v.len() as u32).to_be_bytes());
     out.extend_from_slice(v);
 }

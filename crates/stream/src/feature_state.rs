@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use tributary_core::{StagedWrites, StateStore};
 
-use crate::aggregate::{Input, Reader};
+use crate::aggregate::{Input, Reader, put_bytes};
 use crate::config::Features;
 use crate::error::{Result, StreamError};
 use crate::key_filter::{
@@ -108,8 +108,7 @@ impl<'a> KeyRows<'a> {
                     }
                     Input::Value(v) => {
                         out.push(1);
-                        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                        out.extend_from_slice(v);
+                        put_bytes(&mut out, v);
                     }
                 }
             }

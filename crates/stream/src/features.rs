@@ -9,6 +9,7 @@
 //! watermark (older ones are late), so their frames only reach stored rows.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
@@ -101,6 +102,8 @@ pub(crate) fn attach(
         template: &template,
         inputs: &inputs,
         times,
+        keys: &order,
+        hashes: &hashes,
         members: &members,
         starts: &starts,
         horizon: watermark.map_or(i64::MIN, |w| w.saturating_sub(features.range)),
@@ -110,15 +113,15 @@ pub(crate) fn attach(
     let shares = if order.len() >= SPLIT_FROM_KEYS {
         let half = order.len() / 2;
         std::thread::scope(|s| {
-            let other = s.spawn(|| cx.share(&order[half..], &hashes[half..], half));
-            let mine = cx.share(&order[..half], &hashes[..half], 0);
+            let other = s.spawn(|| cx.share(half..order.len()));
+            let mine = cx.share(0..half);
             let other = other
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             [mine, other]
         })
     } else {
-        [cx.share(&order, &hashes, 0), Ok(Share::default())]
+        [cx.share(0..order.len()), Ok(Share::default())]
     };
     let [mine, other] = shares;
     let mut shares = [mine?, other?];
@@ -182,6 +185,10 @@ struct Context<'a> {
     template: &'a [Acc],
     inputs: &'a [AggInput],
     times: &'a [i64],
+    /// The batch's keys, numbered in order of first appearance, and their
+    /// hashes.
+    keys: &'a [&'a [u8]],
+    hashes: &'a [KeyHash],
     /// The rows of each key number, from `starts[k]` to `starts[k + 1]`.
     members: &'a [usize],
     starts: &'a [usize],
@@ -203,15 +210,16 @@ struct Share {
 }
 
 impl Context<'_> {
-    /// Looks `keys` up (key numbers from `first`), aggregates each of their
+    /// Looks up the keys numbered in `numbers`, aggregates each of their
     /// rows' frames and stages their stored rows, trimmed to what rows after
     /// the watermark reach.
-    fn share(&self, keys: &[&[u8]], hashes: &[KeyHash], first: usize) -> Result<Share> {
+    fn share(&self, numbers: Range<usize>) -> Result<Share> {
         let filter = self.filter;
+        let (keys, hashes) = (&self.keys[numbers.clone()], &self.hashes[numbers.clone()]);
         let found = lookup(self.store, filter, keys, hashes, self.moving)?;
         // Sized once: the accumulators of a large share's rows are many
         // megabytes, and each doubling would copy them to fresh pages.
-        let row_count = self.starts[first + keys.len()] - self.starts[first];
+        let row_count = self.starts[numbers.end] - self.starts[numbers.start];
         let mut share = Share {
             rows: Vec::with_capacity(row_count),
             accs: Vec::with_capacity(row_count * self.template.len()),
@@ -222,7 +230,7 @@ impl Context<'_> {
         let mut key_rows = KeyRows::new(self.kinds.len());
         let mut kept = Vec::new();
         let mut distinct = Vec::new();
-        for (k, ((key, found), hash)) in keys.iter().zip(&found).zip(hashes).enumerate() {
+        for (k, ((key, found), hash)) in numbers.zip(keys.iter().zip(&found).zip(hashes)) {
             key_rows.clear();
             let filed = match found {
                 Some((bucket, bytes)) => {
@@ -234,7 +242,7 @@ impl Context<'_> {
                 None => None,
             };
             let stored = key_rows.len();
-            let members = &self.members[self.starts[first + k]..self.starts[first + k + 1]];
+            let members = &self.members[self.starts[k]..self.starts[k + 1]];
             for (pos, &i) in members.iter().enumerate() {
                 share.rows.push(i);
                 self.frame(&key_rows, members, pos, &mut distinct, &mut share.accs);
