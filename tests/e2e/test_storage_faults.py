@@ -7,6 +7,7 @@ retries); a full disk fails batches cleanly until space is back.
 (Ambiguous S3 commits, the other storage fault, are in test_s3.py: they need
 the fault-injecting proxy in front of moto.)"""
 
+import json
 import os
 import random
 import subprocess
@@ -19,7 +20,8 @@ from deltalake import DeltaTable
 
 from conftest import run_spec
 from test_admin import admin_url
-from test_exactly_once import assert_exactly_once, held_offsets, log_of, produce_ids, spec_for, start, verify
+from test_exactly_once import (assert_exactly_once, held_offsets, lines, log_of, partition_scope_spec, produce_ids,
+                               row_count, spec_for, start, verify, wait_until)
 
 
 def readyz(url):
@@ -151,6 +153,69 @@ def test_a_full_checkpoint_disk_fails_batches_cleanly_until_space_is_back(binary
         proc.wait(60)
     assert proc.returncode == 0, log_of(proc)[-3000:]
     assert_exactly_once(tmp_path, range(5000))
+
+
+def json_events(proc, message):
+    """The JSON log events of `proc` whose message starts with `message`."""
+    events = []
+    for line in log_of(proc).splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if str(event.get("message", "")).startswith(message):
+            events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
+def test_partitions_revoked_while_their_batches_fail_leave_the_instance_running(binary, dev_stack, tmp_path,
+                                                                                small_disk):
+    """state_scope: partition with the checkpoint's disk full: every group's
+    batches fail and are retried. A second instance joins, and the first
+    gives up partitions whose batches are failing: their retries are the new
+    owner's, so the first goes on with the rest (it used to stop on the
+    revoked group's error), and /readyz forgets the groups it gave up. Once
+    space is back, every record lands exactly once."""
+    schema_id = produce_ids(dev_stack, "eo", 0, 2000)
+    spec = partition_scope_spec(dev_stack, tmp_path)
+    a_events = tmp_path / "a.jsonl"
+    json_logs = ("--log-format", "json")
+    a = start(binary, spec, extra=("--progress-json", str(a_events), *json_logs))
+    b = None
+    everything = {"p0", "p1", "p2", "p3"}
+    try:
+        wait_until(lambda: {json.loads(line)["group"] for line in lines(a_events)} == everything, 90,
+                   "the first instance to run every partition")
+        fill(small_disk)
+        produce_ids(dev_stack, "eo", 2000, 2000, schema_id)
+
+        def failing():
+            return {e["group"] for e in json_events(a, "batch failed") if "No space left on device" in e["error"]}
+
+        wait_until(lambda: failing() == everything or a.poll() is not None, 60, "every group's batches to fail")
+        b = start(binary, spec, extra=json_logs)
+        wait_until(lambda: json_events(a, "partitions revoked") or a.poll() is not None, 90, "the rebalance")
+        wait_until(lambda: json_events(a, "the revoked partition's batch in flight failed") or a.poll() is not None,
+                   90, "the revoked groups to stop")
+        time.sleep(2)
+        assert a.poll() is None, "a revoked partition's failing batch stopped the instance: " + log_of(a)[-3000:]
+        # The revocation is eager: every partition is given up, then half are
+        # assigned back. A group waiting to retry ends on its failure; one
+        # retrying at that moment may end cleanly, having planned nothing.
+        given_up = {f'p{e["partition"]}' for e in json_events(a, "the revoked partition's batch in flight failed")}
+        assert given_up and given_up <= everything, given_up
+        (small_disk / "filler").unlink()
+        wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= 4000, 180, "every record")
+        status, body = readyz(admin_url(a.log))
+        assert status == 200, body
+    finally:
+        for proc in (a, b):
+            if proc:
+                proc.send_signal(15)
+        assert a.wait(60) == 0, log_of(a)[-3000:]
+        assert b is None or b.wait(60) == 0, log_of(b)[-3000:]
+    assert_exactly_once(tmp_path, range(4000), app_ids=[f"eo/p{p}" for p in range(4)])
 
 
 def fill(directory):

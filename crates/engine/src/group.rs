@@ -6,7 +6,7 @@
 //! error's kind decides whether it can help.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tributary_core::{Classify, ErrorKind};
@@ -33,7 +33,7 @@ struct Failures {
 
 impl Failures {
     /// Counts `e`; returns whether another attempt can help.
-    fn count(&mut self, e: &EngineError, batches: u64, stopping: bool) -> bool {
+    fn count(&mut self, e: &EngineError, batches: u64) -> bool {
         // Backoff grows only while no batch gets through.
         if batches > self.batches_at_last {
             *self = Failures {
@@ -45,12 +45,11 @@ impl Failures {
         if e.kind() == ErrorKind::Corrupt {
             self.unreadable += 1;
         }
-        !stopping
-            && match e.kind() {
-                ErrorKind::External => true,
-                ErrorKind::Corrupt => self.unreadable < CORRUPT_ATTEMPTS,
-                ErrorKind::User | ErrorKind::Internal => false,
-            }
+        match e.kind() {
+            ErrorKind::External => true,
+            ErrorKind::Corrupt => self.unreadable < CORRUPT_ATTEMPTS,
+            ErrorKind::User | ErrorKind::Internal => false,
+        }
     }
 
     fn backoff(&self) -> Duration {
@@ -85,8 +84,7 @@ async fn retry_runs(
             Ok(()) => return Ok(std::mem::take(&mut run.writer.summary)),
             Err(e) => e,
         };
-        let stopping = options.stop.load(Ordering::Relaxed);
-        let retry = failures.count(&e, run.writer.summary.batches, stopping);
+        let curable = failures.count(&e, run.writer.summary.batches);
         if let Some(on_failure) = &options.on_failure {
             on_failure(&GroupFailure {
                 pipeline: spec.pipeline.clone(),
@@ -94,15 +92,62 @@ async fn retry_runs(
                 error: e.to_string(),
                 kind: e.kind(),
                 attempt: failures.in_a_row,
-                fatal: !retry,
+                fatal: !curable,
             });
         }
-        if !retry {
+        // Stopping (the user's stop, or the partition revoked), the group
+        // does not retry even what a retry would cure.
+        if !curable || options.stop.load(Ordering::Relaxed) {
             return Err(e);
         }
         let backoff = failures.backoff();
         tracing::warn!(pipeline = %spec.pipeline, group = %run.scope.name, error = %e, attempt = failures.in_a_row,
             "batch failed; nothing of it is committed; retrying from the last commit in {backoff:?}");
-        tokio::time::sleep(backoff).await;
+        // A stop (the user's, or a revocation of the group's partition)
+        // ends the wait: the retry is not ours to make any more.
+        if !sleep_unless_stopped(backoff, &options.stop).await {
+            return Err(e);
+        }
+    }
+}
+
+/// How often a backoff looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Sleeps for `backoff`, or until `stop` is set; whether it slept it all.
+async fn sleep_unless_stopped(backoff: Duration, stop: &AtomicBool) -> bool {
+    let until = tokio::time::Instant::now() + backoff;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        tokio::time::sleep(left.min(STOP_CHECK)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_backoff_ends_when_the_group_is_stopped() {
+        let stop = Arc::new(AtomicBool::new(false));
+        assert!(sleep_unless_stopped(Duration::from_millis(50), &stop).await);
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stopper.store(true, Ordering::Relaxed);
+        });
+        let started = std::time::Instant::now();
+        assert!(!sleep_unless_stopped(Duration::from_secs(30), &stop).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+            "waited {waited:?}"
+        );
     }
 }

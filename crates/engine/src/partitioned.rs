@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tributary_core::{Classify, ErrorKind};
 use tributary_kafka::{GroupMember, Membership};
 use tributary_spec::TableSpec;
 
@@ -126,6 +127,17 @@ async fn finish_revoked(
                 pipeline, partition = p, error = %e,
                 "the revoked partition's batch in flight was committed by its new owner first"
             ),
+            // A failure a retry could cure (storage or broker unavailable,
+            // a file being rewritten) is the new owner's to retry: nothing
+            // of the batch is committed, and its recovery re-runs it. Only
+            // an error of ours or of the spec, which every partition would
+            // meet, stops this instance.
+            Err(e) if matches!(e.kind(), ErrorKind::External | ErrorKind::Corrupt) => {
+                tracing::warn!(
+                    pipeline, partition = p, error = %e,
+                    "the revoked partition's batch in flight failed; its new owner re-runs it"
+                )
+            }
             Err(e) => outcome = Err(e),
         }
     }

@@ -84,9 +84,18 @@ struct GroupStats {
     event_to_commit: EventLatency,
     last_batch: Option<Instant>,
     last_batch_unix: f64,
-    /// The group's batches fail (cleared by the next batch): the error, and
-    /// whether readiness should report it yet.
-    failing: Option<(String, bool)>,
+    /// The group's batches fail (cleared by the next batch).
+    failing: Option<Failing>,
+}
+
+/// A group's failing batches.
+struct Failing {
+    /// What the readiness check says.
+    message: String,
+    /// Whether readiness should report it yet.
+    report: bool,
+    /// The group stopped on it: no retry can cure it.
+    fatal: bool,
 }
 
 /// Failed attempts in a row after which a retried failure makes the
@@ -182,6 +191,16 @@ impl AdminState {
             }
             GroupStep::Closed => {
                 inner.open_groups.remove(&key);
+                // A group closed without a fatal error (its partition
+                // revoked, or the pipeline stopping) is no longer this
+                // instance's: its retried failure and its last lag would
+                // keep readiness failing after it moved elsewhere.
+                if let Some(g) = inner.groups.get_mut(&key)
+                    && !g.failing.as_ref().is_some_and(|f| f.fatal)
+                {
+                    g.failing = None;
+                    g.lag_by_partition.clear();
+                }
             }
         }
     }
@@ -259,10 +278,11 @@ impl AdminState {
             || f.kind == tributary_core::ErrorKind::Corrupt
             || f.attempt >= UNREADY_AFTER_ATTEMPTS;
         let state = if f.fatal { "stopped" } else { "failing" };
-        g.failing = Some((
-            format!("{state} after {} attempts: {}", f.attempt, f.error),
+        g.failing = Some(Failing {
+            message: format!("{state} after {} attempts: {}", f.attempt, f.error),
             report,
-        ));
+            fatal: f.fatal,
+        });
     }
 
     /// Takes in one compaction pass's report.
@@ -330,8 +350,8 @@ impl AdminState {
         let inner = self.lock();
         // A failure is named first: it is what an operator must act on.
         for ((pipeline, group), g) in &inner.groups {
-            if let Some((error, true)) = &g.failing {
-                return Err(format!("{pipeline}/{group}: {error}"));
+            if let Some(f) = g.failing.as_ref().filter(|f| f.report) {
+                return Err(format!("{pipeline}/{group}: {}", f.message));
             }
             let lagging = g.lag_by_partition.values().any(|l| *l > 0);
             if lagging && g.last_batch.is_some_and(|t| t.elapsed() > self.stuck_after) {
@@ -795,6 +815,67 @@ mod tests {
         assert_eq!(state.readiness(), Ok(()));
         // Opened again after a failure, it stays caught up.
         step(&state, "partition-0", GroupStep::Opened);
+        assert_eq!(state.readiness(), Ok(()));
+    }
+
+    fn failure(state: &AdminState, group: &str, attempt: u32, fatal: bool) {
+        state.record_failure(&tributary_engine::GroupFailure {
+            pipeline: "p".into(),
+            group: group.into(),
+            error: "storage unavailable".into(),
+            kind: tributary_core::ErrorKind::External,
+            attempt,
+            fatal,
+        });
+    }
+
+    #[test]
+    fn a_group_closed_while_failing_no_longer_counts_unless_it_stopped_on_the_error() {
+        let state = AdminState::new(Duration::from_secs(60));
+        state.mark_started(["p".to_string()]);
+        step(&state, "partition-0", GroupStep::Opened);
+        step(&state, "partition-0", GroupStep::CaughtUp);
+        failure(&state, "partition-0", UNREADY_AFTER_ATTEMPTS, false);
+        assert_eq!(
+            state.readiness(),
+            Err("p/partition-0: failing after 3 attempts: storage unavailable".into())
+        );
+        // Revoked while it retried: its new owner retries.
+        step(&state, "partition-0", GroupStep::Closed);
+        assert_eq!(state.readiness(), Ok(()));
+
+        step(&state, "partition-1", GroupStep::Opened);
+        failure(&state, "partition-1", 1, true);
+        step(&state, "partition-1", GroupStep::Closed);
+        assert_eq!(
+            state.readiness(),
+            Err("p/partition-1: stopped after 1 attempts: storage unavailable".into())
+        );
+    }
+
+    #[test]
+    fn a_closed_group_lagging_at_its_last_batch_is_not_stuck() {
+        let state = AdminState::new(Duration::ZERO);
+        state.mark_started(["p".to_string()]);
+        step(&state, "partition-2", GroupStep::Opened);
+        step(&state, "partition-2", GroupStep::CaughtUp);
+        {
+            let mut inner = state.lock();
+            let g = inner
+                .groups
+                .entry(("p".into(), "partition-2".into()))
+                .or_default();
+            g.lag_by_partition.insert("2".into(), 40);
+            g.last_batch = Some(Instant::now());
+        }
+        assert!(
+            state
+                .readiness()
+                .unwrap_err()
+                .starts_with("p/partition-2: records waiting")
+        );
+        // Revoked: the lag is its new owner's to report.
+        step(&state, "partition-2", GroupStep::Closed);
         assert_eq!(state.readiness(), Ok(()));
     }
 }
