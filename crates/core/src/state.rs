@@ -25,6 +25,12 @@ pub struct StagedWrites {
 }
 
 impl StagedWrites {
+    /// Room for `additional` more writes: a large batch stages a million,
+    /// which growing by doubling would copy again and again.
+    pub fn reserve(&mut self, additional: usize) {
+        self.writes.reserve(additional);
+    }
+
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.push(Write::Put(key, value));
     }

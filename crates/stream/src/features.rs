@@ -134,6 +134,7 @@ pub(crate) fn attach(
     // times faster than random ones. Each share sorted its own; no two
     // writes share a key.
     let [mine, other] = &mut shares;
+    writes.reserve(mine.writes.len() + other.writes.len());
     let mut mine = std::mem::take(&mut mine.writes).into_iter().peekable();
     let mut other = std::mem::take(&mut other.writes).into_iter().peekable();
     while let Some((k, v)) = match (mine.peek(), other.peek()) {

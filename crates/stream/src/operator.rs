@@ -329,6 +329,7 @@ impl Operator {
         }
         remember.sort_unstable();
         dedup::record_width(filter, writes);
+        writes.reserve(remember.len());
         for (k, v) in remember {
             writes.put(k, v);
         }
