@@ -140,9 +140,12 @@ def test_batches_after_a_dimension_update_join_the_new_version(binary, dev_stack
     assert versions[0] == (0, 0) and versions[-1] == (1, 0), versions
 
 
+@pytest.mark.parametrize("count", [10, 0], ids=["records", "empty-topic"])
 @pytest.mark.parametrize("dev_stack", [["payments:1"]], indirect=True)
-def test_a_dimension_over_its_memory_bound_is_refused(binary, dev_stack, tmp_path):
-    spec, _, _ = setup(dev_stack, tmp_path, 10)
+def test_a_dimension_over_its_memory_bound_is_refused(binary, dev_stack, tmp_path, count):
+    """Dimensions load while the first batch is read; one that cannot be
+    loaded still stops the pipeline, even with nothing to read."""
+    spec, _, _ = setup(dev_stack, tmp_path, count)
     spec.write_text(spec.read_text().replace("    refresh_interval: 300ms\n", "    refresh_interval: 300ms\n    max_size: 100B\n"))
     result = run_spec(binary, spec)
     assert result.returncode != 0

@@ -21,7 +21,7 @@ use crate::cleanup::remove_failed_attempts;
 use crate::contracts::{ReadBatch, Source};
 use crate::discovery::PartitionDiscovery;
 use crate::encode::{Converter, Payload, ReadyBatch};
-use crate::enrich::Dimensions;
+use crate::enrich::{Dimensions, Loading};
 use crate::error::{EngineError, Result};
 use crate::open::{Group, GroupScope, reader_config};
 use crate::options::{Components, GroupStep, PipelineOptions, RunSummary};
@@ -66,7 +66,15 @@ impl<'a> Run<'a> {
             None => None,
         };
         let recovery = recover(&group.tables(spec), group.log.as_ref(), state).await?;
-        let dimensions = Dimensions::open(spec).await?.map(Arc::new);
+        // Dimensions load while the first new batch is read; re-runs join
+        // the versions their plans recorded, so they wait for them.
+        let mut loading = (!spec.enrich.is_empty()).then(|| Loading::start(spec));
+        let mut dimensions = None;
+        if !recovery.rerun.is_empty()
+            && let Some(l) = loading.take()
+        {
+            dimensions = l.wait().await?;
+        }
         for plan in &recovery.rerun {
             if !self
                 .rerun(&mut group, source.as_ref(), plan, dimensions.as_ref())
@@ -81,28 +89,42 @@ impl<'a> Run<'a> {
         let next_batch = recovery.next_batch;
         let input = self.reader_input(&mut group, source.clone(), recovery)?;
         let positions = input.positions.clone();
-        let converter = Converter::new(
+        let mut converter = Converter::new(
             spec,
             group.records_schema(spec),
             group.hidden.clone(),
             group.operator_inputs.clone(),
             dimensions,
         )?;
+        let loading = loading.map(|l| {
+            let (deliver, delivered) = std::sync::mpsc::channel();
+            converter.load_later(delivered);
+            (l, deliver)
+        });
         let mut stages = Stages::start(
             &spec.pipeline,
             converter,
             spec.table.target_file_size.0,
             input,
         )?;
-        let outcome = self
-            .commit_batches(
+        let outcome = async {
+            // Dimensions that do not load fail the run, even one with
+            // nothing to read.
+            if let Some((l, deliver)) = loading
+                && let Some(loaded) = l.wait().await?
+            {
+                let _ = deliver.send(loaded);
+            }
+            self.commit_batches(
                 &mut group,
                 source.as_ref(),
                 &mut stages,
                 next_batch,
                 positions,
             )
-            .await;
+            .await
+        }
+        .await;
         stages.finish(outcome).await
     }
 

@@ -55,6 +55,9 @@ pub(crate) struct Converter {
     shape: Option<TableShape>,
     transform: Option<Transform>,
     dimensions: Option<Arc<Dimensions>>,
+    /// Dimensions still loading (see `load_later`), received before rows
+    /// are first joined.
+    loading: Option<std::sync::mpsc::Receiver<Arc<Dimensions>>>,
     /// The dimensions the batch being converted joins.
     pinned: Option<Pinned>,
     /// Records the transform's filter dropped since the last `take_filtered`.
@@ -96,6 +99,7 @@ impl Converter {
                 transform_of(spec)?
             },
             dimensions,
+            loading: None,
             pinned: None,
             filtered: 0,
             hidden,
@@ -108,6 +112,23 @@ impl Converter {
         std::mem::take(&mut self.filtered)
     }
 
+    /// Joins the dimensions `loading` will deliver (while they load, the
+    /// first rows are read); with none delivered, conversion fails.
+    pub(crate) fn load_later(&mut self, loading: std::sync::mpsc::Receiver<Arc<Dimensions>>) {
+        self.loading = Some(loading);
+    }
+
+    /// Waits for dimensions still loading.
+    fn wait_for_dimensions(&mut self) -> Result<()> {
+        if let Some(loading) = self.loading.take() {
+            let loaded = loading
+                .recv()
+                .map_err(|_| EngineError::Internal("the dimension tables did not load".into()))?;
+            self.dimensions = Some(loaded);
+        }
+        Ok(())
+    }
+
     /// Joins `pinned` (a re-run batch's recorded versions) from now on.
     pub(crate) fn pin(&mut self, pinned: Pinned) {
         self.pinned = Some(pinned);
@@ -116,6 +137,8 @@ impl Converter {
     /// Ends a batch: the dimension versions it joined (the current ones
     /// for a batch without rows); the next batch pins anew.
     pub(crate) fn take_dimension_versions(&mut self) -> Option<Vec<u64>> {
+        // Dimensions that did not load fail the run before it plans a batch.
+        self.wait_for_dimensions().ok()?;
         let dimensions = self.dimensions.as_ref()?;
         Some(
             self.pinned
@@ -181,6 +204,7 @@ impl Converter {
     /// `enrich`, then `transform`: what changes the rows themselves.
     fn per_row_steps(&mut self, typed: RecordBatch) -> Result<RecordBatch> {
         let mut rows = typed;
+        self.wait_for_dimensions()?;
         if let Some(dimensions) = &self.dimensions {
             let pinned = self.pinned.get_or_insert_with(|| dimensions.pin());
             let (joined, dropped) = pinned.join(&rows)?;

@@ -80,6 +80,29 @@ impl Dimensions {
     }
 }
 
+/// The spec's dimensions loading on the runtime, so that the first batch
+/// is read and decoded meanwhile.
+pub(crate) struct Loading {
+    task: tokio::task::JoinHandle<Result<Option<Arc<Dimensions>>>>,
+}
+
+impl Loading {
+    pub(crate) fn start(spec: &TableSpec) -> Loading {
+        let spec = spec.clone();
+        Loading {
+            task: tokio::spawn(async move { Ok(Dimensions::open(&spec).await?.map(Arc::new)) }),
+        }
+    }
+
+    /// The dimensions once loaded, or the load's error.
+    pub(crate) async fn wait(self) -> Result<Option<Arc<Dimensions>>> {
+        self.task.await.map_err(|source| EngineError::Task {
+            task: "loading the dimension tables",
+            source,
+        })?
+    }
+}
+
 /// The dimensions one batch joins.
 #[derive(Clone)]
 pub(crate) struct Pinned {
