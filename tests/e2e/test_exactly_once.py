@@ -420,14 +420,79 @@ def test_partition_scope_two_instances_then_one_is_killed(binary, dev_stack, tmp
     assert_exactly_once(tmp_path, range(produced), app_ids=[f"eo/p{p}" for p in range(4)])
 
 
-def partition_scope_spec(stack, tmp_path):
+def partition_scope_spec(stack, tmp_path, properties=""):
     spec = spec_for(stack, tmp_path, max_offsets=500, available_now=False, interval="200ms")
     spec.write_text(
         spec.read_text()
         .replace("checkpoint:", "state_scope: partition\ncheckpoint:")
-        .replace("    topic: eo\n", "    topic: eo\n    properties: {session.timeout.ms: '6000', heartbeat.interval.ms: '500'}\n")
+        .replace("    topic: eo\n", "    topic: eo\n    properties: {session.timeout.ms: '6000', heartbeat.interval.ms: '500'"
+                 f"{properties}}}\n")
     )
     return spec
+
+
+def membership_events(proc, message):
+    """The partitions of each JSON log event of `proc` whose message starts
+    with `message` ("partitions assigned", "partitions revoked")."""
+    out = []
+    for line in log_of(proc).splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if str(event.get("message", "")).startswith(message):
+            out.append(json.loads(event["partitions"]))
+    return out
+
+
+@pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
+def test_cooperative_assignment_moves_only_the_partitions_handed_over(binary, dev_stack, tmp_path):
+    """With `partition.assignment.strategy: cooperative-sticky` (librdkafka's
+    default is eager: every partition revoked, then half assigned back), a
+    second instance takes half the partitions and the first gives up only
+    those: its other groups run on, never stopped. Records keep arriving
+    throughout, and each lands exactly once."""
+    schema_id = produce_ids(dev_stack, "eo", 0, 20000)
+    spec = partition_scope_spec(dev_stack, tmp_path, properties=", partition.assignment.strategy: cooperative-sticky")
+    a_events, b_events = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    json_logs = ("--log-format", "json")
+    produced, done = 20000, threading.Event()
+
+    def keep_producing():
+        nonlocal produced
+        while not done.is_set():
+            produce_ids(dev_stack, "eo", produced, 500, schema_id)
+            produced += 500
+            time.sleep(0.1)
+
+    a = start(binary, spec, extra=("--progress-json", str(a_events), *json_logs))
+    producer = threading.Thread(target=keep_producing)
+    producer.start()
+    b = None
+    try:
+        wait_until(lambda: {json.loads(line)["group"] for line in lines(a_events)} == {"p0", "p1", "p2", "p3"}, 90,
+                   "the first instance to run every partition")
+        b = start(binary, spec, extra=("--progress-json", str(b_events), *json_logs))
+        wait_until(lambda: lines(b_events), 90, "the second instance to take partitions over")
+        time.sleep(2)
+    finally:
+        done.set()
+        producer.join()
+    try:
+        wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= produced, 180, "every record")
+        a_assigned, a_revoked = membership_events(a, "partitions assigned"), membership_events(a, "partitions revoked")
+        b_assigned = membership_events(b, "partitions assigned")
+    finally:
+        for proc in (a, b):
+            if proc:
+                proc.send_signal(signal.SIGTERM)
+        assert a.wait(60) == 0, log_of(a)[-3000:]
+        assert b is None or b.wait(60) == 0, log_of(b)[-3000:]
+    assert a_assigned == [[0, 1, 2, 3]], a_assigned
+    assert len(a_revoked) == 1 and len(a_revoked[0]) == 2, a_revoked
+    assert b_assigned == a_revoked, (b_assigned, a_revoked)
+    assert {json.loads(line)["group"] for line in lines(b_events)} == {f"p{p}" for p in a_revoked[0]}
+    assert_exactly_once(tmp_path, range(produced), app_ids=[f"eo/p{p}" for p in range(4)])
 
 
 @pytest.mark.parametrize("wait_ms", [None, "0"], ids=["within-the-revoke-wait", "longer-than-the-revoke-wait"])
