@@ -431,18 +431,23 @@ def partition_scope_spec(stack, tmp_path, properties=""):
     return spec
 
 
-def membership_events(proc, message):
-    """The partitions of each JSON log event of `proc` whose message starts
-    with `message` ("partitions assigned", "partitions revoked")."""
-    out = []
+def json_events(proc, message):
+    """The JSON log events of `proc` whose message starts with `message`."""
+    events = []
     for line in log_of(proc).splitlines():
         try:
             event = json.loads(line)
         except ValueError:
             continue
         if str(event.get("message", "")).startswith(message):
-            out.append(json.loads(event["partitions"]))
-    return out
+            events.append(event)
+    return events
+
+
+def membership_events(proc, message):
+    """The partitions of each of `proc`'s "partitions assigned" or
+    "partitions revoked" log events."""
+    return [json.loads(e["partitions"]) for e in json_events(proc, message)]
 
 
 @pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)

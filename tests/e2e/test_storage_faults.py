@@ -20,8 +20,8 @@ from deltalake import DeltaTable
 
 from conftest import run_spec
 from test_admin import admin_url
-from test_exactly_once import (assert_exactly_once, held_offsets, lines, log_of, partition_scope_spec, produce_ids,
-                               row_count, spec_for, start, verify, wait_until)
+from test_exactly_once import (assert_exactly_once, held_offsets, json_events, lines, log_of, partition_scope_spec,
+                               produce_ids, row_count, spec_for, start, verify, wait_until)
 
 
 def readyz(url):
@@ -153,19 +153,6 @@ def test_a_full_checkpoint_disk_fails_batches_cleanly_until_space_is_back(binary
         proc.wait(60)
     assert proc.returncode == 0, log_of(proc)[-3000:]
     assert_exactly_once(tmp_path, range(5000))
-
-
-def json_events(proc, message):
-    """The JSON log events of `proc` whose message starts with `message`."""
-    events = []
-    for line in log_of(proc).splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if str(event.get("message", "")).startswith(message):
-            events.append(event)
-    return events
 
 
 @pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
