@@ -41,8 +41,10 @@ pub(crate) enum Acc {
         sum: f64,
         count: i64,
     },
-    First(Option<Stamped>),
-    Last(Option<Stamped>),
+    /// Boxed: inline, the stamp made every accumulator 64 bytes instead
+    /// of 32, and a batch's features hold one per row and aggregation.
+    First(Option<Box<Stamped>>),
+    Last(Option<Box<Stamped>>),
 }
 
 /// What a row contributes to one aggregate.
@@ -105,7 +107,7 @@ impl Acc {
                     value: v.to_vec(),
                 };
                 if f.as_ref().is_none_or(|cur| earlier(&new, cur)) {
-                    *f = Some(new);
+                    *f = Some(Box::new(new));
                 }
             }
             (Acc::Last(l), Input::Value(v) | Input::Null(v)) => {
@@ -115,7 +117,7 @@ impl Acc {
                     value: v.to_vec(),
                 };
                 if l.as_ref().is_none_or(|cur| earlier(cur, &new)) {
-                    *l = Some(new);
+                    *l = Some(Box::new(new));
                 }
             }
             _ => {}
@@ -387,11 +389,11 @@ impl<'a> Reader<'a> {
             Acc::First(_) | Acc::Last(_) => {
                 let s = match self.u8()? {
                     0 => None,
-                    _ => Some(Stamped {
+                    _ => Some(Box::new(Stamped {
                         time: self.i64()?,
                         arrival: (self.u64()?, self.i32()?, self.i64()?),
                         value: self.bytes()?,
-                    }),
+                    })),
                 };
                 if matches!(template, Acc::First(_)) {
                     Acc::First(s)
@@ -441,11 +443,11 @@ mod tests {
             Acc::Min(Some(vec![1, 2])),
             Acc::Max(None),
             Acc::Avg { sum: 2.5, count: 2 },
-            Acc::First(Some(Stamped {
+            Acc::First(Some(Box::new(Stamped {
                 time: -5,
                 arrival: (1, 2, 3),
                 value: vec![9],
-            })),
+            }))),
             Acc::Last(None),
         ];
         let mut bytes = Vec::new();
@@ -456,6 +458,16 @@ mod tests {
         // A truncated value is an error, not a panic.
         let mut short = Reader::new(&bytes[..bytes.len() - 1]);
         assert!(short.accs(&accs).is_err());
+    }
+
+    #[test]
+    fn an_accumulator_takes_32_bytes() {
+        // Features hold one per row and aggregation of a batch.
+        assert!(
+            std::mem::size_of::<Acc>() <= 32,
+            "{}",
+            std::mem::size_of::<Acc>()
+        );
     }
 
     #[test]
