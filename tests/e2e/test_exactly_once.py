@@ -35,6 +35,29 @@ def produce_ids(stack, topic, start, count, schema_id=None):
     return schema_id
 
 
+class Producing:
+    """Produces ids to `topic` from `first` on, 500 every 0.1 s, until the
+    `with` block ends; `count` then is the ids produced in all."""
+
+    def __init__(self, stack, topic, first, schema_id):
+        self.count, self.done = first, threading.Event()
+        self.thread = threading.Thread(target=self.run, args=(stack, topic, schema_id))
+
+    def run(self, stack, topic, schema_id):
+        while not self.done.is_set():
+            produce_ids(stack, topic, self.count, 500, schema_id)
+            self.count += 500
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
 def spec_for(stack, tmp_path, max_offsets, available_now=True, interval="500ms"):
     path = write_spec(
         tmp_path / "eo.yaml", pipeline="eo", bootstrap=stack.bootstrap, topic="eo", registry=stack.registry,
@@ -461,28 +484,15 @@ def test_cooperative_assignment_moves_only_the_partitions_handed_over(binary, de
     spec = partition_scope_spec(dev_stack, tmp_path, properties=", partition.assignment.strategy: cooperative-sticky")
     a_events, b_events = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     json_logs = ("--log-format", "json")
-    produced, done = 20000, threading.Event()
-
-    def keep_producing():
-        nonlocal produced
-        while not done.is_set():
-            produce_ids(dev_stack, "eo", produced, 500, schema_id)
-            produced += 500
-            time.sleep(0.1)
-
     a = start(binary, spec, extra=("--progress-json", str(a_events), *json_logs))
-    producer = threading.Thread(target=keep_producing)
-    producer.start()
     b = None
-    try:
+    with Producing(dev_stack, "eo", 20000, schema_id) as producing:
         wait_until(lambda: {json.loads(line)["group"] for line in lines(a_events)} == {"p0", "p1", "p2", "p3"}, 90,
                    "the first instance to run every partition")
         b = start(binary, spec, extra=("--progress-json", str(b_events), *json_logs))
         wait_until(lambda: lines(b_events), 90, "the second instance to take partitions over")
         time.sleep(2)
-    finally:
-        done.set()
-        producer.join()
+    produced = producing.count
     try:
         wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= produced, 180, "every record")
         a_assigned, a_revoked = membership_events(a, "partitions assigned"), membership_events(a, "partitions revoked")
@@ -511,30 +521,17 @@ def test_a_rebalance_in_the_middle_of_a_batch(binary, dev_stack, tmp_path, wait_
     spec = partition_scope_spec(dev_stack, tmp_path)
     a_events, b_events = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     env = {"TRIBUTARY_REVOKE_WAIT_MS": wait_ms} if wait_ms else None
+    a = start(binary, spec, env=env, extra=("--progress-json", str(a_events)))
+    b = None
     # Records keep arriving, so every partition has a batch in flight when
     # the second instance joins.
-    produced, done = 20000, threading.Event()
-
-    def keep_producing():
-        nonlocal produced
-        while not done.is_set():
-            produce_ids(dev_stack, "eo", produced, 500, schema_id)
-            produced += 500
-            time.sleep(0.1)
-
-    producer = threading.Thread(target=keep_producing)
-    a = start(binary, spec, env=env, extra=("--progress-json", str(a_events)))
-    producer.start()
-    b = None
-    try:
+    with Producing(dev_stack, "eo", 20000, schema_id) as producing:
         wait_until(lambda: {json.loads(line)["group"] for line in lines(a_events)} == {"p0", "p1", "p2", "p3"}, 90,
                    "the first instance to run every partition")
         b = start(binary, spec, extra=("--progress-json", str(b_events)))
         wait_until(lambda: lines(b_events), 90, "the second instance to take partitions over")
         time.sleep(2)
-    finally:
-        done.set()
-        producer.join()
+    produced = producing.count
     try:
         wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= produced, 180, "every record")
     finally:
