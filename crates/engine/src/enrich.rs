@@ -14,6 +14,7 @@ use std::time::Duration;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
 use deltalake::arrow::compute::{cast, concat_batches};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tokio::time::Instant;
 use tributary_delta::{DeltaTableSink, TableOptions};
 use tributary_spec::{EnrichSpec, TableSpec};
 
@@ -263,21 +264,18 @@ fn partition_column(
     }
 }
 
-/// Looks for new versions of each dimension every `refresh_interval` and
-/// swaps them in; stops when the dimensions are dropped.
+/// Looks for new versions of each dimension every its own
+/// `refresh_interval` and swaps them in; stops when the dimensions are
+/// dropped.
 async fn refresh(spec: Arc<TableSpec>, current: Weak<Mutex<Vec<Arc<Dimension>>>>) {
-    let every = spec
-        .enrich
-        .iter()
-        .map(|e| e.refresh_interval.0)
-        .min()
-        .unwrap_or(Duration::from_secs(10));
+    let intervals = spec.enrich.iter().map(|e| e.refresh_interval.0).collect();
+    let mut checks = Checks::new(intervals, Instant::now());
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep_until(checks.next()).await;
         let Some(current) = current.upgrade() else {
             return;
         };
-        for i in 0..spec.enrich.len() {
+        for i in checks.due(Instant::now()) {
             let held = current.lock().expect("dimensions lock")[i].version;
             match load(&spec, i, None).await {
                 Ok(newer) if newer.version != held => {
@@ -290,5 +288,59 @@ async fn refresh(spec: Arc<TableSpec>, current: Weak<Mutex<Vec<Arc<Dimension>>>>
                     version = held, error = %e, "cannot read the dimension table's new version; batches keep the version they have"),
             }
         }
+    }
+}
+
+/// When each dimension is next looked at, each on its own interval (a
+/// table checked hourly is not read every 10 s because another is).
+struct Checks {
+    intervals: Vec<Duration>,
+    next: Vec<Instant>,
+}
+
+impl Checks {
+    fn new(intervals: Vec<Duration>, now: Instant) -> Checks {
+        let next = intervals.iter().map(|d| now + *d).collect();
+        Checks { intervals, next }
+    }
+
+    /// The soonest check.
+    fn next(&self) -> Instant {
+        let soonest = self.next.iter().min().copied();
+        soonest.unwrap_or_else(|| Instant::now() + Duration::from_secs(10))
+    }
+
+    /// The dimensions due at `now`; each is then due one interval later.
+    fn due(&mut self, now: Instant) -> Vec<usize> {
+        let mut due = Vec::new();
+        for (i, next) in self.next.iter_mut().enumerate() {
+            if *next <= now {
+                *next = now + self.intervals[i];
+                due.push(i);
+            }
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_dimension_is_checked_on_its_own_interval() {
+        let start = Instant::now();
+        let s = Duration::from_secs;
+        let mut checks = Checks::new(vec![s(10), s(60)], start);
+        let mut checked = vec![0, 0];
+        let mut now = start;
+        while now < start + s(120) {
+            now = checks.next();
+            for i in checks.due(now) {
+                checked[i] += 1;
+            }
+        }
+        assert_eq!(checked, vec![12, 2]);
+        assert_eq!(checks.next(), start + s(130));
     }
 }
