@@ -473,6 +473,19 @@ def membership_events(proc, message):
     return [json.loads(e["partitions"]) for e in json_events(proc, message)]
 
 
+def join_a_second_instance(binary, stack, spec, schema_id, a_events, b_events, extra=()):
+    """While ids 20000 on keep arriving: waits until the first instance has
+    run every partition of topic `eo`, starts a second and waits until it
+    runs some. Returns the second and the ids produced in all."""
+    with Producing(stack, "eo", 20000, schema_id) as producing:
+        wait_until(lambda: {json.loads(line)["group"] for line in lines(a_events)} == {"p0", "p1", "p2", "p3"}, 90,
+                   "the first instance to run every partition")
+        b = start(binary, spec, extra=("--progress-json", str(b_events), *extra))
+        wait_until(lambda: lines(b_events), 90, "the second instance to take partitions over")
+        time.sleep(2)
+    return b, producing.count
+
+
 @pytest.mark.parametrize("dev_stack", [["eo:4"]], indirect=True)
 def test_cooperative_assignment_moves_only_the_partitions_handed_over(binary, dev_stack, tmp_path):
     """With `partition.assignment.strategy: cooperative-sticky` (librdkafka's
@@ -485,24 +498,16 @@ def test_cooperative_assignment_moves_only_the_partitions_handed_over(binary, de
     a_events, b_events = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     json_logs = ("--log-format", "json")
     a = start(binary, spec, extra=("--progress-json", str(a_events), *json_logs))
-    b = None
-    with Producing(dev_stack, "eo", 20000, schema_id) as producing:
-        wait_until(lambda: {json.loads(line)["group"] for line in lines(a_events)} == {"p0", "p1", "p2", "p3"}, 90,
-                   "the first instance to run every partition")
-        b = start(binary, spec, extra=("--progress-json", str(b_events), *json_logs))
-        wait_until(lambda: lines(b_events), 90, "the second instance to take partitions over")
-        time.sleep(2)
-    produced = producing.count
+    b, produced = join_a_second_instance(binary, dev_stack, spec, schema_id, a_events, b_events, extra=json_logs)
     try:
         wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= produced, 180, "every record")
         a_assigned, a_revoked = membership_events(a, "partitions assigned"), membership_events(a, "partitions revoked")
         b_assigned = membership_events(b, "partitions assigned")
     finally:
         for proc in (a, b):
-            if proc:
-                proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         assert a.wait(60) == 0, log_of(a)[-3000:]
-        assert b is None or b.wait(60) == 0, log_of(b)[-3000:]
+        assert b.wait(60) == 0, log_of(b)[-3000:]
     assert a_assigned == [[0, 1, 2, 3]], a_assigned
     assert len(a_revoked) == 1 and len(a_revoked[0]) == 2, a_revoked
     assert b_assigned == a_revoked, (b_assigned, a_revoked)
@@ -522,22 +527,14 @@ def test_a_rebalance_in_the_middle_of_a_batch(binary, dev_stack, tmp_path, wait_
     a_events, b_events = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     env = {"TRIBUTARY_REVOKE_WAIT_MS": wait_ms} if wait_ms else None
     a = start(binary, spec, env=env, extra=("--progress-json", str(a_events)))
-    b = None
     # Records keep arriving, so every partition has a batch in flight when
     # the second instance joins.
-    with Producing(dev_stack, "eo", 20000, schema_id) as producing:
-        wait_until(lambda: {json.loads(line)["group"] for line in lines(a_events)} == {"p0", "p1", "p2", "p3"}, 90,
-                   "the first instance to run every partition")
-        b = start(binary, spec, extra=("--progress-json", str(b_events)))
-        wait_until(lambda: lines(b_events), 90, "the second instance to take partitions over")
-        time.sleep(2)
-    produced = producing.count
+    b, produced = join_a_second_instance(binary, dev_stack, spec, schema_id, a_events, b_events)
     try:
         wait_until(lambda: row_count(tmp_path / "lake" / "eo") >= produced, 180, "every record")
     finally:
         for proc in (a, b):
-            if proc:
-                proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         assert a.wait(60) == 0, log_of(a)[-3000:]
         assert b.wait(60) == 0, log_of(b)[-3000:]
     assert "partitions revoked" in log_of(a)

@@ -264,9 +264,8 @@ fn partition_column(
     }
 }
 
-/// Looks for new versions of each dimension every its own
-/// `refresh_interval` and swaps them in; stops when the dimensions are
-/// dropped.
+/// Looks for a new version of each dimension every `refresh_interval` (its
+/// own) and swaps it in; stops when the dimensions are dropped.
 async fn refresh(spec: Arc<TableSpec>, current: Weak<Mutex<Vec<Arc<Dimension>>>>) {
     let intervals = spec.enrich.iter().map(|e| e.refresh_interval.0).collect();
     let mut checks = Checks::new(intervals, Instant::now());
