@@ -51,7 +51,9 @@ impl StagedWrites {
 ///   [`StagedWrites`] and become visible at [`StateStore::commit`].
 /// - `commit(n, writes)` applies `writes` in order and records `n` as the
 ///   last committed batch *atomically*: after a crash the store holds either
-///   all of batch `n` or none of it. Batch ids only grow: committing a batch
+///   all of batch `n` or none of it. A commit may become durable only later
+///   (RocksDB's flushes), so a crash may lose the last few commits, each
+///   whole: recovery re-runs the batches after `committed_batch`. Batch ids only grow: committing a batch
 ///   id at or below the committed one is refused, so a replay cannot apply
 ///   twice.
 /// - Keys are ordered bytewise; `scan(start, end)` returns `[start, end)` in

@@ -3,8 +3,9 @@
 //! up, commit consumer-group offsets, report.
 //!
 //! Invariant: the state change of batch N is applied only after every
-//! table has batch N, so after a crash the state is at most one batch
-//! behind the tables, never ahead (recovery re-runs what it lacks).
+//! table has batch N, so after a crash the state is behind the tables
+//! (by the batches since its last flush), never ahead (recovery re-runs
+//! what it lacks).
 
 use std::sync::Arc;
 use std::time::Instant;

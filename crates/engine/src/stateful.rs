@@ -2,9 +2,10 @@
 //! over a RocksDB state store, wired into the micro-batch loop. A batch is operated on the
 //! state left by the batch before; its output and late rows are committed
 //! with the batch's txn, and only then is its state change applied, marked
-//! with its batch id. After a crash the state is at most one batch behind
-//! the table, or gone; the batches it lacks are re-run from their recorded
-//! offsets with every table commit skipped as already landed.
+//! with its batch id. After a crash the state is behind the table by the
+//! batches applied since RocksDB last flushed (at most
+//! `COMMITS_PER_FLUSH`), or gone; the batches it lacks are re-run from
+//! their recorded offsets with every table commit skipped as already landed.
 
 use std::path::PathBuf;
 

@@ -493,9 +493,10 @@ mod tests {
     /// holds, though B's new SST files get the names of A's orphans.
     #[tokio::test]
     async fn a_restored_database_never_mixes_in_files_of_the_one_it_came_from() {
-        // Three batches make A's orphans and B's first files share names
-        // (RocksDB numbers files per database).
-        const BATCHES: u64 = 3;
+        // Five batches make A's orphans and B's first files share names
+        // (RocksDB numbers files per database; each flush takes two numbers,
+        // one file per column family).
+        const BATCHES: u64 = 5;
         let object_store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let prefix = ObjectPath::from("state/topic");
         let uri = "memory:///state/topic";
