@@ -53,9 +53,9 @@ impl StagedWrites {
 ///   last committed batch *atomically*: after a crash the store holds either
 ///   all of batch `n` or none of it. A commit may become durable only later
 ///   (RocksDB's flushes), so a crash may lose the last few commits, each
-///   whole: recovery re-runs the batches after `committed_batch`. Batch ids only grow: committing a batch
-///   id at or below the committed one is refused, so a replay cannot apply
-///   twice.
+///   whole: recovery re-runs the batches after `committed_batch`. Batch ids
+///   only grow: committing a batch id at or below the committed one is
+///   refused, so a replay cannot apply twice.
 /// - Keys are ordered bytewise; `scan(start, end)` returns `[start, end)` in
 ///   that order.
 /// - Reads may run on several threads at once (an operator splits a

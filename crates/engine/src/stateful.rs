@@ -14,7 +14,9 @@ use deltalake::arrow::datatypes::SchemaRef;
 use object_store::path::Path as ObjectPath;
 use tributary_delta::BatchRows;
 use tributary_spec::{OutputMode, PartitionColumn, TableSpec, WINDOW_END, WINDOW_START};
-use tributary_state::{MemoryStore, RocksOptions, RocksStore, Snapshots, StateStore};
+use tributary_state::{
+    MemoryStore, PreparedWrites, RocksOptions, RocksStore, Snapshots, StagedWrites, StateStore,
+};
 use tributary_stream::{Operated, Operator, OperatorConfig};
 use tributary_transform::Transform;
 
@@ -44,7 +46,7 @@ pub(crate) fn operate(
     state: Option<&mut GroupState>,
     batch_id: u64,
     payload: Payload,
-) -> Result<(BatchOutput, Option<Operated>)> {
+) -> Result<(BatchOutput, Option<(Operated, PendingWrites)>)> {
     let rows = match payload {
         Payload::Encoded(encoded) => {
             let output = BatchOutput {
@@ -61,6 +63,7 @@ pub(crate) fn operate(
     let state = state
         .ok_or_else(|| EngineError::Internal("rows for operators without their state".into()))?;
     let mut operated = tokio::task::block_in_place(|| state.operate(batch_id, &rows))?;
+    let writes = state.start_writes(std::mem::take(&mut operated.writes));
     let (rows, filtered) = state.table_rows(&operated)?;
     let output = BatchOutput {
         data: BatchRows::Arrow(rows),
@@ -69,7 +72,15 @@ pub(crate) fn operate(
         watermark: operated.watermarks.eviction,
         filtered,
     };
-    Ok((output, Some(operated)))
+    Ok((output, Some((operated, writes))))
+}
+
+/// A batch's state change on its way to the store.
+pub(crate) enum PendingWrites {
+    /// RocksDB's, being encoded on a blocking thread while the batch's
+    /// output is shaped, encoded and committed.
+    Encoding(tokio::task::JoinHandle<PreparedWrites>),
+    Staged(StagedWrites),
 }
 
 /// Applies a committed batch's state change, and takes a snapshot when one
@@ -77,10 +88,10 @@ pub(crate) fn operate(
 pub(crate) async fn apply_state(
     state: Option<&mut GroupState>,
     batch_id: u64,
-    operated: Option<Operated>,
+    operated: Option<(Operated, PendingWrites)>,
     late_rows_table_version: Option<u64>,
 ) -> Result<Option<EventTimeProgress>> {
-    let Some(operated) = operated else {
+    let Some((operated, writes)) = operated else {
         return Ok(None);
     };
     let state =
@@ -91,7 +102,7 @@ pub(crate) async fn apply_state(
         num_duplicate_rows: operated.duplicates,
         late_rows_table_version,
     };
-    tokio::task::block_in_place(|| state.apply(batch_id, operated))?;
+    state.apply(batch_id, writes).await?;
     state.snapshot_if_due(batch_id).await;
     Ok(Some(progress))
 }
@@ -131,13 +142,6 @@ enum Store {
 
 impl Store {
     fn contract(&self) -> &dyn StateStore {
-        match self {
-            Store::Rocks(store, _) => store,
-            Store::Memory(store) => store,
-        }
-    }
-
-    fn contract_mut(&mut self) -> &mut dyn StateStore {
         match self {
             Store::Rocks(store, _) => store,
             Store::Memory(store) => store,
@@ -301,12 +305,35 @@ impl GroupState {
         }
     }
 
-    /// Applies a committed batch's state changes.
-    pub(crate) fn apply(&mut self, batch_id: u64, operated: Operated) -> Result<()> {
-        Ok(self
-            .store
-            .contract_mut()
-            .commit(batch_id, operated.writes)?)
+    /// Starts readying a batch's state change for the store.
+    fn start_writes(&self, writes: StagedWrites) -> PendingWrites {
+        match self.store {
+            Store::Rocks(..) => PendingWrites::Encoding(tokio::task::spawn_blocking(move || {
+                RocksStore::prepare(writes)
+            })),
+            Store::Memory(_) => PendingWrites::Staged(writes),
+        }
+    }
+
+    /// Applies a committed batch's state change.
+    async fn apply(&mut self, batch_id: u64, writes: PendingWrites) -> Result<()> {
+        match (writes, &mut self.store) {
+            (PendingWrites::Encoding(encoding), Store::Rocks(store, _)) => {
+                let prepared = encoding.await.map_err(|e| {
+                    EngineError::Internal(format!("encoding the state writes failed: {e}"))
+                })?;
+                tokio::task::block_in_place(|| store.commit_prepared(batch_id, prepared))?;
+            }
+            (PendingWrites::Staged(writes), Store::Memory(store)) => {
+                store.commit(batch_id, writes)?
+            }
+            _ => {
+                return Err(EngineError::Internal(
+                    "state writes for another store".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Uploads a snapshot when `batch_id` is due for one. A failed upload

@@ -13,7 +13,7 @@ mod snapshot;
 pub use tributary_core::{StagedWrites, StateError, StateStore, Write, decode_time, encode_time};
 
 pub use memory::MemoryStore;
-pub use rocks::{RocksOptions, RocksStore};
+pub use rocks::{PreparedWrites, RocksOptions, RocksStore};
 pub use snapshot::{SnapshotManifest, Snapshots, UploadOutcome};
 
 /// What this crate's functions return.

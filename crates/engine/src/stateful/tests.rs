@@ -48,8 +48,9 @@ async fn reopened_after_batch_zero(state: StateBackend) -> Option<u64> {
     let spec = dedup_spec(dir.path());
     let mut group = group_state(&spec, state.clone()).await;
     assert_eq!(group.committed_batch().unwrap(), None);
-    let operated = group.operate(0, &[]).unwrap();
-    group.apply(0, operated).unwrap();
+    let mut operated = group.operate(0, &[]).unwrap();
+    let writes = group.start_writes(std::mem::take(&mut operated.writes));
+    group.apply(0, writes).await.unwrap();
     assert_eq!(group.committed_batch().unwrap(), Some(0));
     drop(group);
     group_state(&spec, state).await.committed_batch().unwrap()
